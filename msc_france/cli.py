@@ -1,0 +1,159 @@
+"""The ``msc-france`` command line: parse, call the library, print.
+
+Every error the project knows about becomes one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from msc_france.errors import BadInputError, MscFranceError
+
+EXIT_INTERNAL = 70
+
+
+def _echo_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    click.echo(fmt.format(*header))
+    click.echo(fmt.format(*("-" * w for w in widths)))
+    for r in rows:
+        click.echo(fmt.format(*(str(x) for x in r)))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="msc-france")
+def cli() -> None:
+    """Build the multi-sensor MSC-France dataset and train X-STARS models on it."""
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+@cli.command()
+def regions() -> None:
+    """List the named regions."""
+    from msc_france.regions import named_regions, parse_region
+
+    rows = []
+    for name, feat in named_regions().items():
+        if name == "france":
+            continue
+        r = parse_region(name, check_france=False)
+        p = feat["properties"]
+        rows.append([name, p.get("title", ""), p.get("kind", ""), "yes" if p.get("msc_france") else "",
+                     f"{r.area_km2:,.0f}"])
+    _echo_table(rows, ["name", "title", "kind", "msc-france city", "km2"])
+    click.echo("\n--region also takes minx,miny,maxx,maxy (WGS84) or a GeoJSON/GeoPackage path.")
+
+
+@cli.command()
+@click.option("--catalog", "catalog_name", default="default", show_default=True,
+              help="catalog name under catalogs/ or a directory of sensor YAMLs")
+def sensors(catalog_name: str) -> None:
+    """List the sensors of a catalog and where their items come from."""
+    from msc_france.config import load_catalog
+
+    cat = load_catalog(catalog_name)
+    rows = []
+    for s in cat.sensors.values():
+        where = s.source.url or s.source.path or "generated demo world"
+        rows.append([s.name, s.kind, f"{s.native_gsd:g} -> {s.default_gsd:g}", s.dtype, " ".join(s.band_names),
+                     f"{s.source.type}:{s.source.collection}", where])
+    _echo_table(rows, ["sensor", "kind", "gsd m (native -> store)", "dtype", "bands", "source", "location"])
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def _load_inputs(region: str, catalog: str | None, recipe: str):
+    from msc_france.config import load_catalog, load_recipe
+    from msc_france.regions import parse_region
+
+    rec = load_recipe(recipe)
+    cat = load_catalog(catalog or rec.catalog)
+    reg = parse_region(region)
+    return reg, rec, cat
+
+
+@cli.command()
+@click.option("--region", required=True, help="region name, minx,miny,maxx,maxy (WGS84) or a GeoJSON/GPKG path")
+@click.option("--catalog", default=None, help="catalog name or directory (default: the recipe's)")
+@click.option("--recipe", default="msc-france", show_default=True, help="recipe name under pipelines/ or a YAML path")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="plan GeoParquet to write")
+@click.option("--no-cache", is_flag=True, help="do not read or write the on-disk search cache")
+def plan(region: str, catalog: str | None, recipe: str, out: Path, no_cache: bool) -> None:
+    """Choose the item(s) of every sensor for every chip of a region, and write the plan."""
+    from msc_france.plan import make_plan
+
+    reg, rec, cat = _load_inputs(region, catalog, recipe)
+    p = make_plan(reg, rec, cat, use_cache=not no_cache)
+    p.write(out)
+    counts = p.counts()
+    click.echo(f"region {reg.name}: {reg.area_km2:,.1f} km2, {len(p.chips)} chips of {rec.chip_size_m} m "
+               f"(catalog {cat.name})")
+    rows = [[s, c["items"], f"{c['planned']}/{c['chips']}", c["mosaic"], c["partial"]] for s, c in counts.items()]
+    _echo_table(rows, ["sensor", "items found", "chips planned", "mosaics", "partial cover"])
+    click.echo(f"plan written to {out}")
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+@cli.group()
+def catalog() -> None:
+    """Manage local STAC catalogs."""
+
+
+@catalog.command("ingest")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="output catalog directory")
+@click.option("--collection", default="aerial", show_default=True)
+@click.option("--datetime", "when", default=None, help="acquisition date (YYYY-MM-DD) when files carry none")
+def catalog_ingest(directory: Path, out: Path, collection: str, when: str | None) -> None:
+    """Turn a directory of aerial tiles (BD ORTHO JPEG 2000 / GeoTIFF) into a local STAC catalog."""
+    from msc_france.sources.ingest import ingest_directory
+
+    n = ingest_directory(directory, out, collection=collection, when=when)
+    click.echo(f"{n} items written to {out / 'catalog.json'}")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; map errors to one-line messages and exit codes."""
+    try:
+        rv = cli.main(args=argv, prog_name="msc-france", standalone_mode=False)
+        return int(rv) if isinstance(rv, int) else 0
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        return e.exit_code
+    except MscFranceError as e:
+        click.echo(f"error: {e}", err=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except Exception as e:  # a bug: say so in one line, traceback on request
+        if os.environ.get("MSC_FRANCE_DEBUG"):
+            traceback.print_exc()
+        first = str(e).splitlines()[0] if str(e) else ""
+        click.echo(f"internal error: {type(e).__name__}: {first} (set MSC_FRANCE_DEBUG=1 for a traceback)", err=True)
+        return EXIT_INTERNAL
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+__all__ = ["cli", "main", "entry", "BadInputError"]

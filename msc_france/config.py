@@ -1,0 +1,357 @@
+"""Pydantic models for sensor catalogs and build recipes, and their YAML loaders.
+
+Every model forbids unknown keys: a misspelt option is an error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from msc_france.errors import BadInputError
+
+#: Repository root (the package is installed editable; catalogs/ and pipelines/ live beside it).
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def catalogs_dir() -> Path:
+    """Directory holding the sensor catalogs and named regions (``MSC_FRANCE_CATALOGS`` overrides)."""
+    return Path(os.environ.get("MSC_FRANCE_CATALOGS", PROJECT_ROOT / "catalogs"))
+
+
+def pipelines_dir() -> Path:
+    """Directory holding the build recipes and train/eval configs."""
+    return PROJECT_ROOT / "pipelines"
+
+
+def cache_dir() -> Path:
+    """Cache directory for search results and the generated demo world (``MSC_FRANCE_CACHE``)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "msc-france"
+    return Path(os.environ.get("MSC_FRANCE_CACHE", default))
+
+
+class StrictModel(BaseModel):
+    """Base model: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- sensors
+
+
+class BandSpec(StrictModel):
+    """One band of a sensor: our name, the STAC asset holding it and the band index inside it."""
+
+    name: str
+    asset: str
+    index: int = Field(1, ge=1, description="1-based band index inside the asset file")
+    common_name: str | None = None
+
+
+class SourceSpec(StrictModel):
+    """Where a sensor's items come from."""
+
+    type: Literal["stac-api", "static", "demo"]
+    collection: str
+    url: str | None = Field(None, description="STAC API root URL (type stac-api)")
+    path: str | None = Field(
+        None, description="static catalog/item collection path, relative to the catalog dir or absolute"
+    )
+    signing: Literal["none", "planetary-computer"] = "none"
+    properties: dict[str, str | int | float] = Field(
+        default_factory=dict, description="exact-match item property filters, e.g. platform: landsat-8"
+    )
+    timeout_s: float = Field(20.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    page_size: int = Field(250, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _check_location(self) -> SourceSpec:
+        if self.type == "stac-api" and not self.url:
+            raise ValueError("a stac-api source needs 'url'")
+        if self.type == "static" and not self.path:
+            raise ValueError("a static source needs 'path'")
+        return self
+
+
+class MaskSpec(StrictModel):
+    """The quality asset a sensor's valid/cloud mask is derived from."""
+
+    asset: str
+    type: Literal["scl", "qa_pixel"]
+
+
+class SensorSpec(StrictModel):
+    """A sensor source, loaded from one YAML file of a catalog directory."""
+
+    name: str
+    title: str
+    kind: Literal["reflectance", "labels"] = "reflectance"
+    source: SourceSpec
+    native_gsd: float = Field(gt=0)
+    default_gsd: float = Field(gt=0, description="GSD the store holds this sensor at, unless the recipe overrides it")
+    dtype: Literal["uint8", "uint16"]
+    nodata: int = 0
+    bands: list[BandSpec] = Field(min_length=1)
+    mask: MaskSpec | None = None
+    harmonization: Literal["s2-baseline", "raster-scale-offset", "none"] = "none"
+    cloud_cover_property: str | None = "eo:cloud_cover"
+    resampling: Literal["nearest", "bilinear", "cubic", "average"] = "bilinear"
+    rgb: list[str] = Field(default_factory=list, description="band names used for RGB previews/exports")
+    classes: dict[int, str] | None = Field(None, description="class value -> name, for label sensors")
+
+    @model_validator(mode="after")
+    def _check(self) -> SensorSpec:
+        names = [b.name for b in self.bands]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate band names in {names}")
+        unknown = [b for b in self.rgb if b not in names]
+        if unknown:
+            raise ValueError(f"rgb names unknown bands {unknown}")
+        if self.kind == "labels" and not self.classes:
+            raise ValueError("a labels sensor needs 'classes'")
+        return self
+
+    @property
+    def band_names(self) -> list[str]:
+        """Our names of the bands, in store order."""
+        return [b.name for b in self.bands]
+
+
+class DemoWorldSpec(StrictModel):
+    """Parameters of the synthetic demo world (``_world.yaml`` of a demo catalog)."""
+
+    seed: int = 20240515
+    bounds_l93: tuple[float, float, float, float] = Field(
+        description="ground-truth extent in Lambert-93 (minx, miny, maxx, maxy), metres"
+    )
+    dates: list[dt.date] = Field(min_length=1, description="satellite acquisition dates")
+    cloud_cover: list[float] = Field(description="target cloud fraction per date (0-1)")
+    aerial_date: dt.date
+    aerial_gsd: float = Field(0.5, gt=0)
+    aerial_tile_m: float = Field(2000, gt=0)
+    worldcover_date: dt.date = dt.date(2021, 1, 1)
+
+    @model_validator(mode="after")
+    def _check(self) -> DemoWorldSpec:
+        if len(self.cloud_cover) != len(self.dates):
+            raise ValueError("cloud_cover needs one value per date")
+        minx, miny, maxx, maxy = self.bounds_l93
+        if not (minx < maxx and miny < maxy):
+            raise ValueError("bounds_l93 must be minx < maxx and miny < maxy")
+        return self
+
+
+class Catalog(StrictModel):
+    """A set of sensor sources (one catalog directory) plus, for the demo, its world."""
+
+    name: str
+    path: Path
+    sensors: dict[str, SensorSpec]
+    world: DemoWorldSpec | None = None
+
+    def sensor(self, name: str) -> SensorSpec:
+        """Return the sensor spec called ``name`` or raise a one-line error."""
+        if name not in self.sensors:
+            raise BadInputError(
+                f"unknown sensor '{name}' in catalog '{self.name}' (known: {', '.join(sorted(self.sensors))})"
+            )
+        return self.sensors[name]
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+class SensorRecipe(StrictModel):
+    """How one sensor is built into the store."""
+
+    gsd: float | None = Field(None, gt=0, description="store GSD in metres; default: the sensor's default_gsd")
+    max_cloud_cover: float = Field(60.0, ge=0, le=100, description="item-level cloud cover filter, percent")
+    min_valid_fraction: float = Field(0.7, ge=0, le=1)
+    max_candidates: int = Field(3, ge=1, description="acquisitions tried per chip, best first")
+
+
+class TimeWindow(StrictModel):
+    """Acquisition time window; ``target`` (default: the middle) ranks acquisitions by distance."""
+
+    start: dt.date
+    end: dt.date
+    target: dt.date | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TimeWindow:
+        if self.end < self.start:
+            raise ValueError(f"time window ends ({self.end}) before it starts ({self.start})")
+        if self.target is not None and not self.start <= self.target <= self.end:
+            raise ValueError("time.target must lie inside the window")
+        return self
+
+    @property
+    def target_date(self) -> dt.date:
+        """The date acquisitions are ranked against."""
+        return self.target or self.start + (self.end - self.start) / 2
+
+
+class LabelRecipe(StrictModel):
+    """The label source rasterised onto each chip (nearest resampling)."""
+
+    sensor: str
+    gsd: float | None = Field(None, gt=0)
+    time: TimeWindow | None = None
+
+
+class SplitSpec(StrictModel):
+    """Deterministic hash-based train/val/test split."""
+
+    train: float = Field(0.8, ge=0, le=1)
+    val: float = Field(0.1, ge=0, le=1)
+    test: float = Field(0.1, ge=0, le=1)
+    salt: str = "msc-france"
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitSpec:
+        if not math.isclose(self.train + self.val + self.test, 1.0, abs_tol=1e-9):
+            raise ValueError("split fractions must sum to 1")
+        return self
+
+
+class Recipe(StrictModel):
+    """A build recipe (``pipelines/*.yaml``)."""
+
+    name: str
+    catalog: str = "default"
+    sensors: dict[str, SensorRecipe] = Field(min_length=1)
+    labels: LabelRecipe | None = None
+    time: TimeWindow
+    chip_size_m: int = Field(1920, gt=0)
+    invalid_policy: Literal["flag", "drop"] = "flag"
+    chips_per_shard: int = Field(16, ge=1, le=4096)
+    split: SplitSpec = SplitSpec()
+
+    @field_validator("chip_size_m", mode="before")
+    @classmethod
+    def _integral_size(cls, v: Any) -> Any:
+        if isinstance(v, float) and not v.is_integer():
+            raise ValueError("chip_size_m must be a whole number of metres")
+        return v
+
+
+def check_chip_size(chip_size_m: int, gsds: dict[str, float]) -> None:
+    """Refuse a chip size that is not an integer multiple of every GSD.
+
+    Raises:
+        BadInputError: naming the first offending sensor.
+    """
+    for name, gsd in gsds.items():
+        ratio = chip_size_m / gsd
+        if abs(ratio - round(ratio)) > 1e-9 * max(1.0, ratio):
+            raise BadInputError(
+                f"chip size {chip_size_m} m is not an integer multiple of {name}'s GSD {gsd:g} m "
+                f"({ratio:.4g} pixels)"
+            )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors()[:3]:
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg}")
+    more = f" (+{err.error_count() - 3} more)" if err.error_count() > 3 else ""
+    return "; ".join(parts) + more
+
+
+def load_yaml(path: Path) -> Any:
+    """Read a YAML file, turning I/O and syntax errors into one-line BadInputErrors."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except FileNotFoundError:
+        raise BadInputError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise BadInputError(f"expected a file, got a directory: {path}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise BadInputError(f"{path}:{where} invalid YAML") from None
+
+
+def parse_model(model: type[StrictModel], data: Any, what: str) -> Any:
+    """Validate ``data`` against ``model``, raising a one-line BadInputError on failure."""
+    if not isinstance(data, dict):
+        raise BadInputError(f"{what}: expected a mapping at the top level")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise BadInputError(f"{what}: {_format_validation_error(e)}") from None
+
+
+def resolve_catalog_dir(name_or_path: str) -> Path:
+    """A catalog is a directory name under ``catalogs/`` or a path to a directory of sensor YAMLs."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        return p.resolve()
+    candidate = catalogs_dir() / name_or_path
+    if candidate.is_dir():
+        return candidate
+    known = sorted(d.name for d in catalogs_dir().iterdir() if d.is_dir()) if catalogs_dir().is_dir() else []
+    raise BadInputError(f"unknown catalog '{name_or_path}' (known: {', '.join(known)}; or a directory path)")
+
+
+def load_catalog(name_or_path: str) -> Catalog:
+    """Load every ``*.yaml`` sensor spec of a catalog directory (``_world.yaml`` is the demo world)."""
+    d = resolve_catalog_dir(name_or_path)
+    sensors: dict[str, SensorSpec] = {}
+    for f in sorted(d.glob("*.yaml")):
+        if f.name.startswith("_"):
+            continue
+        spec = parse_model(SensorSpec, load_yaml(f), f"sensor {f}")
+        if spec.name in sensors:
+            raise BadInputError(f"catalog {d}: sensor '{spec.name}' defined twice")
+        sensors[spec.name] = spec
+    if not sensors:
+        raise BadInputError(f"catalog {d} holds no sensor YAML files")
+    world = None
+    if (d / "_world.yaml").exists():
+        world = parse_model(DemoWorldSpec, load_yaml(d / "_world.yaml"), f"demo world {d / '_world.yaml'}")
+    return Catalog(name=d.name, path=d, sensors=sensors, world=world)
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """A recipe is a YAML path or a name under ``pipelines/`` (``demo`` -> pipelines/demo.yaml)."""
+    p = Path(name_or_path).expanduser()
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return pipelines_dir() / f"{name_or_path}.yaml"
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Load and strictly validate a build recipe."""
+    path = resolve_recipe_path(name_or_path)
+    return parse_model(Recipe, load_yaml(path), f"recipe {path}")
+
+
+def sensor_gsds(recipe: Recipe, catalog: Catalog) -> dict[str, float]:
+    """Store GSD of every sensor of the recipe (and of its labels), checked against the chip size."""
+    gsds = {name: (sr.gsd or catalog.sensor(name).default_gsd) for name, sr in recipe.sensors.items()}
+    if recipe.labels is not None:
+        lab = catalog.sensor(recipe.labels.sensor)
+        if lab.kind != "labels":
+            raise BadInputError(f"label source '{lab.name}' is not a labels sensor")
+        gsds[recipe.labels.sensor] = recipe.labels.gsd or lab.default_gsd
+    for name in recipe.sensors:
+        if catalog.sensor(name).kind != "reflectance":
+            raise BadInputError(f"sensor '{name}' is a labels source; put it under 'labels:'")
+    check_chip_size(recipe.chip_size_m, gsds)
+    return gsds

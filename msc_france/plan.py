@@ -1,0 +1,240 @@
+"""The plan: for every chip and sensor, which acquisition (and which items of it) to use, and why.
+
+Items of one sensor acquired on the same day by the same platform form one *acquisition*
+(adjacent Sentinel-2 tiles of one pass, neighbouring aerial tiles of one campaign); a chip that
+straddles tiles is mosaicked from several items of one acquisition. Acquisitions are ranked per
+chip by their *expected valid fraction*, coverage of the chip x (1 - item cloud cover), then by
+distance to the recipe's target date. The best ``max_candidates`` are kept: the build tries them
+in order and keeps the first whose measured valid fraction passes the recipe's threshold.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pystac
+import shapely
+from shapely.geometry import shape
+
+from msc_france.config import Catalog, Recipe, sensor_gsds
+from msc_france.crs import L93, WGS84, reproject_geometry
+from msc_france.errors import BadInputError
+from msc_france.grid import Chip, chips_in
+from msc_france.regions import Region
+from msc_france.sources import SearchQuery, make_source
+
+#: Coverage at or above this counts as full (floating-point slack of footprint reprojection).
+FULL_COVERAGE = 0.999
+LABEL_WINDOW = (dt.date(2000, 1, 1), dt.date(2100, 1, 1))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One acquisition usable for one chip of one sensor."""
+
+    chip_id: str
+    sensor: str
+    rank: int
+    items: tuple[pystac.Item, ...]
+    acquired: dt.datetime
+    cloud_cover: float | None
+    coverage: float
+    days_from_target: int
+
+    @property
+    def expected_valid(self) -> float:
+        """Coverage x clear fraction, the ranking score."""
+        clear = 1.0 if self.cloud_cover is None else max(0.0, 1 - self.cloud_cover / 100)
+        return self.coverage * clear
+
+    @property
+    def reason(self) -> str:
+        """Why this acquisition was chosen, in words."""
+        cc = "n/a" if self.cloud_cover is None else f"{self.cloud_cover:.1f}%"
+        n = len(self.items)
+        mosaic = f" mosaic of {n} items" if n > 1 else ""
+        return (
+            f"expected valid {self.expected_valid:.0%}: covers {self.coverage:.0%} of chip, cloud {cc}; "
+            f"{self.days_from_target} d from target{mosaic}"
+        )
+
+
+@dataclass
+class Plan:
+    """Chips of a region and the ranked candidates of every (chip, sensor)."""
+
+    region: Region
+    recipe: Recipe
+    catalog: Catalog
+    chips: list[Chip]
+    gsds: dict[str, float]
+    candidates: dict[tuple[str, str], list[Candidate]]
+    items_found: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def sensors(self) -> list[str]:
+        """Sensors of the plan, labels last."""
+        return list(self.gsds)
+
+    def for_chip(self, chip_id: str, sensor: str) -> list[Candidate]:
+        """Ranked candidates (may be empty)."""
+        return self.candidates.get((chip_id, sensor), [])
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per sensor: items found, chips with a candidate, chips needing a mosaic."""
+        out = {}
+        for s in self.sensors:
+            best = [self.for_chip(c.id, s) for c in self.chips]
+            out[s] = {
+                "items": self.items_found.get(s, 0),
+                "chips": len(self.chips),
+                "planned": sum(1 for b in best if b),
+                "mosaic": sum(1 for b in best if b and len(b[0].items) > 1),
+                "partial": sum(1 for b in best if b and b[0].coverage < FULL_COVERAGE),
+            }
+        return out
+
+    def to_geodataframe(self):  # -> geopandas.GeoDataFrame
+        """One row per (chip, sensor, rank); rank 0 marks a chip no item covers."""
+        import geopandas as gpd
+
+        rows = []
+        for chip in self.chips:
+            for s in self.sensors:
+                cands = self.for_chip(chip.id, s)
+                base = {"chip_id": chip.id, "sensor": s, "region": self.region.name, "geometry": chip.polygon}
+                if not cands:
+                    rows.append({**base, "rank": 0, "acquired": None, "item_ids": "", "n_items": 0,
+                                 "cloud_cover": np.nan, "coverage": 0.0, "expected_valid": 0.0,
+                                 "days_from_target": -1, "reason": "no item covers this chip"})
+                for c in cands:
+                    rows.append({**base, "rank": c.rank, "acquired": c.acquired.isoformat(),
+                                 "item_ids": ",".join(i.id for i in c.items), "n_items": len(c.items),
+                                 "cloud_cover": np.nan if c.cloud_cover is None else c.cloud_cover,
+                                 "coverage": round(c.coverage, 6), "expected_valid": round(c.expected_valid, 6),
+                                 "days_from_target": c.days_from_target, "reason": c.reason})
+        return gpd.GeoDataFrame(rows, geometry="geometry", crs=L93)
+
+    def write(self, path: Path) -> None:
+        """Write the plan as GeoParquet (atomically)."""
+        path = Path(path)
+        if path.is_dir():
+            raise BadInputError(f"plan output {path} is a directory")
+        if not path.parent.exists():
+            raise BadInputError(f"plan output directory {path.parent} does not exist")
+        tmp = path.with_name(path.name + ".tmp")
+        self.to_geodataframe().to_parquet(tmp)
+        tmp.replace(path)
+
+
+def _acquisition_key(item: pystac.Item) -> tuple[str, str]:
+    when = item.datetime or item.common_metadata.start_datetime
+    return (when.date().isoformat() if when else "", str(item.properties.get("platform", "")))
+
+
+def _item_footprint_l93(item: pystac.Item) -> shapely.Geometry:
+    geom = shape(item.geometry)
+    return shapely.make_valid(reproject_geometry(geom, WGS84, L93, densify_m=0.01))
+
+
+def rank_candidates(
+    chips: list[Chip], items: list[pystac.Item], sensor: str, target: dt.date,
+    cloud_property: str | None, max_candidates: int,
+) -> dict[tuple[str, str], list[Candidate]]:
+    """Rank the acquisitions of ``items`` for each chip (see module docstring)."""
+    if not items or not chips:
+        return {}
+    groups: dict[tuple[str, str], list[pystac.Item]] = defaultdict(list)
+    for it in items:
+        groups[_acquisition_key(it)].append(it)
+    acq_keys = sorted(groups)
+    item_fp = {it.id: _item_footprint_l93(it) for it in items}
+    acq_fp = [shapely.union_all([item_fp[i.id] for i in groups[k]]) for k in acq_keys]
+    chip_polys = np.array([c.polygon for c in chips])
+    tree = shapely.STRtree(acq_fp)
+    ci, ai = tree.query(chip_polys, predicate="intersects")
+    cover = shapely.area(shapely.intersection(chip_polys[ci], np.array(acq_fp, dtype=object)[ai]))
+    per_chip: dict[int, list[Candidate]] = defaultdict(list)
+    for c_idx, a_idx, area in zip(ci, ai, cover, strict=True):
+        chip = chips[c_idx]
+        frac = float(area) / chip.polygon.area
+        if frac <= 1e-6:
+            continue
+        members = groups[acq_keys[a_idx]]
+        poly = chip.polygon
+        used = sorted(
+            (it for it in members if item_fp[it.id].intersects(poly)),
+            key=lambda it: (-item_fp[it.id].intersection(poly).area, it.id),
+        )
+        # Drop items whose contribution is already covered by better ones.
+        chosen: list[pystac.Item] = []
+        union = None
+        for it in used:
+            if union is not None and union.contains(poly.intersection(item_fp[it.id]).buffer(-0.01)):
+                continue
+            chosen.append(it)
+            union = item_fp[it.id] if union is None else union.union(item_fp[it.id])
+        ccs = [float(it.properties[cloud_property]) for it in chosen if cloud_property and cloud_property in it.properties]
+        when = chosen[0].datetime or chosen[0].common_metadata.start_datetime
+        assert when is not None
+        per_chip[c_idx].append(Candidate(
+            chip_id=chip.id, sensor=sensor, rank=0, items=tuple(chosen), acquired=when,
+            cloud_cover=max(ccs) if ccs else None, coverage=min(1.0, frac),
+            days_from_target=abs((when.date() - target).days),
+        ))
+    out = {}
+    for c_idx, cands in per_chip.items():
+        cands.sort(key=lambda c: (-round(c.expected_valid, 3), c.days_from_target, c.acquired))
+        out[(chips[c_idx].id, sensor)] = [
+            Candidate(**{**c.__dict__, "rank": r}) for r, c in enumerate(cands[:max_candidates], start=1)
+        ]
+    return out
+
+
+def make_plan(region: Region, recipe: Recipe, catalog: Catalog, use_cache: bool = True,
+              chips: list[Chip] | None = None) -> Plan:
+    """Search every sensor's source over ``region`` and rank candidates per chip.
+
+    Raises:
+        BadInputError: invalid recipe/catalog combination, a region without chips, or a sensor
+            with no item at all in the time window.
+        SourceError: a source failed.
+    """
+    gsds = sensor_gsds(recipe, catalog)
+    chips = chips if chips is not None else chips_in(region.geometry, recipe.chip_size_m)
+    if not chips:
+        raise BadInputError(f"region '{region.name}' covers no chip of {recipe.chip_size_m} m")
+    footprint = shapely.union_all([c.polygon for c in chips])
+    bbox = tuple(float(v) for v in reproject_geometry(footprint.envelope, L93, WGS84, densify_m=500).bounds)
+    candidates: dict[tuple[str, str], list[Candidate]] = {}
+    found: dict[str, int] = {}
+    for name in gsds:
+        spec = catalog.sensor(name)
+        is_label = recipe.labels is not None and name == recipe.labels.sensor
+        if is_label:
+            window = recipe.labels.time if recipe.labels and recipe.labels.time else None
+            start, end = (window.start, window.end) if window else LABEL_WINDOW
+            target, max_cc, max_cands = (window.target_date if window else start), None, 1
+        else:
+            sr = recipe.sensors[name]
+            start, end, target = recipe.time.start, recipe.time.end, recipe.time.target_date
+            max_cc, max_cands = sr.max_cloud_cover, sr.max_candidates
+        q = SearchQuery(
+            collection=spec.source.collection, bbox=bbox, start=start, end=end,  # type: ignore[arg-type]
+            properties=tuple(sorted(spec.source.properties.items())),
+            max_cloud_cover=max_cc, cloud_cover_property=spec.cloud_cover_property,
+        )
+        items = make_source(spec, catalog, use_cache=use_cache).search(q)
+        found[name] = len(items)
+        if not items:
+            cc = f", cloud <= {max_cc:g}%" if max_cc is not None and spec.cloud_cover_property else ""
+            raise BadInputError(
+                f"no {name} items for region '{region.name}' between {start} and {end}{cc} "
+                f"(source {spec.source.type}:{spec.source.collection})"
+            )
+        candidates.update(rank_candidates(chips, items, name, target, spec.cloud_cover_property, max_cands))
+    return Plan(region, recipe, catalog, chips, gsds, candidates, found)

@@ -1,0 +1,30 @@
+"""Data sources behind one interface: STAC APIs, local static catalogs and the demo world."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from msc_france.config import Catalog, SensorSpec, cache_dir
+from msc_france.errors import BadInputError
+from msc_france.sources.base import SearchQuery, Source
+from msc_france.sources.demo import DemoSource
+from msc_france.sources.signing import Signer, make_signer
+from msc_france.sources.stac_api import StacApiSource
+from msc_france.sources.static import StaticSource
+
+__all__ = ["SearchQuery", "Source", "make_source", "make_signer", "Signer"]
+
+
+def make_source(sensor: SensorSpec, catalog: Catalog, use_cache: bool = True) -> Source:
+    """The backend serving ``sensor`` (search results of remote APIs cached on disk per query)."""
+    spec = sensor.source
+    if spec.type == "stac-api":
+        return StacApiSource(spec, cache_dir=(cache_dir() / "search") if use_cache else None)
+    if spec.type == "static":
+        p = Path(spec.path or "")
+        return StaticSource(spec, path=p if p.is_absolute() else (catalog.path / p).resolve())
+    if spec.type == "demo":
+        if catalog.world is None:
+            raise BadInputError(f"catalog '{catalog.name}' has demo sources but no _world.yaml")
+        return DemoSource(spec, world=catalog.world, world_cache=cache_dir())
+    raise BadInputError(f"unsupported source type {spec.type}")

@@ -1,0 +1,557 @@
+"""The offline demo world: one seeded synthetic ground truth observed by every sensor.
+
+The ground truth is a set of vector features in Lambert-93 (crop parcels, forests, a river and a
+lake, a town with roads and buildings, and bright calibration markers at known coordinates), each
+with its own surface-reflectance spectrum. Every sensor observes it the way the real product
+does, in its own CRS and pixel grid:
+
+* Sentinel-2 L2A-like: two overlapping UTM 31N tiles at 10 m, area-averaged (5x supersampling)
+  and blurred by a PSF, uint16 DN with the baseline >= 04.00 offset where the item says so,
+  SCL at 20 m with clouds, shadows, water and vegetation.
+* Landsat-8 C2 L2-like: one UTM 31N scene at 30 m, DN = (rho + 0.2) / 2.75e-5, qa_pixel bits.
+  (Plus one Landsat-9 scene, which the catalog's platform filter must drop.)
+* Aerial (BD ORTHO-like): Lambert-93 tiles at 0.5 m, uint8 R G B NIR, JPEG-compressed.
+* WorldCover-like labels: EPSG:4326 at 1/12000 degree.
+
+Clouds are per-date smooth random fields in Lambert-93, sampled by each sensor at its pixel
+centres, so a cloud covers the same ground in S2 and Landsat of the same date.
+
+Everything is written as COGs plus STAC items shaped like Planetary Computer's, into a cache
+directory keyed by the world spec, atomically (temp dir + rename) under a file lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pystac
+import rasterio
+import shapely
+from affine import Affine
+from rasterio.features import rasterize
+from scipy import ndimage
+from shapely import affinity
+from shapely.geometry import LineString, Point, Polygon, box, mapping
+from shapely.geometry.base import BaseGeometry
+
+from msc_france.config import DemoWorldSpec
+from msc_france.crs import L93, WGS84, reproject_geometry, transformer
+from msc_france.grid import PixelGrid
+
+GENERATOR_VERSION = "2"
+UTM31 = "EPSG:32631"
+
+# Ground-truth classes: name, spectrum (blue, green, red, nir), WorldCover code, SCL class.
+CLASSES: dict[int, tuple[str, tuple[float, float, float, float], int, int]] = {
+    1: ("water", (0.05, 0.04, 0.03, 0.02), 80, 6),
+    2: ("forest", (0.03, 0.06, 0.03, 0.30), 10, 4),
+    3: ("crops", (0.04, 0.08, 0.05, 0.35), 40, 4),
+    4: ("grassland", (0.04, 0.07, 0.06, 0.28), 30, 4),
+    5: ("bare soil", (0.10, 0.14, 0.18, 0.25), 40, 5),
+    6: ("urban ground", (0.09, 0.10, 0.11, 0.18), 50, 5),
+    7: ("road", (0.08, 0.09, 0.10, 0.12), 50, 5),
+    8: ("building", (0.14, 0.12, 0.13, 0.20), 50, 5),
+    9: ("marker", (0.60, 0.60, 0.60, 0.60), 60, 5),
+}
+MARKER_SIZE_M = 90.0
+MARKER_FRACTIONS = ((0.17, 0.15), (0.47, 0.53), (0.81, 0.83))
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One ground-truth polygon with its class and reflectance spectrum."""
+
+    geometry: BaseGeometry
+    cls: int
+    spectrum: tuple[float, float, float, float]
+
+
+# --------------------------------------------------------------------------- ground truth
+
+
+def make_features(spec: DemoWorldSpec) -> tuple[list[Feature], list[tuple[float, float]]]:
+    """The seeded vector ground truth (later features overwrite earlier ones) and marker centres."""
+    rng = np.random.default_rng(spec.seed)
+    x0, y0, x1, y1 = spec.bounds_l93
+    w, h = x1 - x0, y1 - y0
+    feats: list[Feature] = []
+
+    def add(geom: BaseGeometry, cls: int, gain: float = 1.0, tint: np.ndarray | None = None) -> None:
+        base = np.array(CLASSES[cls][1]) * gain
+        if tint is not None:
+            base = base * tint
+        feats.append(Feature(geom, cls, tuple(float(v) for v in np.clip(base, 0.005, 0.95))))
+
+    # Agricultural background: a jittered grid of parcels split into strips.
+    cell = 320.0
+    for gx in np.arange(x0 - cell, x1 + cell, cell):
+        for gy in np.arange(y0 - cell, y1 + cell, cell):
+            n = int(rng.integers(1, 4))
+            vertical = rng.random() < 0.5
+            cuts = np.sort(rng.uniform(0.2, 0.8, n - 1)) if n > 1 else np.array([])
+            edges = np.concatenate([[0.0], cuts, [1.0]])
+            for a, b in zip(edges[:-1], edges[1:], strict=True):
+                if vertical:
+                    g = box(gx + a * cell, gy, gx + b * cell, gy + cell)
+                else:
+                    g = box(gx, gy + a * cell, gx + cell, gy + b * cell)
+                cls = int(rng.choice([3, 4, 5, 2], p=[0.55, 0.25, 0.12, 0.08]))
+                add(g, cls, gain=float(rng.uniform(0.85, 1.15)), tint=rng.uniform(0.93, 1.07, 4))
+    # Forests: irregular blobs.
+    for _ in range(5):
+        cx, cy = x0 + rng.uniform(0.05, 0.95) * w, y0 + rng.uniform(0.05, 0.95) * h
+        blob = shapely.union_all(
+            [Point(cx + rng.normal(0, 350), cy + rng.normal(0, 350)).buffer(rng.uniform(200, 500)) for _ in range(6)]
+        )
+        add(blob, 2, gain=float(rng.uniform(0.9, 1.1)))
+    # A lake and a meandering river.
+    lake = affinity.rotate(affinity.scale(Point(0, 0).buffer(1.0), 420, 240), 25)
+    add(affinity.translate(lake, x0 + 0.25 * w, y0 + 0.72 * h), 1)
+    xs = np.arange(x0 - 500, x1 + 500, 40.0)
+    ys = y0 + 0.35 * h + 0.14 * h * np.sin(2 * np.pi * (xs - x0) / (0.7 * w)) + 0.04 * h * np.sin(xs / 370.0)
+    add(LineString(np.column_stack([xs, ys])).buffer(32), 1)
+    # A town: urban ground, a road grid, buildings in the blocks.
+    tx0, ty0, tw, th = x0 + 0.55 * w, y0 + 0.55 * h, 0.22 * w, 0.18 * h
+    add(box(tx0, ty0, tx0 + tw, ty0 + th), 6)
+    block = 160.0
+    for bx in np.arange(tx0, tx0 + tw, block):
+        for by in np.arange(ty0, ty0 + th, block):
+            for ix in range(3):
+                for iy in range(3):
+                    if rng.random() < 0.2:
+                        continue
+                    sx, sy = rng.uniform(14, 34, 2)
+                    px = bx + 12 + ix * 48 + rng.uniform(0, 48 - min(sx, 46))
+                    py = by + 12 + iy * 48 + rng.uniform(0, 48 - min(sy, 46))
+                    roof = np.array([1.0, 1.0, 1.0, 1.0]) if rng.random() < 0.5 else np.array([0.7, 0.75, 1.25, 1.1])
+                    add(box(px, py, px + sx, py + sy), 8, gain=float(rng.uniform(0.85, 1.2)), tint=roof)
+    for bx in np.arange(tx0, tx0 + tw + 1, block):
+        add(box(bx - 5, ty0, bx + 5, ty0 + th), 7)
+    for by in np.arange(ty0, ty0 + th + 1, block):
+        add(box(tx0, by - 5, tx0 + tw, by + 5), 7)
+    add(LineString([(x0 - 500, y0 + 0.2 * h), (x1 + 500, y0 + 0.9 * h)]).buffer(11), 7)
+    # Calibration markers at known coordinates (bright 90 m squares), burnt last.
+    markers = []
+    for fx, fy in MARKER_FRACTIONS:
+        mx, my = x0 + fx * w, y0 + fy * h
+        markers.append((float(mx), float(my)))
+        half = MARKER_SIZE_M / 2
+        add(box(mx - half, my - half, mx + half, my + half), 9)
+    return feats, markers
+
+
+@dataclass
+class Renderer:
+    """Rasterises the ground truth onto any pixel grid (any CRS), with area averaging."""
+
+    features: list[Feature]
+
+    def __post_init__(self) -> None:
+        self.spectra = np.zeros((len(self.features) + 1, 4), np.float32)
+        self.classes = np.zeros(len(self.features) + 1, np.uint8)
+        for i, f in enumerate(self.features, start=1):
+            self.spectra[i] = f.spectrum
+            self.classes[i] = f.cls
+        self._tree = shapely.STRtree([f.geometry for f in self.features])
+        self._cache: dict[str, list[BaseGeometry]] = {}
+
+    def _geoms_in(self, crs: str) -> list[BaseGeometry]:
+        if crs not in self._cache:
+            geoms = [f.geometry for f in self.features]
+            self._cache[crs] = geoms if crs == L93 else [reproject_geometry(g, L93, crs, densify_m=50) for g in geoms]
+        return self._cache[crs]
+
+    def feature_ids(self, grid: PixelGrid) -> np.ndarray:
+        """Feature index (1-based, 0 = none) at each pixel centre of ``grid``."""
+        minx, miny, maxx, maxy = grid.bounds
+        area = box(minx, miny, maxx, maxy)
+        area_l93 = reproject_geometry(area, grid.crs, L93, densify_m=None) if grid.crs != L93 else area
+        idx = np.sort(self._tree.query(area_l93.buffer(100)))
+        geoms = self._geoms_in(grid.crs)
+        shapes = ((geoms[i], int(i) + 1) for i in idx)
+        return rasterize(shapes, out_shape=grid.shape, transform=grid.transform, fill=0, dtype="int32")
+
+    def reflectance(self, grid: PixelGrid, supersample: int, psf_sigma_px: float) -> tuple[np.ndarray, np.ndarray]:
+        """Area-averaged surface reflectance (4, H, W) and the centre class (H, W) on ``grid``."""
+        k = supersample
+        t = grid.transform
+        fine = PixelGrid(grid.crs, Affine(t.a / k, t.b, t.c, t.d, t.e / k, t.f), grid.height * k, grid.width * k)
+        ids = self.feature_ids(fine)
+        out = np.empty((4, grid.height, grid.width), np.float32)
+        for b in range(4):
+            band = self.spectra[:, b][ids]
+            out[b] = band if k == 1 else band.reshape(grid.height, k, grid.width, k).mean(axis=(1, 3))
+            if psf_sigma_px > 0:
+                out[b] = ndimage.gaussian_filter(out[b], psf_sigma_px, mode="nearest")
+        centre = self.classes[ids[k // 2 :: k, k // 2 :: k]]
+        return out, centre
+
+
+# --------------------------------------------------------------------------- clouds
+
+
+@dataclass
+class CloudField:
+    """A smooth cloud-opacity field on a Lambert-93 lattice; shadows are the field shifted."""
+
+    origin: tuple[float, float]
+    spacing: float
+    values: np.ndarray
+    shadow_offset: tuple[float, float] = (-300.0, 220.0)
+
+    @classmethod
+    def make(cls, bounds: tuple[float, float, float, float], cover: float, rng: np.random.Generator) -> CloudField:
+        """A field whose opacity > 0.5 over about ``cover`` of ``bounds``."""
+        spacing = 40.0
+        x0, y0, x1, y1 = bounds
+        pad = 3000.0
+        nx, ny = int((x1 - x0 + 2 * pad) / spacing) + 1, int((y1 - y0 + 2 * pad) / spacing) + 1
+        noise = ndimage.gaussian_filter(rng.standard_normal((ny, nx)), sigma=18)
+        noise /= noise.std()
+        if cover <= 0:
+            vals = np.zeros_like(noise)
+        else:
+            inner = noise[int(pad / spacing) : -int(pad / spacing), int(pad / spacing) : -int(pad / spacing)]
+            thr = np.quantile(inner, 1 - cover)
+            vals = np.clip((noise - thr) / 0.35 + 0.5, 0, 1)
+        return cls((x0 - pad, y1 + pad), spacing, vals.astype(np.float32))
+
+    def sample(self, x: np.ndarray, y: np.ndarray, shadow: bool = False) -> np.ndarray:
+        """Opacity at Lambert-93 points (bilinear); ``shadow`` samples the cast shadow instead."""
+        if shadow:
+            x, y = x - self.shadow_offset[0], y - self.shadow_offset[1]
+        cols = (x - self.origin[0]) / self.spacing
+        rows = (self.origin[1] - y) / self.spacing
+        return ndimage.map_coordinates(self.values, [rows, cols], order=1, mode="constant", cval=0.0)
+
+
+def grid_centres_l93(grid: PixelGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Lambert-93 coordinates of every pixel centre of ``grid``."""
+    cols, rows = np.meshgrid(np.arange(grid.width) + 0.5, np.arange(grid.height) + 0.5)
+    x, y = grid.transform * (cols, rows)
+    if grid.crs == L93:
+        return x, y
+    return transformer(grid.crs, L93).transform(x, y)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_cog(path: Path, data: np.ndarray, grid: PixelGrid, nodata: int | None, **creation: object) -> None:
+    """Write a (bands, H, W) array as a Cloud-Optimised GeoTIFF."""
+    profile = dict(
+        driver="COG",
+        width=grid.width,
+        height=grid.height,
+        count=data.shape[0],
+        dtype=data.dtype.name,
+        crs=grid.crs,
+        transform=grid.transform,
+        nodata=nodata,
+        blocksize=256,
+        compress="DEFLATE",
+        overview_resampling="average",
+    )
+    profile.update(creation)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+
+
+def _asset(href: Path, title: str, grid: PixelGrid, roles: list[str], **extra: object) -> pystac.Asset:
+    fields = {
+        "proj:shape": [grid.height, grid.width],
+        "proj:transform": list(grid.transform)[:6],
+        "proj:bbox": list(grid.bounds),
+        "gsd": grid.res if grid.crs != WGS84 else 10.0,
+    }
+    fields.update(extra)
+    return pystac.Asset(
+        str(href), title=title, media_type="image/tiff; application=geotiff; profile=cloud-optimized",
+        roles=roles, extra_fields=fields,
+    )
+
+
+def _footprint(grid: PixelGrid) -> BaseGeometry:
+    return reproject_geometry(box(*grid.bounds), grid.crs, WGS84, densify_m=None if grid.crs == WGS84 else 500)
+
+
+def _item(item_id: str, collection: str, grid: PixelGrid, when: dt.datetime, props: dict, exts: list[str]) -> pystac.Item:
+    geom = _footprint(grid)
+    item = pystac.Item(item_id, mapping(geom), list(geom.bounds), when, dict(props), collection=collection,
+                       stac_extensions=exts)
+    epsg = int(grid.crs.split(":")[1])
+    item.properties["proj:epsg"] = epsg
+    item.add_link(pystac.Link("collection", f"demo://collections/{collection}", "application/json"))
+    return item
+
+
+EXT = {
+    "eo": "https://stac-extensions.github.io/eo/v1.0.0/schema.json",
+    "proj": "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+    "raster": "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+    "sat": "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
+}
+
+
+# --------------------------------------------------------------------------- sensors
+
+
+def _utm_grid(bounds_l93: tuple[float, float, float, float], res: float, snap: float, offset: float = 0.0,
+              frac: tuple[float, float] = (0.0, 1.0), margin: float = 600.0) -> PixelGrid:
+    geom = reproject_geometry(box(*bounds_l93), L93, UTM31, densify_m=200)
+    minx, miny, maxx, maxy = geom.bounds
+    minx = math.floor((minx - margin) / snap) * snap + offset
+    maxx = math.ceil((maxx + margin) / snap) * snap + offset
+    miny = math.floor((miny - margin) / snap) * snap + offset
+    maxy = math.ceil((maxy + margin) / snap) * snap + offset
+    w = maxx - minx
+    a = minx + math.floor(frac[0] * w / snap) * snap
+    b = minx + math.ceil(frac[1] * w / snap) * snap
+    return PixelGrid(UTM31, Affine(res, 0, a, 0, -res, maxy), int(round((maxy - miny) / res)), int(round((b - a) / res)))
+
+
+def _s2_baseline(date: dt.date, i: int) -> str:
+    # Dates before 2022 were processed at baseline 03.xx; a reprocessed archive carries 05.xx
+    # (with the -1000 offset). Alternate so both harmonisation paths are exercised.
+    return "05.09" if i % 2 == 1 else "03.01"
+
+
+def generate_sentinel2(spec: DemoWorldSpec, r: Renderer, clouds: list[CloudField], out: Path) -> list[pystac.Item]:
+    """Sentinel-2 L2A-like items: two overlapping tiles per date, B02 B03 B04 B08 + SCL."""
+    items = []
+    rng = np.random.default_rng(spec.seed + 2)
+    tiles = {"31TCJ": (0.0, 0.54), "31TDJ": (0.46, 1.0)}
+    for tile, frac in tiles.items():
+        g10 = _utm_grid(spec.bounds_l93, 10.0, 60.0, frac=frac)
+        g20 = PixelGrid(UTM31, Affine(20, 0, g10.transform.c, 0, -20, g10.transform.f), g10.height // 2, g10.width // 2)
+        refl, _ = r.reflectance(g10, supersample=5, psf_sigma_px=0.45)
+        ids20 = r.feature_ids(g20)
+        cls20 = r.classes[ids20]
+        x10, y10 = grid_centres_l93(g10)
+        x20, y20 = grid_centres_l93(g20)
+        for i, (date, cf) in enumerate(zip(spec.dates, clouds, strict=True)):
+            c10, s10 = cf.sample(x10, y10), cf.sample(x10, y10, shadow=True)
+            obs = refl * (1 - 0.55 * s10 * (1 - c10)) * (1 - c10) + c10 * 0.62
+            obs += 0.002 * rng.standard_normal(obs.shape, dtype=np.float32)
+            baseline = _s2_baseline(date, i)
+            offset = 1000 if baseline >= "04.00" else 0
+            dn = np.clip(np.round(obs * 10000 + offset), 1, 65535).astype(np.uint16)
+            c20, s20 = cf.sample(x20, y20), cf.sample(x20, y20, shadow=True)
+            scl = np.array([0] + [CLASSES[k][3] for k in range(1, 10)], np.uint8)[cls20]
+            scl[(s20 > 0.5) & (c20 < 0.3)] = 3
+            scl[(c20 > 0.3) & (c20 <= 0.6)] = 8
+            scl[c20 > 0.6] = 9
+            stamp = f"{date:%Y%m%d}T105031"
+            pid = f"S2B_MSIL2A_{stamp}_R051_T{tile}_{date:%Y%m%d}T150000"
+            d = out / "sentinel-2-l2a" / pid
+            assets = {}
+            for b, (key, name, cn) in enumerate([("B02", "Blue", "blue"), ("B03", "Green", "green"),
+                                                 ("B04", "Red", "red"), ("B08", "NIR", "nir")]):
+                p = d / f"T{tile}_{stamp}_{key}_10m.tif"
+                write_cog(p, dn[b : b + 1], g10, 0, predictor=2)
+                assets[key] = _asset(p, f"Band {key[1:].lstrip('0')} - {name} - 10m", g10, ["data"],
+                                     **{"eo:bands": [{"name": key, "common_name": cn}]})
+            p = d / f"T{tile}_{stamp}_SCL_20m.tif"
+            write_cog(p, scl[None], g20, 0)
+            assets["SCL"] = _asset(p, "Scene classfication map (SCL)", g20, ["data"])
+            cloud_pct = float(np.mean(c20 > 0.3) * 100)
+            props = {
+                "platform": "Sentinel-2B", "constellation": "Sentinel 2", "instruments": ["msi"],
+                "s2:mgrs_tile": tile, "s2:processing_baseline": baseline, "s2:product_type": "S2MSI2A",
+                "eo:cloud_cover": round(cloud_pct, 4), "sat:relative_orbit": 51,
+                "s2:datatake_id": f"GS2B_{stamp}_022000_N{baseline.replace('.', '')}",
+            }
+            item = _item(pid, "sentinel-2-l2a", g10, dt.datetime.combine(date, dt.time(10, 50, 31), dt.UTC),
+                         props, [EXT["eo"], EXT["proj"], EXT["sat"]])
+            for k, a in assets.items():
+                item.add_asset(k, a)
+            items.append(item)
+    return items
+
+
+def generate_landsat(spec: DemoWorldSpec, r: Renderer, clouds: list[CloudField], out: Path) -> list[pystac.Item]:
+    """Landsat-8 C2 L2-like items (one per date) plus one Landsat-9 item the platform filter drops."""
+    items = []
+    rng = np.random.default_rng(spec.seed + 3)
+    g = _utm_grid(spec.bounds_l93, 30.0, 30.0, offset=15.0, margin=1500.0)
+    refl, cls = r.reflectance(g, supersample=10, psf_sigma_px=0.5)
+    x, y = grid_centres_l93(g)
+    scale, offset = 2.75e-05, -0.2
+    plan = [(d, cf, "landsat-8") for d, cf in zip(spec.dates, clouds, strict=True)]
+    plan.append((spec.dates[len(spec.dates) // 2] + dt.timedelta(days=8), clouds[len(clouds) // 2], "landsat-9"))
+    for date, cf, platform in plan:
+        c, s = cf.sample(x, y), cf.sample(x, y, shadow=True)
+        obs = refl * (1 - 0.55 * s * (1 - c)) * (1 - c) + c * 0.6
+        obs += 0.003 * rng.standard_normal(obs.shape, dtype=np.float32)
+        dn = np.clip(np.round((obs - offset) / scale), 1, 65535).astype(np.uint16)
+        qa = np.zeros(g.shape, np.uint16)
+        clear = (c < 0.2) & (s < 0.5)
+        qa[clear] |= 1 << 6
+        qa[cls == 1] |= 1 << 7
+        qa[(c >= 0.2) & (c <= 0.5)] |= (1 << 1) | (1 << 8)
+        qa[c > 0.5] |= (1 << 3) | (3 << 8)
+        qa[(s >= 0.5) & (c < 0.2)] |= (1 << 4) | (3 << 10)
+        sat = "LC08" if platform == "landsat-8" else "LC09"
+        pid = f"{sat}_L2SP_198030_{date:%Y%m%d}_02_T1"
+        d = out / "landsat-c2-l2" / pid
+        assets = {}
+        for b, (key, sr, title) in enumerate([("blue", "SR_B2", "Blue Band"), ("green", "SR_B3", "Green Band"),
+                                              ("red", "SR_B4", "Red Band"), ("nir08", "SR_B5", "Near Infrared Band 0.8")]):
+            p = d / f"{pid}_{sr}.TIF"
+            write_cog(p, dn[b : b + 1], g, 0, predictor=2)
+            assets[key] = _asset(p, title, g, ["data", "reflectance"], **{
+                "eo:bands": [{"name": f"OLI_B{sr[-1]}", "common_name": key}],
+                "raster:bands": [{"scale": scale, "nodata": 0, "offset": offset, "data_type": "uint16",
+                                  "spatial_resolution": 30, "unit": "none"}]})
+        p = d / f"{pid}_QA_PIXEL.TIF"
+        write_cog(p, qa[None], g, 1)
+        assets["qa_pixel"] = _asset(p, "Pixel Quality Assessment Band", g, ["cloud", "cloud-shadow", "snow-ice",
+                                    "water-mask"], **{"raster:bands": [{"nodata": 1, "data_type": "uint16",
+                                                                        "unit": "bit index", "spatial_resolution": 30}]})
+        props = {
+            "platform": platform, "instruments": ["oli", "tirs"], "gsd": 30,
+            "eo:cloud_cover": round(float(np.mean(c > 0.2) * 100), 2),
+            "landsat:wrs_path": "198", "landsat:wrs_row": "030", "landsat:correction": "L2SP",
+            "landsat:collection_number": "02", "landsat:collection_category": "T1",
+            "proj:shape": [g.height, g.width], "proj:transform": list(g.transform)[:6],
+        }
+        item = _item(pid, "landsat-c2-l2", g, dt.datetime.combine(date, dt.time(10, 38, 12), dt.UTC), props,
+                     [EXT["eo"], EXT["proj"], EXT["raster"]])
+        for k, a in assets.items():
+            item.add_asset(k, a)
+        items.append(item)
+    return items
+
+
+def generate_aerial(spec: DemoWorldSpec, r: Renderer, out: Path, workers: int = 2) -> list[pystac.Item]:
+    """BD ORTHO-like tiles: Lambert-93, ``aerial_gsd``, uint8 R G B NIR, named by upper-left km."""
+    t = spec.aerial_tile_m
+    x0, y0, x1, y1 = spec.bounds_l93
+    origins = [(float(tx), float(ty)) for tx in np.arange(math.floor(x0 / t) * t, x1, t)
+               for ty in np.arange(math.floor(y0 / t) * t, y1, t)]
+    r.feature_ids(PixelGrid(L93, Affine(1, 0, x0, 0, -1, y1), 1, 1))  # warm the geometry cache once
+    # Rasterising, noise and JPEG/COG encoding release the GIL: threads use both cores.
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda o: _aerial_tile(spec, r, out, *o), origins))
+
+
+def _aerial_tile(spec: DemoWorldSpec, r: Renderer, out: Path, tx: float, ty: float) -> pystac.Item:
+    t, gsd = spec.aerial_tile_m, spec.aerial_gsd
+    n = int(round(t / gsd))
+    g = PixelGrid(L93, Affine(gsd, 0, tx, 0, -gsd, ty + t), n, n)
+    refl, _ = r.reflectance(g, supersample=1, psf_sigma_px=0.6)
+    rng = np.random.default_rng([spec.seed, int(tx), int(ty)])
+    rgbn = refl[[2, 1, 0, 3]]  # R G B NIR, as BD ORTHO RVB + IRC
+    rgbn += 0.008 * rng.standard_normal(rgbn.shape, dtype=np.float32)
+    dn = np.clip(np.round(rgbn * (255 / 0.5)), 1, 255).astype(np.uint8)
+    name = f"31-{spec.aerial_date.year}-{int(tx / 1000):04d}-{int((ty + t) / 1000):04d}-LA93-0M{int(gsd * 100):02d}"
+    p = out / "aerial" / f"{name}.tif"
+    write_cog(p, dn, g, 0, compress="JPEG", quality=92, blocksize=512)
+    item = _item(name, "aerial", g, dt.datetime.combine(spec.aerial_date, dt.time(11), dt.UTC),
+                 {"gsd": gsd, "proj:shape": [n, n], "proj:transform": list(g.transform)[:6],
+                  "proj:bbox": list(g.bounds), "providers": [{"name": "msc-france demo world"}]},
+                 [EXT["eo"], EXT["proj"]])
+    item.add_asset("image", _asset(p, "RGBIR COG tile", g, ["data"], **{"eo:bands": [
+        {"name": "Red", "common_name": "red"}, {"name": "Green", "common_name": "green"},
+        {"name": "Blue", "common_name": "blue"}, {"name": "NIR", "common_name": "nir"}]}))
+    return item
+
+
+def generate_worldcover(spec: DemoWorldSpec, r: Renderer, out: Path) -> list[pystac.Item]:
+    """A WorldCover-like label raster in EPSG:4326 at 1/12000 degree."""
+    res = 1 / 12000
+    geom = reproject_geometry(box(*spec.bounds_l93), L93, WGS84, densify_m=200)
+    minx, miny, maxx, maxy = geom.bounds
+    minx, maxx = math.floor(minx / res - 40) * res, math.ceil(maxx / res + 40) * res
+    miny, maxy = math.floor(miny / res - 40) * res, math.ceil(maxy / res + 40) * res
+    g = PixelGrid(WGS84, Affine(res, 0, minx, 0, -res, maxy), int(round((maxy - miny) / res)),
+                  int(round((maxx - minx) / res)))
+    ids = r.feature_ids(g)
+    wc = np.array([0] + [CLASSES[k][2] for k in range(1, 10)], np.uint8)[r.classes[ids]]
+    iid = "ESA_WorldCover_10m_2021_v200_N43E000"
+    p = out / "esa-worldcover" / f"{iid}_Map.tif"
+    write_cog(p, wc[None], g, 0)
+    start = dt.datetime.combine(spec.worldcover_date, dt.time(0), dt.UTC)
+    item = _item(iid, "esa-worldcover", g, None, {  # type: ignore[arg-type]
+        "start_datetime": start.isoformat().replace("+00:00", "Z"),
+        "end_datetime": start.replace(month=12, day=31, hour=23, minute=59, second=59).isoformat().replace("+00:00", "Z"),
+        "esa_worldcover:product_version": "2.0.0", "esa_worldcover:product_tile": "N43E000",
+        "mission": "sentinel-1, sentinel-2",
+    }, [EXT["proj"], EXT["raster"]])
+    item.add_asset("map", _asset(p, "Land Cover Classes", g, ["data"], **{
+        "raster:bands": [{"nodata": 0, "data_type": "uint8", "spatial_resolution": 10}]}))
+    return [item]
+
+
+# --------------------------------------------------------------------------- the world on disk
+
+
+def world_key(spec: DemoWorldSpec) -> str:
+    """Cache key of a world: its spec and the generator version."""
+    payload = json.dumps({"v": GENERATOR_VERSION, **spec.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def ensure_world(spec: DemoWorldSpec, cache: Path) -> Path:
+    """Generate the world into ``cache/demo/<key>`` unless it is there already; return that directory.
+
+    Safe against concurrent callers (file lock) and crashes (temp dir + atomic rename).
+    """
+    root = cache / "demo"
+    target = root / world_key(spec)
+    if (target / "truth.json").exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "truth.json").exists():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+        try:
+            _generate(spec, tmp, final=target)
+            tmp.rename(target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _generate(spec: DemoWorldSpec, tmp: Path, final: Path) -> None:
+    feats, markers = make_features(spec)
+    r = Renderer(feats)
+    rng = np.random.default_rng(spec.seed + 1)
+    clouds = [CloudField.make(spec.bounds_l93, cc, rng) for cc in spec.cloud_cover]
+    collections = {
+        "sentinel-2-l2a": generate_sentinel2(spec, r, clouds, tmp),
+        "landsat-c2-l2": generate_landsat(spec, r, clouds, tmp),
+        "aerial": generate_aerial(spec, r, tmp),
+        "esa-worldcover": generate_worldcover(spec, r, tmp),
+    }
+    for name, items in collections.items():
+        for it in items:  # hrefs point at the final location, not the temp dir
+            for a in it.assets.values():
+                a.href = str(final / Path(a.href).relative_to(tmp))
+        fc = pystac.ItemCollection(items).to_dict(transform_hrefs=False)
+        (tmp / f"{name}.json").write_text(json.dumps(fc))
+        with open(tmp / f"{name}.ndjson", "w") as f:
+            for it in items:
+                f.write(json.dumps(it.to_dict(transform_hrefs=False)) + "\n")
+    truth = {
+        "bounds_l93": list(spec.bounds_l93),
+        "markers_l93": markers,
+        "marker_size_m": MARKER_SIZE_M,
+        "classes": {str(k): {"name": v[0], "spectrum": v[1], "worldcover": v[2]} for k, v in CLASSES.items()},
+        "generator_version": GENERATOR_VERSION,
+    }
+    (tmp / "truth.json").write_text(json.dumps(truth, indent=1))

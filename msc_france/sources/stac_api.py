@@ -1,0 +1,74 @@
+"""STAC API backend (pystac-client): POST search, paging, timeouts and bounded retries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pystac
+import requests
+from pystac_client import Client
+from pystac_client.exceptions import APIError
+from pystac_client.stac_api_io import StacApiIO
+from urllib3.util.retry import Retry
+
+from msc_france.errors import SourceError
+from msc_france.sources.base import SearchQuery, Source
+
+QUERY_CONFORMANCE = "https://api.stacspec.org/v1.0.0-rc.1/item-search#query"
+
+
+@dataclass
+class StacApiSource(Source):
+    """Search a STAC API such as Planetary Computer.
+
+    pystac-client follows ``next`` links, so results are paged past any per-request cap (Planetary
+    Computer's is 1,000). Every HTTP call has a timeout and a bounded number of retries with
+    exponential backoff on connection errors, 429 (honouring Retry-After) and 5xx.
+    """
+
+    @property
+    def identity(self) -> str:
+        """The API root URL."""
+        return str(self.spec.url)
+
+    def _client(self) -> Client:
+        retry = Retry(
+            total=self.spec.max_retries,
+            connect=self.spec.max_retries,
+            read=self.spec.max_retries,
+            backoff_factor=0.5,
+            status_forcelist=(429, 500, 502, 503, 504),
+            allowed_methods=None,  # POST searches are idempotent reads: retry them too
+            respect_retry_after_header=True,
+            raise_on_status=False,
+        )
+        io = StacApiIO(timeout=self.spec.timeout_s, max_retries=retry)
+        try:
+            return Client.open(str(self.spec.url), stac_io=io, timeout=self.spec.timeout_s)
+        except (requests.RequestException, APIError, pystac.STACError) as e:
+            raise SourceError(f"STAC API {self.spec.url} unreachable: {_short(e)}") from None
+
+    def _search(self, q: SearchQuery) -> list[pystac.Item]:
+        client = self._client()
+        kwargs: dict = dict(
+            collections=[q.collection],
+            bbox=list(q.bbox),
+            datetime=q.datetime_range,
+            limit=self.spec.page_size,
+            method="POST",
+        )
+        query = {k: {"eq": v} for k, v in q.properties}
+        if q.max_cloud_cover is not None and q.cloud_cover_property:
+            query[q.cloud_cover_property] = {"lte": q.max_cloud_cover}
+        if query and client.conforms_to("QUERY"):
+            kwargs["query"] = query  # servers without the extension are filtered client-side
+        try:
+            return list(client.search(**kwargs).items())
+        except (requests.RequestException, APIError, pystac.STACError) as e:
+            raise SourceError(f"STAC search on {self.spec.url} ({q.collection}) failed: {_short(e)}") from None
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    msg = text[0] if text else type(e).__name__
+    return msg[:200]
