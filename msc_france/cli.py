@@ -102,6 +102,59 @@ def plan(region: str, catalog: str | None, recipe: str, out: Path, no_cache: boo
     click.echo(f"plan written to {out}")
 
 
+# --------------------------------------------------------------------------- build
+
+
+@cli.command()
+@click.option("--region", required=True, help="region name, minx,miny,maxx,maxy (WGS84) or a GeoJSON/GPKG path")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="store directory (created or appended)")
+@click.option("--catalog", default=None, help="catalog name or directory (default: the recipe's)")
+@click.option("--recipe", default="msc-france", show_default=True, help="recipe name under pipelines/ or a YAML path")
+@click.option("--workers", type=click.IntRange(1, 256), default=2, show_default=True, help="local threads/processes")
+@click.option("--scheduler", default=None, help="threads (default), processes, or tcp://HOST:PORT of a dask cluster")
+@click.option("--retry-failed", is_flag=True, help="rebuild chips recorded as failed")
+@click.option("--dry-run", is_flag=True, help="print the plan and the work to do, write nothing")
+@click.option("--no-cache", is_flag=True, help="do not use the on-disk search cache")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def build(region: str, out: Path, catalog: str | None, recipe: str, workers: int, scheduler: str | None,
+          retry_failed: bool, dry_run: bool, no_cache: bool, quiet: bool) -> None:
+    """Build (or complete, or extend) a store for a region."""
+    from tqdm import tqdm
+
+    from msc_france.build import run_build
+    from msc_france.errors import BuildFailedError
+    from msc_france.plan import make_plan
+
+    reg, rec, cat = _load_inputs(region, catalog, recipe)
+    p = make_plan(reg, rec, cat, use_cache=not no_cache)
+    counts = p.counts()
+    click.echo(f"region {reg.name}: {len(p.chips)} chips of {rec.chip_size_m} m; "
+               + ", ".join(f"{s} {c['planned']}/{c['chips']}" for s, c in counts.items()))
+    if dry_run:
+        rows = [[s, c["items"], f"{c['planned']}/{c['chips']}", c["mosaic"], c["partial"]] for s, c in counts.items()]
+        _echo_table(rows, ["sensor", "items found", "chips planned", "mosaics", "partial cover"])
+        click.echo("dry run: nothing written")
+        return
+    bar = tqdm(total=len(p.chips), unit="chip", disable=quiet, desc="build", dynamic_ncols=True)
+
+    def progress(n: int, records: dict) -> None:
+        bar.update(n)
+
+    try:
+        s = run_build(p, out, workers=workers, scheduler=scheduler, retry_failed=retry_failed, progress=progress)
+    finally:
+        bar.close()
+    click.echo(f"built {s.built} chips, skipped {s.skipped} already done, failed {len(s.failed)} "
+               f"({s.flagged} flagged, {s.dropped} dropped below min valid fraction) in {s.elapsed_s:.1f} s "
+               f"({s.chips_per_s:.2f} chips/s); store {'complete' if s.complete else 'incomplete'}: {out}")
+    for cid, reason in list(s.failed.items())[:20]:
+        click.echo(f"  failed {cid}: {reason}")
+    if len(s.failed) > 20:
+        click.echo(f"  ... and {len(s.failed) - 20} more (see msc-france info {out})")
+    if s.failed:
+        raise BuildFailedError(f"{len(s.failed)} chip(s) failed; rerun with --retry-failed to try them again")
+
+
 # --------------------------------------------------------------------------- catalog
 
 

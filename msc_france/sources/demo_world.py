@@ -440,7 +440,6 @@ def generate_aerial(spec: DemoWorldSpec, r: Renderer, out: Path, workers: int = 
     x0, y0, x1, y1 = spec.bounds_l93
     origins = [(float(tx), float(ty)) for tx in np.arange(math.floor(x0 / t) * t, x1, t)
                for ty in np.arange(math.floor(y0 / t) * t, y1, t)]
-    r.feature_ids(PixelGrid(L93, Affine(1, 0, x0, 0, -1, y1), 1, 1))  # warm the geometry cache once
     # Rasterising, noise and JPEG/COG encoding release the GIL: threads use both cores.
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(lambda o: _aerial_tile(spec, r, out, *o), origins))

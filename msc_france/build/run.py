@@ -1,0 +1,325 @@
+"""The build: a plan -> shard tasks on dask -> store, resumable and idempotent.
+
+The unit of work is one shard (``chips_per_shard`` consecutive chips of the store). A task reads
+and warps every chip and sensor of its shard, writes each array's shard in one atomic write,
+then writes the shard's done mark. No two tasks touch the same shard file, which makes the
+threaded scheduler, a process LocalCluster and a remote dask.distributed cluster equally correct.
+At most ``2 x threads`` tasks are in flight, so memory does not grow with the region.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import rasterio
+import zarr
+
+from msc_france.build.read import GDAL_ENV, ChipRead, read_candidate
+from msc_france.config import Catalog, Recipe, SensorSpec
+from msc_france.errors import BadInputError, SourceError
+from msc_france.grid import Chip
+from msc_france.plan import Plan
+from msc_france.sources.signing import make_signer
+from msc_france.store import DONE, Layer, Store, layers_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChipJob:
+    """One chip to build: its store index and, per layer, the ranked candidates (item dicts)."""
+
+    chip_id: str
+    index: int
+    candidates: dict[str, list[list[dict[str, Any]]]]
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """All chips of one shard that need building."""
+
+    shard: int
+    start: int
+    stop: int
+    jobs: tuple[ChipJob, ...]
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """What a task needs to know about one layer."""
+
+    layer: Layer
+    spec: SensorSpec
+    min_valid_fraction: float
+
+
+@dataclass
+class BuildSummary:
+    """What a build did."""
+
+    planned: int = 0
+    built: int = 0
+    skipped: int = 0
+    flagged: int = 0
+    dropped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    complete: bool = False
+
+    @property
+    def chips_per_s(self) -> float:
+        """Build throughput (chips built per second of wall time)."""
+        return self.built / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+# --------------------------------------------------------------------------- the task
+
+
+def _build_layer(rule: LayerRule, chip: Chip, cands: list[list[dict[str, Any]]], policy: str) -> tuple[ChipRead | None, dict[str, Any]]:
+    """Try the candidates in rank order; keep the first that is valid enough, else the best."""
+    grid = chip.pixel_grid(rule.layer.gsd)
+    signer = make_signer(rule.spec.source.signing)
+    if not cands:
+        return None, {"status": "nodata", "reason": "no item covers this chip"}
+    best: ChipRead | None = None
+    errors: list[str] = []
+    for items in cands:
+        try:
+            r = read_candidate(rule.spec, items, grid, signer)
+        except SourceError as e:
+            errors.append(str(e))
+            continue
+        if best is None or r.valid_fraction > best.valid_fraction:
+            best = r
+        if r.valid_fraction >= rule.min_valid_fraction:
+            break
+    if best is None:
+        return None, {"status": "failed", "reason": errors[-1] if errors else "no readable candidate"}
+    rec: dict[str, Any] = {
+        "item_ids": best.item_ids, "datetime": best.datetime, "harmonization": best.harmonization,
+        "cloud_fraction": best.cloud_fraction, "valid_fraction": round(best.valid_fraction, 6),
+        "covered_fraction": round(best.covered_fraction, 6),
+    }
+    if best.valid_fraction >= rule.min_valid_fraction:
+        rec["status"] = "ok"
+    elif policy == "drop":
+        rec.update(status="dropped", reason=f"valid fraction {best.valid_fraction:.2f} < {rule.min_valid_fraction}")
+        return None, rec
+    else:
+        rec.update(status="flagged", reason=f"valid fraction {best.valid_fraction:.2f} < {rule.min_valid_fraction}")
+    if errors:
+        rec["skipped_candidates"] = errors
+    rec["checksum"] = best.checksum()
+    if not rule.layer.is_label:
+        rec["stats"] = best.stats()
+    return best, rec
+
+
+def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_size_m: int, policy: str) -> dict[str, Any]:
+    """Build, write and commit one shard; returns the chip records it committed."""
+    store = Store.open(store_path, mode="r+")
+    existing = store.read_commit(task.shard)
+    rebuild = {j.chip_id for j in task.jobs}
+    keep = {cid: rec for cid, rec in existing.items() if cid not in rebuild}
+    records: dict[str, Any] = {j.chip_id: {"index": j.index, "sensors": {}} for j in task.jobs}
+    n = task.stop - task.start
+    with rasterio.Env(**GDAL_ENV):
+        for rule in rules:
+            L = rule.layer
+            g = store.root[L.group]
+            data_arr, valid_arr = g[L.data_name], g["valid"]
+            # Chips of this shard that are not rebuilt keep their bytes: read them back so the
+            # shard is rewritten whole, in one atomic write.
+            if keep:
+                data, valid = data_arr[task.start : task.stop], valid_arr[task.start : task.stop]
+            else:
+                data = np.zeros((n, *data_arr.shape[1:]), data_arr.dtype)
+                valid = np.zeros((n, *valid_arr.shape[1:]), valid_arr.dtype)
+            for job in task.jobs:
+                i = job.index - task.start
+                chip = Chip.from_id(job.chip_id)
+                try:
+                    res, rec = _build_layer(rule, chip, job.candidates.get(L.group, []), policy)
+                except Exception as e:  # a bug or an unexpected library error: fail this chip only
+                    res, rec = None, {"status": "failed", "reason": f"{type(e).__name__}: {e}"[:300],
+                                      "traceback": traceback.format_exc(limit=3)}
+                if res is not None:
+                    data[i] = res.data[0] if L.is_label else res.data
+                    valid[i] = res.valid
+                else:
+                    data[i] = 0
+                    valid[i] = 0
+                records[job.chip_id]["sensors"][L.group] = rec
+            data_arr[task.start : task.stop] = data
+            valid_arr[task.start : task.stop] = valid
+    store.write_commit(task.shard, {**keep, **records})  # the done mark, after the data
+    return records
+
+
+# --------------------------------------------------------------------------- scheduling
+
+
+@contextmanager
+def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
+    """A distributed Client: in-process threads (default), a process LocalCluster, or a remote one.
+
+    Args:
+        scheduler: None or "threads" (local threads), "processes" (a LocalCluster of ``workers``
+            single-threaded processes), or a ``tcp://host:port`` scheduler address.
+        workers: threads or processes for local schedulers.
+    """
+    from distributed import Client, LocalCluster
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    if scheduler and scheduler.startswith(("tcp://", "tls://", "inproc://")):
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as e:
+            raise BadInputError(f"cannot reach dask scheduler {scheduler}: {str(e).splitlines()[0]}") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    if scheduler not in (None, "threads", "processes"):
+        raise BadInputError(f"unknown scheduler '{scheduler}': use threads, processes or tcp://HOST:PORT")
+    processes = scheduler == "processes"
+    cluster = LocalCluster(
+        n_workers=workers if processes else 1, threads_per_worker=1 if processes else workers,
+        processes=processes, dashboard_address=None, silence_logs=logging.ERROR,
+    )
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def plan_tasks(plan: Plan, index_of: dict[str, int], commits: dict[str, Any], chips_per_shard: int,
+               group_sensor: dict[str, str], retry_failed: bool, n_chips: int) -> tuple[list[ShardTask], int]:
+    """Shard tasks for every planned chip that is not done; returns (tasks, chips skipped).
+
+    ``group_sensor`` maps each store group to the sensor it holds.
+    """
+    by_shard: dict[int, list[ChipJob]] = {}
+    skipped = 0
+    layer_groups = list(group_sensor)
+    for chip in plan.chips:
+        rec = commits.get(chip.id, {}).get("sensors", {})
+        states = [rec.get(g, {}).get("status") for g in layer_groups]
+        done = all(s in DONE for s in states) or (
+            not retry_failed and all(s is not None for s in states) and any(s == "failed" for s in states)
+        )
+        if done:
+            skipped += 1
+            continue
+        cands = {}
+        for g, sensor in group_sensor.items():
+            cands[g] = [[it.to_dict(transform_hrefs=False) for it in c.items] for c in plan.for_chip(chip.id, sensor)]
+        idx = index_of[chip.id]
+        by_shard.setdefault(idx // chips_per_shard, []).append(ChipJob(chip.id, idx, cands))
+    tasks = []
+    for shard, jobs in sorted(by_shard.items()):
+        start = shard * chips_per_shard
+        tasks.append(ShardTask(shard, start, min(start + chips_per_shard, n_chips), tuple(jobs)))
+    return tasks, skipped
+
+
+def run_build(
+    plan: Plan,
+    out: Path,
+    workers: int = 2,
+    scheduler: str | None = None,
+    retry_failed: bool = False,
+    progress: Callable[[int, dict[str, Any]], None] | None = None,
+) -> BuildSummary:
+    """Execute ``plan`` into the store at ``out``.
+
+    Args:
+        plan: the plan (from :func:`msc_france.plan.make_plan`).
+        out: store directory (created, or appended to).
+        workers: local threads/processes.
+        scheduler: see :func:`dask_client`.
+        retry_failed: rebuild chips recorded as failed (by default a rerun only builds new chips).
+        progress: called with (chips just finished, their records) as shards complete.
+
+    Raises:
+        StoreError: the store is locked by another build, or unreadable.
+        BadInputError: the store was built with another recipe geometry.
+    """
+    t0 = time.perf_counter()
+    recipe: Recipe = plan.recipe
+    catalog: Catalog = plan.catalog
+    specs = {name: catalog.sensor(name) for name in plan.gsds}
+    layers = layers_for(recipe, specs, plan.gsds)
+    store = Store.create_or_open(out, recipe, layers)
+    summary = BuildSummary(planned=len(plan.chips))
+    rules = []
+    for L in layers:
+        minv = 0.0 if L.is_label else recipe.sensors[L.sensor].min_valid_fraction
+        rules.append(LayerRule(L, specs[L.sensor], minv))
+    with store.lock():
+        index_of = store.register(plan.chips, plan.region.name,
+                                  (recipe.split.train, recipe.split.val, recipe.split.test), recipe.split.salt)
+        tasks, summary.skipped = plan_tasks(plan, index_of, store.read_commits(), store.chips_per_shard,
+                                            {L.group: L.sensor for L in layers}, retry_failed, store.n_chips)
+        if tasks:
+            with dask_client(scheduler, workers) as client:
+                _run_tasks(client, tasks, str(store.path), rules, recipe, workers, summary, progress)
+        cons = store.consolidate()
+    summary.complete = cons["complete"]
+    summary.elapsed_s = time.perf_counter() - t0
+    return summary
+
+
+def _run_tasks(client: Any, tasks: list[ShardTask], store_path: str, rules: list[LayerRule], recipe: Recipe,
+               workers: int, summary: BuildSummary, progress: Callable[[int, dict[str, Any]], None] | None) -> None:
+    from distributed import as_completed
+
+    nthreads = max(1, sum(client.nthreads().values()))
+    window = max(2, 2 * nthreads)
+    pending = list(reversed(tasks))
+    by_key: dict[str, ShardTask] = {}
+
+    def submit() -> Any:
+        t = pending.pop()
+        fut = client.submit(build_shard, store_path, t, rules, recipe.chip_size_m, recipe.invalid_policy,
+                            key=f"shard-{t.shard}-{time.time_ns()}", retries=1, pure=False)
+        by_key[fut.key] = t
+        return fut
+
+    ac = as_completed([submit() for _ in range(min(window, len(pending)))])
+    for fut in ac:
+        task = by_key.pop(fut.key)
+        try:
+            records = fut.result()
+        except Exception as e:  # the whole task died (worker lost twice, store write failed)
+            reason = f"shard task failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            records = {j.chip_id: {"sensors": {"*": {"status": "failed", "reason": reason}}} for j in task.jobs}
+        _tally(records, summary)
+        if progress:
+            progress(len(task.jobs), records)
+        if pending:
+            ac.add(submit())
+
+
+def _tally(records: dict[str, Any], summary: BuildSummary) -> None:
+    for cid, rec in records.items():
+        states = {g: r["status"] for g, r in rec["sensors"].items()}
+        failed = {g: r.get("reason", "") for g, r in rec["sensors"].items() if r["status"] == "failed"}
+        if failed:
+            summary.failed[cid] = "; ".join(f"{g}: {reason}" for g, reason in failed.items())
+            continue
+        summary.built += 1
+        if "flagged" in states.values():
+            summary.flagged += 1
+        if "dropped" in states.values():
+            summary.dropped += 1

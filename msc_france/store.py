@@ -1,0 +1,502 @@
+"""The MSC-France store: one Zarr v3 group, one subgroup per sensor, a GeoParquet chip index.
+
+Layout (format version 1, see docs/dataset-format.md)::
+
+    STORE/
+      zarr.json                 root attrs "msc_france": format version, recipe, sensors, counts
+      chip_id, chip_xmin, chip_ymax, split          (chip,)  coordinates of every chip
+      <sensor>/                 one group per reflectance sensor
+        image                   (chip, band, y, x) uint16 reflectance x 10000, or uint8 (aerial)
+        valid                   (chip, y, x) uint8: 1 = data present and clear
+        band, chip_id, chip_xmin, chip_ymax, spatial_ref      coordinates / CF grid mapping
+        status, datetime, item_ids, cloud_fraction, valid_fraction, harmonization  (chip,)
+      labels/                   when the recipe has a label source: class (chip, y, x) + same metadata
+      index.parquet             GeoParquet: chip id, Lambert-93 footprint, WGS84 bbox, region, split,
+                                per-sensor status
+      _commits/shard-NNNNNN.json  the done marks: written by a build task after its shard's data
+
+Image arrays hold one chip per chunk and ``chips_per_shard`` chips per shard file (zstd). A build
+task owns whole shards, writes the data, then its commit file; both writes are atomic (temp file +
+rename), so a killed build leaves every shard either old or new and every done mark true.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from msc_france.config import Recipe, SensorSpec
+from msc_france.crs import L93
+from msc_france.errors import BadInputError, StoreError
+from msc_france.grid import Chip
+
+FORMAT_VERSION = 1
+LABELS_GROUP = "labels"
+STATUS = {"pending": 0, "ok": 1, "flagged": 2, "dropped": 3, "failed": 4, "nodata": 5}
+STATUS_NAMES = {v: k for k, v in STATUS.items()}
+DONE = {"ok", "flagged", "dropped", "nodata"}  # statuses a rerun does not rebuild
+SPLITS = ("train", "val", "test")
+META_ARRAYS = ("status", "datetime", "item_ids", "cloud_fraction", "valid_fraction", "harmonization")
+COMPRESSOR = ZstdCodec(level=3)
+
+
+def chip_split(chip_id: str, fractions: tuple[float, float, float], salt: str) -> str:
+    """Deterministic hash-based split: the same chip always lands in the same split."""
+    h = int.from_bytes(hashlib.sha256(f"{salt}:{chip_id}".encode()).digest()[:8], "big") / 2**64
+    if h < fractions[0]:
+        return "train"
+    if h < fractions[0] + fractions[1]:
+        return "val"
+    return "test"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One group of the store: a reflectance sensor or the labels."""
+
+    group: str
+    sensor: str
+    gsd: float
+    bands: tuple[str, ...]
+    dtype: str
+    is_label: bool
+
+    @property
+    def data_name(self) -> str:
+        """Name of the pixel array inside the group."""
+        return "class" if self.is_label else "image"
+
+    def pixels(self, chip_size_m: int) -> int:
+        """Pixels along a chip side."""
+        return int(round(chip_size_m / self.gsd))
+
+
+def _cf_grid_mapping() -> dict[str, Any]:
+    from pyproj import CRS
+
+    crs = CRS.from_user_input(L93)
+    attrs = crs.to_cf()
+    attrs["spatial_ref"] = crs.to_wkt()
+    attrs["proj:code"] = L93
+    return attrs
+
+
+class Store:
+    """An MSC-France store on the local file system."""
+
+    def __init__(self, path: Path, group: zarr.Group) -> None:
+        self.path = Path(path)
+        self.root = group
+
+    # ------------------------------------------------------------------ opening
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The root ``msc_france`` attributes."""
+        return dict(self.root.attrs["msc_france"])
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> Store:
+        """Open an existing store, checking it is one and that its format version is supported."""
+        p = Path(path)
+        if not p.exists():
+            raise StoreError(f"no store at {p}")
+        if not (p / "zarr.json").exists():
+            raise StoreError(f"{p} is not an msc-france store (no zarr.json)")
+        try:
+            g = zarr.open_group(str(p), mode=mode, zarr_format=3)
+        except Exception as e:
+            raise StoreError(f"cannot open store {p}: {str(e).splitlines()[0]}") from None
+        meta = g.attrs.get("msc_france")
+        if not isinstance(meta, dict) or "format_version" not in meta:
+            raise StoreError(f"{p} is a Zarr group but not an msc-france store")
+        if int(meta["format_version"]) > FORMAT_VERSION:
+            raise StoreError(
+                f"store {p} has format version {meta['format_version']}, newer than this msc-france "
+                f"supports ({FORMAT_VERSION}); upgrade msc-france"
+            )
+        return cls(p, g)
+
+    @classmethod
+    def create_or_open(cls, path: str | Path, recipe: Recipe, layers: list[Layer]) -> Store:
+        """Open ``path`` for building with ``recipe``, creating the store if it does not exist.
+
+        Raises:
+            BadInputError: the path is a file, or an existing store was built with another chip
+                size or other sensors.
+        """
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise BadInputError(f"output path {p} is a file, not a store directory")
+        if p.exists() and any(p.iterdir()) and not (p / "zarr.json").exists():
+            raise BadInputError(f"output directory {p} is not empty and is not an msc-france store")
+        if (p / "zarr.json").exists():
+            store = cls.open(p, mode="r+")
+            store._check_compatible(recipe, layers)
+            return store
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except PermissionError:
+            raise BadInputError(f"cannot create store directory {p}: permission denied") from None
+        if not os.access(p, os.W_OK):
+            raise BadInputError(f"store directory {p} is not writable")
+        g = zarr.open_group(str(p), mode="w", zarr_format=3)
+        store = cls(p, g)
+        store._create(recipe, layers)
+        return store
+
+    def _check_compatible(self, recipe: Recipe, layers: list[Layer]) -> None:
+        m = self.meta
+        if m["chip_size_m"] != recipe.chip_size_m:
+            raise BadInputError(
+                f"store {self.path} has chip size {m['chip_size_m']} m; the recipe asks for {recipe.chip_size_m} m"
+            )
+        have = {L["group"]: (L["gsd"], tuple(L["bands"])) for L in m["layers"]}
+        want = {L.group: (L.gsd, L.bands) for L in layers}
+        if have != want:
+            raise BadInputError(f"store {self.path} holds sensors {have}; the recipe asks for {want}")
+
+    def _create(self, recipe: Recipe, layers: list[Layer]) -> None:
+        s = recipe.chips_per_shard
+        for name, dtype in (("chip_id", str), ("split", str), ("chip_xmin", "float64"), ("chip_ymax", "float64")):
+            self.root.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype, dimension_names=["chip"],
+                                   fill_value="" if dtype is str else 0.0)
+        grid_mapping = _cf_grid_mapping()
+        for L in layers:
+            g = self.root.create_group(L.group)
+            n = L.pixels(recipe.chip_size_m)
+            nb = len(L.bands)
+            if L.is_label:
+                g.create_array(L.data_name, shape=(0, n, n), chunks=(1, n, n), shards=(s, n, n), dtype=L.dtype,
+                               compressors=COMPRESSOR, fill_value=0, dimension_names=["chip", "y", "x"],
+                               attributes={"grid_mapping": "spatial_ref", "_FillValue": 0})
+            else:
+                g.create_array(L.data_name, shape=(0, nb, n, n), chunks=(1, nb, n, n), shards=(s, nb, n, n),
+                               dtype=L.dtype, compressors=COMPRESSOR, fill_value=0,
+                               dimension_names=["chip", "band", "y", "x"],
+                               attributes={"grid_mapping": "spatial_ref", "_FillValue": 0})
+                b = g.create_array("band", shape=(nb,), dtype=str, dimension_names=["band"], fill_value="")
+                b[:] = np.array(L.bands)
+            g.create_array("valid", shape=(0, n, n), chunks=(1, n, n), shards=(s, n, n), dtype="uint8",
+                           compressors=COMPRESSOR, fill_value=0, dimension_names=["chip", "y", "x"],
+                           attributes={"flag_values": [0, 1], "flag_meanings": "invalid valid"})
+            sr = g.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0, attributes=grid_mapping)
+            sr[...] = 0
+            for name, dtype, fill, attrs in (
+                ("chip_id", str, "", {}),
+                ("chip_xmin", "float64", 0.0, {"units": "m", "long_name": "chip west edge, Lambert-93"}),
+                ("chip_ymax", "float64", 0.0, {"units": "m", "long_name": "chip north edge, Lambert-93"}),
+                ("status", "uint8", 0, {"flag_values": list(STATUS.values()),
+                                        "flag_meanings": " ".join(STATUS.keys())}),
+                ("datetime", "int64", 0, {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian"}),
+                ("item_ids", str, "", {"long_name": "source STAC item ids, comma-separated"}),
+                ("cloud_fraction", "float32", np.nan, {"long_name": "cloud/shadow fraction of covered pixels"}),
+                ("valid_fraction", "float32", np.nan, {"long_name": "fraction of valid pixels"}),
+                ("harmonization", str, "", {"long_name": "radiometric harmonisation applied"}),
+            ):
+                g.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype, fill_value=fill,
+                               dimension_names=["chip"], attributes=attrs)
+            g.attrs.update(self._layer_attrs(L, recipe))
+        self.root.attrs["msc_france"] = {
+            "format_version": FORMAT_VERSION,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "recipe": recipe.model_dump(mode="json"),
+            "chip_size_m": recipe.chip_size_m,
+            "chips_per_shard": recipe.chips_per_shard,
+            "crs": L93,
+            "layers": [{"group": L.group, "sensor": L.sensor, "gsd": L.gsd, "bands": list(L.bands),
+                        "dtype": L.dtype, "is_label": L.is_label} for L in layers],
+            "regions": [],
+            "n_chips": 0,
+            "complete": False,
+        }
+
+    @staticmethod
+    def _layer_attrs(L: Layer, recipe: Recipe) -> dict[str, Any]:
+        n = L.pixels(recipe.chip_size_m)
+        reflect = L.dtype == "uint16"
+        return {
+            "sensor": L.sensor,
+            "bands": list(L.bands),
+            "gsd": L.gsd,
+            "dtype": L.dtype,
+            "nodata": 0,
+            "scale": 1e-4 if reflect else 1.0,
+            "offset": 0.0,
+            "units": "surface reflectance x 10000" if reflect else ("class" if L.is_label else "DN"),
+            "proj:code": L93,
+            "grid_mapping": "spatial_ref",
+            "chip_shape": [n, n],
+            "chip_transform": (
+                f"Affine({L.gsd}, 0, chip_xmin[i], 0, -{L.gsd}, chip_ymax[i]) in EPSG:2154; "
+                f"pixel (row, col) centre = (chip_xmin[i] + (col + 0.5) * {L.gsd}, chip_ymax[i] - (row + 0.5) * {L.gsd})"
+            ),
+        }
+
+    # ------------------------------------------------------------------ structure
+
+    @property
+    def layers(self) -> list[Layer]:
+        """The store's groups."""
+        return [Layer(d["group"], d["sensor"], d["gsd"], tuple(d["bands"]), d["dtype"], d["is_label"])
+                for d in self.meta["layers"]]
+
+    def layer(self, group: str) -> Layer:
+        """The layer called ``group``."""
+        for L in self.layers:
+            if L.group == group:
+                return L
+        raise StoreError(f"store {self.path} has no sensor '{group}' (has {[L.group for L in self.layers]})")
+
+    @property
+    def chip_size_m(self) -> int:
+        """Chip side in metres."""
+        return int(self.meta["chip_size_m"])
+
+    @property
+    def chips_per_shard(self) -> int:
+        """Chips per shard file."""
+        return int(self.meta["chips_per_shard"])
+
+    @property
+    def n_chips(self) -> int:
+        """Chips registered in the store."""
+        return int(self.root["chip_id"].shape[0])
+
+    def chip_ids(self) -> list[str]:
+        """Registered chip ids, in store order."""
+        n = self.n_chips
+        return [str(x) for x in self.root["chip_id"][:n]] if n else []
+
+    # ------------------------------------------------------------------ registering chips
+
+    def register(self, chips: list[Chip], region: str, split_fractions: tuple[float, float, float],
+                 salt: str) -> dict[str, int]:
+        """Give new chips the next indices (existing ones keep theirs); returns chip id -> index."""
+        existing = {cid: i for i, cid in enumerate(self.chip_ids())}
+        new = [c for c in chips if c.id not in existing]
+        if new:
+            n0, n1 = self.n_chips, self.n_chips + len(new)
+            ids = np.array([c.id for c in new])
+            xmin = np.array([c.bounds[0] for c in new], np.float64)
+            ymax = np.array([c.bounds[3] for c in new], np.float64)
+            split = np.array([chip_split(c.id, split_fractions, salt) for c in new])
+            # Resize every array first, then fill the coordinates; a crash in between leaves
+            # empty chip ids, which the next build re-registers.
+            for L in self.layers:
+                g = self.root[L.group]
+                for name in g.array_keys():
+                    a = g[name]
+                    if a.ndim and name != "band":
+                        a.resize((n1, *a.shape[1:]))
+                g["chip_id"][n0:n1] = ids
+                g["chip_xmin"][n0:n1] = xmin
+                g["chip_ymax"][n0:n1] = ymax
+            for name, values in (("split", split), ("chip_xmin", xmin), ("chip_ymax", ymax), ("chip_id", ids)):
+                a = self.root[name]
+                a.resize((n1,))
+                a[n0:n1] = values
+            for i, c in enumerate(new):
+                existing[c.id] = n0 + i
+        meta = self.meta
+        if region not in meta["regions"]:
+            meta["regions"] = [*meta["regions"], region]
+        meta["n_chips"] = self.n_chips
+        meta["complete"] = False
+        self.root.attrs["msc_france"] = meta
+        regions = self._chip_regions()
+        for c in chips:
+            regions.setdefault(c.id, [])
+            if region not in regions[c.id]:
+                regions[c.id].append(region)
+        self._write_json_atomic(self.path / "_regions.json", regions)
+        return {c.id: existing[c.id] for c in chips}
+
+    def _chip_regions(self) -> dict[str, list[str]]:
+        p = self.path / "_regions.json"
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    # ------------------------------------------------------------------ commits (done marks)
+
+    @property
+    def commit_dir(self) -> Path:
+        """Directory of the per-shard done marks."""
+        return self.path / "_commits"
+
+    def commit_path(self, shard: int) -> Path:
+        """Done-mark file of shard ``shard``."""
+        return self.commit_dir / f"shard-{shard:06d}.json"
+
+    @staticmethod
+    def _write_json_atomic(path: Path, obj: Any) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+
+    def write_commit(self, shard: int, records: dict[str, Any]) -> None:
+        """Record the chips of ``shard`` as built (after their data is written)."""
+        self._write_json_atomic(self.commit_path(shard), {"shard": shard, "chips": records})
+
+    def read_commit(self, shard: int) -> dict[str, Any]:
+        """Chip records of one shard ({} when the shard was never committed)."""
+        p = self.commit_path(shard)
+        if not p.exists():
+            return {}
+        try:
+            return json.loads(p.read_text())["chips"]
+        except (json.JSONDecodeError, KeyError):
+            raise StoreError(f"corrupt done mark {p}") from None
+
+    def read_commits(self) -> dict[str, Any]:
+        """All chip records, keyed by chip id."""
+        out: dict[str, Any] = {}
+        if self.commit_dir.exists():
+            for p in sorted(self.commit_dir.glob("shard-*.json")):
+                out.update(self.read_commit(int(p.stem.split("-")[1])))
+        return out
+
+    # ------------------------------------------------------------------ the build lock
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive build lock; a second concurrent build is refused with who holds it."""
+        path = self.path / ".build.lock"
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise StoreError(f"store {self.path} is being built by {holder}; wait for it or stop it") from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                    f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}")
+            f.flush()
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
+
+    # ------------------------------------------------------------------ consolidation
+
+    def consolidate(self) -> dict[str, Any]:
+        """Fold the done marks into per-chip metadata arrays, statistics and ``index.parquet``.
+
+        Returns a summary with per-layer status counts and whether the store is complete.
+        """
+        import geopandas as gpd
+        from shapely.geometry import box
+
+        from msc_france.crs import WGS84, reproject_geometry
+
+        commits = self.read_commits()
+        ids = self.chip_ids()
+        n = len(ids)
+        summary: dict[str, Any] = {"n_chips": n, "layers": {}}
+        complete = n > 0
+        table: dict[str, list[Any]] = {"chip_id": ids, "chip_index": list(range(n))}
+        for L in self.layers:
+            g = self.root[L.group]
+            status = np.zeros(n, np.uint8)
+            when = np.zeros(n, np.int64)
+            items = np.full(n, "", dtype=object)
+            cloud = np.full(n, np.nan, np.float32)
+            valid = np.full(n, np.nan, np.float32)
+            harm = np.full(n, "", dtype=object)
+            nb = 1 if L.is_label else len(L.bands)
+            s1, s2, cnt = np.zeros(nb), np.zeros(nb), 0.0
+            for i, cid in enumerate(ids):
+                rec = commits.get(cid, {}).get("sensors", {}).get(L.group)
+                if rec is None:
+                    continue
+                status[i] = STATUS[rec["status"]]
+                when[i] = rec.get("datetime") or 0
+                items[i] = ",".join(rec.get("item_ids", []))
+                cloud[i] = np.nan if rec.get("cloud_fraction") is None else rec["cloud_fraction"]
+                valid[i] = np.nan if rec.get("valid_fraction") is None else rec["valid_fraction"]
+                harm[i] = rec.get("harmonization", "")
+                st = rec.get("stats")
+                if st and rec["status"] == "ok":
+                    s1 += np.array(st["sum"])
+                    s2 += np.array(st["sumsq"])
+                    cnt += st["count"]
+            for name, arr in (("status", status), ("datetime", when), ("cloud_fraction", cloud),
+                              ("valid_fraction", valid)):
+                g[name][:] = arr
+            g["item_ids"][:] = items.astype(str)
+            g["harmonization"][:] = harm.astype(str)
+            counts = {k: int((status == v).sum()) for k, v in STATUS.items()}
+            stats = None
+            if cnt > 0:
+                mean = s1 / cnt
+                std = np.sqrt(np.maximum(s2 / cnt - mean**2, 0))
+                stats = {"mean": mean.round(4).tolist(), "std": std.round(4).tolist(), "count": int(cnt),
+                         "units": g.attrs["units"], "over": "valid pixels of chips with status ok"}
+                g.attrs["stats"] = stats
+            summary["layers"][L.group] = {"counts": counts, "stats": stats}
+            complete = complete and counts["pending"] == 0 and counts["failed"] == 0
+            table[f"status_{L.group}"] = [STATUS_NAMES[int(v)] for v in status]
+            table[f"valid_fraction_{L.group}"] = valid.astype(float).tolist()
+            table[f"datetime_{L.group}"] = [
+                dt.datetime.fromtimestamp(int(t), dt.UTC).isoformat() if t else None for t in when
+            ]
+        regions = self._chip_regions()
+        splits = [str(x) for x in self.root["split"][:n]] if n else []
+        chips = [Chip.from_id(c) for c in ids]
+        geoms = [box(*c.bounds) for c in chips]
+        wgs = [reproject_geometry(g, L93, WGS84).bounds for g in geoms]
+        table["region"] = [",".join(regions.get(c, [])) for c in ids]
+        table["split"] = splits
+        for j, name in enumerate(("lon_min", "lat_min", "lon_max", "lat_max")):
+            table[name] = [b[j] for b in wgs]
+        gdf = gpd.GeoDataFrame(table, geometry=geoms, crs=L93)
+        tmp = self.path / ".index.parquet.tmp"
+        gdf.to_parquet(tmp, write_covering_bbox=True)
+        tmp.replace(self.path / "index.parquet")
+        meta = self.meta
+        meta["n_chips"] = n
+        meta["complete"] = bool(complete)
+        meta["consolidated"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self.root.attrs["msc_france"] = meta
+        summary["complete"] = bool(complete)
+        return summary
+
+    def index(self):  # -> geopandas.GeoDataFrame
+        """The chip index (GeoParquet)."""
+        import geopandas as gpd
+
+        p = self.path / "index.parquet"
+        if not p.exists():
+            raise StoreError(f"store {self.path} has no index.parquet (build did not finish; run build again)")
+        return gpd.read_parquet(p)
+
+
+def layers_for(recipe: Recipe, specs: dict[str, SensorSpec], gsds: dict[str, float]) -> list[Layer]:
+    """The store layers a recipe produces (reflectance sensors in recipe order, labels last)."""
+    layers = [Layer(name, name, gsds[name], tuple(specs[name].band_names), specs[name].dtype, False)
+              for name in recipe.sensors]
+    if recipe.labels is not None:
+        s = specs[recipe.labels.sensor]
+        layers.append(Layer(LABELS_GROUP, s.name, gsds[s.name], ("class",), s.dtype, True))
+    return layers
