@@ -155,6 +155,89 @@ def build(region: str, out: Path, catalog: str | None, recipe: str, workers: int
         raise BuildFailedError(f"{len(s.failed)} chip(s) failed; rerun with --retry-failed to try them again")
 
 
+# --------------------------------------------------------------------------- inspect
+
+_STORE = click.Path(path_type=Path)
+
+
+@cli.command()
+@click.argument("store", type=_STORE)
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def info(store: Path, as_json: bool) -> None:
+    """Summarise a store."""
+    import json
+
+    from msc_france.inspect import info as store_info
+    from msc_france.store import Store
+
+    s = store_info(Store.open(store))
+    if as_json:
+        click.echo(json.dumps(s, indent=1))
+        return
+    click.echo(f"{s['path']}: format v{s['format_version']}, recipe {s['recipe']}, {s['n_chips']} chips of "
+               f"{s['chip_size_m']} m ({s['chips_per_shard']} per shard), regions {', '.join(s['regions'])}, "
+               f"{'complete' if s['complete'] else 'INCOMPLETE'}")
+    click.echo("splits: " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
+    rows = []
+    for g, L in s["layers"].items():
+        st = L["stats"]
+        mean = " ".join(f"{v:.0f}" for v in st["mean"]) if st else "-"
+        mvf = "-" if L["mean_valid_fraction"] is None else f"{L['mean_valid_fraction']:.2f}"
+        rows.append([g, f"{L['gsd']:g}", L["chip_pixels"], " ".join(L["bands"]), L["dtype"],
+                     " ".join(f"{k}={v}" for k, v in L["status"].items()), mvf, mean])
+    _echo_table(rows, ["group", "gsd m", "px", "bands", "dtype", "status", "valid", "band means"])
+
+
+@cli.command()
+@click.argument("store", type=_STORE)
+@click.option("--no-checksums", is_flag=True, help="skip re-hashing every chip")
+def validate(store: Path, no_checksums: bool) -> None:
+    """Check a store's schema, shapes, chunking, completeness and checksums."""
+    from msc_france.errors import StoreError
+    from msc_france.inspect import validate as store_validate
+    from msc_france.store import Store
+
+    rep = store_validate(Store.open(store), checksums=not no_checksums)
+    for p in rep.corrupt:
+        click.echo(f"CORRUPT: {p}")
+    for p in rep.incomplete:
+        click.echo(f"INCOMPLETE: {p}")
+    if rep.corrupt:
+        raise StoreError(f"store {store} is corrupt ({len(rep.corrupt)} problem(s))")
+    if rep.incomplete:
+        raise StoreError(f"store {store} is incomplete ({len(rep.incomplete)} problem(s)); run build again")
+    click.echo(f"store {store} is valid ({rep.checked_chips} chip checksums verified)")
+
+
+@cli.command()
+@click.argument("store", type=_STORE)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="directory for the PNGs")
+@click.option("--chips", "n_chips", type=click.IntRange(1, 64), default=6, show_default=True)
+def preview(store: Path, out: Path, n_chips: int) -> None:
+    """Write PNGs: sensor views side by side for sample chips, and chip footprints by status."""
+    from msc_france.render import preview as render_preview
+    from msc_france.store import Store
+
+    for p in render_preview(Store.open(store), out, n_chips=n_chips):
+        click.echo(f"wrote {p}")
+
+
+@cli.command()
+@click.argument("store", type=_STORE)
+@click.option("--format", "fmt", type=click.Choice(["xstars-folders"]), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None)
+def export(store: Path, fmt: str, out: Path, split: str | None) -> None:
+    """Export a store to another layout (the X-STARS reference code's PNG folders)."""
+    from msc_france.render import export_xstars
+    from msc_france.store import Store
+
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"export output {out} is a file")
+    n = export_xstars(Store.open(store), out, split=split)
+    click.echo(f"exported {n} chips to {out}")
+
+
 # --------------------------------------------------------------------------- catalog
 
 

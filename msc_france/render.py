@@ -1,0 +1,128 @@
+"""8-bit renderings of a store: preview figures and the X-STARS folder export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from msc_france.errors import BadInputError
+from msc_france.store import STATUS, Layer, Store
+
+# Sensor folder names of the X-STARS reference code; other sensors keep their own name.
+XSTARS_NAMES = {"sentinel-2-l2a": "Sentinel", "landsat-8-c2-l2": "Landsat", "aerial": "SPOT"}
+WORLDCOVER_COLORS = {10: "#006400", 20: "#ffbb22", 30: "#ffff4c", 40: "#f096ff", 50: "#fa0000", 60: "#b4b4b4",
+                     70: "#f0f0f0", 80: "#0064c8", 90: "#0096a0", 95: "#00cf75", 100: "#fae6a0"}
+
+
+def rgb8(store: Store, layer: Layer, index: int) -> np.ndarray:
+    """One chip as an (H, W, 3) uint8 RGB image, stretched 2-98% over its valid pixels."""
+    g = store.root[layer.group]
+    spec_rgb = [b for b in ("red", "green", "blue") if b in layer.bands]
+    if len(spec_rgb) != 3:
+        raise BadInputError(f"sensor {layer.group} has no red/green/blue bands")
+    bands = [layer.bands.index(b) for b in spec_rgb]
+    data = g[layer.data_name][index][bands].astype(np.float32)
+    valid = g["valid"][index].astype(bool) & np.all(data > 0, axis=0)
+    out = np.zeros((*data.shape[1:], 3), np.uint8)
+    if not valid.any():
+        return out
+    lo, hi = np.percentile(data[:, valid], [2, 98])
+    scaled = np.clip((data - lo) / max(hi - lo, 1e-6), 0, 1) ** (1 / 1.4)
+    out[:] = np.moveaxis((scaled * 255).round().astype(np.uint8), 0, -1)
+    out[~valid] = out[~valid] // 3  # invalid pixels shown dimmed
+    return out
+
+
+def labels_rgb(store: Store, layer: Layer, index: int) -> np.ndarray:
+    """A label chip coloured with the WorldCover palette."""
+    from matplotlib.colors import to_rgb
+
+    cls = store.root[layer.group][layer.data_name][index]
+    out = np.zeros((*cls.shape, 3), np.uint8)
+    for v, c in WORLDCOVER_COLORS.items():
+        out[cls == v] = (np.array(to_rgb(c)) * 255).astype(np.uint8)
+    return out
+
+
+def preview(store: Store, out: Path, n_chips: int = 6, seed: int = 0) -> list[Path]:
+    """Write side-by-side sensor views of a sample of chips and a footprint map by status."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    idx = store.index()
+    built = idx[idx[[c for c in idx.columns if c.startswith("status_")]].isin(["ok", "flagged"]).all(axis=1)]
+    if built.empty:
+        raise BadInputError(f"store {store.path} has no built chip to preview")
+    rng = np.random.default_rng(seed)
+    pick = built.iloc[np.sort(rng.choice(len(built), min(n_chips, len(built)), replace=False))]
+    layers = store.layers
+    fig, axes = plt.subplots(len(pick), len(layers), figsize=(3.2 * len(layers), 3.2 * len(pick)), squeeze=False)
+    for r, (_, row) in enumerate(pick.iterrows()):
+        i = int(row["chip_index"])
+        for c, L in enumerate(layers):
+            ax = axes[r][c]
+            img = labels_rgb(store, L, i) if L.is_label else rgb8(store, L, i)
+            ax.imshow(img, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{L.group}\n{L.gsd:g} m, {img.shape[0]} px", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(row["chip_id"], fontsize=7)
+    fig.suptitle(f"{store.path.name}: the same ground in every sensor", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    paths = [out / "chips.png"]
+    fig.savefig(paths[0], dpi=90)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 4.5), squeeze=False)
+    colors = {"ok": "#2ca02c", "flagged": "#ff7f0e", "dropped": "#9467bd", "failed": "#d62728",
+              "nodata": "#7f7f7f", "pending": "#ffffff"}
+    for ax, L in zip(axes[0], layers, strict=True):
+        col = idx[f"status_{L.group}"]
+        for st, color in colors.items():
+            sub = idx[col == st]
+            if len(sub):
+                sub.plot(ax=ax, color=color, edgecolor="black", linewidth=0.4, label=f"{st} ({len(sub)})")
+        ax.set_title(L.group, fontsize=10)
+        ax.legend(fontsize=7, loc="lower left")
+        ax.ticklabel_format(style="plain")
+        ax.tick_params(labelsize=6)
+    fig.suptitle("chip footprints (Lambert-93) by status", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    paths.append(out / "footprints.png")
+    fig.savefig(paths[1], dpi=90)
+    plt.close(fig)
+    return paths
+
+
+def export_xstars(store: Store, out: Path, split: str | None = None) -> int:
+    """Write ``<Sensor>/<Region>/<chip>.png`` (8-bit RGB, same name in every sensor).
+
+    Only chips valid in every sensor are exported, so every file has its counterparts.
+    Returns the number of chips exported.
+    """
+    from PIL import Image
+
+    idx = store.index()
+    layers = [L for L in store.layers if not L.is_label]
+    ok = idx[[f"status_{L.group}" for L in layers]].isin(["ok"]).all(axis=1)
+    rows = idx[ok]
+    if split:
+        rows = rows[rows["split"] == split]
+    for _, row in rows.iterrows():
+        region = (row["region"] or "unknown").split(",")[0]
+        for L in layers:
+            d = out / XSTARS_NAMES.get(L.group, L.group) / region
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = d / f".{row['chip_id']}.png.tmp"
+            Image.fromarray(rgb8(store, L, int(row["chip_index"]))).save(tmp, format="PNG")
+            tmp.replace(d / f"{row['chip_id']}.png")
+    return len(rows)
+
+
+__all__ = ["preview", "export_xstars", "rgb8", "STATUS"]
