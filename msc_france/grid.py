@@ -54,11 +54,11 @@ class PixelGrid:
 
     def xy(self, row: float, col: float) -> tuple[float, float]:
         """CRS coordinates of a pixel's centre."""
-        return self.transform * (col + 0.5, row + 0.5)
+        return self.transform @ (col + 0.5, row + 0.5)
 
     def rowcol(self, x: float, y: float) -> tuple[float, float]:
         """Fractional (row, col) of a CRS coordinate; pixel centres are at .5."""
-        col, row = ~self.transform * (x, y)
+        col, row = ~self.transform @ (x, y)
         return row, col
 
 
