@@ -1,0 +1,103 @@
+"""The CLI: discovery commands, plan, and one-line errors with non-zero exits for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import pytest
+import yaml
+
+from msc_france.cli import main
+from msc_france.config import PROJECT_ROOT
+
+
+def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_regions_and_sensors(capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run(capsys, "regions")
+    assert code == 0 and "toulouse" in out and "demo" in out
+    assert not any(line.startswith("france ") for line in out.splitlines())
+    code, out, _ = run(capsys, "sensors")
+    assert code == 0 and "stac-api:sentinel-2-l2a" in out and "planetarycomputer" in out
+    code, out, _ = run(capsys, "sensors", "--catalog", "demo")
+    assert code == 0 and "generated demo world" in out
+
+
+def test_plan_prints_counts_for_all_sensors(capsys, tiny_world, tiny_recipe, tiny_region, tmp_path) -> None:
+    out_path = tmp_path / "p.parquet"
+    code, out, err = run(capsys, "plan", "--region", str(tiny_region), "--recipe", str(tiny_recipe),
+                         "--out", str(out_path))
+    assert code == 0, err
+    for s in ("sentinel-2-l2a", "landsat-8-c2-l2", "aerial", "esa-worldcover"):
+        assert f"{s} " in out and "4/4" in out
+    assert len(gpd.read_parquet(out_path)) > 0
+
+
+def _bad_recipe(tmp_path: Path, name: str, **changes) -> str:
+    rec = yaml.safe_load((PROJECT_ROOT / "pipelines" / "demo.yaml").read_text())
+    rec.update(changes)
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(rec))
+    return str(p)
+
+
+BAD = [
+    (["plan", "--region", "atlantis", "--recipe", "demo", "--out", "{tmp}/p.parquet"], "unknown region 'atlantis'"),
+    (["plan", "--region", "toulose", "--recipe", "demo", "--out", "{tmp}/p.parquet"], "did you mean toulouse"),
+    (["plan", "--region", "1,2,3", "--recipe", "demo", "--out", "{tmp}/p.parquet"], "unknown region"),
+    (["plan", "--region", "1.5,43.5,1.4,43.6", "--recipe", "demo", "--out", "{tmp}/p.parquet"], "inverted"),
+    (["plan", "--region", "-74.1,40.6,-73.9,40.8", "--recipe", "demo", "--out", "{tmp}/p.parquet"], "outside metropolitan France"),
+    (["plan", "--region", "demo", "--recipe", "{unknown_key}", "--out", "{tmp}/p.parquet"], "unknown key"),
+    (["plan", "--region", "demo", "--recipe", "{wrong_type}", "--out", "{tmp}/p.parquet"], "chip_size_m"),
+    (["plan", "--region", "demo", "--recipe", "{not_multiple}", "--out", "{tmp}/p.parquet"], "not an integer multiple"),
+    (["plan", "--region", "demo", "--recipe", "nope", "--out", "{tmp}/p.parquet"], "file not found"),
+    (["plan", "--region", "demo", "--catalog", "nope", "--recipe", "demo", "--out", "{tmp}/p.parquet"], "unknown catalog"),
+    (["plan", "--region", "demo"], "Missing option '--out'"),
+    (["frobnicate"], "No such command"),
+    (["info", "{tmp}/no-store"], "no store at"),
+    (["validate", "{tmp}"], "not an msc-france store"),
+]
+
+
+@pytest.mark.parametrize("args,msg", BAD)
+def test_bad_input_one_line_error(args, msg, capsys, tmp_path) -> None:
+    recipes = {
+        "unknown_key": _bad_recipe(tmp_path, "unknown_key", colour="red"),
+        "wrong_type": _bad_recipe(tmp_path, "wrong_type", chip_size_m="big"),
+        "not_multiple": _bad_recipe(tmp_path, "not_multiple", chip_size_m=1005),
+    }
+    args = [a.format(tmp=tmp_path, **recipes) for a in args]
+    code, out, err = run(capsys, *args)
+    assert code != 0
+    assert msg in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err + out
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_stac_api_fails_within_seconds(tmp_path: Path) -> None:
+    """Through the console script, against a catalog whose API is down: one line, exit 3."""
+    from tests.servers import free_port
+
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    spec = yaml.safe_load((PROJECT_ROOT / "catalogs" / "default" / "sentinel-2-l2a.yaml").read_text())
+    spec["source"].update(url=f"http://127.0.0.1:{free_port()}/api/stac/v1", timeout_s=2, max_retries=1)
+    (cat / "sentinel-2-l2a.yaml").write_text(yaml.safe_dump(spec))
+    rec = yaml.safe_load((PROJECT_ROOT / "pipelines" / "demo.yaml").read_text())
+    rec.update(catalog=str(cat), sensors={"sentinel-2-l2a": {}}, labels=None)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(rec))
+    exe = Path(sys.executable).parent / "msc-france"
+    p = subprocess.run([str(exe), "plan", "--region", "toulouse", "--recipe", str(tmp_path / "r.yaml"),
+                        "--out", str(tmp_path / "p.parquet"), "--no-cache"], capture_output=True, text=True)
+    assert p.returncode == 3
+    assert p.stderr.startswith("error: STAC API http://127.0.0.1:") and "unreachable" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "p.parquet").exists()
