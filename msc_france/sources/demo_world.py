@@ -48,7 +48,7 @@ from msc_france.config import DemoWorldSpec
 from msc_france.crs import L93, WGS84, reproject_geometry, transformer
 from msc_france.grid import PixelGrid
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "4"
 UTM31 = "EPSG:32631"
 
 # Ground-truth classes: name, spectrum (blue, green, red, nir), WorldCover code, SCL class.
@@ -64,7 +64,8 @@ CLASSES: dict[int, tuple[str, tuple[float, float, float, float], int, int]] = {
     9: ("marker", (0.60, 0.60, 0.60, 0.60), 60, 5),
 }
 MARKER_SIZE_M = 90.0
-MARKER_FRACTIONS = ((0.17, 0.15), (0.47, 0.53), (0.81, 0.83))
+# A 4 x 4 lattice of calibration targets over the world (fractions of its extent).
+MARKER_FRACTIONS = tuple((fx, fy) for fy in (0.2, 0.4, 0.6, 0.8) for fx in (0.2, 0.4, 0.6, 0.8))
 
 
 @dataclass(frozen=True)
@@ -349,7 +350,7 @@ def generate_sentinel2(spec: DemoWorldSpec, r: Renderer, clouds: list[CloudField
             dn = np.clip(np.round(obs * 10000 + offset), 1, 65535).astype(np.uint16)
             c20, s20 = cf.sample(x20, y20), cf.sample(x20, y20, shadow=True)
             scl = np.array([0] + [CLASSES[k][3] for k in range(1, 10)], np.uint8)[cls20]
-            scl[(s20 > 0.5) & (c20 < 0.3)] = 3
+            scl[(s20 > 0.05) & (c20 < 0.3)] = 3  # cast shadows, down to faint ones
             scl[(c20 > 0.3) & (c20 <= 0.6)] = 8
             scl[c20 > 0.6] = 9
             stamp = f"{date:%Y%m%d}T105031"
@@ -396,12 +397,12 @@ def generate_landsat(spec: DemoWorldSpec, r: Renderer, clouds: list[CloudField],
         obs += 0.003 * rng.standard_normal(obs.shape, dtype=np.float32)
         dn = np.clip(np.round((obs - offset) / scale), 1, 65535).astype(np.uint16)
         qa = np.zeros(g.shape, np.uint16)
-        clear = (c < 0.2) & (s < 0.5)
+        clear = (c < 0.2) & (s < 0.05)
         qa[clear] |= 1 << 6
         qa[cls == 1] |= 1 << 7
         qa[(c >= 0.2) & (c <= 0.5)] |= (1 << 1) | (1 << 8)
         qa[c > 0.5] |= (1 << 3) | (3 << 8)
-        qa[(s >= 0.5) & (c < 0.2)] |= (1 << 4) | (3 << 10)
+        qa[(s >= 0.05) & (c < 0.2)] |= (1 << 4) | (3 << 10)
         sat = "LC08" if platform == "landsat-8" else "LC09"
         pid = f"{sat}_L2SP_198030_{date:%Y%m%d}_02_T1"
         d = out / "landsat-c2-l2" / pid
