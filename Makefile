@@ -1,0 +1,31 @@
+# msc-france: the two set-up commands are `make demo` and `make test` (see README.md).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_STORE ?= data/demo.zarr
+WORKERS ?= 2
+
+.PHONY: install test demo clean-demo
+
+# torch first, pinned to the CPU wheel, so that no extra resolves a CUDA build.
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[train,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/msc-france build --region demo --recipe demo --out $(DEMO_STORE) --workers $(WORKERS)
+	$(BIN)/msc-france validate $(DEMO_STORE)
+	$(BIN)/msc-france info $(DEMO_STORE)
+	$(BIN)/msc-france preview $(DEMO_STORE) --out data/demo-preview
+
+clean-demo:
+	rm -rf $(DEMO_STORE) data/demo-preview
