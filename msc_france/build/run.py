@@ -221,16 +221,32 @@ def plan_tasks(plan: Plan, index_of: dict[str, int], commits: dict[str, Any], ch
         if done:
             skipped += 1
             continue
-        cands = {}
-        for g, sensor in group_sensor.items():
-            cands[g] = [[it.to_dict(transform_hrefs=False) for it in c.items] for c in plan.for_chip(chip.id, sensor)]
         idx = index_of[chip.id]
-        by_shard.setdefault(idx // chips_per_shard, []).append(ChipJob(chip.id, idx, cands))
+        by_shard.setdefault(idx // chips_per_shard, []).append(ChipJob(chip.id, idx, {}))
     tasks = []
     for shard, jobs in sorted(by_shard.items()):
         start = shard * chips_per_shard
         tasks.append(ShardTask(shard, start, min(start + chips_per_shard, n_chips), tuple(jobs)))
     return tasks, skipped
+
+
+def with_candidates(task: ShardTask, plan: Plan, group_sensor: dict[str, str],
+                    memo: dict[str, dict[str, Any]]) -> ShardTask:
+    """Attach the ranked candidates (as plain item dicts) to a task, just before it is submitted.
+
+    Done lazily so that only the tasks in flight hold serialised items, whatever the region size.
+    """
+    def as_dict(it: Any) -> dict[str, Any]:
+        if it.id not in memo:
+            memo[it.id] = it.to_dict(transform_hrefs=False)
+        return memo[it.id]
+
+    jobs = tuple(
+        ChipJob(j.chip_id, j.index, {g: [[as_dict(it) for it in c.items] for c in plan.for_chip(j.chip_id, s)]
+                                     for g, s in group_sensor.items()})
+        for j in task.jobs
+    )
+    return ShardTask(task.shard, task.start, task.stop, jobs)
 
 
 def run_build(
@@ -269,19 +285,23 @@ def run_build(
     with store.lock():
         index_of = store.register(plan.chips, plan.region.name,
                                   (recipe.split.train, recipe.split.val, recipe.split.test), recipe.split.salt)
+        group_sensor = {L.group: L.sensor for L in layers}
         tasks, summary.skipped = plan_tasks(plan, index_of, store.read_commits(), store.chips_per_shard,
-                                            {L.group: L.sensor for L in layers}, retry_failed, store.n_chips)
+                                            group_sensor, retry_failed, store.n_chips)
         if tasks:
+            memo: dict[str, dict[str, Any]] = {}
             with dask_client(scheduler, workers) as client:
-                _run_tasks(client, tasks, str(store.path), rules, recipe, workers, summary, progress)
+                _run_tasks(client, tasks, lambda t: with_candidates(t, plan, group_sensor, memo),
+                           str(store.path), rules, recipe, summary, progress)
         cons = store.consolidate()
     summary.complete = cons["complete"]
     summary.elapsed_s = time.perf_counter() - t0
     return summary
 
 
-def _run_tasks(client: Any, tasks: list[ShardTask], store_path: str, rules: list[LayerRule], recipe: Recipe,
-               workers: int, summary: BuildSummary, progress: Callable[[int, dict[str, Any]], None] | None) -> None:
+def _run_tasks(client: Any, tasks: list[ShardTask], prepare: Callable[[ShardTask], ShardTask], store_path: str,
+               rules: list[LayerRule], recipe: Recipe, summary: BuildSummary,
+               progress: Callable[[int, dict[str, Any]], None] | None) -> None:
     from distributed import as_completed
 
     nthreads = max(1, sum(client.nthreads().values()))
@@ -290,7 +310,7 @@ def _run_tasks(client: Any, tasks: list[ShardTask], store_path: str, rules: list
     by_key: dict[str, ShardTask] = {}
 
     def submit() -> Any:
-        t = pending.pop()
+        t = prepare(pending.pop())
         fut = client.submit(build_shard, store_path, t, rules, recipe.chip_size_m, recipe.invalid_policy,
                             key=f"shard-{t.shard}-{time.time_ns()}", retries=1, pure=False)
         by_key[fut.key] = t

@@ -69,6 +69,15 @@ class StacApiSource(Source):
 
 
 def _short(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    msg = text[0] if text else type(e).__name__
-    return msg[:200]
+    """A readable one-line cause (requests' messages nest the whole retry history)."""
+    text = str(e)
+    if isinstance(e, requests.Timeout) or "Read timed out" in text:
+        return "timed out"
+    if "NameResolution" in text or "Name or service not known" in text:
+        return "cannot resolve host name (no network?)"
+    if "Connection refused" in text:
+        return "connection refused"
+    if isinstance(e, requests.ConnectionError) or "Max retries exceeded" in text:
+        return "connection failed after retries"
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:200]
