@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_STORE ?= data/demo.zarr
 WORKERS ?= 2
 
-.PHONY: install test demo clean-demo
+.PHONY: install test demo pretrain clean-demo
 
 # torch first, pinned to the CPU wheel, so that no extra resolves a CUDA build.
 $(STAMP): pyproject.toml
@@ -26,6 +26,13 @@ demo: install
 	$(BIN)/msc-france validate $(DEMO_STORE)
 	$(BIN)/msc-france info $(DEMO_STORE)
 	$(BIN)/msc-france preview $(DEMO_STORE) --out data/demo-preview
+
+# X-STARS from scratch, the DINO-only baseline, then continual pretraining (Sentinel-2 -> aerial), on the demo store.
+pretrain: install
+	@test -d $(DEMO_STORE) || { echo "error: $(DEMO_STORE) not found; run 'make demo' first"; exit 2; }
+	$(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data $(DEMO_STORE) --quiet
+	$(BIN)/msc-france pretrain --config pipelines/pretrain-dino.yaml --data $(DEMO_STORE) --quiet
+	$(BIN)/msc-france pretrain --config pipelines/continual-xstars.yaml --data $(DEMO_STORE) --quiet
 
 clean-demo:
 	rm -rf $(DEMO_STORE) data/demo-preview

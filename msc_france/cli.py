@@ -238,6 +238,28 @@ def export(store: Path, fmt: str, out: Path, split: str | None) -> None:
     click.echo(f"exported {n} chips to {out}")
 
 
+# --------------------------------------------------------------------------- training
+
+
+@cli.command()
+@click.option("--config", "config_path", required=True, help="pretraining config (pipelines/pretrain-*.yaml)")
+@click.option("--data", "store", default=None, help="store to train on (overrides data.store)")
+@click.option("--out", default=None, help="run directory (overrides run.out); an existing run is resumed")
+@click.option("--set", "overrides", multiple=True, help="override a config value: key.sub=value (repeatable)")
+@click.option("--quiet", is_flag=True, help="no per-step output")
+def pretrain(config_path: str, store: str | None, out: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
+    """Pretrain an X-STARS (or DINO-only, or continual) model; resumes from the run's last checkpoint."""
+    from msc_france.xstars.config import load_train_config
+    from msc_france.xstars.train import pretrain as run_pretrain
+
+    cfg = load_train_config(config_path, list(overrides), **{"data.store": store, "run.out": out})
+    s = run_pretrain(cfg, progress=not quiet)
+    first = f"{s['losses'][0]:.4f}" if s["losses"] else "-"
+    lastv = f"{s['losses'][-1]:.4f}" if s["losses"] else "-"
+    click.echo(f"trained steps {s['start']}..{s['start'] + s['steps']} on {s['device']} in {s['elapsed_s']:.1f} s "
+               f"({s['images_per_s']:.1f} images/s); loss {first} -> {lastv}; run in {s['out']}")
+
+
 # --------------------------------------------------------------------------- catalog
 
 

@@ -1,0 +1,180 @@
+"""``MSCFranceDataset``: one sample per chip, every requested sensor, normalised from store stats.
+
+Samples follow torchgeo's conventions: a dict with, per sensor, an ``image`` float tensor
+(bands, H, W) and a ``mask`` bool tensor (H, W), plus ``chip_id``, ``bounds`` (Lambert-93
+minx, miny, maxx, maxy) and ``crs``. The Zarr store is opened lazily in each process that reads
+it (the DataLoader's workers included, fork or spawn): an open store is never shared across a
+fork.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from msc_france.errors import BadInputError, StoreError
+from msc_france.grid import Chip
+from msc_france.store import Store
+
+Sample = dict[str, Any]
+
+
+class MSCFranceDataset(Dataset):
+    """Chips of an MSC-France store.
+
+    Args:
+        store: path of the store.
+        sensors: store groups to return (default: every reflectance sensor).
+        split: ``train``, ``val``, ``test`` or None for all chips.
+        bands: band names to keep (same for every sensor, e.g. ``["red", "green", "blue"]``);
+            None keeps each sensor's bands.
+        transform: applied to each sample dict.
+        statuses: chip statuses accepted in every requested sensor.
+        normalize: standardise with the store's per-band statistics.
+        labels: also return ``labels`` (class raster) when the store has them.
+        size: resize every sensor's chip to ``size`` x ``size`` pixels on load (area-antialiased
+            bilinear for images, nearest for masks and labels), as X-STARS feeds every sensor at
+            one input size; the chip extent is unchanged, so sensors stay co-located.
+        cache: keep decoded (and resized) samples in memory, per process; for stores that fit in
+            RAM, such as the demo's, where decoding full-resolution aerial chips dominates.
+    """
+
+    def __init__(
+        self,
+        store: str | Path,
+        sensors: Sequence[str] | None = None,
+        split: str | None = "train",
+        bands: Sequence[str] | None = None,
+        transform: Callable[[Sample], Sample] | None = None,
+        statuses: Sequence[str] = ("ok",),
+        normalize: bool = True,
+        labels: bool = False,
+        size: int | None = None,
+        cache: bool = False,
+    ) -> None:
+        self.path = Path(store)
+        s = Store.open(self.path)
+        layers = {L.group: L for L in s.layers}
+        self.sensors = list(sensors) if sensors else [g for g, L in layers.items() if not L.is_label]
+        for name in self.sensors:
+            if name not in layers or layers[name].is_label:
+                raise BadInputError(f"store {self.path} has no sensor '{name}' (has {sorted(layers)})")
+        self.labels = labels and "labels" in layers
+        self.band_index: dict[str, list[int]] = {}
+        self.mean: dict[str, torch.Tensor] = {}
+        self.std: dict[str, torch.Tensor] = {}
+        for name in self.sensors:
+            L = layers[name]
+            wanted = list(bands) if bands else list(L.bands)
+            missing = [b for b in wanted if b not in L.bands]
+            if missing:
+                raise BadInputError(f"sensor {name} has no band(s) {missing} (has {list(L.bands)})")
+            self.band_index[name] = [L.bands.index(b) for b in wanted]
+            stats = s.root[name].attrs.get("stats")
+            if normalize and not stats:
+                raise StoreError(f"store {self.path} has no statistics for {name}; rebuild it")
+            if stats:
+                idx = self.band_index[name]
+                self.mean[name] = torch.tensor([stats["mean"][i] for i in idx], dtype=torch.float32)[:, None, None]
+                self.std[name] = torch.tensor([max(stats["std"][i], 1e-6) for i in idx],
+                                              dtype=torch.float32)[:, None, None]
+        self.normalize = normalize
+        self.size = size
+        self.cache = cache
+        self._cached: dict[tuple[int, tuple[str, ...]], Sample] = {}
+        idx = s.index()
+        keep = np.ones(len(idx), bool)
+        if split is not None:
+            if split not in ("train", "val", "test"):
+                raise BadInputError(f"unknown split '{split}' (train, val, test)")
+            keep &= (idx["split"] == split).to_numpy()
+        for name in self.sensors:
+            keep &= idx[f"status_{name}"].isin(list(statuses)).to_numpy()
+        rows = idx[keep]
+        self.chip_ids: list[str] = rows["chip_id"].tolist()
+        self.chip_index: list[int] = rows["chip_index"].astype(int).tolist()
+        self.status = {name: rows[f"status_{name}"].tolist() for name in self.sensors}
+        self.transform = transform
+        self._store: Store | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.chip_ids)
+
+    def _open(self) -> Store:
+        # One handle per process: DataLoader workers (fork or spawn) each open their own.
+        if self._store is None or self._pid != os.getpid():
+            self._store = Store.open(self.path)
+            self._pid = os.getpid()
+        return self._store
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_store"] = None
+        state["_pid"] = None
+        return state
+
+    def read(self, i: int, sensors: Sequence[str] | None = None) -> Sample:
+        """Sample ``i`` with the given sensors (default: all), before ``transform``."""
+        key = (i, tuple(sensors or self.sensors))
+        if self.cache and key in self._cached:
+            return dict(self._cached[key])
+        sample = self._read(i, key[1])
+        if self.cache:
+            self._cached[key] = dict(sample)
+        return sample
+
+    def _read(self, i: int, sensors: Sequence[str]) -> Sample:
+        store = self._open()
+        ci = self.chip_index[i]
+        chip = Chip.from_id(self.chip_ids[i])
+        sample: Sample = {"chip_id": self.chip_ids[i], "bounds": chip.bounds, "crs": "EPSG:2154"}
+        for name in sensors:
+            g = store.root[name]
+            img = torch.from_numpy(np.asarray(g["image"][ci], dtype=np.float32)[self.band_index[name]])
+            if self.normalize:
+                img = (img - self.mean[name]) / self.std[name]
+            mask = torch.from_numpy(np.asarray(g["valid"][ci]).astype(bool))
+            if self.size is not None and img.shape[-1] != self.size:
+                img = F.interpolate(img[None], size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                    antialias=img.shape[-1] > self.size)[0]
+                mask = F.interpolate(mask[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0] > 0.5
+            sample[name] = {"image": img, "mask": mask}
+        if self.labels:
+            lab = torch.from_numpy(np.asarray(store.root["labels"]["class"][ci]).astype(np.int64))
+            if self.size is not None and lab.shape[-1] != self.size:
+                lab = F.interpolate(lab[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0].long()
+            sample["labels"] = lab
+        return sample
+
+    def __getitem__(self, key: int | tuple[int, str]) -> Sample:
+        # A sampler may yield (index, sensor) to ask for a single sensor (see SensorBalancedSampler).
+        if isinstance(key, tuple):
+            i, sensor = key
+            sample = self.read(int(i), [sensor])
+            sample["sensor"] = sensor
+        else:
+            sample = self.read(int(key))
+        return self.transform(sample) if self.transform else sample
+
+
+def collate(samples: list[Sample]) -> Sample:
+    """Stack a list of samples: per sensor ``image`` (N, B, H, W) and ``mask`` (N, H, W)."""
+    out: Sample = {"chip_id": [s["chip_id"] for s in samples], "crs": samples[0]["crs"],
+                   "bounds": torch.tensor([s["bounds"] for s in samples], dtype=torch.float64)}
+    keys = [k for k, v in samples[0].items() if isinstance(v, dict)]
+    for k in keys:
+        if not all(k in s for s in samples):
+            raise ValueError(f"sensor {k} is missing from some samples; use a per-sensor batch")
+        out[k] = {f: torch.stack([s[k][f] for s in samples]) for f in samples[0][k]}
+    if "labels" in samples[0]:
+        out["labels"] = torch.stack([s["labels"] for s in samples])
+    if "sensor" in samples[0]:
+        out["sensor"] = [s["sensor"] for s in samples]
+    return out

@@ -1,0 +1,86 @@
+"""Samplers: deterministic step-indexed batches (exact resume) and sensor balancing."""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Batches of indices that depend only on (seed, step): training can resume at any step.
+
+    Epoch ``e`` is a permutation seeded by ``seed + e``; step ``s`` takes the next ``batch_size``
+    indices of it (the last partial batch of an epoch is dropped). Under DDP, rank ``r`` of ``w``
+    takes every ``w``-th index of the global batch, so ranks see disjoint samples.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, steps: int | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if n < batch_size:
+            raise ValueError(f"dataset has {n} samples, fewer than the batch size {batch_size}")
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by {world_size} processes")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start_step, self.steps = start_step, steps
+        self.rank, self.world_size = rank, world_size
+        self.per_epoch = n // batch_size
+
+    def batch(self, step: int) -> list[int]:
+        """The indices of this rank for ``step``."""
+        epoch, b = divmod(step, self.per_epoch)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(self.n, generator=g)
+        full = perm[b * self.batch_size : (b + 1) * self.batch_size]
+        return full[self.rank :: self.world_size].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start_step
+        while self.steps is None or step < self.steps:
+            yield self.batch(step)
+            step += 1
+
+    def __len__(self) -> int:
+        return (self.steps - self.start_step) if self.steps is not None else 2**31
+
+
+class SensorBalancedSampler(Sampler[tuple[int, str]]):
+    """Yields ``(index, sensor)`` pairs with every sensor drawn equally often.
+
+    Chips where a sensor is flagged or missing are only drawn for the sensors they have, so a
+    sensor with fewer valid chips is not under-represented.
+
+    Args:
+        available: per sensor, the dataset indices where that sensor is usable.
+        num_samples: pairs per epoch.
+        seed: RNG seed (epoch ``e`` uses ``seed + e``; see :meth:`set_epoch`).
+    """
+
+    def __init__(self, available: dict[str, Sequence[int]], num_samples: int, seed: int = 0) -> None:
+        self.sensors = [s for s, idx in available.items() if len(idx)]
+        if not self.sensors:
+            raise ValueError("no sensor has any sample")
+        self.available = {s: list(available[s]) for s in self.sensors}
+        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+
+    @classmethod
+    def from_dataset(cls, ds, num_samples: int | None = None, seed: int = 0) -> SensorBalancedSampler:
+        """Use the dataset's per-sensor statuses (ok chips)."""
+        avail = {s: [i for i, st in enumerate(ds.status[s]) if st == "ok"] for s in ds.sensors}
+        return cls(avail, num_samples or len(ds) * len(ds.sensors), seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the epoch (and so the draw)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        which = torch.randint(len(self.sensors), (self.num_samples,), generator=g)
+        for k in which.tolist():
+            s = self.sensors[k]
+            j = int(torch.randint(len(self.available[s]), (1,), generator=g))
+            yield self.available[s][j], s
+
+    def __len__(self) -> int:
+        return self.num_samples

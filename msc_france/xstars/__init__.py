@@ -1,0 +1,1 @@
+"""X-STARS: ViT backbone, DINO, the MSAD loss, and the pretraining loop."""

@@ -1,0 +1,153 @@
+"""Pretraining configuration (``pipelines/pretrain-*.yaml``), strictly validated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from msc_france.config import StrictModel, load_yaml, parse_model, pipelines_dir
+from msc_france.errors import BadInputError
+
+
+class DataConfig(StrictModel):
+    """Which store, sensors, bands and split to train on."""
+
+    store: str = "data/demo.zarr"
+    sensors: list[str] = Field(default_factory=lambda: ["sentinel-2-l2a", "landsat-8-c2-l2", "aerial"])
+    bands: list[str] | None = Field(default_factory=lambda: ["red", "green", "blue"])
+    split: Literal["train", "val", "test"] | None = "train"
+    size: int = Field(128, ge=16, description="every sensor's chip is resized to this on load")
+    num_workers: int = Field(2, ge=0)
+    cache: bool = Field(False, description="keep decoded chips in memory (small stores only)")
+
+
+class ModelConfig(StrictModel):
+    """The ViT backbone."""
+
+    arch: Literal["vit_test", "vit_tiny", "vit_small", "vit_base"] = "vit_tiny"
+    patch_size: int = Field(16, ge=2)
+    drop_path: float = Field(0.1, ge=0, lt=1)
+
+
+class DinoConfig(StrictModel):
+    """DINO self-distillation (defaults scaled down from the paper's for CPU)."""
+
+    out_dim: int = Field(4096, ge=2)
+    hidden_dim: int = 512
+    bottleneck_dim: int = 128
+    global_crops: int = Field(2, ge=2)
+    local_crops: int = Field(4, ge=0)
+    global_size: int = 64
+    local_size: int = 32
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_steps: int = 0
+    center_momentum: float = 0.9
+    freeze_last_layer_steps: int = 0
+
+
+class MSADConfig(StrictModel):
+    """The Multi-Sensor Alignment Dense loss; ``alpha = 0`` trains DINO alone."""
+
+    alpha: float = Field(0.1, ge=0)
+    proj_dim: int = 256
+    tau: float = Field(0.1, gt=0)
+    smoothing: float = Field(0.3, ge=0, lt=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    size: int = Field(64, description="input size of the co-located views")
+    scale: tuple[float, float] = (0.5, 1.0)
+
+
+class OptimConfig(StrictModel):
+    """AdamW with cosine schedules."""
+
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(16, ge=2)
+    lr: float = Field(5e-4, gt=0, description="base learning rate, scaled by batch_size / 256")
+    min_lr: float = 1e-6
+    warmup_steps: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    momentum_teacher: float = Field(0.996, ge=0, le=1)
+    clip_grad: float = 3.0
+
+
+class ContinualConfig(StrictModel):
+    """Adapt a pretrained model to a new sensor: a frozen copy encodes the source sensor."""
+
+    checkpoint: str
+    source_sensor: str
+    target_sensor: str
+
+
+class RunConfig(StrictModel):
+    """Where and how to run."""
+
+    out: str = "runs/xstars"
+    seed: int = 0
+    checkpoint_every: int = Field(50, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+
+
+class TrainConfig(StrictModel):
+    """A pretraining run."""
+
+    name: str
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    dino: DinoConfig = DinoConfig()
+    msad: MSADConfig = MSADConfig()
+    optim: OptimConfig = OptimConfig()
+    run: RunConfig = RunConfig()
+    continual: ContinualConfig | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        for size in (self.dino.global_size, self.dino.local_size, self.msad.size):
+            if size % self.model.patch_size:
+                raise ValueError(f"crop size {size} is not a multiple of the patch size {self.model.patch_size}")
+        if self.continual is None and self.msad.alpha > 0 and len(self.data.sensors) < 2:
+            raise ValueError("MSAD (alpha > 0) needs at least two sensors")
+        if self.continual is not None:
+            for s in (self.continual.source_sensor, self.continual.target_sensor):
+                if s not in self.data.sensors:
+                    raise ValueError(f"continual sensor '{s}' is not in data.sensors")
+        return self
+
+
+def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        if cur.get(k) is None:
+            cur[k] = {}
+        if not isinstance(cur[k], dict):
+            raise BadInputError(f"--set {dotted}: '{k}' is not a section")
+        cur = cur[k]
+    cur[keys[-1]] = value
+
+
+def load_train_config(path: str, overrides: list[str] | None = None, **top: Any) -> TrainConfig:
+    """Load a pretraining config, apply ``key.sub=value`` overrides (YAML values), validate."""
+    p = Path(path)
+    if not p.suffix and not p.exists():
+        p = pipelines_dir() / f"{path}.yaml"
+    data = load_yaml(p)
+    if not isinstance(data, dict):
+        raise BadInputError(f"config {p}: expected a mapping at the top level")
+    for item in overrides or []:
+        if "=" not in item:
+            raise BadInputError(f"--set expects key=value, got '{item}'")
+        k, v = item.split("=", 1)
+        _set(data, k.strip(), yaml.safe_load(v))
+    for dotted, v in top.items():
+        if v is not None:
+            _set(data, dotted, v)
+    return parse_model(TrainConfig, data, f"config {p}")

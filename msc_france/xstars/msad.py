@@ -1,0 +1,116 @@
+"""MSAD, the Multi-Sensor Alignment Dense loss, computed for every token position at once.
+
+For two sensors' co-located images, the student's tokens at position ``i`` (CLS or patch) are
+projected and L2-normalised (e1, e2 of shape (B, d) per position). As in CLIP, each image must
+pick its counterpart among the batch:
+
+    logits  = e2 @ e1.T / tau                                     (B, B)
+    targets = softmax(((e1 @ e1.T + e2 @ e2.T) / 2) / tau)        soft targets from intra-sensor similarity
+    targets = (1 - eps) * targets + eps / B                       label smoothing
+    loss_i  = (CE(logits, targets) + CE(logits.T, targets.T)) / 2
+
+summed over sensor pairs and averaged over positions. All positions are computed in one batched
+matrix product (P, B, d) x (P, d, B): no Python loop over tokens.
+
+Normalisation and temperature: the reference code feeds unnormalised features with tau = 1.0, so
+logit magnitudes follow the features' scale (exploding or vanishing softmaxes). Here embeddings
+are unit vectors, so every logit is a cosine similarity in [-1, 1] divided by tau; tau = 0.1 gives
+logits in [-10, 10], a softmax that can be confident yet keeps gradients for all negatives (the
+range CLIP's learned temperature settles around). The same tau shapes the soft targets.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ProjectionHead(nn.Module):
+    """Linear, GELU, linear, dropout, residual, LayerNorm (the X-STARS projection block)."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_dim, out_dim)
+        self.fc = nn.Linear(out_dim, out_dim)
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.proj(x)
+        return self.norm(p + self.drop(self.fc(F.gelu(p))))
+
+
+class MSADHeads(nn.Module):
+    """A shared projection head, then one head per sensor (all trained, all checkpointed)."""
+
+    def __init__(self, dim: int, sensors: list[str], proj_dim: int = 256, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.shared = ProjectionHead(dim, proj_dim, dropout)
+        self.per_sensor = nn.ModuleDict({s: ProjectionHead(proj_dim, proj_dim, dropout) for s in sensors})
+
+    def add_sensor(self, name: str) -> None:
+        """A head for a new sensor."""
+        if name not in self.per_sensor:
+            d = self.shared.proj.out_features
+            self.per_sensor[name] = ProjectionHead(d, d, self.shared.drop.p).to(self.shared.proj.weight.device)
+
+    def forward(self, tokens: torch.Tensor, sensor: str) -> torch.Tensor:
+        """(B, P, D) tokens -> (B, P, proj_dim) unit vectors."""
+        return F.normalize(self.per_sensor[sensor](self.shared(tokens)), dim=-1)
+
+
+def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean(dim=-1)
+
+
+def msad_pair(e1: torch.Tensor, e2: torch.Tensor, tau: float = 0.1, smoothing: float = 0.3) -> torch.Tensor:
+    """MSAD between two sensors, vectorised over positions.
+
+    Args:
+        e1, e2: (B, P, d) unit embeddings of the same ground; B images, P token positions.
+        tau: temperature.
+        smoothing: label smoothing.
+
+    Returns:
+        The loss averaged over positions (a scalar with gradient).
+    """
+    a = e1.transpose(0, 1)  # (P, B, d)
+    b = e2.transpose(0, 1)
+    logits = torch.bmm(b, a.transpose(1, 2)) / tau  # (P, B, B)
+    sim = (torch.bmm(a, a.transpose(1, 2)) + torch.bmm(b, b.transpose(1, 2))) / 2
+    targets = F.softmax(sim / tau, dim=-1)
+    n = targets.shape[-1]
+    targets = (1 - smoothing) * targets + smoothing / n
+    loss = (_soft_ce(logits, targets) + _soft_ce(logits.transpose(1, 2), targets.transpose(1, 2))) / 2
+    return loss.mean()
+
+
+def msad_loss(embeddings: dict[str, torch.Tensor], tau: float = 0.1, smoothing: float = 0.3,
+              pairs: list[tuple[str, str]] | None = None) -> torch.Tensor:
+    """Sum of :func:`msad_pair` over sensor pairs (default: every unordered pair)."""
+    names = list(embeddings)
+    pairs = pairs or list(itertools.combinations(names, 2))
+    if not pairs:
+        raise ValueError("MSAD needs at least two sensors")
+    return sum(msad_pair(embeddings[a], embeddings[b], tau, smoothing) for a, b in pairs)  # type: ignore[return-value]
+
+
+def msad_pair_loop(e1: torch.Tensor, e2: torch.Tensor, tau: float = 0.1, smoothing: float = 0.3) -> torch.Tensor:
+    """The same loss as :func:`msad_pair`, one token position at a time (the reference form).
+
+    Kept as the correctness reference for tests and the baseline for benchmarks. Unlike the
+    authors' ``torch.mean(torch.tensor(list))``, it stacks tensors and keeps the gradient.
+    """
+    losses = []
+    for i in range(e1.shape[1]):
+        a, b = e1[:, i], e2[:, i]
+        logits = b @ a.T / tau
+        targets = F.softmax(((a @ a.T + b @ b.T) / 2) / tau, dim=-1)
+        targets = (1 - smoothing) * targets + smoothing / targets.shape[-1]
+        l1 = -(targets * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+        l2 = -(targets.T * F.log_softmax(logits.T, dim=-1)).sum(-1).mean()
+        losses.append((l1 + l2) / 2)
+    return torch.stack(losses).mean()

@@ -1,0 +1,394 @@
+"""X-STARS pretraining: DINO + alpha * MSAD, from scratch or continual, with exact resume.
+
+One step:
+1. DINO on one sensor (sensors take turns, step by step): multi-crop views of that sensor's
+   images; the EMA teacher sees the global crops, the student all crops.
+2. MSAD on co-located views: one random ground window per image, cropped from every sensor and
+   resized to one input size, through the student backbone (all tokens kept) and the projection
+   heads; the loss is summed over sensor pairs. In continual mode the source sensor goes through
+   the frozen pretrained backbone instead and only (target, source) is aligned.
+3. loss = L_DINO + alpha * L_MSAD; AdamW with cosine lr / weight-decay schedules; EMA teacher.
+
+Everything random in a step is drawn from generators seeded by (seed, step), and checkpoints
+hold the model, heads, teacher, optimiser, DINO centre, step and RNG states: resuming reproduces
+the next steps' losses exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from msc_france.data import MSCFranceDataset, StepBatchSampler, collate
+from msc_france.data.transforms import MultiCropConfig, colocated_crops, multicrop, random_window
+from msc_france.errors import BadInputError, MscFranceError
+from msc_france.xstars.config import TrainConfig
+from msc_france.xstars.dino import DINOHead, DINOLoss, ema_update
+from msc_france.xstars.msad import MSADHeads, msad_loss
+from msc_france.xstars.schedules import cosine, linear_warmup
+from msc_france.xstars.vit import ViT
+
+CKPT_FORMAT = "msc-france-xstars-1"
+
+
+class TrainingError(MscFranceError):
+    """Training cannot go on (NaN loss, unusable checkpoint)."""
+
+    exit_code = 6
+
+
+class Student(nn.Module):
+    """Everything the optimiser trains: backbone, DINO head, MSAD projection heads."""
+
+    def __init__(self, backbone: ViT, dino_head: DINOHead, msad_heads: MSADHeads) -> None:
+        super().__init__()
+        self.backbone, self.dino_head, self.msad_heads = backbone, dino_head, msad_heads
+
+    def forward(self, x: torch.Tensor, sensor: str, head: str) -> torch.Tensor:
+        tokens = self.backbone(x, sensor)
+        if head == "dino":
+            return self.dino_head(tokens[:, 0])
+        return self.msad_heads(tokens, sensor)
+
+
+class Teacher(nn.Module):
+    """The EMA teacher: backbone + DINO head."""
+
+    def __init__(self, backbone: ViT, dino_head: DINOHead) -> None:
+        super().__init__()
+        self.backbone, self.dino_head = backbone, dino_head
+
+    def forward(self, x: torch.Tensor, sensor: str) -> torch.Tensor:
+        return self.dino_head(self.backbone(x, sensor)[:, 0])
+
+
+@dataclass
+class Dist:
+    """Process-group facts (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """True on the process that writes files."""
+        return self.rank == 0
+
+
+def init_distributed(device_kind: str) -> Dist:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def gather_batch(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every process along dim 0, keeping the gradient (MSAD negatives)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+def _device(cfg: TrainConfig, d: Dist) -> torch.device:
+    kind = cfg.run.device
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise BadInputError("run.device is cuda but no GPU is available")
+        return torch.device("cuda", d.local_rank)
+    return torch.device("cpu")
+
+
+def _param_groups(model: nn.Module) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`pretrain`, with one-line errors."""
+    p = Path(path)
+    if not p.exists():
+        raise BadInputError(f"checkpoint not found: {p}")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise TrainingError(f"cannot read checkpoint {p}: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        raise TrainingError(f"{p} is not an msc-france X-STARS checkpoint")
+    return ckpt
+
+
+def build_backbone(ckpt: dict[str, Any], which: str = "teacher") -> ViT:
+    """The ViT of a checkpoint (``teacher`` backbone by default, as DINO evaluates)."""
+    m = ckpt["model"]
+    vit = ViT(dict(ckpt["sensors"]), m["arch"], m["patch_size"], m["img_size"], drop_path=0.0)
+    prefix = "backbone."
+    sd = {k[len(prefix):]: v for k, v in ckpt[which].items() if k.startswith(prefix)}
+    vit.load_state_dict(sd)
+    return vit
+
+
+def _write_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _plot(log_path: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("loss", "total"), ("dino", "DINO"), ("msad", "MSAD")):
+        ax.plot(steps, [r[key] for r in rows], label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(out.parent.name)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) the run described by ``cfg``; returns a summary.
+
+    Raises:
+        BadInputError: bad data/config/checkpoint paths, or a run directory holding another run.
+        TrainingError: a NaN/inf loss, or a checkpoint of another architecture.
+    """
+    device_kind = "cuda" if (cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available())) else "cpu"
+    d = init_distributed(device_kind)
+    device = _device(cfg, d)
+    out = Path(cfg.run.out)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"run directory {out} is a file")
+    last = out / "checkpoints" / "last.pt"
+    resume = load_checkpoint(last) if last.exists() else None
+    if resume is not None and resume["config"]["model"] != cfg.model.model_dump(mode="json"):
+        raise BadInputError(f"run directory {out} holds a run of another architecture; use a new --out")
+    torch.manual_seed(cfg.run.seed + d.rank)
+
+    dino_sensors = [cfg.continual.target_sensor] if cfg.continual else list(cfg.data.sensors)
+    ds = MSCFranceDataset(cfg.data.store, sensors=cfg.data.sensors, split=cfg.data.split, bands=cfg.data.bands,
+                          size=cfg.data.size, cache=cfg.data.cache)
+    if len(ds) < cfg.optim.batch_size:
+        raise BadInputError(f"{len(ds)} training chips in {cfg.data.store}, fewer than batch size {cfg.optim.batch_size}")
+    bands = {s: len(ds.band_index[s]) for s in cfg.data.sensors}
+
+    frozen: ViT | None = None
+    source_ckpt = None
+    if cfg.continual is not None:
+        source_ckpt = load_checkpoint(cfg.continual.checkpoint)
+        if source_ckpt["model"]["arch"] != cfg.model.arch or source_ckpt["model"]["patch_size"] != cfg.model.patch_size:
+            raise TrainingError(
+                f"checkpoint {cfg.continual.checkpoint} is a {source_ckpt['model']['arch']}/"
+                f"{source_ckpt['model']['patch_size']}, the config asks for {cfg.model.arch}/{cfg.model.patch_size}")
+        if cfg.continual.source_sensor not in source_ckpt["sensors"]:
+            raise BadInputError(f"checkpoint {cfg.continual.checkpoint} has no sensor '{cfg.continual.source_sensor}'")
+
+    img_size = cfg.dino.global_size
+    backbone = ViT(bands, cfg.model.arch, cfg.model.patch_size, img_size, cfg.model.drop_path)
+    if source_ckpt is not None:
+        src = build_backbone(source_ckpt)
+        state = {k: v for k, v in src.state_dict().items() if not k.startswith("patch_embed.")}
+        backbone.load_state_dict(state, strict=False)
+        for s in cfg.data.sensors:  # start every known sensor from its pretrained embedding
+            if s in src.patch_embed and src.patch_embed[s].in_channels == bands[s]:
+                backbone.patch_embed[s].load_state_dict(src.patch_embed[s].state_dict())
+        src_emb = src.patch_embed[cfg.continual.source_sensor]  # type: ignore[union-attr]
+        tgt = cfg.continual.target_sensor  # type: ignore[union-attr]
+        if tgt not in src.patch_embed and src_emb.in_channels == bands[tgt]:
+            backbone.patch_embed[tgt].load_state_dict(src_emb.state_dict())
+        frozen = src.to(device).eval().requires_grad_(False)
+
+    student = Student(backbone, DINOHead(backbone.dim, cfg.dino.out_dim, cfg.dino.hidden_dim, cfg.dino.bottleneck_dim),
+                      MSADHeads(backbone.dim, list(cfg.data.sensors), cfg.msad.proj_dim, cfg.msad.dropout)).to(device)
+    teacher = Teacher(copy.deepcopy(student.backbone), copy.deepcopy(student.dino_head)).to(device)
+    teacher.requires_grad_(False)
+    n_crops = cfg.dino.global_crops + cfg.dino.local_crops
+    dino_loss = DINOLoss(cfg.dino.out_dim, n_crops, cfg.dino.global_crops, cfg.dino.student_temp,
+                         cfg.dino.center_momentum).to(device)
+    opt = torch.optim.AdamW(_param_groups(student))
+    start = 0
+    if resume is not None:
+        student.load_state_dict(resume["student"])
+        teacher.load_state_dict(resume["teacher"])
+        dino_loss.load_state_dict(resume["dino_loss"])
+        opt.load_state_dict(resume["optimizer"])
+        if frozen is not None and "frozen" in resume:
+            frozen.load_state_dict(resume["frozen"])
+        start = int(resume["step"])
+        _set_rng_state(resume["rng"])
+    model: nn.Module = student
+    if d.world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+
+    total = cfg.optim.steps
+    sampler = StepBatchSampler(len(ds), cfg.optim.batch_size, cfg.run.seed, start, total, d.rank, d.world)
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
+                        pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0)
+    mc = MultiCropConfig(cfg.dino.global_crops, cfg.dino.local_crops, cfg.dino.global_size, cfg.dino.local_size,
+                         cfg.dino.global_scale, cfg.dino.local_scale)
+    lr_peak = cfg.optim.lr * cfg.optim.batch_size / 256
+    amp = cfg.run.amp and device.type == "cuda"
+    ckpt_dir = out / "checkpoints"
+    log_path = out / "log.jsonl"
+    if d.main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(_yaml(cfg))
+        if start == 0 and log_path.exists():
+            log_path.unlink()
+        elif log_path.exists():  # drop log lines past the checkpoint we resume from
+            lines = [ln for ln in log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < start]
+            log_path.write_text("".join(ln + "\n" for ln in lines))
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    images_seen = 0
+    it: Iterator[dict[str, Any]] = iter(loader)
+    for step in range(start, total):
+        batch = next(it)
+        g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step * 101 + d.rank)
+        lr = cosine(step, total, lr_peak, cfg.optim.min_lr, cfg.optim.warmup_steps)
+        wd = cosine(step, total, cfg.optim.weight_decay, cfg.optim.weight_decay_end)
+        mom = cosine(step, total, cfg.optim.momentum_teacher, 1.0)
+        ttemp = linear_warmup(step, cfg.dino.warmup_teacher_temp_steps, cfg.dino.warmup_teacher_temp,
+                              cfg.dino.teacher_temp)
+        opt.param_groups[0].update(lr=lr, weight_decay=wd)
+        opt.param_groups[1].update(lr=lr)
+        student.train()
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            # DINO on one sensor per step, sensors taking turns.
+            sensor = dino_sensors[step % len(dino_sensors)]
+            views = [v.to(device, non_blocking=True) for v in multicrop(batch[sensor]["image"], mc, g)]
+            with torch.no_grad():
+                t_out = [teacher(v, sensor).float() for v in views[: cfg.dino.global_crops]]
+            s_glob = model(torch.cat(views[: cfg.dino.global_crops]), sensor, "dino").float()
+            s_out = list(s_glob.chunk(cfg.dino.global_crops))
+            if cfg.dino.local_crops:
+                s_loc = model(torch.cat(views[cfg.dino.global_crops:]), sensor, "dino").float()
+                s_out += list(s_loc.chunk(cfg.dino.local_crops))
+            l_dino = dino_loss(s_out, t_out, ttemp)
+            # MSAD on co-located views.
+            l_msad = torch.zeros((), device=device)
+            if cfg.msad.alpha > 0:
+                l_msad = _msad_step(cfg, batch, model, student, frozen, g, device)
+            loss = l_dino + cfg.msad.alpha * l_msad
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data "
+                                f"(last checkpoint: {last if last.exists() else 'none'})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.clip_grad > 0:
+            nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.clip_grad)
+        if step < cfg.dino.freeze_last_layer_steps:
+            for p in student.dino_head.last_layer.parameters():
+                p.grad = None
+        opt.step()
+        ema_update(teacher.backbone, student.backbone, mom)
+        ema_update(teacher.dino_head, student.dino_head, mom)
+        images_seen += batch[sensor]["image"].shape[0] * d.world
+        losses.append(float(loss.detach()))
+        if d.main:
+            rec = {"step": step, "loss": float(loss.detach()), "dino": float(l_dino.detach()), "msad": float(l_msad.detach()), "lr": lr,
+                   "wd": wd, "momentum": mom, "teacher_temp": ttemp, "dino_sensor": sensor,
+                   "elapsed_s": round(time.perf_counter() - t0, 3)}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if progress:
+                print(f"step {step + 1}/{total} loss {rec['loss']:.4f} (dino {rec['dino']:.4f}, msad {rec['msad']:.4f})",
+                      flush=True)
+        done = step + 1
+        if d.main and (done % cfg.run.checkpoint_every == 0 or done == total):
+            ckpt = {
+                "format": CKPT_FORMAT, "step": done, "config": cfg.model_dump(mode="json"),
+                "model": {"arch": cfg.model.arch, "patch_size": cfg.model.patch_size, "img_size": img_size},
+                "sensors": bands, "bands": cfg.data.bands,
+                "normalization": {s: {"mean": ds.mean[s].flatten().tolist(), "std": ds.std[s].flatten().tolist()}
+                                  for s in cfg.data.sensors},
+                "student": student.state_dict(), "teacher": teacher.state_dict(),
+                "dino_loss": dino_loss.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(),
+            }
+            if frozen is not None:
+                ckpt["frozen"] = frozen.state_dict()
+            _write_atomic(ckpt, ckpt_dir / f"ckpt-{done:06d}.pt")
+            _write_atomic(ckpt, ckpt_dir / "last.pt")
+    elapsed = time.perf_counter() - t0
+    if d.main and log_path.exists():
+        _plot(log_path, out / "loss.png")
+    return {"steps": total - start, "start": start, "losses": losses, "elapsed_s": elapsed,
+            "images_per_s": images_seen / elapsed if elapsed > 0 else 0.0, "out": str(out), "device": str(device)}
+
+
+def _msad_step(cfg: TrainConfig, batch: dict[str, Any], model: nn.Module, student: Student, frozen: ViT | None,
+               g: torch.Generator, device: torch.device) -> torch.Tensor:
+    sensors = list(cfg.data.sensors)
+    n = batch[sensors[0]]["image"].shape[0]
+    coarsest = min(batch[s]["image"].shape[-1] for s in sensors)
+    per_sensor: dict[str, list[torch.Tensor]] = {s: [] for s in sensors}
+    for i in range(n):  # one co-located window per image, the same ground in every sensor
+        w = random_window(coarsest, cfg.msad.scale, g)
+        crops = colocated_crops({s: batch[s]["image"][i] for s in sensors}, w, cfg.msad.size)
+        for s in sensors:
+            per_sensor[s].append(crops[s])
+    views = {s: torch.stack(v).to(device, non_blocking=True) for s, v in per_sensor.items()}
+    if cfg.continual is not None:
+        src, tgt = cfg.continual.source_sensor, cfg.continual.target_sensor
+        e_tgt = model(views[tgt], tgt, "msad")
+        with torch.no_grad():
+            src_tokens = frozen(views[src], src)  # type: ignore[misc]
+        e_src = student.msad_heads(src_tokens, src)
+        emb = {tgt: gather_batch(e_tgt.float()), src: gather_batch(e_src.float())}
+        return msad_loss(emb, cfg.msad.tau, cfg.msad.smoothing, pairs=[(tgt, src)])
+    emb = {s: gather_batch(model(views[s], s, "msad").float()) for s in sensors}
+    return msad_loss(emb, cfg.msad.tau, cfg.msad.smoothing)
+
+
+def _yaml(cfg: TrainConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,136 @@
+"""A Vision Transformer with one patch embedding per sensor and a shared transformer.
+
+Sensors with different band counts share the backbone through their own patch embeddings: each
+sensor has a ``Conv2d(bands_s, dim, patch, patch)`` that maps its bands to the token dimension;
+everything after (position embeddings, CLS token, blocks, norm) is shared. Adding a sensor (in
+continual pretraining) adds one patch embedding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCHS = {
+    "vit_test": dict(dim=64, depth=2, heads=2),
+    "vit_tiny": dict(dim=192, depth=12, heads=3),
+    "vit_small": dict(dim=384, depth=12, heads=6),
+    "vit_base": dict(dim=768, depth=12, heads=12),
+}
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the residual branch per sample."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device) >= self.p
+        return x * keep.to(x.dtype) / (1 - self.p)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ViT(nn.Module):
+    """ViT backbone: ``forward(x, sensor)`` returns all tokens (N, 1 + patches, dim), CLS first.
+
+    Args:
+        sensors: sensor name -> number of input bands.
+        arch: ``vit_test``, ``vit_tiny``, ``vit_small`` or ``vit_base``.
+        patch_size: patch side in pixels.
+        img_size: the size position embeddings are created for (interpolated for other sizes).
+        drop_path: maximum stochastic-depth rate (linearly increasing over blocks).
+    """
+
+    def __init__(self, sensors: dict[str, int], arch: str = "vit_tiny", patch_size: int = 16, img_size: int = 224,
+                 drop_path: float = 0.1, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown architecture '{arch}' ({', '.join(ARCHS)})")
+        a = ARCHS[arch]
+        self.arch, self.dim, self.patch_size, self.img_size = arch, a["dim"], patch_size, img_size
+        self.patch_embed = nn.ModuleDict({s: nn.Conv2d(c, self.dim, patch_size, patch_size) for s, c in sensors.items()})
+        n = (img_size // patch_size) ** 2
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n, self.dim))
+        rates = torch.linspace(0, drop_path, a["depth"]).tolist()
+        self.blocks = nn.ModuleList(Block(self.dim, a["heads"], mlp_ratio, r) for r in rates)
+        self.norm = nn.LayerNorm(self.dim, eps=1e-6)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def add_sensor(self, name: str, bands: int) -> None:
+        """Add a patch embedding for a new sensor (continual pretraining)."""
+        if name not in self.patch_embed:
+            self.patch_embed[name] = nn.Conv2d(bands, self.dim, self.patch_size, self.patch_size).to(
+                self.pos_embed.device)
+
+    def _pos(self, h: int, w: int) -> torch.Tensor:
+        n = self.pos_embed.shape[1] - 1
+        if h * w == n and h == w:
+            return self.pos_embed
+        side = int(math.sqrt(n))
+        grid = self.pos_embed[:, 1:].reshape(1, side, side, self.dim).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
+        return torch.cat([self.pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, h * w, self.dim)], dim=1)
+
+    def forward(self, x: torch.Tensor, sensor: str) -> torch.Tensor:
+        """All tokens of ``x`` (N, bands, H, W) seen by ``sensor``'s patch embedding."""
+        if sensor not in self.patch_embed:
+            raise KeyError(f"the model has no patch embedding for sensor '{sensor}'")
+        t = self.patch_embed[sensor](x)
+        h, w = t.shape[-2:]
+        t = t.flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + self._pos(h, w)
+        for blk in self.blocks:
+            t = blk(t)
+        return self.norm(t)
