@@ -212,13 +212,6 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         raise BadInputError(f"run directory {out} holds a run of another architecture; use a new --out")
     torch.manual_seed(cfg.run.seed + d.rank)
 
-    dino_sensors = [cfg.continual.target_sensor] if cfg.continual else list(cfg.data.sensors)
-    ds = MSCFranceDataset(cfg.data.store, sensors=cfg.data.sensors, split=cfg.data.split, bands=cfg.data.bands,
-                          size=cfg.data.size, cache=cfg.data.cache)
-    if len(ds) < cfg.optim.batch_size:
-        raise BadInputError(f"{len(ds)} training chips in {cfg.data.store}, fewer than batch size {cfg.optim.batch_size}")
-    bands = {s: len(ds.band_index[s]) for s in cfg.data.sensors}
-
     frozen: ViT | None = None
     source_ckpt = None
     if cfg.continual is not None:
@@ -229,6 +222,13 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                 f"{source_ckpt['model']['patch_size']}, the config asks for {cfg.model.arch}/{cfg.model.patch_size}")
         if cfg.continual.source_sensor not in source_ckpt["sensors"]:
             raise BadInputError(f"checkpoint {cfg.continual.checkpoint} has no sensor '{cfg.continual.source_sensor}'")
+
+    dino_sensors = [cfg.continual.target_sensor] if cfg.continual else list(cfg.data.sensors)
+    ds = MSCFranceDataset(cfg.data.store, sensors=cfg.data.sensors, split=cfg.data.split, bands=cfg.data.bands,
+                          size=cfg.data.size, cache=cfg.data.cache)
+    if len(ds) < cfg.optim.batch_size:
+        raise BadInputError(f"{len(ds)} training chips in {cfg.data.store}, fewer than batch size {cfg.optim.batch_size}")
+    bands = {s: len(ds.band_index[s]) for s in cfg.data.sensors}
 
     img_size = cfg.dino.global_size
     backbone = ViT(bands, cfg.model.arch, cfg.model.patch_size, img_size, cfg.model.drop_path)
@@ -262,7 +262,6 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         if frozen is not None and "frozen" in resume:
             frozen.load_state_dict(resume["frozen"])
         start = int(resume["step"])
-        _set_rng_state(resume["rng"])
     model: nn.Module = student
     if d.world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -289,7 +288,9 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     losses: list[float] = []
     t0 = time.perf_counter()
     images_seen = 0
-    it: Iterator[dict[str, Any]] = iter(loader)
+    it: Iterator[dict[str, Any]] = iter(loader)  # draws a base seed from the global RNG
+    if resume is not None:
+        _set_rng_state(resume["rng"])  # after that draw, so the steps see the checkpointed stream
     for step in range(start, total):
         batch = next(it)
         g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step * 101 + d.rank)

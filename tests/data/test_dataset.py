@@ -1,0 +1,133 @@
+"""MSCFranceDataset, collation, samplers and co-located crops."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from msc_france.data import MSCFranceDataset, SensorBalancedSampler, StepBatchSampler, collate
+from msc_france.data.transforms import MultiCropConfig, colocated_crops, multicrop, random_window
+from msc_france.errors import BadInputError
+
+
+def test_sample_contract(tiny_store: Path) -> None:
+    ds = MSCFranceDataset(tiny_store, split=None, labels=True)
+    assert len(ds) == 4 and ds.sensors == ["aerial", "landsat-8-c2-l2", "sentinel-2-l2a"] or len(ds) == 4
+    s = ds[0]
+    assert s["crs"] == "EPSG:2154" and s["chip_id"] == ds.chip_ids[0]
+    x0, y0, x1, y1 = s["bounds"]
+    assert x1 - x0 == 960 and y1 - y0 == 960
+    assert s["sentinel-2-l2a"]["image"].shape == (4, 96, 96) and s["sentinel-2-l2a"]["image"].dtype == torch.float32
+    assert s["landsat-8-c2-l2"]["image"].shape == (4, 32, 32)
+    assert s["aerial"]["image"].shape == (4, 640, 640)
+    assert s["aerial"]["mask"].dtype == torch.bool and s["aerial"]["mask"].shape == (640, 640)
+    assert s["labels"].shape == (96, 96) and s["labels"].dtype == torch.int64
+
+
+def test_normalisation_uses_store_statistics(tiny_store: Path) -> None:
+    ds = MSCFranceDataset(tiny_store, split=None, sensors=["sentinel-2-l2a"])
+    raw = MSCFranceDataset(tiny_store, split=None, sensors=["sentinel-2-l2a"], normalize=False)
+    vals, rvals = [], []
+    for i in range(len(ds)):
+        m = ds[i]["sentinel-2-l2a"]["mask"]
+        vals.append(ds[i]["sentinel-2-l2a"]["image"][:, m])
+        rvals.append(raw[i]["sentinel-2-l2a"]["image"][:, m])
+    v, r = torch.cat(vals, dim=1), torch.cat(rvals, dim=1)
+    assert torch.allclose(v.mean(dim=1), torch.zeros(4), atol=0.05)
+    assert torch.allclose(v.std(dim=1), torch.ones(4), atol=0.05)
+    assert r.min() >= 1 and r.max() > 1000  # raw values are reflectance x 10000
+
+
+def test_bands_size_and_errors(tiny_store: Path) -> None:
+    ds = MSCFranceDataset(tiny_store, split=None, bands=["red", "green", "blue"], size=48)
+    s = ds[1]
+    assert all(s[k]["image"].shape == (3, 48, 48) for k in ds.sensors)
+    with pytest.raises(BadInputError, match="no band"):
+        MSCFranceDataset(tiny_store, bands=["swir"])
+    with pytest.raises(BadInputError, match="no sensor 'modis'"):
+        MSCFranceDataset(tiny_store, sensors=["modis"])
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_workers_give_the_same_samples(tiny_store: Path, context: str) -> None:
+    ds = MSCFranceDataset(tiny_store, split=None, size=32)
+    ref = collate([ds[i] for i in range(4)])
+    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate, multiprocessing_context=context)
+    batches = list(loader)
+    got = torch.cat([b["sentinel-2-l2a"]["image"] for b in batches])
+    assert torch.equal(got, ref["sentinel-2-l2a"]["image"])
+    assert sum((b["chip_id"] for b in batches), []) == ref["chip_id"]
+
+
+def test_step_batch_sampler_is_a_function_of_the_step() -> None:
+    s = StepBatchSampler(10, 4, seed=3, steps=6)
+    batches = list(s)
+    assert len(batches) == 6 and all(len(b) == 4 for b in batches)
+    assert batches[:2] == [s.batch(0), s.batch(1)]
+    assert list(StepBatchSampler(10, 4, seed=3, start_step=4, steps=6)) == batches[4:]
+    ranks = [StepBatchSampler(10, 4, 3, rank=r, world_size=2).batch(5) for r in range(2)]
+    assert sorted(ranks[0] + ranks[1]) == sorted(s.batch(5))
+
+
+def test_sensor_balanced_sampler() -> None:
+    s = SensorBalancedSampler({"s2": [0, 1, 2, 3, 4, 5, 6, 7], "aerial": [1, 2]}, num_samples=4000, seed=1)
+    pairs = list(s)
+    counts = {k: sum(1 for _, x in pairs if x == k) for k in ("s2", "aerial")}
+    assert abs(counts["s2"] - counts["aerial"]) < 300
+    assert {i for i, x in pairs if x == "aerial"} == {1, 2}
+
+
+def test_single_sensor_keys(tiny_store: Path) -> None:
+    ds = MSCFranceDataset(tiny_store, split=None)
+    s = ds[(2, "aerial")]
+    assert s["sensor"] == "aerial" and "sentinel-2-l2a" not in s and "aerial" in s
+
+
+def test_colocated_crops_are_colocated(tiny_store: Path, tiny_world: Path) -> None:
+    """Crop a window around a calibration marker from every sensor: it lands at the same place."""
+    truth = json.loads((tiny_world / "truth.json").read_text())
+    ds = MSCFranceDataset(tiny_store, split=None, normalize=False)
+    for i in range(len(ds)):
+        x0, y0, x1, y1 = ds[i]["bounds"]
+        inside = [(mx, my) for mx, my in truth["markers_l93"] if x0 + 200 < mx < x1 - 200 and y0 + 200 < my < y1 - 200]
+        if inside:
+            break
+    mx, my = inside[0]
+    fx, fy = (mx - x0) / 960, (y1 - my) / 960
+    window = (round((fx - 0.2) * 32) / 32, round((fy - 0.2) * 32) / 32, 0.4375, 0.4375)
+    sample = ds[i]
+    crops = colocated_crops({s: sample[s]["image"] for s in ds.sensors}, window, 56)
+    centres = []
+    for s, img in crops.items():
+        band = img[2 if s != "aerial" else 0].numpy()
+        w = np.clip(band - np.median(band), 0, None)
+        w = np.where(w > 0.5 * w.max(), w, 0)
+        rows, cols = np.indices(band.shape)
+        centres.append(((w * rows).sum() / w.sum(), (w * cols).sum() / w.sum()))
+    centres = np.array(centres)
+    assert np.abs(centres - centres.mean(axis=0)).max() < 56 * 15 / (0.4375 * 960) + 0.5  # < half a Landsat pixel
+
+
+def test_random_windows_snap_to_the_coarse_lattice() -> None:
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        x0, y0, w, h = random_window(32, (0.2, 1.0), g)
+        for v in (x0, y0, w, h):
+            assert abs(v * 32 - round(v * 32)) < 1e-9
+        assert 0 <= x0 and x0 + w <= 1 + 1e-9 and 0 <= y0 and y0 + h <= 1 + 1e-9
+
+
+def test_multicrop_shapes_and_determinism() -> None:
+    x = torch.randn(3, 4, 64, 64)
+    cfg = MultiCropConfig(global_crops=2, local_crops=3, global_size=32, local_size=16)
+    a = multicrop(x, cfg, torch.Generator().manual_seed(5))
+    b = multicrop(x, cfg, torch.Generator().manual_seed(5))
+    assert [v.shape for v in a] == [(3, 4, 32, 32)] * 2 + [(3, 4, 16, 16)] * 3
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    c = multicrop(x, cfg, torch.Generator().manual_seed(6))
+    assert not torch.equal(a[0], c[0])

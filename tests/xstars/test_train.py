@@ -1,0 +1,136 @@
+"""Pretraining on the tiny store: the loss goes down, resume is exact, continual keeps the frozen model."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from msc_france.cli import main
+from msc_france.errors import BadInputError
+from msc_france.xstars.config import TrainConfig
+from msc_france.xstars.train import TrainingError, build_backbone, load_checkpoint, pretrain
+
+
+def _cfg(store: Path, out: Path, **changes) -> TrainConfig:
+    d = {
+        "name": "test",
+        "data": {"store": str(store), "sensors": ["sentinel-2-l2a", "landsat-8-c2-l2", "aerial"],
+                 "bands": ["red", "green", "blue"], "split": None, "size": 32, "num_workers": 0, "cache": True},
+        "model": {"arch": "vit_test", "patch_size": 8, "drop_path": 0.1},
+        "dino": {"out_dim": 256, "hidden_dim": 64, "bottleneck_dim": 32, "global_crops": 2, "local_crops": 2,
+                 "global_size": 32, "local_size": 16},
+        "msad": {"alpha": 0.5, "proj_dim": 32, "size": 32},
+        "optim": {"steps": 40, "batch_size": 4, "lr": 0.02, "warmup_steps": 3},
+        "run": {"out": str(out), "seed": 0, "checkpoint_every": 10},
+    }
+    for k, v in changes.items():
+        sec, key = k.split("__")
+        d[sec][key] = v
+    return TrainConfig.model_validate(d)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("runs") / "xstars"
+    return out, pretrain(_cfg(tiny_store, out), progress=False)
+
+
+def test_loss_decreases(trained) -> None:
+    """MSAD falls steadily; DINO first rises (the centring spreads the initially collapsed teacher)
+    and must then predict the teacher better than a uniform student, whose loss is ln(out_dim)."""
+    out, s = trained
+    assert len(s["losses"]) == 40 and all(torch.isfinite(torch.tensor(s["losses"])))
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    msad = [r["msad"] for r in rows]
+    dino = [r["dino"] for r in rows]
+    assert sum(msad[-5:]) / 5 < 0.8 * sum(msad[:5]) / 5
+    assert sum(dino[-5:]) / 5 < math.log(256) - 0.3
+
+
+def test_run_directory(trained) -> None:
+    out, _ = trained
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"ckpt-000010.pt", "ckpt-000020.pt",
+                                                                 "ckpt-000030.pt", "ckpt-000040.pt", "last.pt"}
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(40))
+    assert {r["dino_sensor"] for r in rows} == {"sentinel-2-l2a", "landsat-8-c2-l2", "aerial"}
+    assert (out / "loss.png").stat().st_size > 5000 and (out / "config.yaml").exists()
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 40
+    assert any(k.startswith("msad_heads.per_sensor.aerial") for k in ckpt["student"])  # heads are saved
+    assert {"torch", "numpy", "python"} <= set(ckpt["rng"])
+    vit = build_backbone(ckpt)
+    assert vit(torch.zeros(1, 3, 32, 32), "aerial").shape == (1, 17, 64)
+
+
+def test_resume_reproduces_losses_exactly(trained, tiny_store: Path, tmp_path: Path) -> None:
+    out, s = trained
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copy(out / "checkpoints" / "ckpt-000020.pt", resumed / "checkpoints" / "last.pt")
+    r = pretrain(_cfg(tiny_store, resumed), progress=False)
+    assert r["start"] == 20
+    assert r["losses"] == s["losses"][20:]  # bit-for-bit
+
+
+def test_alpha_changes_the_update(tiny_store: Path, tmp_path: Path) -> None:
+    a = pretrain(_cfg(tiny_store, tmp_path / "a", optim__steps=1, optim__warmup_steps=0, run__checkpoint_every=1),
+                 progress=False)
+    b = pretrain(_cfg(tiny_store, tmp_path / "b", optim__steps=1, optim__warmup_steps=0, run__checkpoint_every=1,
+                      msad__alpha=0.0),
+                 progress=False)
+    wa = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["student"]
+    wb = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["student"]
+    diff = max(float((wa[k] - wb[k]).abs().max()) for k in wa if k.startswith("backbone.blocks"))
+    assert diff > 0
+    assert a["losses"][0] != b["losses"][0]
+
+
+def test_continual_keeps_the_frozen_model(trained, tiny_store: Path, tmp_path: Path) -> None:
+    out, _ = trained
+    src = out / "checkpoints" / "last.pt"
+    cfg = _cfg(tiny_store, tmp_path / "cont", optim__steps=6, run__checkpoint_every=6)
+    cfg = TrainConfig.model_validate({**cfg.model_dump(), "data": {**cfg.data.model_dump(),
+                                      "sensors": ["sentinel-2-l2a", "aerial"]},
+                                      "continual": {"checkpoint": str(src), "source_sensor": "sentinel-2-l2a",
+                                                    "target_sensor": "aerial"}})
+    before = build_backbone(load_checkpoint(src)).state_dict()
+    pretrain(cfg, progress=False)
+    after = load_checkpoint(tmp_path / "cont" / "checkpoints" / "last.pt")
+    frozen = after["frozen"]
+    assert all(torch.equal(frozen[k], before[k]) for k in before)
+    student = {k[len("backbone."):]: v for k, v in after["student"].items() if k.startswith("backbone.")}
+    assert any(not torch.equal(student[k], before[k]) for k in before if k in student)
+    rows = [json.loads(line) for line in (tmp_path / "cont" / "log.jsonl").read_text().splitlines()]
+    assert {r["dino_sensor"] for r in rows} == {"aerial"} and all(r["msad"] > 0 for r in rows)
+
+
+def test_continual_architecture_mismatch(trained, tiny_store: Path, tmp_path: Path) -> None:
+    out, _ = trained
+    cfg = _cfg(tiny_store, tmp_path / "x", optim__steps=1)
+    d = cfg.model_dump()
+    d["model"]["arch"] = "vit_tiny"
+    d["model"]["patch_size"] = 16
+    d["dino"].update(global_size=32, local_size=16)
+    d["msad"]["size"] = 32
+    d["continual"] = {"checkpoint": str(out / "checkpoints" / "last.pt"), "source_sensor": "sentinel-2-l2a",
+                      "target_sensor": "aerial"}
+    with pytest.raises(TrainingError, match="is a vit_test/8, the config asks for vit_tiny/16"):
+        pretrain(TrainConfig.model_validate(d), progress=False)
+
+
+def test_cli_errors(tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["pretrain", "--config", "pipelines/continual-xstars.yaml", "--data", str(tiny_store),
+                 "--out", str(tmp_path / "c"), "--set", f"continual.checkpoint={tmp_path}/missing.pt"])
+    err = capsys.readouterr().err
+    assert code == BadInputError.exit_code and "checkpoint not found" in err and len(err.splitlines()) == 1
+    code = main(["pretrain", "--config", "pipelines/pretrain-xstars.yaml", "--set", "optim.stepz=3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "optim.stepz: unknown key" in err
+    code = main(["pretrain", "--config", "pipelines/pretrain-xstars.yaml", "--set", "optim.steps=many"])
+    assert code == 2 and "optim.steps" in capsys.readouterr().err
