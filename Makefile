@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_STORE ?= data/demo.zarr
 WORKERS ?= 2
 
-.PHONY: install test demo pretrain clean-demo
+.PHONY: install test demo pretrain eval clean-demo
 
 # torch first, pinned to the CPU wheel, so that no extra resolves a CUDA build.
 $(STAMP): pyproject.toml
@@ -33,6 +33,11 @@ pretrain: install
 	$(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data $(DEMO_STORE) --quiet
 	$(BIN)/msc-france pretrain --config pipelines/pretrain-dino.yaml --data $(DEMO_STORE) --quiet
 	$(BIN)/msc-france pretrain --config pipelines/continual-xstars.yaml --data $(DEMO_STORE) --quiet
+
+# Evaluate the models of `make pretrain` and a random baseline; report in runs/eval/.
+eval: install
+	@test -f runs/xstars/checkpoints/last.pt || { echo "error: no pretrained model; run 'make pretrain' first"; exit 2; }
+	$(BIN)/msc-france eval --config pipelines/eval.yaml --data $(DEMO_STORE)
 
 clean-demo:
 	rm -rf $(DEMO_STORE) data/demo-preview

@@ -260,6 +260,22 @@ def pretrain(config_path: str, store: str | None, out: str | None, overrides: tu
                f"({s['images_per_s']:.1f} images/s); loss {first} -> {lastv}; run in {s['out']}")
 
 
+@cli.command("eval")
+@click.option("--config", "config_path", default="eval", show_default=True, help="evaluation config")
+@click.option("--checkpoint", default=None, help="evaluate this checkpoint (instead of the config's models)")
+@click.option("--data", "store", default=None, help="store to evaluate on (overrides store)")
+@click.option("--out", default=None, help="report directory (overrides out)")
+def eval_cmd(config_path: str, checkpoint: str | None, store: str | None, out: str | None) -> None:
+    """Evaluate frozen encoders (and baselines) and write report.json, report.md and figures."""
+    from msc_france.eval.run import evaluate, load_eval_config
+
+    cfg = load_eval_config(config_path, store=store, out=out, checkpoint=checkpoint)
+    r = evaluate(cfg)
+    click.echo((Path(cfg.out) / "report.md").read_text())
+    click.echo(f"report written to {cfg.out} (report.json, report.md, retrieval.png, transfer.png, "
+               f"segmentation.png) in {r['elapsed_s']} s")
+
+
 # --------------------------------------------------------------------------- catalog
 
 

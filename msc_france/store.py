@@ -130,7 +130,8 @@ class Store:
         return cls(p, g)
 
     @classmethod
-    def create_or_open(cls, path: str | Path, recipe: Recipe, layers: list[Layer]) -> Store:
+    def create_or_open(cls, path: str | Path, recipe: Recipe, layers: list[Layer],
+                       classes: dict[int, str] | None = None) -> Store:
         """Open ``path`` for building with ``recipe``, creating the store if it does not exist.
 
         Raises:
@@ -154,7 +155,7 @@ class Store:
             raise BadInputError(f"store directory {p} is not writable")
         g = zarr.open_group(str(p), mode="w", zarr_format=3)
         store = cls(p, g)
-        store._create(recipe, layers)
+        store._create(recipe, layers, classes)
         return store
 
     def _check_compatible(self, recipe: Recipe, layers: list[Layer]) -> None:
@@ -168,7 +169,7 @@ class Store:
         if have != want:
             raise BadInputError(f"store {self.path} holds sensors {have}; the recipe asks for {want}")
 
-    def _create(self, recipe: Recipe, layers: list[Layer]) -> None:
+    def _create(self, recipe: Recipe, layers: list[Layer], classes: dict[int, str] | None = None) -> None:
         s = recipe.chips_per_shard
         for name, dtype in (("chip_id", str), ("split", str), ("chip_xmin", "float64"), ("chip_ymax", "float64")):
             self.root.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype, dimension_names=["chip"],
@@ -209,6 +210,8 @@ class Store:
                 g.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype, fill_value=fill,
                                dimension_names=["chip"], attributes=attrs)
             g.attrs.update(self._layer_attrs(L, recipe))
+            if L.is_label and classes:
+                g.attrs["classes"] = {str(k): v for k, v in classes.items()}
         self.root.attrs["msc_france"] = {
             "format_version": FORMAT_VERSION,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

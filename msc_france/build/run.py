@@ -276,7 +276,8 @@ def run_build(
     catalog: Catalog = plan.catalog
     specs = {name: catalog.sensor(name) for name in plan.gsds}
     layers = layers_for(recipe, specs, plan.gsds)
-    store = Store.create_or_open(out, recipe, layers)
+    label_classes = specs[recipe.labels.sensor].classes if recipe.labels else None
+    store = Store.create_or_open(out, recipe, layers, label_classes)
     summary = BuildSummary(planned=len(plan.chips))
     rules = []
     for L in layers:

@@ -43,6 +43,9 @@ class MSCFranceDataset(Dataset):
             one input size; the chip extent is unchanged, so sensors stay co-located.
         cache: keep decoded (and resized) samples in memory, per process; for stores that fit in
             RAM, such as the demo's, where decoding full-resolution aerial chips dominates.
+        tiles: cut every chip into ``tiles x tiles`` co-located sub-chips (each a sample, with its
+            own ``bounds`` and a ``tile`` (row, col) key); every sensor's chip side in pixels must
+            be divisible by ``tiles``.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class MSCFranceDataset(Dataset):
         labels: bool = False,
         size: int | None = None,
         cache: bool = False,
+        tiles: int = 1,
     ) -> None:
         self.path = Path(store)
         s = Store.open(self.path)
@@ -87,6 +91,13 @@ class MSCFranceDataset(Dataset):
         self.normalize = normalize
         self.size = size
         self.cache = cache
+        if tiles < 1:
+            raise BadInputError("tiles must be >= 1")
+        for name in self.sensors:
+            px = layers[name].pixels(s.chip_size_m)
+            if px % tiles:
+                raise BadInputError(f"{name} chips are {px} px, not divisible into {tiles} x {tiles} tiles")
+        self.tiles = tiles
         self._cached: dict[tuple[int, tuple[str, ...]], Sample] = {}
         idx = s.index()
         keep = np.ones(len(idx), bool)
@@ -105,7 +116,7 @@ class MSCFranceDataset(Dataset):
         self._pid: int | None = None
 
     def __len__(self) -> int:
-        return len(self.chip_ids)
+        return len(self.chip_ids) * self.tiles**2
 
     def _open(self) -> Store:
         # One handle per process: DataLoader workers (fork or spawn) each open their own.
@@ -132,22 +143,35 @@ class MSCFranceDataset(Dataset):
 
     def _read(self, i: int, sensors: Sequence[str]) -> Sample:
         store = self._open()
-        ci = self.chip_index[i]
-        chip = Chip.from_id(self.chip_ids[i])
-        sample: Sample = {"chip_id": self.chip_ids[i], "bounds": chip.bounds, "crs": "EPSG:2154"}
+        k = self.tiles
+        c, t = divmod(i, k * k)
+        tr, tc = divmod(t, k)
+        ci = self.chip_index[c]
+        chip = Chip.from_id(self.chip_ids[c])
+        x0, y0, x1, y1 = chip.bounds
+        step = (x1 - x0) / k
+        bounds = (x0 + tc * step, y1 - (tr + 1) * step, x0 + (tc + 1) * step, y1 - tr * step)
+        sample: Sample = {"chip_id": self.chip_ids[c], "bounds": bounds, "crs": "EPSG:2154"}
+        if k > 1:
+            sample["tile"] = (tr, tc)
+
+        def cut(a: np.ndarray) -> np.ndarray:
+            n = a.shape[-1] // k
+            return a[..., tr * n : (tr + 1) * n, tc * n : (tc + 1) * n]
+
         for name in sensors:
             g = store.root[name]
-            img = torch.from_numpy(np.asarray(g["image"][ci], dtype=np.float32)[self.band_index[name]])
+            img = torch.from_numpy(cut(np.asarray(g["image"][ci], dtype=np.float32)[self.band_index[name]]))
             if self.normalize:
                 img = (img - self.mean[name]) / self.std[name]
-            mask = torch.from_numpy(np.asarray(g["valid"][ci]).astype(bool))
+            mask = torch.from_numpy(cut(np.asarray(g["valid"][ci]).astype(bool)))
             if self.size is not None and img.shape[-1] != self.size:
                 img = F.interpolate(img[None], size=(self.size, self.size), mode="bilinear", align_corners=False,
                                     antialias=img.shape[-1] > self.size)[0]
                 mask = F.interpolate(mask[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0] > 0.5
             sample[name] = {"image": img, "mask": mask}
         if self.labels:
-            lab = torch.from_numpy(np.asarray(store.root["labels"]["class"][ci]).astype(np.int64))
+            lab = torch.from_numpy(cut(np.asarray(store.root["labels"]["class"][ci]).astype(np.int64)))
             if self.size is not None and lab.shape[-1] != self.size:
                 lab = F.interpolate(lab[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0].long()
             sample["labels"] = lab
@@ -177,4 +201,6 @@ def collate(samples: list[Sample]) -> Sample:
         out["labels"] = torch.stack([s["labels"] for s in samples])
     if "sensor" in samples[0]:
         out["sensor"] = [s["sensor"] for s in samples]
+    if "tile" in samples[0]:
+        out["tile"] = torch.tensor([s["tile"] for s in samples])
     return out

@@ -67,7 +67,9 @@ class SensorBalancedSampler(Sampler[tuple[int, str]]):
     @classmethod
     def from_dataset(cls, ds, num_samples: int | None = None, seed: int = 0) -> SensorBalancedSampler:
         """Use the dataset's per-sensor statuses (ok chips)."""
-        avail = {s: [i for i, st in enumerate(ds.status[s]) if st == "ok"] for s in ds.sensors}
+        per = ds.tiles**2  # dataset indices are tiles of chips
+        avail = {s: [i * per + t for i, st in enumerate(ds.status[s]) if st == "ok" for t in range(per)]
+                 for s in ds.sensors}
         return cls(avail, num_samples or len(ds) * len(ds.sensors), seed)
 
     def set_epoch(self, epoch: int) -> None:

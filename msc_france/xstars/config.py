@@ -19,7 +19,8 @@ class DataConfig(StrictModel):
     sensors: list[str] = Field(default_factory=lambda: ["sentinel-2-l2a", "landsat-8-c2-l2", "aerial"])
     bands: list[str] | None = Field(default_factory=lambda: ["red", "green", "blue"])
     split: Literal["train", "val", "test"] | None = "train"
-    size: int = Field(128, ge=16, description="every sensor's chip is resized to this on load")
+    size: int = Field(128, ge=16, description="every sensor's chip (or tile) is resized to this on load")
+    tiles: int = Field(1, ge=1, description="cut each chip into tiles x tiles co-located samples")
     num_workers: int = Field(2, ge=0)
     cache: bool = Field(False, description="keep decoded chips in memory (small stores only)")
 

@@ -225,9 +225,10 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     dino_sensors = [cfg.continual.target_sensor] if cfg.continual else list(cfg.data.sensors)
     ds = MSCFranceDataset(cfg.data.store, sensors=cfg.data.sensors, split=cfg.data.split, bands=cfg.data.bands,
-                          size=cfg.data.size, cache=cfg.data.cache)
+                          size=cfg.data.size, cache=cfg.data.cache, tiles=cfg.data.tiles)
     if len(ds) < cfg.optim.batch_size:
-        raise BadInputError(f"{len(ds)} training chips in {cfg.data.store}, fewer than batch size {cfg.optim.batch_size}")
+        raise BadInputError(f"{len(ds)} training samples in {cfg.data.store}, fewer than batch size "
+                            f"{cfg.optim.batch_size} (use data.tiles to cut chips into more samples)")
     bands = {s: len(ds.band_index[s]) for s in cfg.data.sensors}
 
     img_size = cfg.dino.global_size

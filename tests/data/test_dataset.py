@@ -131,3 +131,20 @@ def test_multicrop_shapes_and_determinism() -> None:
     assert all(torch.equal(u, v) for u, v in zip(a, b))
     c = multicrop(x, cfg, torch.Generator().manual_seed(6))
     assert not torch.equal(a[0], c[0])
+
+
+def test_tiles_are_co_located_sub_chips(tiny_store: Path) -> None:
+    full = MSCFranceDataset(tiny_store, split=None)
+    tiled = MSCFranceDataset(tiny_store, split=None, tiles=2)
+    assert len(tiled) == 4 * len(full)
+    s = tiled[5]  # chip 1, tile (0, 1)
+    chip = full[1]
+    assert s["chip_id"] == chip["chip_id"] and s["tile"] == (0, 1)
+    x0, y0, x1, y1 = chip["bounds"]
+    assert s["bounds"] == (x0 + 480, y1 - 480, x1, y1)
+    for name, n in (("sentinel-2-l2a", 48), ("landsat-8-c2-l2", 16), ("aerial", 320)):
+        assert torch.equal(s[name]["image"], chip[name]["image"][:, :n, n:])
+    with pytest.raises(BadInputError, match="not divisible"):
+        MSCFranceDataset(tiny_store, split=None, tiles=3)
+    sampler = SensorBalancedSampler.from_dataset(tiled, num_samples=50)
+    assert all(0 <= i < len(tiled) for i, _ in sampler)

@@ -1,0 +1,1 @@
+"""Evaluation of frozen encoders: retrieval, classification, transfer, segmentation, external data."""

@@ -1,0 +1,89 @@
+"""Frozen-encoder features of store chips, cut into co-located tiles.
+
+Each chip is resized to ``tiles x input_size`` pixels per sensor and cut into ``tiles x tiles``
+co-located tiles of ``input_size`` pixels, so tile ``t`` of every sensor covers the same ground.
+Tiles of one chip share the chip's split. For every tile and sensor we keep the CLS token, the
+mean patch token, the patch tokens, and the label raster (dominant class and per-patch classes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from msc_france.data import MSCFranceDataset
+from msc_france.xstars.vit import ViT
+
+
+@dataclass
+class Features:
+    """Tile features of one encoder on one split."""
+
+    sensors: list[str]
+    cls: dict[str, torch.Tensor] = field(default_factory=dict)  # (N, D)
+    mean: dict[str, torch.Tensor] = field(default_factory=dict)  # (N, D)
+    patches: dict[str, torch.Tensor] = field(default_factory=dict)  # (N, P, D)
+    images: dict[str, torch.Tensor] = field(default_factory=dict)  # (N, 3, S, S) for figures
+    labels: torch.Tensor | None = None  # (N, S, S) class indices, -1 = nodata
+    chip: torch.Tensor | None = None  # (N,) chip number of each tile
+
+
+def tile(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(C, kS, kS) -> (k*k, C, S, S), row-major."""
+    c, h, w = x.shape
+    s = h // k
+    return x.reshape(c, k, s, k, s).permute(1, 3, 0, 2, 4).reshape(k * k, c, s, s)
+
+
+@torch.no_grad()
+def extract(vit: ViT, ds: MSCFranceDataset, tiles: int, input_size: int, class_index: dict[int, int],
+            device: torch.device, batch: int = 64) -> Features:
+    """Features of every tile of every chip of ``ds`` (whose ``size`` must be tiles x input_size)."""
+    vit.eval().to(device)
+    f = Features(list(ds.sensors))
+    acc: dict[str, dict[str, list[torch.Tensor]]] = {s: {"cls": [], "mean": [], "patches": [], "images": []}
+                                                     for s in ds.sensors}
+    labels, chips = [], []
+    lut = torch.full((256,), -1, dtype=torch.long)
+    for code, i in class_index.items():
+        lut[code] = i
+    for n in range(len(ds)):
+        sample = ds[n]
+        for s in ds.sensors:
+            t = tile(sample[s]["image"], tiles)
+            for b in range(0, t.shape[0], batch):
+                tokens = vit(t[b : b + batch].to(device), s).float().cpu()
+                acc[s]["cls"].append(tokens[:, 0])
+                acc[s]["mean"].append(tokens[:, 1:].mean(1))
+                acc[s]["patches"].append(tokens[:, 1:])
+            acc[s]["images"].append(t[:, :3])
+        if "labels" in sample:
+            labels.append(tile(lut[sample["labels"]][None], tiles)[:, 0])
+        chips.append(torch.full((tiles * tiles,), n))
+    for s in ds.sensors:
+        for k in ("cls", "mean", "patches", "images"):
+            getattr(f, k)[s] = torch.cat(acc[s][k])
+    f.labels = torch.cat(labels) if labels else None
+    f.chip = torch.cat(chips)
+    return f
+
+
+def dominant(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Most frequent valid class of each (N, H, W) label tile (-1 when none is valid)."""
+    out = torch.full((labels.shape[0],), -1, dtype=torch.long)
+    for i, lab in enumerate(labels):
+        v = lab[lab >= 0]
+        if v.numel():
+            out[i] = torch.bincount(v, minlength=n_classes).argmax()
+    return out
+
+
+def patch_labels(labels: torch.Tensor, patch: int) -> torch.Tensor:
+    """Majority class per ``patch`` x ``patch`` block: (N, H, W) -> (N, H/patch * W/patch)."""
+    n, h, w = labels.shape
+    blocks = labels.reshape(n, h // patch, patch, w // patch, patch).permute(0, 1, 3, 2, 4).reshape(n, -1, patch * patch)
+    valid = blocks >= 0
+    classes = int(blocks.max().item()) + 1 if valid.any() else 1
+    counts = torch.stack([((blocks == c) & valid).sum(-1) for c in range(classes)], dim=-1)
+    return torch.where(valid.any(-1), counts.argmax(-1), torch.full(blocks.shape[:2], -1, dtype=torch.long))

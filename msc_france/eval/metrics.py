@@ -1,0 +1,97 @@
+"""Metrics and frozen-feature classifiers: retrieval ranks, kNN, linear probes, confusion-based IoU."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def retrieval_ranks(queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each query's true match (same index) in the gallery, by cosine similarity.
+
+    Ties are broken pessimistically (a tie with the true match counts against it).
+    """
+    q = F.normalize(queries.float(), dim=-1)
+    g = F.normalize(gallery.float(), dim=-1)
+    sim = q @ g.T
+    true = sim.diagonal()[:, None]
+    return (sim >= true).sum(dim=1)
+
+
+def retrieval_metrics(ranks: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Recall@k and median rank from the ranks of :func:`retrieval_ranks`."""
+    out = {f"R@{k}": float((ranks <= k).float().mean()) for k in ks}
+    out["median_rank"] = float(ranks.float().median())
+    out["n"] = int(ranks.numel())
+    return out
+
+
+def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, n_classes: int,
+                k: int = 10, temperature: float = 0.07) -> torch.Tensor:
+    """Weighted kNN on cosine similarity (DINO's protocol): votes weighted by exp(sim / T)."""
+    a = F.normalize(train_x.float(), dim=-1)
+    b = F.normalize(test_x.float(), dim=-1)
+    sim = b @ a.T
+    k = min(k, a.shape[0])
+    top, idx = sim.topk(k, dim=1)
+    w = (top / temperature).exp()
+    votes = torch.zeros(b.shape[0], n_classes)
+    votes.scatter_add_(1, train_y[idx], w)
+    return votes.argmax(dim=1)
+
+
+def _standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    mu, sd = train.mean(0, keepdim=True), train.std(0, keepdim=True).clamp_min(1e-6)
+    return [(x - mu) / sd for x in (train, *others)]
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, n_classes: int, weight_decay: float = 1e-3,
+                 steps: int = 300, seed: int = 0) -> torch.nn.Module:
+    """A multinomial logistic regression on standardised frozen features (full-batch L-BFGS).
+
+    Returns a module mapping raw features to logits (standardisation included).
+    """
+    torch.manual_seed(seed)
+    mu = train_x.float().mean(0, keepdim=True)
+    sd = train_x.float().std(0, keepdim=True).clamp_min(1e-6)
+    x = (train_x.float() - mu) / sd
+    lin = torch.nn.Linear(x.shape[1], n_classes)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=steps, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(lin(x), train_y) + weight_decay * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+    class Probe(torch.nn.Module):
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return lin((z.float() - mu) / sd)
+
+    return Probe().eval()
+
+
+def confusion(pred: torch.Tensor, target: torch.Tensor, n_classes: int, ignore: int = -1) -> torch.Tensor:
+    """Confusion matrix (rows: truth, columns: prediction), ignoring ``ignore`` targets."""
+    keep = target != ignore
+    idx = target[keep] * n_classes + pred[keep]
+    return torch.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def iou_from_confusion(cm: torch.Tensor) -> tuple[list[float | None], float]:
+    """Per-class IoU (None for classes absent from truth and prediction) and their mean."""
+    cm = cm.double()
+    tp = cm.diagonal()
+    denom = cm.sum(0) + cm.sum(1) - tp
+    ious = [float(t / d) if d > 0 else None for t, d in zip(tp, denom, strict=True)]
+    present = [v for v in ious if v is not None]
+    return ious, float(np.mean(present)) if present else 0.0
+
+
+def accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Fraction of correct predictions."""
+    return float((pred == target).float().mean()) if target.numel() else float("nan")

@@ -1,0 +1,66 @@
+"""An end-to-end evaluation of a tiny checkpoint on the tiny store, with external datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from msc_france.cli import main
+from msc_france.eval.run import EvalConfig, evaluate
+from msc_france.xstars.train import pretrain
+from tests.eval.test_external import make_folder_dataset, make_segmentation
+from tests.xstars.test_train import _cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("evalrun") / "xs"
+    pretrain(_cfg(tiny_store, out, optim__steps=4, run__checkpoint_every=4), progress=False)
+    return out / "checkpoints" / "last.pt"
+
+
+def test_report(tiny_store: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
+    cfg = EvalConfig(
+        store=str(tiny_store), input_size=32, tiles=2, test_splits=["val"], out=str(tmp_path / "eval"),
+        models=[{"name": "xs", "checkpoint": str(tiny_ckpt)},
+                {"name": "gone", "checkpoint": str(tmp_path / "missing.pt"), "optional": True}],
+        external=[{"kind": "eurosat-rgb", "root": str(make_folder_dataset(tmp_path / "eurosat")),
+                   "sensor": "sentinel-2-l2a", "size": 32, "fractions": [0.5, 1.0]},
+                  {"kind": "geotiff-segmentation", "root": str(make_segmentation(tmp_path / "seg")),
+                   "sensor": "aerial", "size": 32, "fractions": [1.0]}],
+    )
+    r = evaluate(cfg)
+    assert list(r["models"]) == ["random", "xs"]
+    assert r["n_tiles"] == {"train": 12, "held_out": 4}
+    sensors = ["sentinel-2-l2a", "landsat-8-c2-l2", "aerial"]
+    for m in r["models"].values():
+        assert len(m["retrieval"]) == 6
+        for v in m["retrieval"].values():
+            assert 0 <= v["R@1"] <= v["R@5"] <= 1 and 1 <= v["median_rank"] <= 4 and v["n"] == 4
+        assert set(m["classification"]) == set(sensors)
+        assert all(0 <= c["knn_acc"] <= 1 and 0 <= c["linear_acc"] <= 1 for c in m["classification"].values())
+        assert len(m["transfer"]) == 9
+        assert all(0 <= s["mIoU"] <= 1 for s in m["segmentation"].values())
+        ext = m["external"]
+        assert set(ext["eurosat-rgb"]) == {"0.5", "1.0"} and 0 <= ext["eurosat-rgb"]["1.0"]["linear_acc"] <= 1
+        assert ext["geotiff-segmentation"]["1.0"]["mIoU"] > 0.5  # two flat, well separated classes
+    out = tmp_path / "eval"
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["models"].keys() == r["models"].keys()
+    for f in ("report.md", "retrieval.png", "transfer.png", "segmentation.png"):
+        assert (out / f).stat().st_size > 500
+    assert "Cross-sensor retrieval" in (out / "report.md").read_text()
+
+
+def test_cli_checkpoint_and_errors(tiny_store: Path, tiny_ckpt: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture) -> None:
+    code = main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(tiny_store)])
+    err = capsys.readouterr().err
+    assert code == 2 and "checkpoint not found" in err and len(err.splitlines()) == 1
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    code = main(["eval", "--checkpoint", str(bad), "--data", str(tiny_store)])
+    err = capsys.readouterr().err
+    assert code == 6 and "cannot read checkpoint" in err
