@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_STORE ?= data/demo.zarr
 WORKERS ?= 2
 
-.PHONY: install test demo pretrain eval clean-demo
+.PHONY: install test demo pretrain eval bench clean-demo
 
 # torch first, pinned to the CPU wheel, so that no extra resolves a CUDA build.
 $(STAMP): pyproject.toml
@@ -38,6 +38,11 @@ pretrain: install
 eval: install
 	@test -f runs/xstars/checkpoints/last.pt || { echo "error: no pretrained model; run 'make pretrain' first"; exit 2; }
 	$(BIN)/msc-france eval --config pipelines/eval.yaml --data $(DEMO_STORE)
+
+# Benchmarks against baselines (docs/benchmarks.md, benchmarks/results/latest.json); needs `make demo`.
+bench: install
+	@test -d $(DEMO_STORE) || { echo "error: $(DEMO_STORE) not found; run 'make demo' first"; exit 2; }
+	$(BIN)/python -m benchmarks.run --store $(DEMO_STORE)
 
 clean-demo:
 	rm -rf $(DEMO_STORE) data/demo-preview

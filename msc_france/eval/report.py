@@ -120,13 +120,10 @@ def figures(report: dict[str, Any], figs: dict[str, Any], held: Any, names: dict
     plt.close(fig)
     # Segmentation maps: the aerial view (or the first sensor), the truth and each model's prediction.
     sensor = "aerial" if "aerial" in held.images else next(iter(held.images))
-    palette = []
-    for i in range(len(names)):
-        code = next((c for c, n in report["classes"].items() if n == names[i]), None)
-        from matplotlib.colors import to_rgb
+    from matplotlib.colors import to_rgb
 
-        palette.append(to_rgb(WORLDCOVER_COLORS.get(int(code) if code and str(code).isdigit() else 0, "#888888"))
-                       if code is not None else (0.5, 0.5, 0.5))
+    palette = [to_rgb(WORLDCOVER_COLORS.get(int(report["classes"].get(names[i], 0)), "#888888"))
+               for i in range(len(names))]
     cmap = ListedColormap(palette or [(0.5, 0.5, 0.5)])
     picks = np.linspace(0, held.labels.shape[0] - 1, 3).astype(int)
     seg_models = [n for n in figs["seg"] if sensor in figs["seg"][n]]
@@ -134,8 +131,8 @@ def figures(report: dict[str, Any], figs: dict[str, Any], held: Any, names: dict
                              squeeze=False)
     for r, i in enumerate(picks):
         img = held.images[sensor][i].permute(1, 2, 0).numpy()
-        lo, hi = np.percentile(img, [2, 98])
-        axes[r][0].imshow(np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1))
+        lo, hi = np.percentile(img, [2, 98], axis=(0, 1))
+        axes[r][0].imshow(np.clip((img - lo) / np.maximum(hi - lo, 1e-6), 0, 1))
         lab = held.labels[i].numpy().astype(float)
         lab[lab < 0] = np.nan
         axes[r][1].imshow(lab, cmap=cmap, vmin=0, vmax=max(len(names) - 1, 1), interpolation="nearest")

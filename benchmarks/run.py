@@ -1,0 +1,371 @@
+"""``make bench``: msc-france against baselines, side by side, in one process and on the same data.
+
+Writes ``benchmarks/results/<name>.json`` and the table in ``docs/benchmarks.md``. Each figure is
+the median of several repetitions. Targets are reported, never asserted: ``--quick`` runs every
+benchmark once on small inputs so the tests can check the code runs.
+
+    python -m benchmarks.run [--quick] [--store data/demo.zarr] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def median_time(fn: Callable[[], Any], reps: int) -> float:
+    """Median wall time of ``fn`` over ``reps`` runs."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def row(name: str, figure: float, unit: str, baseline: float | None, baseline_name: str, target: str,
+        higher_is_better: bool = True, met: bool | None = None, note: str = "") -> dict[str, Any]:
+    """One result row; ``ratio`` is ours / baseline."""
+    ratio = figure / baseline if baseline else None
+    return {"name": name, "figure": figure, "unit": unit, "baseline": baseline, "baseline_name": baseline_name,
+            "ratio": ratio, "target": target, "met": met, "note": note}
+
+
+# --------------------------------------------------------------------------- build
+
+
+def _naive_build(plan: Any, out: Path) -> int:
+    """What a user would write: per chip and sensor, open each asset, warp the chip window with
+    rasterio.warp.reproject, write one GeoTIFF. Same plan and items as ours, no masks."""
+    import rasterio
+    from rasterio.warp import Resampling, reproject
+
+    n = 0
+    for chip in plan.chips:
+        for sensor, gsd in plan.gsds.items():
+            cands = plan.for_chip(chip.id, sensor)
+            if not cands:
+                continue
+            spec = plan.catalog.sensor(sensor)
+            grid = chip.pixel_grid(gsd)
+            data = np.zeros((len(spec.bands), grid.height, grid.width), spec.dtype)
+            for item in cands[0].items:
+                for b, band in enumerate(spec.bands):
+                    with rasterio.open(item.assets[band.asset].href) as src:
+                        tmp = np.zeros(grid.shape, spec.dtype)
+                        reproject(rasterio.band(src, band.index), tmp, dst_transform=grid.transform,
+                                  dst_crs=grid.crs, resampling=Resampling[spec.resampling], dst_nodata=0)
+                        data[b] = np.where(data[b] == 0, tmp, data[b])
+            profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=data.shape[0],
+                           dtype=spec.dtype, crs=grid.crs, transform=grid.transform, compress="deflate")
+            with rasterio.open(out / f"{sensor}_{chip.id}.tif", "w", **profile) as dst:
+                dst.write(data)
+        n += 1
+    return n
+
+
+def bench_build(quick: bool, reps: int, recipe: str, region_name: str) -> list[dict[str, Any]]:
+    from msc_france.build import run_build
+    from msc_france.config import load_catalog, load_recipe
+    from msc_france.plan import make_plan
+    from msc_france.regions import parse_region
+
+    rec = load_recipe(recipe)
+    cat = load_catalog(rec.catalog)
+    region = parse_region(region_name)
+    plan = make_plan(region, rec, cat)
+    all_chips = list(plan.chips)
+    if quick:
+        plan.chips = plan.chips[:2]
+    n = len(plan.chips)
+    tmp = Path(tempfile.mkdtemp(prefix="msc-bench-"))
+    try:
+        def ours() -> None:
+            shutil.rmtree(tmp / "s.zarr", ignore_errors=True)
+            run_build(plan, tmp / "s.zarr", workers=os.cpu_count() or 2)
+
+        def naive() -> None:
+            shutil.rmtree(tmp / "naive", ignore_errors=True)
+            (tmp / "naive").mkdir()
+            _naive_build(plan, tmp / "naive")
+
+        ours()  # warm the file-system cache for both
+        t_ours, t_naive = median_time(ours, reps), median_time(naive, reps)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    cps, cps_naive = n / t_ours, n / t_naive
+    rows = [row("build throughput (demo region)", cps, "chips/s", cps_naive,
+                "naive per-chip rasterio reproject + GeoTIFF", ">= 3x", met=cps / cps_naive >= 3,
+                note=f"{n} chips x 4 sensors, {os.cpu_count()} cores; ours adds masks, harmonisation, zarr, index")]
+    rows.append(_rss_rows(quick, all_chips, recipe))
+    return rows
+
+
+def _rss_of_build(region: str, recipe: str, out: Path) -> int:
+    code = (
+        "import resource, sys\n"
+        "from msc_france.cli import main\n"
+        f"rc = main(['build', '--region', {region!r}, '--recipe', {recipe!r}, '--out', {str(out)!r}, '--quiet'])\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "sys.exit(rc)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr[-500:])
+    return int(p.stdout.strip().splitlines()[-1])
+
+
+def _rss_rows(quick: bool, chips: list[Any], recipe: str) -> dict[str, Any]:
+    """Peak RSS of two builds in fresh processes: a k x k block of chips and the 2k x 2k block."""
+    from shapely.geometry import box
+
+    from tests.conftest import write_region_file
+
+    size = chips[0].size_m
+    c0, r0 = min(c.col for c in chips), min(c.row for c in chips)
+    span = min(max(c.col for c in chips) - c0 + 1, max(c.row for c in chips) - r0 + 1)
+    k = 1 if quick or span < 4 else 2
+    tmp = Path(tempfile.mkdtemp(prefix="msc-rss-"))
+    try:
+        rss = []
+        for name, m in (("small", k), ("large", 2 * k)):
+            geom = box(c0 * size + 1, r0 * size + 1, (c0 + m) * size - 1, (r0 + m) * size - 1)
+            region = write_region_file(tmp / f"{name}.gpkg", geom.bounds)
+            rss.append(_rss_of_build(str(region), recipe, tmp / f"{name}.zarr"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ratio = rss[1] / rss[0]
+    return row("build peak RSS, region area x4", rss[1] / 1024, "MiB", rss[0] / 1024,
+               f"peak RSS of the 1/4-area build ({k * k} chips)", "<= 1.3", higher_is_better=False,
+               met=ratio <= 1.3, note=f"{4 * k * k} vs {k * k} chips, each build in a fresh process")
+
+
+# --------------------------------------------------------------------------- loader
+
+
+def bench_loader(store: Path, quick: bool, reps: int) -> list[dict[str, Any]]:
+    import torch
+    from numcodecs import Zstd
+    from torch.utils.data import DataLoader
+
+    from msc_france.data import MSCFranceDataset, collate
+
+    ds = MSCFranceDataset(store, split=None, normalize=True)
+    n = min(len(ds), 8 if quick else len(ds))
+    workers = 2
+    idx = list(range(n))
+
+    def ours() -> None:
+        loader = DataLoader(torch.utils.data.Subset(ds, idx), batch_size=4, num_workers=workers, collate_fn=collate)
+        for _ in loader:
+            pass
+
+    # (a) decode ceiling: the same arrays encoded with the same codec, decoded from memory.
+    codec = Zstd(level=3)
+    root = ds._open().root
+    encoded = []
+    for i in idx:
+        ci = ds.chip_index[i]
+        for s in ds.sensors:
+            for arr in (root[s]["image"][ci], root[s]["valid"][ci]):
+                encoded.append((codec.encode(np.ascontiguousarray(arr)), arr.dtype, arr.shape))
+
+    def decode() -> None:
+        for buf, dtype, shape in encoded:
+            np.frombuffer(codec.decode(buf), dtype=dtype).reshape(shape)
+
+    # (b) an uncompressed memmap copy, read with the same number of workers.
+    tmp = Path(tempfile.mkdtemp(prefix="msc-mm-"))
+    try:
+        arrays = {}
+        for s in ds.sensors:
+            a = np.stack([root[s]["image"][ds.chip_index[i]] for i in idx])
+            mm = np.lib.format.open_memmap(tmp / f"{s}.npy", mode="w+", dtype=a.dtype, shape=a.shape)
+            mm[:] = a
+            mm.flush()
+            arrays[s] = str(tmp / f"{s}.npy")
+
+        class Memmap(torch.utils.data.Dataset):
+            def __len__(self) -> int:
+                return n
+
+            def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+                return {s: torch.from_numpy(np.array(np.load(p, mmap_mode="r")[i], dtype=np.float32))
+                        for s, p in arrays.items()}
+
+        def memmap() -> None:
+            for _ in DataLoader(Memmap(), batch_size=4, num_workers=workers):
+                pass
+
+        ours()
+        t_ours, t_dec, t_mm = median_time(ours, reps), median_time(decode, reps), median_time(memmap, reps)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    sps, ceiling, mm_sps = n / t_ours, workers * n / t_dec, n / t_mm
+    return [
+        row("loader throughput vs decode ceiling", sps, "samples/s", ceiling,
+            f"zstd decode of the same chunks from memory x {workers} workers", ">= 50% of ceiling",
+            met=sps / ceiling >= 0.5, note=f"{len(ds.sensors)} sensors per sample, full resolution, 2 workers"),
+        row("loader throughput vs memmap", sps, "samples/s", mm_sps, "uncompressed memmap copy, 2 workers",
+            "report only", note="memmap holds 9x more bytes on disk (no compression)"),
+    ]
+
+
+# --------------------------------------------------------------------------- MSAD and training
+
+
+def bench_msad(quick: bool, reps: int) -> list[dict[str, Any]]:
+    import torch
+
+    from msc_france.xstars.msad import msad_loss, msad_pair_loop
+
+    b, p, d = (16, 50, 64) if quick else (64, 197, 192)
+    g = torch.Generator().manual_seed(0)
+    base = {s: torch.randn(b, p, d, generator=g) for s in ("s2", "l8", "aer")}
+
+    def run(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def f() -> None:
+            fn().backward()
+        return f
+
+    def inputs() -> dict[str, torch.Tensor]:
+        return {s: torch.nn.functional.normalize(x.clone().requires_grad_(), dim=-1) for s, x in base.items()}
+
+    vec = run(lambda: msad_loss(inputs()))
+
+    def loop_loss() -> torch.Tensor:
+        e = inputs()
+        names = list(e)
+        return sum(msad_pair_loop(e[names[i]], e[names[j]]) for i in range(3) for j in range(i + 1, 3))  # type: ignore[return-value]
+
+    t_vec = median_time(vec, reps)
+    t_loop = median_time(run(loop_loss), max(1, reps // 2))
+    return [row("MSAD forward+backward, vectorised vs per-position loop", t_loop / t_vec, "x speed-up", 1.0,
+                f"per-position loop (batch {b}, {p} tokens, dim {d}, 3 sensors)", ">= 20x",
+                met=t_loop / t_vec >= 20, note=f"vectorised {t_vec * 1000:.1f} ms, loop {t_loop * 1000:.1f} ms")]
+
+
+def bench_training(store: Path, quick: bool) -> list[dict[str, Any]]:
+    import torch
+
+    from msc_france.xstars.config import load_train_config
+    from msc_france.xstars.train import pretrain
+
+    steps = 4 if quick else 20
+    tmp = Path(tempfile.mkdtemp(prefix="msc-train-"))
+    sets = [f"optim.steps={steps}", "optim.warmup_steps=0", f"run.checkpoint_every={steps}", "data.num_workers=2"]
+    if quick:
+        sets += ["model.arch=vit_test", "optim.batch_size=4", "data.tiles=1", "data.split=null"]
+    try:
+        res = {}
+        for name, alpha in (("xstars", 0.1), ("dino", 0.0)):
+            cfg = load_train_config(str(ROOT / "pipelines" / "pretrain-xstars.yaml"),
+                                    sets + [f"msad.alpha={alpha}", f"run.out={tmp / name}", f"data.store={store}"])
+            s = pretrain(cfg, progress=False)
+            # Skip the first steps (worker start-up, allocator warm-up) from the step times.
+            rows = [json.loads(x) for x in (tmp / name / "log.jsonl").read_text().splitlines()]
+            el = [r["elapsed_s"] for r in rows]
+            per_step = statistics.median(np.diff(el[1:]).tolist()) if len(el) > 2 else s["elapsed_s"] / steps
+            res[name] = (per_step, cfg.optim.batch_size / per_step, s["device"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    overhead = res["xstars"][0] / res["dino"][0] - 1
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return [
+        row("X-STARS step overhead of MSAD vs DINO-only step", overhead * 100, "% overhead", None,
+            "DINO-only step (alpha = 0), same config", "<= 15%", higher_is_better=False, met=overhead <= 0.15,
+            note=f"X-STARS step {res['xstars'][0] * 1000:.0f} ms vs DINO-only {res['dino'][0] * 1000:.0f} ms"),
+        row("pretraining throughput, X-STARS step", res["xstars"][1], "images/s", res["dino"][1],
+            "DINO-only step", "report only",
+            note=f"device {res['xstars'][2]}" + (f" ({gpu})" if gpu else " (no GPU available to this run)")),
+    ]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def write_table(results: dict[str, Any], path: Path) -> None:
+    """docs/benchmarks.md: figure, baseline, ratio, target, met."""
+    env = results["environment"]
+    lines = [
+        "# Benchmarks", "",
+        "Produced by `make bench` (`python -m benchmarks.run`); JSON in `benchmarks/results/`. Every figure is the "
+        "median of several repetitions, ours and the baseline run side by side in one process on the same data.", "",
+        f"Machine: {env['cpu_count']} cores, {env['platform']}, Python {env['python']}, torch {env['torch']}; "
+        f"run {env['date']}{' (QUICK smoke run: not representative)' if results['quick'] else ''}.", "",
+        "| benchmark | ours | baseline | ratio | target | met | notes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        base = "-" if r["baseline"] is None else f"{r['baseline']:.3g} ({r['baseline_name']})"
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        met = {True: "yes", False: "**no**", None: "-"}[r["met"]]
+        lines.append(f"| {r['name']} | {r['figure']:.3g} {r['unit']} | {base} | {ratio} | {r['target']} | {met} | {r['note']} |")
+    lines += ["", results.get("commentary", "")]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="one repetition on small inputs (smoke test)")
+    ap.add_argument("--store", default=str(ROOT / "data" / "demo.zarr"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
+    ap.add_argument("--only", nargs="*", default=None, help="subset: build loader msad training")
+    ap.add_argument("--recipe", default="demo", help="recipe of the build benchmark")
+    ap.add_argument("--region", default="demo", help="region of the build benchmark")
+    a = ap.parse_args(argv)
+    import torch
+
+    reps = 1 if a.quick else 3
+    store = Path(a.store)
+    if not (store / "zarr.json").exists():
+        print(f"error: store {store} not found; run 'make demo' first", file=sys.stderr)
+        return 2
+    which = a.only or ["build", "loader", "msad", "training"]
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    if "msad" in which:
+        rows += bench_msad(a.quick, 3 if a.quick else 5)
+    if "loader" in which:
+        rows += bench_loader(store, a.quick, reps)
+    if "training" in which:
+        rows += bench_training(store, a.quick)
+    if "build" in which:
+        rows += bench_build(a.quick, reps, a.recipe, a.region)
+    results = {
+        "quick": a.quick, "rows": rows, "elapsed_s": round(time.perf_counter() - t0, 1),
+        "environment": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                        "torch": torch.__version__, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                        "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+    }
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "quick" if a.quick else "latest"
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1))
+    write_table(results, Path(a.doc))
+    for r in rows:
+        ratio = "" if r["ratio"] is None else f" ratio {r['ratio']:.2f}"
+        print(f"{r['name']}: {r['figure']:.3g} {r['unit']}{ratio} (target {r['target']}, met {r['met']})")
+    print(f"wrote {out / (name + '.json')} and {a.doc} in {results['elapsed_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""`make bench --quick` runs every benchmark end to end (figures are reported, not asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.run import main
+
+
+def test_quick_benchmarks_run(tiny_store: Path, tiny_recipe: Path, tiny_region: Path, tmp_path: Path) -> None:
+    rc = main(["--quick", "--store", str(tiny_store), "--out", str(tmp_path), "--doc", str(tmp_path / "b.md"),
+               "--recipe", str(tiny_recipe), "--region", str(tiny_region)])
+    assert rc == 0
+    res = json.loads((tmp_path / "quick.json").read_text())
+    names = [r["name"] for r in res["rows"]]
+    assert len(names) == 7 and any("MSAD" in n for n in names) and any("RSS" in n for n in names)
+    for r in res["rows"]:
+        assert r["figure"] > 0 or "overhead" in r["name"]
+        assert r["baseline"] is None or r["baseline"] > 0
+        assert {"target", "met", "unit"} <= set(r)
+    table = (tmp_path / "b.md").read_text()
+    assert "| benchmark | ours | baseline | ratio | target | met |" in table and "QUICK" in table
