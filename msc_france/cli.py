@@ -317,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return 130
+    except OSError as e:  # the environment: disk full, read-only or missing directory, permissions
+        where = f": {e.filename}" if e.filename else ""
+        click.echo(f"error: {e.strerror or type(e).__name__}{where}", err=True)
+        return 4
     except Exception as e:  # a bug: say so in one line, traceback on request
         if os.environ.get("MSC_FRANCE_DEBUG"):
             traceback.print_exc()

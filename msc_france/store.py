@@ -464,6 +464,13 @@ class Store:
             table[f"datetime_{L.group}"] = [
                 dt.datetime.fromtimestamp(int(t), dt.UTC).isoformat() if t else None for t in when
             ]
+        failures = [
+            {"chip_id": cid, "group": g, "status": rec["status"], "reason": rec.get("reason", ""),
+             "item_ids": rec.get("item_ids", [])}
+            for cid in ids for g, rec in sorted(commits.get(cid, {}).get("sensors", {}).items())
+            if rec.get("status") in ("failed", "flagged", "dropped", "nodata")
+        ]
+        self._write_json_atomic(self.path / "failures.json", {"n": len(failures), "chips": failures})
         regions = self._chip_regions()
         splits = [str(x) for x in self.root["split"][:n]] if n else []
         chips = [Chip.from_id(c) for c in ids]

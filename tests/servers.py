@@ -200,3 +200,108 @@ def rustac_api(ndjson_files: list[Path]) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_HEAD(self) -> None:
+        self._handle("HEAD")
+
+    def _send(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body and self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _handle(self, method: str) -> None:
+        proxy: FaultProxy = self.server.owner  # type: ignore[attr-defined]
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        fault = proxy.next_fault(self.path)
+        proxy.log.append((self.path, fault))
+        if fault is not None:
+            kind, arg = fault
+            if kind == "status":
+                return self._send(int(arg), b'{"code": "injected"}', {"Content-Type": "application/json"})
+            if kind == "429":
+                return self._send(429, b"", {"Retry-After": str(arg)})
+            if kind == "timeout":
+                time.sleep(float(arg))
+                self.close_connection = True
+                return None
+            if kind == "garble":
+                return self._send(200, b'{"type": "FeatureCollection", "features": [{"id": ', {"Content-Type": "application/json"})
+        headers = {k: v for k, v in self.headers.items() if k.lower() in ("range", "content-type", "accept")}
+        r = requests.request(method, proxy.upstream + self.path, data=body, headers=headers, timeout=30)
+        payload = r.content.replace(proxy.upstream.encode(), proxy.url.encode()) if proxy.rewrite else r.content
+        out_headers = {k: v for k, v in r.headers.items()
+                       if k.lower() in ("content-type", "content-range", "accept-ranges")}
+        if fault is not None and fault[0] == "truncate":
+            self.send_response(r.status_code)
+            for k, v in out_headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload[: len(payload) // 2])
+            self.close_connection = True
+            return None
+        self._send(r.status_code, payload, out_headers)
+
+
+class FaultProxy(_Server):
+    """A reverse proxy that injects faults: ``add(substring, [fault, ...])`` queues faults for the
+    next requests whose path contains ``substring``; ``always(substring, fault)`` injects forever.
+
+    Faults: ("status", 500|502|503|403|404), ("429", retry_after_s), ("timeout", seconds),
+    ("truncate", None) (half the body, then the connection closes), ("garble", None) (broken JSON).
+    ``rewrite`` replaces the upstream URL by the proxy's in bodies (STAC links), so paging goes
+    through the proxy too.
+    """
+
+    def __init__(self, upstream: str, rewrite: bool = True) -> None:
+        super().__init__(_ProxyHandler)
+        self.upstream = upstream.rstrip("/")
+        self.rewrite = rewrite
+        self.queued: list[tuple[str, tuple[str, object]]] = []
+        self.forever: dict[str, tuple[str, object]] = {}
+        self.log: list[tuple[str, object]] = []
+        self._lock = threading.Lock()
+
+    def add(self, substring: str, faults: list[tuple[str, object]]) -> None:
+        with self._lock:
+            self.queued += [(substring, f) for f in faults]
+
+    def always(self, substring: str, fault: tuple[str, object] | None) -> None:
+        with self._lock:
+            if fault is None:
+                self.forever.pop(substring, None)
+            else:
+                self.forever[substring] = fault
+
+    def next_fault(self, path: str) -> tuple[str, object] | None:
+        with self._lock:
+            for sub, f in self.forever.items():
+                if sub in path:
+                    return f
+            for i, (sub, f) in enumerate(self.queued):
+                if sub in path:
+                    del self.queued[i]
+                    return f
+        return None
+
+    @property
+    def injected(self) -> int:
+        return sum(1 for _, f in self.log if f is not None)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.errors
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
 from rasterio.vrt import WarpedVRT
 
 from msc_france.config import SensorSpec
@@ -32,11 +33,36 @@ SCL_CLOUD = {1, 3, 8, 9, 10}
 # qa_pixel bits: 0 fill; 1 dilated cloud, 2 cirrus, 3 cloud, 4 cloud shadow.
 QA_FILL = 1 << 0
 QA_CLOUD = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4)
+# Bounded HTTP retries inside GDAL (429 honours Retry-After), and explicit timeouts.
 GDAL_ENV = dict(
-    GDAL_HTTP_MAX_RETRY=3, GDAL_HTTP_RETRY_DELAY=0.5, GDAL_HTTP_TIMEOUT=30, GDAL_HTTP_CONNECTTIMEOUT=10,
+    GDAL_HTTP_MAX_RETRY=3, GDAL_HTTP_RETRY_DELAY=0.5, GDAL_HTTP_RETRY_CODES="429,500,502,503,504",
+    GDAL_HTTP_TIMEOUT=30, GDAL_HTTP_CONNECTTIMEOUT=10,
     GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", CPL_VSIL_CURL_USE_HEAD="NO", GDAL_CACHEMAX=256,
     VSI_CACHE=True,
 )
+
+
+def clear_http_cache() -> None:
+    """Forget GDAL's in-process /vsicurl cache (it remembers failed opens, so a retry in the same
+    process would fail without asking the server again). Best effort: a no-op if GDAL's symbol
+    cannot be found."""
+    import ctypes
+    import glob
+
+    libs = glob.glob(str(Path(rasterio.__file__).parent.parent / "rasterio.libs" / "libgdal*.so*"))
+    for lib in libs or ["libgdal.so"]:
+        try:
+            ctypes.CDLL(lib).VSICurlClearCache()
+            return
+        except (OSError, AttributeError):
+            continue
+
+
+def gdal_env() -> dict[str, object]:
+    """GDAL settings for reads; any of them set in the environment wins (e.g. shorter timeouts)."""
+    import os
+
+    return {k: os.environ.get(k, v) for k, v in GDAL_ENV.items()}
 
 
 @dataclass
@@ -75,13 +101,19 @@ def open_raster(href: str, signer: Signer) -> rasterio.io.DatasetReader:
     """Open an asset, signing its href just now; on HTTP 403 re-sign once and retry."""
     try:
         return rasterio.open(signer.sign(href))
-    except RasterioIOError as e:
+    except rasterio.errors.RasterioError as e:
         if _is_403(e):
             try:
                 return rasterio.open(signer.refresh(href))
-            except RasterioIOError as e2:
+            except rasterio.errors.RasterioError as e2:
                 raise SourceError(f"cannot read {href}: {_first(e2)}") from None
         raise SourceError(f"cannot read {href}: {_first(e)}") from None
+
+
+def _transient(e: Exception) -> bool:
+    """Errors worth one more try after GDAL's own retries: timeouts and broken transfers."""
+    s = str(e).lower()
+    return any(k in s for k in ("timed out", "timeout", "connection", "transfer closed", "curl error", "http"))
 
 
 def _first(e: Exception) -> str:
@@ -89,12 +121,31 @@ def _first(e: Exception) -> str:
     return (lines[0] if lines else type(e).__name__)[:300]
 
 
+def check_proj(asset: dict[str, Any], src: rasterio.io.DatasetReader, href: str) -> None:
+    """Refuse a file whose grid disagrees with its item's ``proj:shape`` / ``proj:transform``.
+
+    A mismatch means the catalog describes another file (or another version of it): reading it
+    anyway would put pixels at the wrong place or mix products silently.
+    """
+    shape = asset.get("proj:shape")
+    if shape is not None and tuple(shape) != (src.height, src.width):
+        raise SourceError(f"{href}: proj:shape {list(shape)} disagrees with the file ({src.height} x {src.width})")
+    tr = asset.get("proj:transform")
+    if tr is not None:
+        have = list(src.transform)[:6]
+        tol = 1e-6 * max(1.0, max(abs(v) for v in have))
+        if any(abs(a - b) > max(tol, 1e-9) for a, b in zip(tr[:6], have, strict=True)):
+            raise SourceError(f"{href}: proj:transform {list(tr[:6])} disagrees with the file {have}")
+
+
 def warp(href: str, signer: Signer, grid: PixelGrid, indexes: list[int], resampling: str,
-         nodata: float | None) -> np.ndarray:
+         nodata: float | None, asset: dict[str, Any] | None = None) -> np.ndarray:
     """Read ``indexes`` of an asset warped onto ``grid``; pixels outside the source are ``nodata``."""
     with open_raster(href, signer) as src:
         if src.crs is None:
             raise SourceError(f"{href} has no CRS")
+        if asset is not None:
+            check_proj(asset, src, href)
         if max(indexes) > src.count:
             raise SourceError(f"{href} has {src.count} band(s); band {max(indexes)} was asked for")
         nd = src.nodata if src.nodata is not None else nodata
@@ -102,7 +153,7 @@ def warp(href: str, signer: Signer, grid: PixelGrid, indexes: list[int], resampl
             with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
                            resampling=RESAMPLING[resampling], src_nodata=nd, nodata=nd) as vrt:
                 return vrt.read(indexes)
-        except RasterioIOError as e:
+        except rasterio.errors.RasterioError as e:  # truncated or corrupt file, broken connection
             raise SourceError(f"cannot read {href}: {_first(e)}") from None
 
 
@@ -129,9 +180,9 @@ def _mask(spec: SensorSpec, item: dict[str, Any], grid: PixelGrid, signer: Signe
     if asset is None:
         raise SourceError(f"item {item['id']} has no '{spec.mask.asset}' asset")
     if spec.mask.type == "scl":
-        scl = warp(asset["href"], signer, grid, [1], "nearest", 0)[0]
+        scl = warp(asset["href"], signer, grid, [1], "nearest", 0, asset)[0]
         return np.isin(scl, list(SCL_NODATA)), np.isin(scl, list(SCL_CLOUD))
-    qa = warp(asset["href"], signer, grid, [1], "nearest", 1)[0].astype(np.uint16)
+    qa = warp(asset["href"], signer, grid, [1], "nearest", 1, asset)[0].astype(np.uint16)
     return (qa & QA_FILL) > 0, (qa & QA_CLOUD) > 0
 
 
@@ -148,7 +199,7 @@ def read_item(spec: SensorSpec, item: dict[str, Any], grid: PixelGrid, signer: S
         asset = item["assets"].get(key)
         if asset is None:
             raise SourceError(f"item {item['id']} has no '{key}' asset")
-        dn = warp(asset["href"], signer, grid, [i for _, i in members], spec.resampling, spec.nodata)
+        dn = warp(asset["href"], signer, grid, [i for _, i in members], spec.resampling, spec.nodata, asset)
         covered &= np.all(dn != spec.nodata, axis=0)
         vals, harm = _harmonise(dn, spec, item, asset)
         for (b, _), v in zip(members, vals, strict=True):
@@ -180,7 +231,13 @@ def read_candidate(spec: SensorSpec, items: list[dict[str, Any]], grid: PixelGri
     for item in items:
         if filled.all():
             break
-        stored, covered, clear, harm = read_item(spec, item, grid, signer)
+        try:
+            stored, covered, clear, harm = read_item(spec, item, grid, signer)
+        except SourceError as e:
+            if not _transient(e):
+                raise
+            clear_http_cache()
+            stored, covered, clear, harm = read_item(spec, item, grid, signer)  # one more try
         take = covered & ~filled
         data[:, take] = stored[:, take]
         clear_all[take] = clear[take]

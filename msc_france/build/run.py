@@ -21,7 +21,7 @@ import numpy as np
 import rasterio
 import zarr
 
-from msc_france.build.read import GDAL_ENV, ChipRead, read_candidate
+from msc_france.build.read import ChipRead, clear_http_cache, gdal_env, read_candidate
 from msc_france.config import Catalog, Recipe, SensorSpec
 from msc_france.errors import BadInputError, SourceError
 from msc_france.grid import Chip
@@ -130,7 +130,8 @@ def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_s
     keep = {cid: rec for cid, rec in existing.items() if cid not in rebuild}
     records: dict[str, Any] = {j.chip_id: {"index": j.index, "sensors": {}} for j in task.jobs}
     n = task.stop - task.start
-    with rasterio.Env(**GDAL_ENV):
+    clear_http_cache()  # a long-lived worker must not remember an earlier task's failed opens
+    with rasterio.Env(**gdal_env()):
         for rule in rules:
             L = rule.layer
             g = store.root[L.group]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import pystac
@@ -62,10 +63,26 @@ class StacApiSource(Source):
             query[q.cloud_cover_property] = {"lte": q.max_cloud_cover}
         if query and client.conforms_to("QUERY"):
             kwargs["query"] = query  # servers without the extension are filtered client-side
-        try:
-            return list(client.search(**kwargs).items())
-        except (requests.RequestException, APIError, pystac.STACError) as e:
-            raise SourceError(f"STAC search on {self.spec.url} ({q.collection}) failed: {_short(e)}") from None
+        # Status-level faults (429, 5xx, connection) are retried by urllib3 inside each request;
+        # a truncated or garbled page is retried here, the whole search again, a bounded number of times.
+        last: Exception | None = None
+        for attempt in range(self.spec.max_retries + 1):
+            if attempt:
+                time.sleep(0.5 * 2 ** (attempt - 1))
+            try:
+                return list(client.search(**kwargs).items())
+            except (ValueError, requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
+                    KeyError, TypeError) as e:
+                last = e  # JSONDecodeError is a ValueError
+            except APIError as e:
+                # No status: a broken transfer (truncated body) that pystac-client wrapped.
+                if getattr(e, "status_code", None) not in (None, 429, 500, 502, 503, 504):
+                    raise SourceError(f"STAC search on {self.spec.url} ({q.collection}) failed: {_short(e)}") from None
+                last = e  # urllib3's per-request retries ran out: retry the search as a whole
+            except (requests.RequestException, pystac.STACError) as e:
+                raise SourceError(f"STAC search on {self.spec.url} ({q.collection}) failed: {_short(e)}") from None
+        raise SourceError(f"STAC search on {self.spec.url} ({q.collection}) failed "
+                          f"{self.spec.max_retries + 1} times: {_short(last)}")
 
 
 def _short(e: Exception) -> str:
