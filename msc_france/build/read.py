@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.crs
 import rasterio.errors
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
@@ -138,23 +139,48 @@ def check_proj(asset: dict[str, Any], src: rasterio.io.DatasetReader, href: str)
             raise SourceError(f"{href}: proj:transform {list(tr[:6])} disagrees with the file {have}")
 
 
+def _overview_level(src: rasterio.io.DatasetReader, target_res: float) -> int | None:
+    """The coarsest overview whose pixels are still no larger than ``target_res`` (None: full res)."""
+    native = abs(src.transform.a)
+    level = None
+    for i, f in enumerate(src.overviews(1)):
+        if native * f <= target_res * (1 + 1e-9):
+            level = i
+    return level
+
+
 def warp(href: str, signer: Signer, grid: PixelGrid, indexes: list[int], resampling: str,
          nodata: float | None, asset: dict[str, Any] | None = None) -> np.ndarray:
-    """Read ``indexes`` of an asset warped onto ``grid``; pixels outside the source are ``nodata``."""
+    """Read ``indexes`` of an asset warped onto ``grid``; pixels outside the source are ``nodata``.
+
+    When area-averaging down to a coarser grid in the same CRS (aerial 0.2-0.5 m -> 1.5 m), the
+    file's overviews are used down to the target resolution: the averaging then starts from fewer
+    decoded pixels (JPEG / JPEG 2000 decoding dominates aerial reads).
+    """
     with open_raster(href, signer) as src:
         if src.crs is None:
             raise SourceError(f"{href} has no CRS")
         if asset is not None:
             check_proj(asset, src, href)
-        if max(indexes) > src.count:
-            raise SourceError(f"{href} has {src.count} band(s); band {max(indexes)} was asked for")
-        nd = src.nodata if src.nodata is not None else nodata
-        try:
-            with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                           resampling=RESAMPLING[resampling], src_nodata=nd, nodata=nd) as vrt:
-                return vrt.read(indexes)
-        except rasterio.errors.RasterioError as e:  # truncated or corrupt file, broken connection
-            raise SourceError(f"cannot read {href}: {_first(e)}") from None
+        if resampling == "average" and src.crs == rasterio.crs.CRS.from_user_input(grid.crs):
+            level = _overview_level(src, grid.res)
+            if level is not None:
+                with rasterio.open(src.name, OVERVIEW_LEVEL=level) as ov:
+                    return _warp_from(ov, href, grid, indexes, resampling, nodata)
+        return _warp_from(src, href, grid, indexes, resampling, nodata)
+
+
+def _warp_from(src: rasterio.io.DatasetReader, href: str, grid: PixelGrid, indexes: list[int], resampling: str,
+               nodata: float | None) -> np.ndarray:
+    if max(indexes) > src.count:
+        raise SourceError(f"{href} has {src.count} band(s); band {max(indexes)} was asked for")
+    nd = src.nodata if src.nodata is not None else nodata
+    try:
+        with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                       resampling=RESAMPLING[resampling], src_nodata=nd, nodata=nd) as vrt:
+            return vrt.read(indexes)
+    except rasterio.errors.RasterioError as e:  # truncated or corrupt file, broken connection
+        raise SourceError(f"cannot read {href}: {_first(e)}") from None
 
 
 def _harmonise(dn: np.ndarray, spec: SensorSpec, item: dict[str, Any], asset: dict[str, Any]) -> tuple[np.ndarray, str]:

@@ -66,6 +66,17 @@ def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean(dim=-1)
 
 
+def _pair(a: torch.Tensor, b: torch.Tensor, saa: torch.Tensor, sbb: torch.Tensor, tau: float,
+          smoothing: float) -> torch.Tensor:
+    """MSAD of one pair from position-major embeddings (P, B, d) and their self-similarities."""
+    logits = torch.bmm(b, a.transpose(1, 2)) / tau  # (P, B, B)
+    targets = F.softmax((saa + sbb) / (2 * tau), dim=-1)
+    n = targets.shape[-1]
+    targets = (1 - smoothing) * targets + smoothing / n
+    loss = (_soft_ce(logits, targets) + _soft_ce(logits.transpose(1, 2), targets.transpose(1, 2))) / 2
+    return loss.mean()
+
+
 def msad_pair(e1: torch.Tensor, e2: torch.Tensor, tau: float = 0.1, smoothing: float = 0.3) -> torch.Tensor:
     """MSAD between two sensors, vectorised over positions.
 
@@ -77,25 +88,24 @@ def msad_pair(e1: torch.Tensor, e2: torch.Tensor, tau: float = 0.1, smoothing: f
     Returns:
         The loss averaged over positions (a scalar with gradient).
     """
-    a = e1.transpose(0, 1)  # (P, B, d)
-    b = e2.transpose(0, 1)
-    logits = torch.bmm(b, a.transpose(1, 2)) / tau  # (P, B, B)
-    sim = (torch.bmm(a, a.transpose(1, 2)) + torch.bmm(b, b.transpose(1, 2))) / 2
-    targets = F.softmax(sim / tau, dim=-1)
-    n = targets.shape[-1]
-    targets = (1 - smoothing) * targets + smoothing / n
-    loss = (_soft_ce(logits, targets) + _soft_ce(logits.transpose(1, 2), targets.transpose(1, 2))) / 2
-    return loss.mean()
+    a, b = e1.transpose(0, 1), e2.transpose(0, 1)  # (P, B, d)
+    return _pair(a, b, torch.bmm(a, a.transpose(1, 2)), torch.bmm(b, b.transpose(1, 2)), tau, smoothing)
 
 
 def msad_loss(embeddings: dict[str, torch.Tensor], tau: float = 0.1, smoothing: float = 0.3,
               pairs: list[tuple[str, str]] | None = None) -> torch.Tensor:
-    """Sum of :func:`msad_pair` over sensor pairs (default: every unordered pair)."""
+    """Sum of :func:`msad_pair` over sensor pairs (default: every unordered pair).
+
+    Each sensor's intra-batch similarity is computed once and shared by all its pairs.
+    """
     names = list(embeddings)
     pairs = pairs or list(itertools.combinations(names, 2))
     if not pairs:
         raise ValueError("MSAD needs at least two sensors")
-    return sum(msad_pair(embeddings[a], embeddings[b], tau, smoothing) for a, b in pairs)  # type: ignore[return-value]
+    used = {s for p in pairs for s in p}
+    pm = {s: embeddings[s].transpose(0, 1) for s in used}
+    self_sim = {s: torch.bmm(x, x.transpose(1, 2)) for s, x in pm.items()}
+    return sum(_pair(pm[a], pm[b], self_sim[a], self_sim[b], tau, smoothing) for a, b in pairs)  # type: ignore[return-value]
 
 
 def msad_pair_loop(e1: torch.Tensor, e2: torch.Tensor, tau: float = 0.1, smoothing: float = 0.3) -> torch.Tensor:
