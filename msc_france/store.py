@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,16 @@ DONE = {"ok", "flagged", "dropped", "nodata"}  # statuses a rerun does not rebui
 SPLITS = ("train", "val", "test")
 META_ARRAYS = ("status", "datetime", "item_ids", "cloud_fraction", "valid_fraction", "harmonization")
 COMPRESSOR = ZstdCodec(level=3)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def chip_split(chip_id: str, fractions: tuple[float, float, float], salt: str) -> str:
@@ -147,16 +158,28 @@ class Store:
             store = cls.open(p, mode="r+")
             store._check_compatible(recipe, layers)
             return store
+        # Create the whole skeleton in a hidden sibling, then rename it into place: a build killed
+        # during creation leaves no half-made store behind, only a temp dir removed next time.
         try:
-            p.mkdir(parents=True, exist_ok=True)
+            p.parent.mkdir(parents=True, exist_ok=True)
         except PermissionError:
             raise BadInputError(f"cannot create store directory {p}: permission denied") from None
-        if not os.access(p, os.W_OK):
-            raise BadInputError(f"store directory {p} is not writable")
-        g = zarr.open_group(str(p), mode="w", zarr_format=3)
-        store = cls(p, g)
-        store._create(recipe, layers, classes)
-        return store
+        if not os.access(p.parent, os.W_OK):
+            raise BadInputError(f"store directory {p.parent} is not writable")
+        for stale in p.parent.glob(f".{p.name}.creating-*"):
+            if not _alive(int(stale.name.rsplit("-", 1)[1])):  # left by a killed build
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = p.parent / f".{p.name}.creating-{os.getpid()}"
+        try:
+            g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+            cls(tmp, g)._create(recipe, layers, classes)
+            if p.exists():
+                p.rmdir()  # an empty directory the user made
+            tmp.rename(p)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return cls.open(p, mode="r+")
 
     def _check_compatible(self, recipe: Recipe, layers: list[Layer]) -> None:
         m = self.meta
