@@ -204,6 +204,20 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
         cluster.close()
 
 
+def check_scheduler(scheduler: str | None) -> None:
+    """Refuse an unknown scheduler, or an unreachable cluster, before anything is written."""
+    if scheduler in (None, "threads", "processes"):
+        return
+    if not scheduler.startswith(("tcp://", "tls://")):
+        raise BadInputError(f"unknown scheduler '{scheduler}': use threads, processes or tcp://HOST:PORT")
+    from distributed import Client
+
+    try:
+        Client(scheduler, timeout="5s").close()
+    except (OSError, TimeoutError) as e:
+        raise BadInputError(f"cannot reach dask scheduler {scheduler}: {str(e).splitlines()[0]}") from None
+
+
 def plan_tasks(plan: Plan, index_of: dict[str, int], commits: dict[str, Any], chips_per_shard: int,
                group_sensor: dict[str, str], retry_failed: bool, n_chips: int) -> tuple[list[ShardTask], int]:
     """Shard tasks for every planned chip that is not done; returns (tasks, chips skipped).
@@ -273,6 +287,7 @@ def run_build(
         BadInputError: the store was built with another recipe geometry.
     """
     t0 = time.perf_counter()
+    check_scheduler(scheduler)
     recipe: Recipe = plan.recipe
     catalog: Catalog = plan.catalog
     specs = {name: catalog.sensor(name) for name in plan.gsds}
