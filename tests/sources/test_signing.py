@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from msc_france.build.read import open_raster
+from msc_france.build.read import clear_http_cache, open_raster
 from msc_france.errors import SourceError
 from msc_france.sources.signing import NoSigner, PlanetaryComputerSigner
 from tests.servers import AssetServer, TokenServer, planetary_computer_env
@@ -67,12 +67,12 @@ def _cog(path: Path) -> None:
         dst.write(np.arange(64 * 64, dtype="uint16").reshape(1, 64, 64))
 
 
-def test_read_resigns_after_403(tokens: TokenServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_resigns_after_403(tokens: TokenServer, tmp_path: Path) -> None:
     _cog(tmp_path / "x.tif")
     _cog(tmp_path / "y.tif")
     with AssetServer(tmp_path) as assets:
-        # GDAL reaches the Azure-looking URL through the local server acting as an HTTP proxy.
-        monkeypatch.setenv("GDAL_HTTP_PROXY", f"127.0.0.1:{assets.port}")
+        # GDAL reaches the Azure-looking URL through the local server acting as an HTTP proxy
+        # (set for this block only: GDAL keeps proxied connections in its in-process cache).
         s = PlanetaryComputerSigner()
         href = f"{BLOB}/x.tif"
         assets.required_sig = "sig-1"
@@ -84,5 +84,6 @@ def test_read_resigns_after_403(tokens: TokenServer, tmp_path: Path, monkeypatch
             assets.required_sig = "sig-2"
             with open_raster(f"{BLOB}/y.tif", s) as src:  # another file: GDAL caches x.tif's blocks
                 assert src.read(1)[1, 0] == 64
+        clear_http_cache()
         assert len(tokens.calls) == 2
         assert any("sig=sig-1" in r for r in assets.requests) and any("sig=sig-2" in r for r in assets.requests)
