@@ -335,3 +335,7 @@ def entry() -> None:
 
 
 __all__ = ["cli", "main", "entry", "BadInputError"]
+
+
+if __name__ == "__main__":  # python -m msc_france.cli (torchrun uses this form)
+    entry()

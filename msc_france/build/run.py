@@ -125,10 +125,11 @@ def _build_layer(rule: LayerRule, chip: Chip, cands: list[list[dict[str, Any]]],
 def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_size_m: int, policy: str) -> dict[str, Any]:
     """Build, write and commit one shard; returns the chip records it committed."""
     store = Store.open(store_path, mode="r+")
+    worker = _worker_name()
     existing = store.read_commit(task.shard)
     rebuild = {j.chip_id for j in task.jobs}
     keep = {cid: rec for cid, rec in existing.items() if cid not in rebuild}
-    records: dict[str, Any] = {j.chip_id: {"index": j.index, "sensors": {}} for j in task.jobs}
+    records: dict[str, Any] = {j.chip_id: {"index": j.index, "worker": worker, "sensors": {}} for j in task.jobs}
     n = task.stop - task.start
     clear_http_cache()  # a long-lived worker must not remember an earlier task's failed opens
     with rasterio.Env(**gdal_env()):
@@ -162,6 +163,16 @@ def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_s
             valid_arr[task.start : task.stop] = valid
     store.write_commit(task.shard, {**keep, **records})  # the done mark, after the data
     return records
+
+
+def _worker_name() -> str:
+    """The dask worker running this task (recorded in done marks: where was each chip built)."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except (ImportError, ValueError):
+        return "local"
 
 
 # --------------------------------------------------------------------------- scheduling
