@@ -56,11 +56,21 @@ class Student(nn.Module):
         super().__init__()
         self.backbone, self.dino_head, self.msad_heads = backbone, dino_head, msad_heads
 
-    def forward(self, x: torch.Tensor, sensor: str, head: str) -> torch.Tensor:
-        tokens = self.backbone(x, sensor)
-        if head == "dino":
-            return self.dino_head(tokens[:, 0])
-        return self.msad_heads(tokens, sensor)
+    def forward(self, sensor: str, global_views: torch.Tensor, local_views: torch.Tensor | None,
+                msad_views: dict[str, torch.Tensor], msad_tokens: dict[str, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Everything a step needs, in one call (DDP allows one forward per backward).
+
+        Returns the DINO outputs of the global and local crops of ``sensor``, and the MSAD
+        embeddings of ``msad_views`` (through the backbone) and ``msad_tokens`` (tokens computed
+        elsewhere, e.g. by the frozen model, through the projection heads only).
+        """
+        s_glob = self.dino_head(self.backbone(global_views, sensor)[:, 0])
+        s_loc = self.dino_head(self.backbone(local_views, sensor)[:, 0]) if local_views is not None else None
+        emb = {s: self.msad_heads(self.backbone(v, s), s) for s, v in msad_views.items()}
+        for s, tok in (msad_tokens or {}).items():
+            emb[s] = self.msad_heads(tok, s)
+        return s_glob, s_loc, emb
 
 
 class Teacher(nn.Module):
@@ -309,16 +319,20 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             views = [v.to(device, non_blocking=True) for v in multicrop(batch[sensor]["image"], mc, g)]
             with torch.no_grad():
                 t_out = [teacher(v, sensor).float() for v in views[: cfg.dino.global_crops]]
-            s_glob = model(torch.cat(views[: cfg.dino.global_crops]), sensor, "dino").float()
-            s_out = list(s_glob.chunk(cfg.dino.global_crops))
-            if cfg.dino.local_crops:
-                s_loc = model(torch.cat(views[cfg.dino.global_crops:]), sensor, "dino").float()
-                s_out += list(s_loc.chunk(cfg.dino.local_crops))
+            msad_views, msad_tokens = ({}, {}) if cfg.msad.alpha == 0 else _msad_inputs(cfg, batch, frozen, g, device)
+            locals_ = torch.cat(views[cfg.dino.global_crops:]) if cfg.dino.local_crops else None
+            s_glob, s_loc, emb = model(sensor, torch.cat(views[: cfg.dino.global_crops]), locals_, msad_views,
+                                       msad_tokens)
+            s_out = list(s_glob.float().chunk(cfg.dino.global_crops))
+            if s_loc is not None:
+                s_out += list(s_loc.float().chunk(cfg.dino.local_crops))
             l_dino = dino_loss(s_out, t_out, ttemp)
             # MSAD on co-located views.
             l_msad = torch.zeros((), device=device)
             if cfg.msad.alpha > 0:
-                l_msad = _msad_step(cfg, batch, model, student, frozen, g, device)
+                gathered = {s: gather_batch(e.float()) for s, e in emb.items()}
+                pairs = [(cfg.continual.target_sensor, cfg.continual.source_sensor)] if cfg.continual else None
+                l_msad = msad_loss(gathered, cfg.msad.tau, cfg.msad.smoothing, pairs=pairs)
             loss = l_dino + cfg.msad.alpha * l_msad
         if not torch.isfinite(loss):
             raise TrainingError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data "
@@ -366,8 +380,9 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             "images_per_s": images_seen / elapsed if elapsed > 0 else 0.0, "out": str(out), "device": str(device)}
 
 
-def _msad_step(cfg: TrainConfig, batch: dict[str, Any], model: nn.Module, student: Student, frozen: ViT | None,
-               g: torch.Generator, device: torch.device) -> torch.Tensor:
+def _msad_inputs(cfg: TrainConfig, batch: dict[str, Any], frozen: ViT | None, g: torch.Generator,
+                 device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Co-located views for MSAD: (views for the student, tokens of the frozen model in continual mode)."""
     sensors = list(cfg.data.sensors)
     n = batch[sensors[0]]["image"].shape[0]
     coarsest = min(batch[s]["image"].shape[-1] for s in sensors)
@@ -378,16 +393,12 @@ def _msad_step(cfg: TrainConfig, batch: dict[str, Any], model: nn.Module, studen
         for s in sensors:
             per_sensor[s].append(crops[s])
     views = {s: torch.stack(v).to(device, non_blocking=True) for s, v in per_sensor.items()}
-    if cfg.continual is not None:
-        src, tgt = cfg.continual.source_sensor, cfg.continual.target_sensor
-        e_tgt = model(views[tgt], tgt, "msad")
-        with torch.no_grad():
-            src_tokens = frozen(views[src], src)  # type: ignore[misc]
-        e_src = student.msad_heads(src_tokens, src)
-        emb = {tgt: gather_batch(e_tgt.float()), src: gather_batch(e_src.float())}
-        return msad_loss(emb, cfg.msad.tau, cfg.msad.smoothing, pairs=[(tgt, src)])
-    emb = {s: gather_batch(model(views[s], s, "msad").float()) for s in sensors}
-    return msad_loss(emb, cfg.msad.tau, cfg.msad.smoothing)
+    if cfg.continual is None:
+        return views, {}
+    src, tgt = cfg.continual.source_sensor, cfg.continual.target_sensor
+    with torch.no_grad():
+        tokens = frozen(views[src], src)  # type: ignore[misc]
+    return {tgt: views[tgt]}, {src: tokens}
 
 
 def _yaml(cfg: TrainConfig) -> str:

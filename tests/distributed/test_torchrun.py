@@ -44,8 +44,9 @@ def test_msad_negatives_are_gathered_with_gradient() -> None:
         p.join(60)
     assert [r[1] for r in res] == [4, 4]  # each rank sees the global batch
     assert res[0][2] == [0.0, 0.0, 1.0, 1.0]
-    # The gradient flows back to each rank's own rows (weights 0,1 for rank 0; 2,3 for rank 1).
-    assert res[0][3] == [0.0, 1.0] and res[1][3] == [2.0, 3.0]
+    # The gradient flows back to each rank's own rows, summed over both ranks' losses (each rank's
+    # loss weights row i by i): rank 0 rows 0, 1 -> 2 x [0, 1]; rank 1 rows 2, 3 -> 2 x [2, 3].
+    assert res[0][3] == [0.0, 2.0] and res[1][3] == [4.0, 6.0]
 
 
 @pytest.mark.timeout(600)
