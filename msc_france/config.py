@@ -297,6 +297,17 @@ def parse_model(model: type[StrictModel], data: Any, what: str) -> Any:
         raise BadInputError(f"{what}: {_format_validation_error(e)}") from None
 
 
+def load_config_mapping(name_or_path: str) -> tuple[Path, dict[str, Any]]:
+    """A config given as a YAML path or a name under ``pipelines/``: its path and its mapping."""
+    p = Path(name_or_path)
+    if not p.suffix and not p.exists():
+        p = pipelines_dir() / f"{name_or_path}.yaml"
+    data = load_yaml(p)
+    if not isinstance(data, dict):
+        raise BadInputError(f"config {p}: expected a mapping at the top level")
+    return p, data
+
+
 def resolve_catalog_dir(name_or_path: str) -> Path:
     """A catalog is a directory name under ``catalogs/`` or a path to a directory of sensor YAMLs."""
     p = Path(name_or_path).expanduser()

@@ -70,6 +70,16 @@ def tiny_recipe(tmp_path_factory: pytest.TempPathFactory, tiny_catalog: Path) ->
 
 
 @pytest.fixture(scope="session")
+def one_chip_shards(tiny_recipe: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny recipe with one chip per shard: four shards, more points to kill a build between."""
+    rec = yaml.safe_load(tiny_recipe.read_text())
+    rec["chips_per_shard"] = 1
+    p = tmp_path_factory.mktemp("recipe1") / "one-chip-shards.yaml"
+    p.write_text(yaml.safe_dump(rec))
+    return p
+
+
+@pytest.fixture(scope="session")
 def tiny_region(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny region as a GeoPackage."""
     return write_region_file(tmp_path_factory.mktemp("region") / "tiny.gpkg", TINY_REGION_L93)

@@ -12,7 +12,6 @@ import yaml
 import zarr
 
 from msc_france.cli import main
-from msc_france.config import PROJECT_ROOT
 from tests.conftest import tree_hashes
 
 

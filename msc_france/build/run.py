@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import rasterio
-import zarr
 
 from msc_france.build.read import ChipRead, clear_http_cache, gdal_env, read_candidate
 from msc_france.config import Catalog, Recipe, SensorSpec

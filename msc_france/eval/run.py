@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from msc_france.config import StrictModel, load_yaml, parse_model, pipelines_dir
+from msc_france.config import StrictModel, load_config_mapping, parse_model
 from msc_france.data import MSCFranceDataset
 from msc_france.errors import BadInputError
 from msc_france.eval import metrics as M
@@ -78,12 +78,7 @@ class EvalConfig(StrictModel):
 def load_eval_config(path: str, store: str | None = None, out: str | None = None,
                      checkpoint: str | None = None) -> EvalConfig:
     """Load ``eval.yaml``; ``checkpoint`` replaces the model list with that one checkpoint."""
-    p = Path(path)
-    if not p.suffix and not p.exists():
-        p = pipelines_dir() / f"{path}.yaml"
-    data = load_yaml(p)
-    if not isinstance(data, dict):
-        raise BadInputError(f"config {p}: expected a mapping at the top level")
+    p, data = load_config_mapping(path)
     if store:
         data["store"] = store
     if out:
@@ -168,7 +163,7 @@ def _classification(tr: Features, te: Features, ytr: torch.Tensor, yte: torch.Te
 def _segmentation(tr: Features, te: Features, patch: int, n_classes: int, sensors: list[str],
                   names: dict[int, str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     assert tr.labels is not None and te.labels is not None
-    ptr, pte = patch_labels(tr.labels, patch), patch_labels(te.labels, patch)
+    ptr = patch_labels(tr.labels, patch)  # test tiles are scored per pixel, against te.labels
     out, preds = {}, {}
     size = te.labels.shape[-1]
     side = size // patch

@@ -41,7 +41,7 @@ from affine import Affine
 from rasterio.features import rasterize
 from scipy import ndimage
 from shapely import affinity
-from shapely.geometry import LineString, Point, Polygon, box, mapping
+from shapely.geometry import LineString, Point, box, mapping
 from shapely.geometry.base import BaseGeometry
 
 from msc_france.config import DemoWorldSpec

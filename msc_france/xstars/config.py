@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import Field, model_validator
 
-from msc_france.config import StrictModel, load_yaml, parse_model, pipelines_dir
+from msc_france.config import StrictModel, load_config_mapping, parse_model
 from msc_france.errors import BadInputError
 
 
@@ -137,12 +136,7 @@ def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
 
 def load_train_config(path: str, overrides: list[str] | None = None, **top: Any) -> TrainConfig:
     """Load a pretraining config, apply ``key.sub=value`` overrides (YAML values), validate."""
-    p = Path(path)
-    if not p.suffix and not p.exists():
-        p = pipelines_dir() / f"{path}.yaml"
-    data = load_yaml(p)
-    if not isinstance(data, dict):
-        raise BadInputError(f"config {p}: expected a mapping at the top level")
+    p, data = load_config_mapping(path)
     for item in overrides or []:
         if "=" not in item:
             raise BadInputError(f"--set expects key=value, got '{item}'")

@@ -34,19 +34,10 @@ def _kill_after(cmd: list[str], delay: float) -> bool:
         return True
 
 
-@pytest.fixture(scope="module")
-def crash_recipe(tiny_recipe: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rec = yaml.safe_load(tiny_recipe.read_text())
-    rec["chips_per_shard"] = 1  # four shards: more points to be killed between
-    p = tmp_path_factory.mktemp("crash") / "crash.yaml"
-    p.write_text(yaml.safe_dump(rec))
-    return p
-
-
 @pytest.mark.timeout(900)
-def test_ten_random_sigkills_during_builds(tiny_world: Path, crash_recipe: Path, tiny_region: Path, tmp_path: Path,
+def test_ten_random_sigkills_during_builds(tiny_world: Path, one_chip_shards: Path, tiny_region: Path, tmp_path: Path,
                                            capsys: pytest.CaptureFixture) -> None:
-    args = ["build", "--region", str(tiny_region), "--recipe", str(crash_recipe), "--workers", "1", "--quiet"]
+    args = ["build", "--region", str(tiny_region), "--recipe", str(one_chip_shards), "--workers", "1", "--quiet"]
     ref = tmp_path / "ref.zarr"
     t0 = time.perf_counter()
     assert main(args + ["--out", str(ref)]) == 0

@@ -10,20 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from msc_france.cli import main
 from msc_france.errors import StoreError
 from tests.conftest import tree_hashes
-
-
-@pytest.fixture(scope="module")
-def one_chip_shards(tiny_recipe: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rec = yaml.safe_load(tiny_recipe.read_text())
-    rec["chips_per_shard"] = 1
-    p = tmp_path_factory.mktemp("r1") / "r1.yaml"
-    p.write_text(yaml.safe_dump(rec))
-    return p
 
 
 def _build_cmd(region: Path, recipe: Path, out: Path, *extra: str) -> list[str]:

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from msc_france.cli import main
 from tests.conftest import tree_hashes
@@ -52,15 +51,6 @@ def cluster(tmp_path: Path):
         except ProcessLookupError:
             pass
         p.wait()
-
-
-@pytest.fixture(scope="module")
-def one_chip_shards(tiny_recipe: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rec = yaml.safe_load(tiny_recipe.read_text())
-    rec["chips_per_shard"] = 1
-    p = tmp_path_factory.mktemp("dist") / "r.yaml"
-    p.write_text(yaml.safe_dump(rec))
-    return p
 
 
 def _workers_used(store: Path) -> set[str]:
