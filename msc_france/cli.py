@@ -107,7 +107,7 @@ def plan(region: str, catalog: str | None, recipe: str, out: Path, no_cache: boo
 
 @cli.command()
 @click.option("--region", required=True, help="region name, minx,miny,maxx,maxy (WGS84) or a GeoJSON/GPKG path")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="store directory (created or appended)")
+@click.option("--out", required=True, help="store directory or object-store URL (created or appended)")
 @click.option("--catalog", default=None, help="catalog name or directory (default: the recipe's)")
 @click.option("--recipe", default="msc-france", show_default=True, help="recipe name under pipelines/ or a YAML path")
 @click.option("--workers", type=click.IntRange(1, 256), default=2, show_default=True, help="local threads/processes")
@@ -116,7 +116,7 @@ def plan(region: str, catalog: str | None, recipe: str, out: Path, no_cache: boo
 @click.option("--dry-run", is_flag=True, help="print the plan and the work to do, write nothing")
 @click.option("--no-cache", is_flag=True, help="do not use the on-disk search cache")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def build(region: str, out: Path, catalog: str | None, recipe: str, workers: int, scheduler: str | None,
+def build(region: str, out: str, catalog: str | None, recipe: str, workers: int, scheduler: str | None,
           retry_failed: bool, dry_run: bool, no_cache: bool, quiet: bool) -> None:
     """Build (or complete, or extend) a store for a region."""
     from tqdm import tqdm
@@ -157,13 +157,13 @@ def build(region: str, out: Path, catalog: str | None, recipe: str, workers: int
 
 # --------------------------------------------------------------------------- inspect
 
-_STORE = click.Path(path_type=Path)
+_STORE = click.STRING  # a directory or an object-store URL (s3://, gs://, az://)
 
 
 @cli.command()
 @click.argument("store", type=_STORE)
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-def info(store: Path, as_json: bool) -> None:
+def info(store: str, as_json: bool) -> None:
     """Summarise a store."""
     import json
 
@@ -191,7 +191,7 @@ def info(store: Path, as_json: bool) -> None:
 @cli.command()
 @click.argument("store", type=_STORE)
 @click.option("--no-checksums", is_flag=True, help="skip re-hashing every chip")
-def validate(store: Path, no_checksums: bool) -> None:
+def validate(store: str, no_checksums: bool) -> None:
     """Check a store's schema, shapes, chunking, completeness and checksums."""
     from msc_france.errors import StoreError
     from msc_france.inspect import validate as store_validate
@@ -213,7 +213,7 @@ def validate(store: Path, no_checksums: bool) -> None:
 @click.argument("store", type=_STORE)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="directory for the PNGs")
 @click.option("--chips", "n_chips", type=click.IntRange(1, 64), default=6, show_default=True)
-def preview(store: Path, out: Path, n_chips: int) -> None:
+def preview(store: str, out: Path, n_chips: int) -> None:
     """Write PNGs: sensor views side by side for sample chips, and chip footprints by status."""
     from msc_france.render import preview as render_preview
     from msc_france.store import Store
@@ -227,7 +227,7 @@ def preview(store: Path, out: Path, n_chips: int) -> None:
 @click.option("--format", "fmt", type=click.Choice(["xstars-folders"]), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default=None)
-def export(store: Path, fmt: str, out: Path, split: str | None) -> None:
+def export(store: str, fmt: str, out: Path, split: str | None) -> None:
     """Export a store to another layout (the X-STARS reference code's PNG folders)."""
     from msc_france.render import export_xstars
     from msc_france.store import Store

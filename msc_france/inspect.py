@@ -14,7 +14,7 @@ def info(store: Store) -> dict[str, Any]:
     """A summary of the store: format, chips, regions, splits, per-layer status and statistics."""
     m = store.meta
     out: dict[str, Any] = {
-        "path": str(store.path), "format_version": m["format_version"], "recipe": m["recipe"]["name"],
+        "path": store.url, "format_version": m["format_version"], "recipe": m["recipe"]["name"],
         "chip_size_m": m["chip_size_m"], "chips_per_shard": m["chips_per_shard"], "n_chips": store.n_chips,
         "regions": m["regions"], "complete": m.get("complete", False), "layers": {},
     }
@@ -61,8 +61,10 @@ def validate(store: Store, checksums: bool = True) -> ValidationReport:
     n = store.n_chips
     s = store.chips_per_shard
     for name in ("split", "chip_xmin", "chip_ymax"):
-        if store.root[name].shape != (n,):
+        if store.root[name].shape[0] < n:
             rep.corrupt.append(f"root/{name} has shape {store.root[name].shape}, expected ({n},)")
+        elif store.root[name].shape[0] > n:
+            rep.incomplete.append(f"root/{name}: chip slots allocated, not registered (run build again)")
     for L in store.layers:
         if L.group not in store.root:
             rep.corrupt.append(f"missing group {L.group}")
@@ -75,8 +77,10 @@ def validate(store: Store, checksums: bool = True) -> ValidationReport:
                 rep.corrupt.append(f"{L.group}/{name} missing")
                 continue
             a = g[name]
-            if a.shape != shape:
+            if a.shape[1:] != shape[1:] or a.shape[0] < n:
                 rep.corrupt.append(f"{L.group}/{name} shape {a.shape}, expected {shape}")
+            elif a.shape[0] > n:  # a build was stopped while registering chips
+                rep.incomplete.append(f"{L.group}/{name}: {a.shape[0] - n} chip slot(s) allocated, not registered")
             if a.chunks != (1, *shape[1:]):
                 rep.corrupt.append(f"{L.group}/{name} chunks {a.chunks}, expected one chip per chunk")
             if a.shards is None or a.shards[0] != s:
@@ -84,7 +88,7 @@ def validate(store: Store, checksums: bool = True) -> ValidationReport:
         if str(g[L.data_name].dtype) != L.dtype:
             rep.corrupt.append(f"{L.group}/{L.data_name} dtype {g[L.data_name].dtype}, expected {L.dtype}")
         for name in ("status", "datetime", "item_ids", "valid_fraction", "chip_id"):
-            if g[name].shape != (n,):
+            if g[name].shape[0] < n:
                 rep.corrupt.append(f"{L.group}/{name} shape {g[name].shape}, expected ({n},)")
     if rep.corrupt:
         return rep
@@ -114,9 +118,9 @@ def validate(store: Store, checksums: bool = True) -> ValidationReport:
             if st is not None and STATUS_NAMES[int(status[i])] != st:
                 rep.incomplete.append(f"{L.group}: metadata not consolidated for {cid} (run build again)")
                 break
-    if not (store.path / "index.parquet").exists():
+    if not store.exists("index.parquet"):
         rep.incomplete.append("index.parquet missing (run build again)")
-    partial = list(store.path.rglob("*.partial"))
+    partial = [p for p in store.fs.find(store.fs_root) if p.endswith(".partial")]
     if partial:
         rep.incomplete.append(f"{len(partial)} partial file(s) from an interrupted write")
     if checksums and not rep.corrupt:

@@ -73,7 +73,7 @@ def preview(store: Store, out: Path, n_chips: int = 6, seed: int = 0) -> list[Pa
                 ax.set_title(f"{L.group}\n{L.gsd:g} m, {img.shape[0]} px", fontsize=9)
             if c == 0:
                 ax.set_ylabel(row["chip_id"], fontsize=7)
-    fig.suptitle(f"{store.path.name}: the same ground in every sensor", fontsize=11)
+    fig.suptitle(f"{Path(store.url.rstrip('/')).name}: the same ground in every sensor", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     paths = [out / "chips.png"]
     fig.savefig(paths[0], dpi=90)

@@ -26,14 +26,17 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import fsspec
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
@@ -51,6 +54,12 @@ DONE = {"ok", "flagged", "dropped", "nodata"}  # statuses a rerun does not rebui
 SPLITS = ("train", "val", "test")
 META_ARRAYS = ("status", "datetime", "item_ids", "cloud_fraction", "valid_fraction", "harmonization")
 COMPRESSOR = ZstdCodec(level=3)
+REMOTE_LOCK_TTL_S = 6 * 3600
+
+
+def is_remote(path: str) -> bool:
+    """True for object-store URLs (``s3://``, ``gs://``, ``az://``, ...), False for local paths."""
+    return "://" in path and not path.startswith("file://")
 
 
 def _alive(pid: int) -> bool:
@@ -107,9 +116,48 @@ def _cf_grid_mapping() -> dict[str, Any]:
 class Store:
     """An MSC-France store on the local file system."""
 
-    def __init__(self, path: Path, group: zarr.Group) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path, group: zarr.Group) -> None:
+        self.url = str(path)
+        self.remote = is_remote(self.url)
+        #: The local directory (``Path``), or the URL of a store on object storage.
+        self.path: Any = self.url if self.remote else Path(path)
+        self.fs, self.fs_root = fsspec.core.url_to_fs(self.url)
         self.root = group
+
+    # ------------------------------------------------------------------ side files (fsspec)
+
+    def _key(self, rel: str) -> str:
+        return f"{self.fs_root.rstrip('/')}/{rel}"
+
+    def exists(self, rel: str) -> bool:
+        """Whether the store holds the file ``rel`` (relative to its root)."""
+        return bool(self.fs.exists(self._key(rel)))
+
+    def read_bytes(self, rel: str) -> bytes:
+        """The bytes of ``rel``."""
+        return bytes(self.fs.cat_file(self._key(rel)))
+
+    def write_bytes_atomic(self, rel: str, data: bytes) -> None:
+        """Write ``rel`` so that readers see the old or the new content, never a part.
+
+        Local files: temp file, fsync, rename. Object stores: one PUT (atomic per object).
+        """
+        if self.remote:
+            self.fs.pipe_file(self._key(rel), data)
+            return
+        path = Path(self._key(rel))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+
+    def list_files(self, pattern: str) -> list[str]:
+        """Paths (relative to the root) of the files matching a glob ``pattern``."""
+        root = self.fs_root.rstrip("/") + "/"
+        return sorted(p[len(root):] if p.startswith(root) else p for p in self.fs.glob(self._key(pattern)))
 
     # ------------------------------------------------------------------ opening
 
@@ -120,14 +168,20 @@ class Store:
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> Store:
-        """Open an existing store, checking it is one and that its format version is supported."""
-        p = Path(path)
-        if not p.exists():
+        """Open an existing store (a directory or an ``s3://``, ``gs://``, ``az://`` URL), checking it
+        is one and that its format version is supported."""
+        p = str(path)
+        try:
+            fs, root = fsspec.core.url_to_fs(p)
+            exists, has_meta = fs.exists(root), fs.exists(f"{root.rstrip('/')}/zarr.json")
+        except (OSError, ValueError, ImportError) as e:
+            raise StoreError(f"cannot reach store {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        if not exists:
             raise StoreError(f"no store at {p}")
-        if not (p / "zarr.json").exists():
+        if not has_meta:
             raise StoreError(f"{p} is not an msc-france store (no zarr.json)")
         try:
-            g = zarr.open_group(str(p), mode=mode, zarr_format=3)
+            g = zarr.open_group(p, mode=mode, zarr_format=3)
         except Exception as e:
             raise StoreError(f"cannot open store {p}: {str(e).splitlines()[0]}") from None
         meta = g.attrs.get("msc_france")
@@ -149,6 +203,8 @@ class Store:
             BadInputError: the path is a file, or an existing store was built with another chip
                 size or other sensors.
         """
+        if is_remote(str(path)):
+            return cls._create_or_open_remote(str(path), recipe, layers, classes)
         p = Path(path)
         if p.exists() and not p.is_dir():
             raise BadInputError(f"output path {p} is a file, not a store directory")
@@ -180,6 +236,22 @@ class Store:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return cls.open(p, mode="r+")
+
+    @classmethod
+    def _create_or_open_remote(cls, url: str, recipe: Recipe, layers: list[Layer],
+                               classes: dict[int, str] | None) -> Store:
+        # Object stores have no rename: the root attributes are written last, so a store whose
+        # zarr.json lacks them is an interrupted creation, made again.
+        fs, root = fsspec.core.url_to_fs(url)
+        if fs.exists(f"{root.rstrip('/')}/zarr.json"):
+            g = zarr.open_group(url, mode="r+", zarr_format=3)
+            if isinstance(g.attrs.get("msc_france"), dict):
+                store = cls.open(url, mode="r+")
+                store._check_compatible(recipe, layers)
+                return store
+        g = zarr.open_group(url, mode="w", zarr_format=3)
+        cls(url, g)._create(recipe, layers, classes)
+        return cls.open(url, mode="r+")
 
     def _check_compatible(self, recipe: Recipe, layers: list[Layer]) -> None:
         m = self.meta
@@ -347,61 +419,53 @@ class Store:
             regions.setdefault(c.id, [])
             if region not in regions[c.id]:
                 regions[c.id].append(region)
-        self._write_json_atomic(self.path / "_regions.json", regions)
+        self.write_bytes_atomic("_regions.json", json.dumps(regions).encode())
         return {c.id: existing[c.id] for c in chips}
 
     def _chip_regions(self) -> dict[str, list[str]]:
-        p = self.path / "_regions.json"
-        return json.loads(p.read_text()) if p.exists() else {}
+        return json.loads(self.read_bytes("_regions.json")) if self.exists("_regions.json") else {}
 
     # ------------------------------------------------------------------ commits (done marks)
 
-    @property
-    def commit_dir(self) -> Path:
-        """Directory of the per-shard done marks."""
-        return self.path / "_commits"
-
-    def commit_path(self, shard: int) -> Path:
-        """Done-mark file of shard ``shard``."""
-        return self.commit_dir / f"shard-{shard:06d}.json"
-
     @staticmethod
-    def _write_json_atomic(path: Path, obj: Any) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
+    def commit_name(shard: int) -> str:
+        """Done-mark file of shard ``shard``, relative to the store root."""
+        return f"_commits/shard-{shard:06d}.json"
 
     def write_commit(self, shard: int, records: dict[str, Any]) -> None:
         """Record the chips of ``shard`` as built (after their data is written)."""
-        self._write_json_atomic(self.commit_path(shard), {"shard": shard, "chips": records})
+        self.write_bytes_atomic(self.commit_name(shard), json.dumps({"shard": shard, "chips": records}).encode())
 
     def read_commit(self, shard: int) -> dict[str, Any]:
         """Chip records of one shard ({} when the shard was never committed)."""
-        p = self.commit_path(shard)
-        if not p.exists():
+        name = self.commit_name(shard)
+        if not self.exists(name):
             return {}
         try:
-            return json.loads(p.read_text())["chips"]
+            return json.loads(self.read_bytes(name))["chips"]
         except (json.JSONDecodeError, KeyError):
-            raise StoreError(f"corrupt done mark {p}") from None
+            raise StoreError(f"corrupt done mark {self.url}/{name}") from None
 
     def read_commits(self) -> dict[str, Any]:
         """All chip records, keyed by chip id."""
         out: dict[str, Any] = {}
-        if self.commit_dir.exists():
-            for p in sorted(self.commit_dir.glob("shard-*.json")):
-                out.update(self.read_commit(int(p.stem.split("-")[1])))
+        for name in self.list_files("_commits/shard-*.json"):
+            out.update(self.read_commit(int(Path(name).stem.split("-")[1])))
         return out
 
     # ------------------------------------------------------------------ the build lock
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Exclusive build lock; a second concurrent build is refused with who holds it."""
+        """Exclusive build lock; a second concurrent build is refused with who holds it.
+
+        Local stores: an ``flock`` (released by the kernel if the holder dies). Object stores: a
+        lock object naming its holder, ignored once older than ``REMOTE_LOCK_TTL_S``.
+        """
+        if self.remote:
+            with self._remote_lock():
+                yield
+            return
         path = self.path / ".build.lock"
         f = open(path, "a+")
         try:
@@ -423,6 +487,24 @@ class Store:
             f.truncate()
             fcntl.flock(f, fcntl.LOCK_UN)
             f.close()
+
+    @contextlib.contextmanager
+    def _remote_lock(self) -> Iterator[None]:
+        name = ".build.lock"
+        if self.exists(name):
+            try:
+                held = json.loads(self.read_bytes(name))
+            except json.JSONDecodeError:
+                held = {}
+            if time.time() - float(held.get("time", 0)) < REMOTE_LOCK_TTL_S:
+                raise StoreError(f"store {self.url} is being built by {held.get('holder', 'another process')}; "
+                                 f"wait for it or stop it")
+        me = f"pid {os.getpid()} on {socket.gethostname()}"
+        self.write_bytes_atomic(name, json.dumps({"holder": me, "time": time.time()}).encode())
+        try:
+            yield
+        finally:
+            self.fs.rm_file(self._key(name))
 
     # ------------------------------------------------------------------ consolidation
 
@@ -493,7 +575,7 @@ class Store:
             for cid in ids for g, rec in sorted(commits.get(cid, {}).get("sensors", {}).items())
             if rec.get("status") in ("failed", "flagged", "dropped", "nodata")
         ]
-        self._write_json_atomic(self.path / "failures.json", {"n": len(failures), "chips": failures})
+        self.write_bytes_atomic("failures.json", json.dumps({"n": len(failures), "chips": failures}).encode())
         regions = self._chip_regions()
         splits = [str(x) for x in self.root["split"][:n]] if n else []
         chips = [Chip.from_id(c) for c in ids]
@@ -504,9 +586,9 @@ class Store:
         for j, name in enumerate(("lon_min", "lat_min", "lon_max", "lat_max")):
             table[name] = [b[j] for b in wgs]
         gdf = gpd.GeoDataFrame(table, geometry=geoms, crs=L93)
-        tmp = self.path / ".index.parquet.tmp"
-        gdf.to_parquet(tmp, write_covering_bbox=True)
-        tmp.replace(self.path / "index.parquet")
+        buf = io.BytesIO()
+        gdf.to_parquet(buf, write_covering_bbox=True)
+        self.write_bytes_atomic("index.parquet", buf.getvalue())
         meta = self.meta
         meta["n_chips"] = n
         meta["complete"] = bool(complete)
@@ -519,10 +601,9 @@ class Store:
         """The chip index (GeoParquet)."""
         import geopandas as gpd
 
-        p = self.path / "index.parquet"
-        if not p.exists():
-            raise StoreError(f"store {self.path} has no index.parquet (build did not finish; run build again)")
-        return gpd.read_parquet(p)
+        if not self.exists("index.parquet"):
+            raise StoreError(f"store {self.url} has no index.parquet (build did not finish; run build again)")
+        return gpd.read_parquet(io.BytesIO(self.read_bytes("index.parquet")))
 
 
 def layers_for(recipe: Recipe, specs: dict[str, SensorSpec], gsds: dict[str, float]) -> list[Layer]:

@@ -276,7 +276,7 @@ def with_candidates(task: ShardTask, plan: Plan, group_sensor: dict[str, str],
 
 def run_build(
     plan: Plan,
-    out: Path,
+    out: str | Path,
     workers: int = 2,
     scheduler: str | None = None,
     retry_failed: bool = False,
@@ -319,7 +319,7 @@ def run_build(
             memo: dict[str, dict[str, Any]] = {}
             with dask_client(scheduler, workers) as client:
                 _run_tasks(client, tasks, lambda t: with_candidates(t, plan, group_sensor, memo),
-                           str(store.path), rules, recipe, summary, progress)
+                           store.url, rules, recipe, summary, progress)
         cons = store.consolidate()
     summary.complete = cons["complete"]
     summary.elapsed_s = time.perf_counter() - t0

@@ -62,7 +62,7 @@ class MSCFranceDataset(Dataset):
         cache: bool = False,
         tiles: int = 1,
     ) -> None:
-        self.path = Path(store)
+        self.path = str(store)  # a directory or an object-store URL
         s = Store.open(self.path)
         layers = {L.group: L for L in s.layers}
         self.sensors = list(sensors) if sensors else [g for g, L in layers.items() if not L.is_label]
