@@ -21,6 +21,8 @@ def make_source(sensor: SensorSpec, catalog: Catalog, use_cache: bool = True) ->
     if spec.type == "stac-api":
         return StacApiSource(spec, cache_dir=(cache_dir() / "search") if use_cache else None)
     if spec.type == "static":
+        if "://" in (spec.path or ""):  # a catalog on object storage
+            return StaticSource(spec, path=str(spec.path))
         p = Path(spec.path or "")
         return StaticSource(spec, path=p if p.is_absolute() else (catalog.path / p).resolve())
     if spec.type == "demo":

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import fsspec
 
 import pystac
 
@@ -16,19 +19,37 @@ from msc_france.errors import SourceError
 from msc_france.sources.base import SearchQuery, Source
 
 
-def load_items(path: Path) -> list[pystac.Item]:
-    """Read items from a static catalog/collection JSON (recursively), an ItemCollection, or NDJSON."""
-    if not path.exists():
-        raise SourceError(f"static catalog not found: {path}")
+class FsspecStacIO(pystac.StacIO):
+    """pystac I/O through fsspec, so static catalogs can live on object storage (s3://, gs://, az://)."""
+
+    def read_text(self, source: Any, *args: Any, **kwargs: Any) -> str:
+        with fsspec.open(str(source), "r", encoding="utf-8") as f:
+            return f.read()
+
+    def write_text(self, dest: Any, txt: str, *args: Any, **kwargs: Any) -> None:
+        with fsspec.open(str(dest), "w", encoding="utf-8") as f:
+            f.write(txt)
+
+
+def load_items(path: Path | str) -> list[pystac.Item]:
+    """Read items from a static catalog/collection JSON (recursively), an ItemCollection, or NDJSON,
+    on the local disk or on object storage (a URL)."""
+    href = str(path)
     try:
-        if path.suffix == ".ndjson":
-            with open(path, encoding="utf-8") as f:
-                return [pystac.Item.from_dict(json.loads(line)) for line in f if line.strip()]
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
+        fs, root = fsspec.core.url_to_fs(href)
+        exists = fs.exists(root)
+    except (OSError, ValueError, ImportError) as e:
+        raise SourceError(f"cannot reach static catalog {href}: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    if not exists:
+        raise SourceError(f"static catalog not found: {href}")
+    try:
+        text = FsspecStacIO().read_text(href)
+        if href.endswith(".ndjson"):
+            return [pystac.Item.from_dict(json.loads(line)) for line in text.splitlines() if line.strip()]
+        d = json.loads(text)
         if d.get("type") == "FeatureCollection":
             return list(pystac.ItemCollection.from_dict(d))
-        obj = pystac.read_file(str(path))
+        obj = pystac.read_file(href, stac_io=FsspecStacIO())
         if isinstance(obj, pystac.Item):
             return [obj]
         items = list(obj.get_items(recursive=True))  # type: ignore[union-attr]
@@ -43,7 +64,7 @@ def load_items(path: Path) -> list[pystac.Item]:
 class StaticSource(Source):
     """Items of a local static STAC catalog, item collection or NDJSON file."""
 
-    path: Path = field(default=Path("."))
+    path: Path | str = field(default=Path("."))
     _items: list[pystac.Item] | None = field(default=None, repr=False)
 
     @property

@@ -84,3 +84,43 @@ def test_missing_remote_store(s3: str, capsys: pytest.CaptureFixture) -> None:
     assert main(["info", f"{s3}/nope.zarr"]) == 4
     err = capsys.readouterr().err
     assert "no store at s3://msc-bucket/nope.zarr" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.timeout(300)
+def test_build_from_a_catalog_and_assets_on_s3(s3: str, tiny_world: Path, tiny_store: Path, tiny_recipe: Path,
+                                               tiny_region: Path, tmp_path: Path, monkeypatch) -> None:
+    """Static item collections and their COGs on S3: the same store as from local files."""
+    import json
+
+    import fsspec
+    import yaml
+
+    from msc_france.config import PROJECT_ROOT
+
+    fs = fsspec.filesystem("s3")
+    endpoint = os.environ["AWS_ENDPOINT_URL"].removeprefix("http://")
+    # GDAL's /vsis3/ reads the assets: point it at the local S3 server.
+    for k, v in {"AWS_S3_ENDPOINT": endpoint, "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE"}.items():
+        monkeypatch.setenv(k, v)
+    fs.put(str(tiny_world), "msc-bucket/world", recursive=True)
+    cat = tmp_path / "catalog"
+    cat.mkdir()
+    for f in (PROJECT_ROOT / "catalogs" / "demo").glob("*.yaml"):
+        if f.name.startswith("_"):
+            continue
+        spec = yaml.safe_load(f.read_text())
+        coll = spec["source"]["collection"]
+        items = json.loads((tiny_world / f"{coll}.json").read_text())
+        for it in items["features"]:
+            for a in it["assets"].values():
+                a["href"] = f"s3://msc-bucket/world/{Path(a['href']).relative_to(tiny_world)}"
+        fs.pipe(f"msc-bucket/catalog/{coll}.json", json.dumps(items).encode())
+        spec["source"].update(type="static", path=f"{s3}/catalog/{coll}.json")
+        (cat / f.name).write_text(yaml.safe_dump(spec))
+    rec = yaml.safe_load(tiny_recipe.read_text())
+    rec["catalog"] = str(cat)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(rec))
+    out = tmp_path / "from-s3.zarr"
+    assert main(["build", "--region", str(tiny_region), "--recipe", str(tmp_path / "r.yaml"), "--out", str(out),
+                 "--quiet"]) == 0
+    assert tree_hashes(out) == tree_hashes(tiny_store)
