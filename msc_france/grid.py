@@ -23,8 +23,9 @@ from msc_france.crs import L93
 from msc_france.errors import BadInputError
 
 _ID_RE = re.compile(r"^(\d+)m-E(\d{7})-N(\d{7})$")
-#: An intersection smaller than this (m^2) is a touching edge, not an overlap.
-MIN_OVERLAP_M2 = 1.0
+#: A chip must reach further than this (m) into the region: thinner slivers are touching edges
+#: or reprojection round-off (WGS84 coordinates rounded to 1e-9 degree are off by ~0.1 mm).
+SLIVER_M = 0.01
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,8 @@ def chip_at(x: float, y: float, size_m: int) -> Chip:
 
 
 def chips_in(geometry: BaseGeometry, size_m: int) -> list[Chip]:
-    """Every chip whose footprint overlaps ``geometry`` (Lambert-93) by more than a touching edge.
+    """Every chip whose footprint overlaps ``geometry`` (Lambert-93) by more than a sliver: the
+    chips that intersect the region shrunk by ``SLIVER_M``.
 
     Sorted by (row, col) so ids come out in a stable order.
     """
@@ -130,11 +132,14 @@ def chips_in(geometry: BaseGeometry, size_m: int) -> list[Chip]:
     cols, rows = np.meshgrid(np.arange(c0, c1), np.arange(r0, r1))
     cols, rows = cols.ravel(), rows.ravel()
     boxes = shapely.box(cols * size_m, rows * size_m, (cols + 1) * size_m, (rows + 1) * size_m)
-    shapely.prepare(geometry)
-    hit = shapely.intersects(geometry, boxes)
+    core = geometry.buffer(-SLIVER_M)
+    if core.is_empty:
+        return []
+    shapely.prepare(core)
+    hit = shapely.intersects(core, boxes)
     area = np.zeros(len(boxes))
-    area[hit] = shapely.area(shapely.intersection(boxes[hit], geometry))
-    keep = area > MIN_OVERLAP_M2
+    area[hit] = shapely.area(shapely.intersection(boxes[hit], core))
+    keep = area > 0
     return [Chip(size_m, int(c), int(r)) for c, r in zip(cols[keep], rows[keep], strict=True)]
 
 
