@@ -69,7 +69,7 @@ def _naive_build(plan: Any, out: Path) -> int:
                 for b, band in enumerate(spec.bands):
                     with rasterio.open(item.assets[band.asset].href) as src:
                         tmp = np.zeros(grid.shape, spec.dtype)
-                        reproject(rasterio.band(src, band.index), tmp, dst_transform=grid.transform,
+                        reproject(rasterio.band(src, band.index or 1), tmp, dst_transform=grid.transform,
                                   dst_crs=grid.crs, resampling=Resampling[spec.resampling], dst_nodata=0)
                         data[b] = np.where(data[b] == 0, tmp, data[b])
             profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=data.shape[0],

@@ -287,14 +287,29 @@ def catalog() -> None:
 @catalog.command("ingest")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="output catalog directory")
-@click.option("--collection", default="aerial", show_default=True)
+@click.option("--product", type=click.Choice(["auto", "bd-ortho", "spot", "s2-safe", "theia"]), default="auto",
+              show_default=True, help="product family of the files (auto: detected from the files)")
+@click.option("--collection", default=None, help="collection id of the items (default: per product)")
 @click.option("--datetime", "when", default=None, help="acquisition date (YYYY-MM-DD) when files carry none")
-def catalog_ingest(directory: Path, out: Path, collection: str, when: str | None) -> None:
-    """Turn a directory of aerial tiles (BD ORTHO JPEG 2000 / GeoTIFF) into a local STAC catalog."""
-    from msc_france.sources.ingest import ingest_directory
+@click.option("--variant", type=click.Choice(["FRE", "SRE"]), default="FRE", show_default=True,
+              help="Theia reflectance: FRE (flat, slope corrected) or SRE")
+@click.option("--band-order", default=None, help="SPOT band names in file order, e.g. blue,green,red,nir")
+def catalog_ingest(directory: Path, out: Path, product: str, collection: str | None, when: str | None,
+                   variant: str, band_order: str | None) -> None:
+    """Turn downloaded products (BD ORTHO, SPOT-6/7, Sentinel-2 SAFE, Theia L2A) into a local STAC catalog.
 
-    n = ingest_directory(directory, out, collection=collection, when=when)
-    click.echo(f"{n} items written to {out / 'catalog.json'}")
+    Exits 6 when the catalog was written but some files were skipped (each listed with its reason).
+    """
+    from msc_france.errors import IngestIncompleteError
+    from msc_france.ingest import ingest
+
+    order = [b.strip().lower() for b in band_order.split(",")] if band_order else None
+    r = ingest(directory, out, product=product, collection=collection, when=when, variant=variant, band_order=order)
+    click.echo(f"{r.items} items ({r.files_used} files) written to {r.catalog}")
+    for path, reason in r.skipped:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    if r.skipped:
+        raise IngestIncompleteError(f"{len(r.skipped)} file(s) skipped (listed above); the catalog holds the rest")
 
 
 # --------------------------------------------------------------------------- entry point

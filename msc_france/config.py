@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -50,7 +51,9 @@ class BandSpec(StrictModel):
 
     name: str
     asset: str
-    index: int = Field(1, ge=1, description="1-based band index inside the asset file")
+    index: int | None = Field(
+        None, ge=1, description="1-based band index inside the asset file (default: found by name in its eo:bands)"
+    )
     common_name: str | None = None
 
 
@@ -81,10 +84,18 @@ class SourceSpec(StrictModel):
 
 
 class MaskSpec(StrictModel):
-    """The quality asset a sensor's valid/cloud mask is derived from."""
+    """A quality asset the valid/clear mask is derived from, decoded by the sensor's product rules."""
 
     asset: str
-    type: Literal["scl", "qa_pixel"]
+    type: Literal["scl", "qa_pixel", "maja-clm", "maja-edg", "maja-sat"]
+
+
+class ValueMapping(StrictModel):
+    """Source values -> physical values (physical = value * scale + offset), used when an item's
+    ``raster:bands`` declare no scale/offset (plain rasters: aerial, SPOT, labels)."""
+
+    scale: float = 1.0
+    offset: float = 0.0
 
 
 class SensorSpec(StrictModel):
@@ -96,11 +107,23 @@ class SensorSpec(StrictModel):
     source: SourceSpec
     native_gsd: float = Field(gt=0)
     default_gsd: float = Field(gt=0, description="GSD the store holds this sensor at, unless the recipe overrides it")
-    dtype: Literal["uint8", "uint16"]
-    nodata: int = 0
+    product: str = Field("raster", description="product rules that read its items (msc_france.products)")
+    nodata: float | None = Field(
+        0, description="source nodata used when neither the file nor the item declares one (None: none)"
+    )
     bands: list[BandSpec] = Field(min_length=1)
-    mask: MaskSpec | None = None
-    harmonization: Literal["s2-baseline", "raster-scale-offset", "none"] = "none"
+    masks: list[MaskSpec] = Field(default_factory=list)
+    values: ValueMapping = ValueMapping()
+    # How physical values are stored: physical = stored * scale + offset (CF packing).
+    dtype: Literal["uint8", "uint16"]
+    scale: float = Field(1.0, gt=0, description="store packing scale (1e-4: reflectance x 10000)")
+    offset: float = 0.0
+    valid_range: tuple[int, int] | None = Field(
+        None, description="stored values allowed for data (default: 1..max when scaled, 0..max otherwise)"
+    )
+    out_of_range: Literal["clip", "error"] = Field(
+        "clip", description="a value outside valid_range: clip it and count it, or refuse the chip"
+    )
     cloud_cover_property: str | None = "eo:cloud_cover"
     resampling: Literal["nearest", "bilinear", "cubic", "average"] = "bilinear"
     rgb: list[str] = Field(default_factory=list, description="band names used for RGB previews/exports")
@@ -116,7 +139,35 @@ class SensorSpec(StrictModel):
             raise ValueError(f"rgb names unknown bands {unknown}")
         if self.kind == "labels" and not self.classes:
             raise ValueError("a labels sensor needs 'classes'")
+        from msc_france.products import PRODUCTS  # the product modules are the registry
+
+        rules = PRODUCTS.get(self.product)
+        if rules is None:
+            raise ValueError(f"unknown product '{self.product}' (known: {', '.join(sorted(PRODUCTS))})")
+        bad = [m.type for m in self.masks if m.type not in rules.mask_types]
+        if bad:
+            raise ValueError(f"product '{self.product}' has no mask type {bad} (it has {list(rules.mask_types)})")
+        lo, hi = self.stored_range
+        if not 0 <= lo <= hi <= np.iinfo(self.dtype).max:
+            raise ValueError(f"valid_range {[lo, hi]} does not fit {self.dtype}")
         return self
+
+    @property
+    def stored_range(self) -> tuple[int, int]:
+        """Stored values a data pixel may take (0 is kept for fill when values are scaled)."""
+        if self.valid_range is not None:
+            return self.valid_range
+        top = int(np.iinfo(self.dtype).max)
+        return (1, top) if self.scale != 1.0 or self.offset != 0.0 else (0, top)
+
+    @property
+    def units(self) -> str:
+        """What a stored value means, in words."""
+        if self.kind == "labels":
+            return "class"
+        if self.scale == 1.0 and self.offset == 0.0:
+            return "DN"
+        return f"physical = stored * {self.scale:g} {self.offset:+g}"
 
     @property
     def band_names(self) -> list[str]:

@@ -32,3 +32,9 @@ class BuildFailedError(MscFranceError):
     """A build finished but some chips failed."""
 
     exit_code = 5
+
+
+class IngestIncompleteError(MscFranceError):
+    """``catalog ingest`` wrote its catalog but skipped some input files (each listed)."""
+
+    exit_code = 6

@@ -131,9 +131,12 @@ class Plan:
         tmp.replace(path)
 
 
-def _acquisition_key(item: pystac.Item) -> tuple[str, str]:
+def _acquisition_key(item: pystac.Item) -> tuple[str, str, str]:
+    """Items mosaicked together: same day, platform and product (SPOT PAN, MS and pansharpened
+    files of one pass are distinct products and are never mixed)."""
     when = item.datetime or item.common_metadata.start_datetime
-    return (when.date().isoformat() if when else "", str(item.properties.get("platform", "")))
+    return (when.date().isoformat() if when else "", str(item.properties.get("platform", "")),
+            str(item.properties.get("msc_france:product", "")))
 
 
 def _item_footprint_l93(item: pystac.Item) -> shapely.Geometry:
@@ -148,7 +151,7 @@ def rank_candidates(
     """Rank the acquisitions of ``items`` for each chip (see module docstring)."""
     if not items or not chips:
         return {}
-    groups: dict[tuple[str, str], list[pystac.Item]] = defaultdict(list)
+    groups: dict[tuple[str, str, str], list[pystac.Item]] = defaultdict(list)
     for it in items:
         groups[_acquisition_key(it)].append(it)
     acq_keys = sorted(groups)

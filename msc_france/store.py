@@ -92,6 +92,9 @@ class Layer:
     bands: tuple[str, ...]
     dtype: str
     is_label: bool
+    scale: float = 1.0  # physical = stored * scale + offset
+    offset: float = 0.0
+    units: str = "DN"
 
     @property
     def data_name(self) -> str:
@@ -259,8 +262,8 @@ class Store:
             raise BadInputError(
                 f"store {self.path} has chip size {m['chip_size_m']} m; the recipe asks for {recipe.chip_size_m} m"
             )
-        have = {L["group"]: (L["gsd"], tuple(L["bands"])) for L in m["layers"]}
-        want = {L.group: (L.gsd, L.bands) for L in layers}
+        have = {L.group: (L.gsd, L.bands, L.dtype, L.scale, L.offset) for L in self.layers}
+        want = {L.group: (L.gsd, L.bands, L.dtype, L.scale, L.offset) for L in layers}
         if have != want:
             raise BadInputError(f"store {self.path} holds sensors {have}; the recipe asks for {want}")
 
@@ -315,7 +318,8 @@ class Store:
             "chips_per_shard": recipe.chips_per_shard,
             "crs": L93,
             "layers": [{"group": L.group, "sensor": L.sensor, "gsd": L.gsd, "bands": list(L.bands),
-                        "dtype": L.dtype, "is_label": L.is_label} for L in layers],
+                        "dtype": L.dtype, "is_label": L.is_label, "scale": L.scale, "offset": L.offset,
+                        "units": L.units} for L in layers],
             "regions": [],
             "n_chips": 0,
             "complete": False,
@@ -324,16 +328,15 @@ class Store:
     @staticmethod
     def _layer_attrs(L: Layer, recipe: Recipe) -> dict[str, Any]:
         n = L.pixels(recipe.chip_size_m)
-        reflect = L.dtype == "uint16"
         return {
             "sensor": L.sensor,
             "bands": list(L.bands),
             "gsd": L.gsd,
             "dtype": L.dtype,
             "nodata": 0,
-            "scale": 1e-4 if reflect else 1.0,
-            "offset": 0.0,
-            "units": "surface reflectance x 10000" if reflect else ("class" if L.is_label else "DN"),
+            "scale": L.scale,
+            "offset": L.offset,
+            "units": L.units,
             "proj:code": L93,
             "grid_mapping": "spatial_ref",
             "chip_shape": [n, n],
@@ -348,8 +351,14 @@ class Store:
     @property
     def layers(self) -> list[Layer]:
         """The store's groups."""
-        return [Layer(d["group"], d["sensor"], d["gsd"], tuple(d["bands"]), d["dtype"], d["is_label"])
-                for d in self.meta["layers"]]
+        out = []
+        for d in self.meta["layers"]:
+            # Stores written before the encoding was declared: uint16 reflectance x 10000, else DN.
+            scaled = d["dtype"] == "uint16" and not d["is_label"]
+            out.append(Layer(d["group"], d["sensor"], d["gsd"], tuple(d["bands"]), d["dtype"], d["is_label"],
+                             d.get("scale", 1e-4 if scaled else 1.0), d.get("offset", 0.0),
+                             d.get("units", "physical = stored * 0.0001 +0" if scaled else "DN")))
+        return out
 
     def layer(self, group: str) -> Layer:
         """The layer called ``group``."""
@@ -608,9 +617,10 @@ class Store:
 
 def layers_for(recipe: Recipe, specs: dict[str, SensorSpec], gsds: dict[str, float]) -> list[Layer]:
     """The store layers a recipe produces (reflectance sensors in recipe order, labels last)."""
-    layers = [Layer(name, name, gsds[name], tuple(specs[name].band_names), specs[name].dtype, False)
+    layers = [Layer(name, name, gsds[name], tuple(specs[name].band_names), specs[name].dtype, False,
+                    specs[name].scale, specs[name].offset, specs[name].units)
               for name in recipe.sensors]
     if recipe.labels is not None:
         s = specs[recipe.labels.sensor]
-        layers.append(Layer(LABELS_GROUP, s.name, gsds[s.name], ("class",), s.dtype, True))
+        layers.append(Layer(LABELS_GROUP, s.name, gsds[s.name], ("class",), s.dtype, True, units="class"))
     return layers

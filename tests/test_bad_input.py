@@ -65,7 +65,7 @@ CASES = {
     "validate a missing store": (lambda e: ["validate", str(e["tmp"] / "nope.zarr")], "no store at"),
     "export to a file": (lambda e: ["export", str(e["store"]), "--format", "xstars-folders", "--out", str(e["train"])], "is a file"),
     "export unknown format": (lambda e: ["export", str(e["store"]), "--format", "tfrecord", "--out", str(e["tmp"])], "Invalid value for '--format'"),
-    "ingest an empty directory": (lambda e: ["catalog", "ingest", str(e["tmp"] / "run" / "checkpoints"), "--out", str(e["tmp"] / "c")], "no .jp2/.tif/.tiff tiles"),
+    "ingest an empty directory": (lambda e: ["catalog", "ingest", str(e["tmp"] / "run" / "checkpoints"), "--out", str(e["tmp"] / "c")], "no .jp2/.tif/.tiff files"),
     "pretrain: unknown config key": (lambda e: ["pretrain", "--config", str(e["train"]), "--set", "optim.momentum=0.9"], "optim.momentum: unknown key"),
     "pretrain: wrong type": (lambda e: ["pretrain", "--config", str(e["train"]), "--set", "optim.batch_size=big"], "optim.batch_size"),
     "pretrain: malformed --set": (lambda e: ["pretrain", "--config", str(e["train"]), "--set", "optim.steps"], "--set expects key=value"),

@@ -17,11 +17,13 @@ def test_shipped_catalogs_load(name: str) -> None:
     assert set(cat.sensors) == {"sentinel-2-l2a", "landsat-8-c2-l2", "aerial", "esa-worldcover"}
     s2 = cat.sensor("sentinel-2-l2a")
     assert [b.asset for b in s2.bands] == ["B02", "B03", "B04", "B08"]
-    assert s2.mask is not None and s2.mask.asset == "SCL" and s2.harmonization == "s2-baseline"
+    assert [(m.asset, m.type) for m in s2.masks] == [("SCL", "scl")] and s2.product == "sentinel-2-l2a"
+    assert s2.scale == 1e-4 and s2.stored_range == (1, 65535)
     l8 = cat.sensor("landsat-8-c2-l2")
     assert l8.source.collection == "landsat-c2-l2" and l8.source.properties == {"platform": "landsat-8"}
     assert [b.asset for b in l8.bands] == ["blue", "green", "red", "nir08"]
-    assert l8.harmonization == "raster-scale-offset"
+    assert l8.product == "landsat-c2-l2"
+    assert cat.sensor("aerial").stored_range == (0, 255) and cat.sensor("aerial").units == "DN"
     assert cat.sensor("esa-worldcover").kind == "labels"
     assert (cat.world is not None) == (name == "demo")
 

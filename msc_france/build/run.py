@@ -20,11 +20,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import rasterio
 
-from msc_france.build.read import ChipRead, clear_http_cache, gdal_env, read_candidate
+from msc_france.build.read import ChipRead, read_candidate
+from msc_france.build.warp import clear_http_cache, gdal_env
 from msc_france.config import Catalog, Recipe, SensorSpec
 from msc_france.errors import BadInputError, SourceError
 from msc_france.grid import Chip
 from msc_france.plan import Plan
+from msc_france.products import SourceItem, rules_for
 from msc_france.sources.signing import make_signer
 from msc_france.store import DONE, Layer, Store, layers_for
 
@@ -33,11 +35,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ChipJob:
-    """One chip to build: its store index and, per layer, the ranked candidates (item dicts)."""
+    """One chip to build: its store index and, per layer, the ranked candidates.
+
+    A candidate is the parsed items of one acquisition, or the one-line reason its items could
+    not be parsed (that candidate then fails for this chip only).
+    """
 
     chip_id: str
     index: int
-    candidates: dict[str, list[list[dict[str, Any]]]]
+    candidates: dict[str, list[tuple[SourceItem, ...] | str]]
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,8 @@ class BuildSummary:
 # --------------------------------------------------------------------------- the task
 
 
-def _build_layer(rule: LayerRule, chip: Chip, cands: list[list[dict[str, Any]]], policy: str) -> tuple[ChipRead | None, dict[str, Any]]:
+def _build_layer(rule: LayerRule, chip: Chip, cands: list[tuple[SourceItem, ...] | str],
+                 policy: str) -> tuple[ChipRead | None, dict[str, Any]]:
     """Try the candidates in rank order; keep the first that is valid enough, else the best."""
     grid = chip.pixel_grid(rule.layer.gsd)
     signer = make_signer(rule.spec.source.signing)
@@ -90,8 +97,11 @@ def _build_layer(rule: LayerRule, chip: Chip, cands: list[list[dict[str, Any]]],
     best: ChipRead | None = None
     errors: list[str] = []
     for items in cands:
+        if isinstance(items, str):
+            errors.append(items)
+            continue
         try:
-            r = read_candidate(rule.spec, items, grid, signer)
+            r = read_candidate(rule.spec, list(items), grid, signer)
         except SourceError as e:
             errors.append(str(e))
             continue
@@ -104,7 +114,7 @@ def _build_layer(rule: LayerRule, chip: Chip, cands: list[list[dict[str, Any]]],
     rec: dict[str, Any] = {
         "item_ids": best.item_ids, "datetime": best.datetime, "harmonization": best.harmonization,
         "cloud_fraction": best.cloud_fraction, "valid_fraction": round(best.valid_fraction, 6),
-        "covered_fraction": round(best.covered_fraction, 6),
+        "covered_fraction": round(best.covered_fraction, 6), "clipped": best.clipped,
     }
     if best.valid_fraction >= rule.min_valid_fraction:
         rec["status"] = "ok"
@@ -256,18 +266,29 @@ def plan_tasks(plan: Plan, index_of: dict[str, int], commits: dict[str, Any], ch
 
 
 def with_candidates(task: ShardTask, plan: Plan, group_sensor: dict[str, str],
-                    memo: dict[str, dict[str, Any]]) -> ShardTask:
-    """Attach the ranked candidates (as plain item dicts) to a task, just before it is submitted.
+                    memo: dict[tuple[str, str], SourceItem | str]) -> ShardTask:
+    """Attach the ranked candidates, parsed by each sensor's product rules, just before submission.
 
-    Done lazily so that only the tasks in flight hold serialised items, whatever the region size.
+    Done lazily so that only the tasks in flight hold parsed items, whatever the region size;
+    each item is parsed once per sensor (``memo``).
     """
-    def as_dict(it: Any) -> dict[str, Any]:
-        if it.id not in memo:
-            memo[it.id] = it.to_dict(transform_hrefs=False)
-        return memo[it.id]
+    def parsed(sensor: str, it: Any) -> SourceItem | str:
+        key = (sensor, it.id)
+        if key not in memo:
+            spec = plan.catalog.sensor(sensor)
+            try:
+                memo[key] = rules_for(spec.product).parse(spec, it.to_dict(transform_hrefs=False))
+            except SourceError as e:
+                memo[key] = str(e)
+        return memo[key]
+
+    def candidate(sensor: str, items: tuple[Any, ...]) -> tuple[SourceItem, ...] | str:
+        out = [parsed(sensor, it) for it in items]
+        bad = [p for p in out if isinstance(p, str)]
+        return bad[0] if bad else tuple(out)  # type: ignore[return-value]
 
     jobs = tuple(
-        ChipJob(j.chip_id, j.index, {g: [[as_dict(it) for it in c.items] for c in plan.for_chip(j.chip_id, s)]
+        ChipJob(j.chip_id, j.index, {g: [candidate(s, c.items) for c in plan.for_chip(j.chip_id, s)]
                                      for g, s in group_sensor.items()})
         for j in task.jobs
     )
@@ -316,7 +337,7 @@ def run_build(
         tasks, summary.skipped = plan_tasks(plan, index_of, store.read_commits(), store.chips_per_shard,
                                             group_sensor, retry_failed, store.n_chips)
         if tasks:
-            memo: dict[str, dict[str, Any]] = {}
+            memo: dict[tuple[str, str], SourceItem | str] = {}
             with dask_client(scheduler, workers) as client:
                 _run_tasks(client, tasks, lambda t: with_candidates(t, plan, group_sensor, memo),
                            store.url, rules, recipe, summary, progress)

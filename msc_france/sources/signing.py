@@ -9,6 +9,7 @@ with our own timeout and bounded retries: the library's defaults stall for minut
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import Protocol
@@ -126,8 +127,10 @@ class PlanetaryComputerSigner:
         return self.sign(href)
 
 
+@functools.lru_cache(maxsize=None)
 def make_signer(kind: str, timeout_s: float = 10.0, max_retries: int = 3) -> Signer:
-    """The signer for a source's ``signing`` setting."""
+    """The signer for a source's ``signing`` setting: one per process and setting, so its token
+    cache outlives a chip (a national build asks for one token per container and lifetime)."""
     if kind == "planetary-computer":
         return PlanetaryComputerSigner(timeout_s=timeout_s, max_retries=max_retries)
     return NoSigner()

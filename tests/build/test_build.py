@@ -92,6 +92,13 @@ def test_xarray_and_geopandas_readback(tiny_store: Path) -> None:
     assert list(ds["chip_id"].values) == list(idx["chip_id"])
 
 
+def _parse(cat, sensor: str, item: dict):  # noqa: ANN001, ANN202
+    from msc_france.products import rules_for
+
+    spec = cat.sensor(sensor)
+    return rules_for(spec.product).parse(spec, item)
+
+
 def test_harmonisation_across_baselines_and_sensors(tiny_world: Path) -> None:
     """S2 items of baseline 03.01 and 05.09 and Landsat all give the marker's true reflectance."""
     from msc_france.build.read import read_candidate
@@ -106,7 +113,8 @@ def test_harmonisation_across_baselines_and_sensors(tiny_world: Path) -> None:
         chip = Chip(960, int(mx // 960), int(my // 960))
         row, col = int((chip.bounds[3] - my) // 10), int((mx - chip.bounds[0]) // 10)
         for it in s2_items:
-            r = read_candidate(cat.sensor("sentinel-2-l2a"), [it], chip.pixel_grid(10), NoSigner())
+            r = read_candidate(cat.sensor("sentinel-2-l2a"), [_parse(cat, "sentinel-2-l2a", it)], chip.pixel_grid(10),
+                               NoSigner())
             if not r.valid[row - 1 : row + 2, col - 1 : col + 2].all():
                 continue  # outside this tile, or the marker is under a cloud or its shadow
             baselines.setdefault(it["properties"]["s2:processing_baseline"], []).append(r.data[:, row, col])
@@ -120,7 +128,8 @@ def test_harmonisation_across_baselines_and_sensors(tiny_world: Path) -> None:
     l8 = [json.loads(line) for line in (tiny_world / "landsat-c2-l2.ndjson").read_text().splitlines()]
     clear = min((it for it in l8 if it["properties"]["platform"] == "landsat-8"),
                 key=lambda it: it["properties"]["eo:cloud_cover"])
-    r = read_candidate(cat.sensor("landsat-8-c2-l2"), [clear], chip.pixel_grid(30), NoSigner())
+    r = read_candidate(cat.sensor("landsat-8-c2-l2"), [_parse(cat, "landsat-8-c2-l2", clear)], chip.pixel_grid(30),
+                       NoSigner())
     assert r.harmonization == "DN * 2.75e-05 -0.2"
     row, col = int((chip.bounds[3] - my) // 30), int((mx - chip.bounds[0]) // 30)
     assert np.all(np.abs(r.data[:, row, col].astype(int) - 6000) < 1200)  # 90 m marker, 30 m pixels, PSF
@@ -136,7 +145,8 @@ def test_masks_clouds_and_nodata(tiny_world: Path) -> None:
     chip = Chip(960, int(x0 // 960), int(y0 // 960))
     s2 = [json.loads(line) for line in (tiny_world / "sentinel-2-l2a.ndjson").read_text().splitlines()]
     cloudy = max(s2, key=lambda it: it["properties"]["eo:cloud_cover"])
-    r = read_candidate(cat.sensor("sentinel-2-l2a"), [cloudy], chip.pixel_grid(10), NoSigner())
+    r = read_candidate(cat.sensor("sentinel-2-l2a"), [_parse(cat, "sentinel-2-l2a", cloudy)], chip.pixel_grid(10),
+                       NoSigner())
     assert r.cloud_fraction is not None and r.cloud_fraction > 0.2
     assert r.valid_fraction < 0.8
     assert r.valid.dtype == np.uint8 and set(np.unique(r.valid)) <= {0, 1}
@@ -152,7 +162,8 @@ def test_masks_clouds_and_nodata(tiny_world: Path) -> None:
     tile_l93 = reproject_geometry(box(*east["assets"]["B02"]["proj:bbox"]), "EPSG:32631", L93)
     edge_x = tile_l93.bounds[2]
     far = Chip(960, int(edge_x // 960), chip.row)
-    r2 = read_candidate(cat.sensor("sentinel-2-l2a"), [east], far.pixel_grid(10), NoSigner())
+    r2 = read_candidate(cat.sensor("sentinel-2-l2a"), [_parse(cat, "sentinel-2-l2a", east)], far.pixel_grid(10),
+                        NoSigner())
     assert 0 < r2.covered_fraction < 1
     assert np.all(r2.data[:, r2.valid == 0] == 0) or r2.cloud_fraction
 

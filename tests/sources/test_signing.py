@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from msc_france.build.read import clear_http_cache, open_raster
+from msc_france.build.warp import clear_http_cache, open_raster
 from msc_france.errors import SourceError
 from msc_france.sources.signing import NoSigner, PlanetaryComputerSigner
 from tests.servers import AssetServer, TokenServer, planetary_computer_env

@@ -1,0 +1,87 @@
+"""``msc-france catalog ingest``: files users downloaded -> a local static STAC catalog.
+
+One ingester per product family (BD ORTHO aerial tiles, SPOT-6/7 orthos, Sentinel-2 L2A SAFE,
+Theia/MAJA L2A), chosen with ``--product`` or detected from the files. Every raster file under
+the directory ends up in an item or in the report's skipped list, with the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from msc_france.errors import BadInputError
+from msc_france.ingest.bdortho import ingest_bdortho
+from msc_france.ingest.common import IngestReport, parse_when, raster_files, write_catalog
+from msc_france.ingest.sentinel2 import ingest_safe, ingest_theia
+from msc_france.ingest.spot import ingest_spot
+
+Product = Literal["auto", "bd-ortho", "spot", "s2-safe", "theia"]
+PRODUCTS = ("bd-ortho", "spot", "s2-safe", "theia")
+DEFAULT_COLLECTION = {"bd-ortho": "aerial", "spot": "spot", "s2-safe": "sentinel-2-l2a", "theia": "sentinel-2-theia"}
+
+
+def detect_product(directory: Path, files: list[Path]) -> str:
+    """The product family the files make clear; BadInputError when they mix families."""
+    found = set()
+    if directory.name.endswith(".SAFE") or any(p.name == "MTD_MSIL2A.xml" for p in directory.rglob("MTD_MSIL2A.xml")):
+        found.add("s2-safe")
+    if any(("_FRE_B" in f.name or "_SRE_B" in f.name) for f in files):
+        found.add("theia")
+    if any("SPOT" in f.name.upper() for f in files):
+        found.add("spot")
+    if len(found) > 1:
+        raise BadInputError(f"{directory} mixes products ({', '.join(sorted(found))}): pass --product")
+    return found.pop() if found else "bd-ortho"
+
+
+def ingest(directory: Path, out: Path, product: str = "auto", collection: str | None = None,
+           when: str | None = None, variant: str = "FRE", band_order: list[str] | None = None) -> IngestReport:
+    """Scan ``directory`` and write ``out/catalog.json``.
+
+    Args:
+        directory: folder searched recursively.
+        out: output folder for the catalog (created).
+        product: ``auto`` or one of bd-ortho, spot, s2-safe, theia.
+        collection: collection id of the items (default per product).
+        when: acquisition date (YYYY-MM-DD) overriding file metadata (BD ORTHO, SPOT).
+        variant: Theia reflectance, ``FRE`` (flat, slope-corrected) or ``SRE``.
+        band_order: SPOT band names in file order, when the files do not name their bands.
+
+    Returns:
+        The report: items written, files used, files skipped with their reasons.
+
+    Raises:
+        BadInputError: missing directory, no raster file, mixed products, nothing usable.
+    """
+    directory = directory.expanduser()
+    if not directory.is_dir():
+        raise BadInputError(f"not a directory: {directory}")
+    if product not in ("auto", *PRODUCTS):
+        raise BadInputError(f"unknown product '{product}' (known: auto, {', '.join(PRODUCTS)})")
+    if variant not in ("FRE", "SRE"):
+        raise BadInputError(f"unknown Theia variant '{variant}' (FRE or SRE)")
+    forced = parse_when(when)
+    files = raster_files(directory)
+    if not files:
+        raise BadInputError(f"no .jp2/.tif/.tiff files under {directory}")
+    kind = detect_product(directory, files) if product == "auto" else product
+    coll = collection or DEFAULT_COLLECTION[kind]
+    report = IngestReport()
+    if kind == "bd-ortho":
+        items = ingest_bdortho(files, directory, coll, forced, report)
+    elif kind == "spot":
+        items = ingest_spot(files, coll, forced, band_order, report)
+    elif kind == "s2-safe":
+        items = ingest_safe(files, directory, coll, report)
+    else:
+        items = ingest_theia(files, directory, coll, variant, report)
+    if not items:
+        first = f": {report.skipped[0][0].name}: {report.skipped[0][1]}" if report.skipped else ""
+        raise BadInputError(f"no {kind} item could be made from {directory}{first}")
+    report.catalog = write_catalog(items, out.expanduser(), coll, f"{kind} files ingested from {directory}")
+    report.items = len(items)
+    return report
+
+
+__all__ = ["PRODUCTS", "IngestReport", "detect_product", "ingest"]

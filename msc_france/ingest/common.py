@@ -1,0 +1,158 @@
+"""What every ingester shares: reading a file's grid, naming its CRS, making and writing items.
+
+Items follow STAC 1.x with the projection, raster and eo extensions declared in
+``stac_extensions`` (validated by pystac in the tests). ``proj:code`` is written when the CRS
+has an EPSG equivalent (by equivalence, as GDAL identifies it, not by name), ``proj:wkt2``
+otherwise: the warper needs the file's CRS, never an EPSG code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pystac
+import rasterio
+import rasterio.errors
+from shapely.geometry import box, mapping
+
+from msc_france.crs import WGS84, identify_epsg, reproject_geometry
+from msc_france.errors import BadInputError
+
+RASTER_SUFFIXES = {".jp2", ".tif", ".tiff"}
+EXTENSIONS = [
+    "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+    "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+]
+
+
+@dataclass(frozen=True)
+class RasterMeta:
+    """What ingest reads from a raster file's header."""
+
+    path: Path
+    crs_code: str | None  # "EPSG:NNNN" when GDAL identifies one
+    crs_wkt: str
+    transform: tuple[float, ...]
+    height: int
+    width: int
+    count: int
+    dtype: str
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+    tags: dict[str, str]
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(minx, miny, maxx, maxy) in the file's CRS."""
+        a, _, c, _, e, f = self.transform
+        return (c, f + e * self.height, c + a * self.width, f)
+
+    @property
+    def res(self) -> float:
+        """Pixel size (x) in CRS units."""
+        return abs(self.transform[0])
+
+    @property
+    def crs_input(self) -> str:
+        """The CRS as pyproj/rasterio input: its EPSG code, else its WKT."""
+        return self.crs_code or self.crs_wkt
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did: items written, and every input file it did not use, with the reason."""
+
+    items: int = 0
+    files_used: int = 0
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    catalog: Path | None = None
+
+
+def crs_code(crs: rasterio.crs.CRS) -> str | None:
+    """'EPSG:NNNN' for a CRS equivalent to an EPSG CRS (IGN's authority-less Lambert-93 WKTs
+    included, see :func:`msc_france.crs.identify_epsg`), else None."""
+    epsg = identify_epsg(crs.to_wkt())
+    return f"EPSG:{epsg}" if epsg else None
+
+
+def read_meta(path: Path) -> RasterMeta:
+    """Read a raster header. Raises BadInputError (unreadable file, no CRS)."""
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                raise BadInputError(f"{path} has no CRS")
+            return RasterMeta(path, crs_code(src.crs), src.crs.to_wkt(), tuple(src.transform)[:6], src.height,
+                              src.width, src.count, src.dtypes[0], src.nodata, tuple(src.descriptions),
+                              dict(src.tags()))
+    except rasterio.errors.RasterioIOError as e:
+        raise BadInputError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+
+
+def raster_files(directory: Path) -> list[Path]:
+    """Every .jp2/.tif/.tiff file under ``directory`` (sorted)."""
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
+
+
+def new_item(item_id: str, meta: RasterMeta, when: dt.datetime, props: dict[str, Any], collection: str) -> pystac.Item:
+    """An item whose geometry is ``meta``'s footprint, with projection properties."""
+    geom = reproject_geometry(box(*meta.bounds), meta.crs_input, WGS84, densify_m=100 * meta.res)
+    proj: dict[str, Any] = {"proj:code": meta.crs_code} if meta.crs_code else {"proj:code": None, "proj:wkt2": meta.crs_wkt}
+    item = pystac.Item(item_id, mapping(geom), list(geom.bounds), when, {
+        "gsd": meta.res, **proj, "proj:shape": [meta.height, meta.width],
+        "proj:transform": list(meta.transform), "proj:bbox": list(meta.bounds), **props,
+    }, collection=collection, stac_extensions=list(EXTENSIONS))
+    return item
+
+
+def add_asset(item: pystac.Item, key: str, meta: RasterMeta, bands: list[tuple[str, str | None]],
+              roles: list[str], title: str, nodata: float | None = None, scale: float | None = None,
+              offset: float | None = None) -> None:
+    """Add a file as an asset, with eo:bands (name, common name) and raster:bands."""
+    media = "image/jp2" if meta.path.suffix.lower() == ".jp2" else pystac.MediaType.GEOTIFF
+    nd = meta.nodata if meta.nodata is not None else nodata
+    rb: dict[str, Any] = {"data_type": meta.dtype}
+    if nd is not None:
+        rb["nodata"] = nd
+    if scale is not None:
+        rb["scale"] = scale
+    if offset is not None:
+        rb["offset"] = offset
+    eo = [{"name": n, **({"common_name": c} if c else {})} for n, c in bands]
+    item.add_asset(key, pystac.Asset(str(meta.path.resolve()), title=title, media_type=media, roles=roles,
+                                     extra_fields={"eo:bands": eo, "raster:bands": [dict(rb) for _ in range(meta.count)],
+                                                   "proj:shape": [meta.height, meta.width],
+                                                   "proj:transform": list(meta.transform)}))
+
+
+def write_catalog(items: list[pystac.Item], out: Path, collection: str, description: str) -> Path:
+    """Write ``out/catalog.json``, a self-contained catalog holding one collection of ``items``."""
+    if not items:
+        raise BadInputError(f"nothing to write: no item could be made ({description})")
+    cat = pystac.Catalog("msc-france-local", description)
+    bboxes = [it.bbox for it in items]
+    dates = [it.datetime for it in items]
+    coll = pystac.Collection(collection, description, pystac.Extent(
+        pystac.SpatialExtent([[min(b[0] for b in bboxes), min(b[1] for b in bboxes),
+                               max(b[2] for b in bboxes), max(b[3] for b in bboxes)]]),
+        pystac.TemporalExtent([[min(dates), max(dates)]])))
+    cat.add_child(coll)
+    for it in items:
+        coll.add_item(it)
+    out.mkdir(parents=True, exist_ok=True)
+    cat.normalize_hrefs(str(out.resolve()))
+    cat.save(pystac.CatalogType.SELF_CONTAINED)
+    return out / "catalog.json"
+
+
+def parse_when(when: str | None) -> dt.datetime | None:
+    """``--datetime YYYY-MM-DD`` -> noon UTC of that day (None: take dates from the files)."""
+    if when is None:
+        return None
+    try:
+        return dt.datetime.combine(dt.date.fromisoformat(when), dt.time(12), dt.UTC)
+    except ValueError:
+        raise BadInputError(f"bad --datetime '{when}': expected YYYY-MM-DD") from None
