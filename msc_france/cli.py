@@ -58,11 +58,12 @@ def regions() -> None:
 def sensors(catalog_name: str) -> None:
     """List the sensors of a catalog and where their items come from."""
     from msc_france.config import load_catalog
+    from msc_france.sources.urls import redact
 
     cat = load_catalog(catalog_name)
     rows = []
     for s in cat.sensors.values():
-        where = s.source.url or s.source.path or "generated demo world"
+        where = redact(s.source.url) if s.source.url else (s.source.path or "generated demo world")  # no secrets
         rows.append([s.name, s.kind, f"{s.native_gsd:g} -> {s.default_gsd:g}", s.dtype, " ".join(s.band_names),
                      f"{s.source.type}:{s.source.collection}", where])
     _echo_table(rows, ["sensor", "kind", "gsd m (native -> store)", "dtype", "bands", "source", "location"])
@@ -186,6 +187,8 @@ def info(store: str, as_json: bool) -> None:
         rows.append([g, f"{L['gsd']:g}", L["chip_pixels"], " ".join(L["bands"]), L["dtype"],
                      " ".join(f"{k}={v}" for k, v in L["status"].items()), mvf, mean])
     _echo_table(rows, ["group", "gsd m", "px", "bands", "dtype", "status", "valid", "band means"])
+    for p in s["problems"]:
+        click.echo(f"PROBLEM: {p}")
 
 
 @cli.command()

@@ -70,9 +70,17 @@ class SourceSpec(StrictModel):
     properties: dict[str, str | int | float] = Field(
         default_factory=dict, description="exact-match item property filters, e.g. platform: landsat-8"
     )
-    timeout_s: float = Field(20.0, gt=0)
+    timeout_s: float = Field(20.0, gt=0, description="per read (connect and each chunk)")
+    response_deadline_s: float = Field(120.0, gt=0, description="whole HTTP response, however it trickles")
+    search_deadline_s: float = Field(900.0, gt=0, description="whole search, all pages and retries")
+    max_pages: int = Field(2000, ge=1, description="pages followed per search")
+    max_items: int = Field(200_000, ge=1, description="items accepted per search")
     max_retries: int = Field(3, ge=0)
     page_size: int = Field(250, ge=1, le=1000)
+    allowed_hosts: list[str] | None = Field(
+        None, description="asset hosts the source may point at (None: any public host)")
+    allow_private_hosts: bool = Field(
+        False, description="accept asset hrefs on loopback/private addresses (local servers, tests)")
 
     @model_validator(mode="after")
     def _check_location(self) -> SourceSpec:

@@ -4,6 +4,12 @@ Library code raises these; the CLI turns them into one-line messages and exit co
 """
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name when it has none), bounded."""
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:limit]
+
+
 class MscFranceError(Exception):
     """Base class of every error msc-france reports to a user."""
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from msc_france.store import DONE, FORMAT_VERSION, STATUS, STATUS_NAMES, Store
+from msc_france.errors import StoreError, first_line
+from msc_france.store import DONE, FORMAT_VERSION, STATUS, STATUS_NAMES, ChipReader, Store
 
 
 def info(store: Store) -> dict[str, Any]:
@@ -18,6 +19,7 @@ def info(store: Store) -> dict[str, Any]:
         "chip_size_m": m["chip_size_m"], "chips_per_shard": m["chips_per_shard"], "n_chips": store.n_chips,
         "regions": m["regions"], "complete": m.get("complete", False), "layers": {},
     }
+    out["problems"] = cheap_problems(store)
     n = store.n_chips
     splits = [str(s) for s in store.root["split"][:n]] if n else []
     out["splits"] = {s: splits.count(s) for s in ("train", "val", "test")}
@@ -33,6 +35,26 @@ def info(store: Store) -> dict[str, Any]:
             "stats": g.attrs.get("stats"),
         }
     return out
+
+
+def cheap_problems(store: Store) -> list[str]:
+    """What ``info`` can see without decoding chips: the index and the done marks (run
+    ``validate`` for everything else)."""
+    problems = []
+    if not store.exists("index.parquet"):
+        problems.append("index.parquet missing (run build again)")
+    else:
+        try:
+            idx = store.index()
+            if len(idx) != store.n_chips:
+                problems.append(f"index.parquet has {len(idx)} rows for {store.n_chips} chips (run validate)")
+        except Exception as e:  # a damaged parquet file raises pyarrow's own types
+            problems.append(f"index.parquet unreadable ({first_line(e, 100)}): run validate")
+    try:
+        store.read_commits()
+    except StoreError as e:
+        problems.append(str(e))
+    return problems
 
 
 @dataclass
@@ -66,17 +88,23 @@ def validate(store: Store, checksums: bool = True) -> ValidationReport:
         elif store.root[name].shape[0] > n:
             rep.incomplete.append(f"root/{name}: chip slots allocated, not registered (run build again)")
     for L in store.layers:
-        if L.group not in store.root:
-            rep.corrupt.append(f"missing group {L.group}")
+        try:
+            g = store.root[L.group]
+        except Exception as e:  # a missing or unreadable group zarr.json
+            rep.corrupt.append(f"group {L.group}: {first_line(e, 160)}")
             continue
-        g = store.root[L.group]
         px = L.pixels(store.chip_size_m)
         want = (n, px, px) if L.is_label else (n, len(L.bands), px, px)
+        arrays = {}
+        for name in (L.data_name, "valid", "status", "datetime", "item_ids", "valid_fraction", "chip_id"):
+            try:
+                arrays[name] = g[name]
+            except Exception as e:  # truncated or garbage zarr.json: zarr raises JSON or key errors
+                rep.corrupt.append(f"{L.group}/{name}: array metadata unreadable ({first_line(e, 120)})")
         for name, shape in ((L.data_name, want), ("valid", (n, px, px))):
-            if name not in g:
-                rep.corrupt.append(f"{L.group}/{name} missing")
+            if name not in arrays:
                 continue
-            a = g[name]
+            a = arrays[name]
             if a.shape[1:] != shape[1:] or a.shape[0] < n:
                 rep.corrupt.append(f"{L.group}/{name} shape {a.shape}, expected {shape}")
             elif a.shape[0] > n:  # a build was stopped while registering chips
@@ -85,17 +113,21 @@ def validate(store: Store, checksums: bool = True) -> ValidationReport:
                 rep.corrupt.append(f"{L.group}/{name} chunks {a.chunks}, expected one chip per chunk")
             if a.shards is None or a.shards[0] != s:
                 rep.corrupt.append(f"{L.group}/{name} shards {a.shards}, expected {s} chips per shard")
-        if str(g[L.data_name].dtype) != L.dtype:
-            rep.corrupt.append(f"{L.group}/{L.data_name} dtype {g[L.data_name].dtype}, expected {L.dtype}")
+        if L.data_name in arrays and str(arrays[L.data_name].dtype) != L.dtype:
+            rep.corrupt.append(f"{L.group}/{L.data_name} dtype {arrays[L.data_name].dtype}, expected {L.dtype}")
         for name in ("status", "datetime", "item_ids", "valid_fraction", "chip_id"):
-            if g[name].shape[0] < n:
-                rep.corrupt.append(f"{L.group}/{name} shape {g[name].shape}, expected ({n},)")
+            if name in arrays and arrays[name].shape[0] < n:
+                rep.corrupt.append(f"{L.group}/{name} shape {arrays[name].shape}, expected ({n},)")
     if rep.corrupt:
         return rep
     ids = store.chip_ids()
     if any(not c for c in ids):
         rep.incomplete.append(f"{sum(1 for c in ids if not c)} chip slot(s) allocated but not registered")
-    commits = store.read_commits()
+    try:
+        commits = store.read_commits()
+    except StoreError as e:
+        rep.corrupt.append(str(e))
+        return rep
     pending: dict[str, int] = {}
     failed: dict[str, int] = {}
     for cid in ids:
@@ -120,16 +152,32 @@ def validate(store: Store, checksums: bool = True) -> ValidationReport:
                 break
     if not store.exists("index.parquet"):
         rep.incomplete.append("index.parquet missing (run build again)")
+    else:
+        _check_index(store, ids, commits, rep)
     partial = [p for p in store.fs.find(store.fs_root) if p.endswith(".partial")]
     if partial:
         rep.incomplete.append(f"{len(partial)} partial file(s) from an interrupted write")
     if checksums and not rep.corrupt:
+        reader = ChipReader(store)
         for L in store.layers:
             g = store.root[L.group]
             data_arr, valid_arr = g[L.data_name], g["valid"]
             for start in range(0, n, s):  # one shard at a time: bounded memory
                 stop = min(start + s, n)
-                data, valid = data_arr[start:stop], valid_arr[start:stop]
+                built = [i for i in range(start, stop) if commits.get(ids[i], {}).get("sensors", {}).get(
+                    L.group, {}).get("status") in ("ok", "flagged")]
+                shard = reader.shard_file(L.group, L.data_name, start)
+                if built and not (store.exists(shard) and store.exists(reader.shard_file(L.group, "valid", start))):
+                    rep.corrupt.append(f"{L.group}: shard file {shard} (or its valid mask) is missing; it holds "
+                                       f"{len(built)} built chip(s) from {ids[built[0]]} (rebuild: build --retry-failed "
+                                       "after deleting their done mark, or build a new store)")
+                    continue
+                try:
+                    data, valid = data_arr[start:stop], valid_arr[start:stop]
+                except Exception as e:  # damaged bytes: a codec error, never a crash of validate
+                    rep.corrupt.append(f"{L.group}: shard {shard} cannot be decoded ({first_line(e, 120)}); it holds "
+                                       f"chips {ids[start]}..{ids[stop - 1]}")
+                    continue
                 for i in range(start, stop):
                     rec = commits.get(ids[i], {}).get("sensors", {}).get(L.group)
                     if not rec or rec.get("status") not in DONE or "checksum" not in rec:
@@ -140,3 +188,37 @@ def validate(store: Store, checksums: bool = True) -> ValidationReport:
                         rep.corrupt.append(f"{L.group}: checksum mismatch for chip {ids[i]}")
                     rep.checked_chips += 1
     return rep
+
+
+def _check_index(store: Store, ids: list[str], commits: dict[str, Any], rep: ValidationReport) -> None:
+    """The GeoParquet index must be readable and agree with the arrays and the done marks."""
+    try:
+        idx = store.index()
+    except Exception as e:  # garbage bytes: pyarrow raises its own error types
+        rep.corrupt.append(f"index.parquet unreadable ({first_line(e, 120)}): run build again to rewrite it")
+        return
+    need = {"chip_id", "chip_index", "split", "geometry"}
+    if not need <= set(idx.columns):
+        rep.corrupt.append(f"index.parquet lacks columns {sorted(need - set(idx.columns))}")
+        return
+    if len(idx) != len(ids):
+        rep.corrupt.append(f"index.parquet has {len(idx)} rows; the store has {len(ids)} chips")
+        return
+    if [int(v) for v in idx["chip_index"]] != list(range(len(ids))) or list(idx["chip_id"]) != ids:
+        bad = next(i for i, (a, b) in enumerate(zip(idx["chip_id"], ids, strict=True)) if a != b
+                   or int(idx["chip_index"].iloc[i]) != i) if len(ids) else 0
+        rep.corrupt.append(f"index.parquet does not match the arrays: row {bad} says chip "
+                           f"{idx['chip_id'].iloc[bad]} at index {int(idx['chip_index'].iloc[bad])}, the arrays hold "
+                           f"{ids[bad]} there (run build again to rewrite the index)")
+        return
+    for L in store.layers:
+        col = f"status_{L.group}"
+        if col not in idx.columns:
+            rep.corrupt.append(f"index.parquet lacks column {col}")
+            continue
+        for cid, st in zip(idx["chip_id"], idx[col], strict=True):
+            want = commits.get(cid, {}).get("sensors", {}).get(L.group, {}).get("status", "pending")
+            if st != want:
+                rep.corrupt.append(f"index.parquet says {L.group} of {cid} is {st}; its done mark says {want} "
+                                   "(run build again to rewrite the index)")
+                break

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,12 +18,39 @@ from msc_france.crs import L93, WGS84, reproject_geometry
 from msc_france.errors import BadInputError
 
 
+#: What a region name may contain: it names folders and files (exports, previews) and is
+#: stored in the index, so it must be one safe path component with no list separator.
+_NAME = re.compile(r"^[a-z0-9][a-z0-9 _.\-]{0,127}$")
+
+
+def check_region_name(name: str) -> str:
+    """``name`` if it is a safe region name, else a BadInputError naming the rule it breaks."""
+    if not name or name in (".", "..") or ".." in name:
+        raise BadInputError(f"region name {name!r} is not allowed: it must not be empty or contain '..'")
+    if any(c in name for c in "/\\"):
+        raise BadInputError(f"region name {name!r} is not allowed: no path separators")
+    if "," in name:
+        raise BadInputError(f"region name {name!r} is not allowed: no commas (they separate region lists)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise BadInputError(f"region name {name!r} is not allowed: no control characters")
+    if not _NAME.match(name):
+        raise BadInputError(f"region name {name!r} is not allowed: use lower-case letters, digits, spaces, '_', '-', '.' "
+                            "(at most 128, starting with a letter or digit)")
+    return name
+
+
 @dataclass(frozen=True)
 class Region:
-    """An area of interest: its name and its geometry in Lambert-93 (EPSG:2154)."""
+    """An area of interest: its name and its geometry in Lambert-93 (EPSG:2154).
+
+    The name is validated on construction (:func:`check_region_name`): it becomes file names.
+    """
 
     name: str
     geometry: BaseGeometry
+
+    def __post_init__(self) -> None:
+        check_region_name(self.name)
 
     @property
     def geometry_wgs84(self) -> BaseGeometry:
@@ -121,7 +149,7 @@ def parse_region(text: str, check_france: bool = True) -> Region:
         p = Path(text)
         if not p.exists():
             raise BadInputError(f"region file not found: {p}")
-        region = Region(p.stem.lower(), _read_region_file(p))
+        region = Region(check_region_name(p.stem.lower()), _read_region_file(p))
     else:
         names = [n for n in regions if n != "france"]
         close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from msc_france.errors import BadInputError
-from msc_france.store import STATUS, Layer, Store
+from msc_france.errors import BadInputError, StoreError
+from msc_france.fsutil import atomic_path
+from msc_france.grid import Chip
+from msc_france.regions import check_region_name
+from msc_france.store import STATUS, ChipReader, Layer, Store
 
 # Sensor folder names of the X-STARS reference code; other sensors keep their own name.
 XSTARS_NAMES = {"sentinel-2-l2a": "Sentinel", "landsat-8-c2-l2": "Landsat", "aerial": "SPOT"}
@@ -15,15 +18,24 @@ WORLDCOVER_COLORS = {10: "#006400", 20: "#ffbb22", 30: "#ffff4c", 40: "#f096ff",
                      70: "#f0f0f0", 80: "#0064c8", 90: "#0096a0", 95: "#00cf75", 100: "#fae6a0"}
 
 
+def _reader(store: Store) -> ChipReader:
+    """One checked reader per store object (it caches the status arrays)."""
+    r = getattr(store, "_chip_reader", None)
+    if r is None:
+        r = ChipReader(store)
+        store._chip_reader = r  # type: ignore[attr-defined]
+    return r
+
+
 def rgb8(store: Store, layer: Layer, index: int) -> np.ndarray:
     """One chip as an (H, W, 3) uint8 RGB image, stretched 2-98% over its valid pixels."""
-    g = store.root[layer.group]
     spec_rgb = [b for b in ("red", "green", "blue") if b in layer.bands]
     if len(spec_rgb) != 3:
         raise BadInputError(f"sensor {layer.group} has no red/green/blue bands")
     bands = [layer.bands.index(b) for b in spec_rgb]
-    data = g[layer.data_name][index][bands].astype(np.float32)
-    valid = g["valid"][index].astype(bool) & np.all(data > 0, axis=0)
+    reader = _reader(store)
+    data = reader.read(layer.group, layer.data_name, index)[bands].astype(np.float32)
+    valid = reader.read(layer.group, "valid", index).astype(bool) & np.all(data > 0, axis=0)
     out = np.zeros((*data.shape[1:], 3), np.uint8)
     if not valid.any():
         return out
@@ -38,7 +50,7 @@ def labels_rgb(store: Store, layer: Layer, index: int) -> np.ndarray:
     """A label chip coloured with the WorldCover palette."""
     from matplotlib.colors import to_rgb
 
-    cls = store.root[layer.group][layer.data_name][index]
+    cls = _reader(store).read(layer.group, layer.data_name, index)
     out = np.zeros((*cls.shape, 3), np.uint8)
     for v, c in WORLDCOVER_COLORS.items():
         out[cls == v] = (np.array(to_rgb(c)) * 255).astype(np.uint8)
@@ -76,7 +88,8 @@ def preview(store: Store, out: Path, n_chips: int = 6, seed: int = 0) -> list[Pa
     fig.suptitle(f"{Path(store.url.rstrip('/')).name}: the same ground in every sensor", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     paths = [out / "chips.png"]
-    fig.savefig(paths[0], dpi=90)
+    with atomic_path(paths[0]) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 4.5), squeeze=False)
@@ -95,7 +108,8 @@ def preview(store: Store, out: Path, n_chips: int = 6, seed: int = 0) -> list[Pa
     fig.suptitle("chip footprints (Lambert-93) by status", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     paths.append(out / "footprints.png")
-    fig.savefig(paths[1], dpi=90)
+    with atomic_path(paths[1]) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
     return paths
 
@@ -116,12 +130,16 @@ def export_xstars(store: Store, out: Path, split: str | None = None) -> int:
         rows = rows[rows["split"] == split]
     for _, row in rows.iterrows():
         region = (row["region"] or "unknown").split(",")[0]
+        try:  # names become folders: a store written before names were checked may hold ".."
+            check_region_name(region)
+            Chip.from_id(str(row["chip_id"]))
+        except BadInputError as e:
+            raise StoreError(f"store {store.url} holds an unsafe name ({e}); nothing exported from it") from None
         for L in layers:
             d = out / XSTARS_NAMES.get(L.group, L.group) / region
             d.mkdir(parents=True, exist_ok=True)
-            tmp = d / f".{row['chip_id']}.png.tmp"
-            Image.fromarray(rgb8(store, L, int(row["chip_index"]))).save(tmp, format="PNG")
-            tmp.replace(d / f"{row['chip_id']}.png")
+            with atomic_path(d / f"{row['chip_id']}.png") as tmp:
+                Image.fromarray(rgb8(store, L, int(row["chip_index"]))).save(tmp, format="PNG")
     return len(rows)
 
 

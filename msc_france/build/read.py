@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from msc_france.build.warp import clear_http_cache, first_line, warp_asset
+from msc_france.build.warp import clear_http_cache, warp_asset
 from msc_france.config import SensorSpec
 from msc_france.errors import SourceError
 from msc_france.grid import PixelGrid
@@ -146,4 +146,4 @@ def read_candidate(spec: SensorSpec, items: list[SourceItem], grid: PixelGrid, s
     )
 
 
-__all__ = ["ChipRead", "ItemRead", "first_line", "pack", "read_candidate", "read_item"]
+__all__ = ["ChipRead", "ItemRead", "pack", "read_candidate", "read_item"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import rasterio
 from msc_france.build.read import ChipRead, read_candidate
 from msc_france.build.warp import clear_http_cache, gdal_env
 from msc_france.config import Catalog, Recipe, SensorSpec
-from msc_france.errors import BadInputError, SourceError
+from msc_france.errors import BadInputError, SourceError, first_line
 from msc_france.grid import Chip
 from msc_france.plan import Plan
 from msc_france.products import SourceItem, rules_for
@@ -135,7 +136,7 @@ def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_s
     """Build, write and commit one shard; returns the chip records it committed."""
     store = Store.open(store_path, mode="r+")
     worker = _worker_name()
-    existing = store.read_commit(task.shard)
+    existing = store.read_commit(task.shard, tolerant=True)
     rebuild = {j.chip_id for j in task.jobs}
     keep = {cid: rec for cid, rec in existing.items() if cid not in rebuild}
     records: dict[str, Any] = {j.chip_id: {"index": j.index, "worker": worker, "sensors": {}} for j in task.jobs}
@@ -187,40 +188,91 @@ def _worker_name() -> str:
 # --------------------------------------------------------------------------- scheduling
 
 
+class ThreadClient:
+    """The local default: shard tasks on a thread pool in this process.
+
+    A dask LocalCluster, even with threads and ``dashboard_address=None``, opens HTTP servers
+    on every interface (0.0.0.0:8787); a local build needs no network listener at all. This
+    offers the part of the ``distributed.Client`` API the build uses.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, threads)
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="msc-build")
+
+    def nthreads(self) -> dict[str, int]:
+        """Threads per worker (one worker: this process)."""
+        return {"local": self.threads}
+
+    def submit(self, fn: Callable[..., Any], *args: Any, key: str, **_: Any) -> Future:
+        """Run ``fn(*args)`` on the pool; the future carries ``key`` like a dask future."""
+        fut = self.pool.submit(fn, *args)
+        fut.key = key  # type: ignore[attr-defined]
+        return fut
+
+    def close(self) -> None:
+        """Wait for running tasks and stop the pool."""
+        self.pool.shutdown(wait=True)
+
+
+class _Completed:
+    """``distributed.as_completed`` for concurrent.futures: iterate in completion order, ``add`` more."""
+
+    def __init__(self, futures: list[Future]) -> None:
+        self.pending = set(futures)
+
+    def add(self, fut: Future) -> None:
+        self.pending.add(fut)
+
+    def __iter__(self) -> Iterator[Future]:
+        while self.pending:
+            done, _ = wait(self.pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                self.pending.discard(f)
+                yield f
+
+
 @contextmanager
 def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
-    """A distributed Client: in-process threads (default), a process LocalCluster, or a remote one.
+    """Where shard tasks run: local threads (default, no listener), a process LocalCluster bound
+    to 127.0.0.1, or a remote dask.distributed scheduler.
 
     Args:
         scheduler: None or "threads" (local threads), "processes" (a LocalCluster of ``workers``
             single-threaded processes), or a ``tcp://host:port`` scheduler address.
         workers: threads or processes for local schedulers.
     """
-    from distributed import Client, LocalCluster
-
-    logging.getLogger("distributed").setLevel(logging.ERROR)
-    if scheduler and scheduler.startswith(("tcp://", "tls://", "inproc://")):
-        try:
-            client = Client(scheduler, timeout="10s")
-        except (OSError, TimeoutError) as e:
-            raise BadInputError(f"cannot reach dask scheduler {scheduler}: {str(e).splitlines()[0]}") from None
+    if scheduler not in (None, "threads", "processes") and not str(scheduler).startswith(("tcp://", "tls://",
+                                                                                         "inproc://")):
+        raise BadInputError(f"unknown scheduler '{scheduler}': use threads, processes or tcp://HOST:PORT")
+    if scheduler in (None, "threads"):
+        client = ThreadClient(workers)
         try:
             yield client
         finally:
             client.close()
         return
-    if scheduler not in (None, "threads", "processes"):
-        raise BadInputError(f"unknown scheduler '{scheduler}': use threads, processes or tcp://HOST:PORT")
-    processes = scheduler == "processes"
-    cluster = LocalCluster(
-        n_workers=workers if processes else 1, threads_per_worker=1 if processes else workers,
-        processes=processes, dashboard_address=None, silence_logs=logging.ERROR,
-    )
-    client = Client(cluster)
+    from distributed import Client, LocalCluster
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    if scheduler != "processes":
+        try:
+            remote = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as e:
+            raise BadInputError(f"cannot reach dask scheduler {scheduler}: {first_line(e)}") from None
+        try:
+            yield remote
+        finally:
+            remote.close()
+        return
+    # Workers must talk to the scheduler: bind everything to loopback, never 0.0.0.0.
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None, silence_logs=logging.ERROR)
+    dclient = Client(cluster)
     try:
-        yield client
+        yield dclient
     finally:
-        client.close()
+        dclient.close()
         cluster.close()
 
 
@@ -334,7 +386,7 @@ def run_build(
         index_of = store.register(plan.chips, plan.region.name,
                                   (recipe.split.train, recipe.split.val, recipe.split.test), recipe.split.salt)
         group_sensor = {L.group: L.sensor for L in layers}
-        tasks, summary.skipped = plan_tasks(plan, index_of, store.read_commits(), store.chips_per_shard,
+        tasks, summary.skipped = plan_tasks(plan, index_of, store.read_commits(tolerant=True), store.chips_per_shard,
                                             group_sensor, retry_failed, store.n_chips)
         if tasks:
             memo: dict[tuple[str, str], SourceItem | str] = {}
@@ -350,7 +402,10 @@ def run_build(
 def _run_tasks(client: Any, tasks: list[ShardTask], prepare: Callable[[ShardTask], ShardTask], store_path: str,
                rules: list[LayerRule], recipe: Recipe, summary: BuildSummary,
                progress: Callable[[int, dict[str, Any]], None] | None) -> None:
-    from distributed import as_completed
+    if isinstance(client, ThreadClient):
+        as_completed: Callable[[list[Any]], Any] = _Completed
+    else:
+        from distributed import as_completed
 
     nthreads = max(1, sum(client.nthreads().values()))
     window = max(2, 2 * nthreads)

@@ -25,7 +25,7 @@ import rasterio.errors
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.warp import reproject
 
-from msc_france.errors import SourceError
+from msc_france.errors import SourceError, first_line
 from msc_france.grid import PixelGrid
 from msc_france.sources.signing import Signer
 
@@ -71,12 +71,6 @@ def clear_http_cache() -> None:
             return
         except (OSError, AttributeError):
             continue
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none), bounded."""
-    lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__)[:300]
 
 
 def _is_403(e: Exception) -> bool:

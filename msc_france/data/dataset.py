@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from msc_france.errors import BadInputError, StoreError
 from msc_france.grid import Chip
-from msc_france.store import Store
+from msc_france.store import ChipReader, Store
 
 Sample = dict[str, Any]
 
@@ -41,11 +41,13 @@ class MSCFranceDataset(Dataset):
         size: resize every sensor's chip to ``size`` x ``size`` pixels on load (area-antialiased
             bilinear for images, nearest for masks and labels), as X-STARS feeds every sensor at
             one input size; the chip extent is unchanged, so sensors stay co-located.
-        cache: keep decoded (and resized) samples in memory, per process; for stores that fit in
-            RAM, such as the demo's, where decoding full-resolution aerial chips dominates.
+        cache: keep decoded (and resized) chips in memory, per process; for stores that fit in
+            RAM, such as the demo's, where decoding full-resolution aerial chips dominates. A chip
+            is then decoded once per process, whatever the number of tiles cut from it.
         tiles: cut every chip into ``tiles x tiles`` co-located sub-chips (each a sample, with its
             own ``bounds`` and a ``tile`` (row, col) key); every sensor's chip side in pixels must
-            be divisible by ``tiles``.
+            be divisible by ``tiles``. With ``size``, the whole chip is resized to
+            ``tiles x size`` (in the worker) and the tiles are cut from it.
     """
 
     def __init__(
@@ -98,7 +100,7 @@ class MSCFranceDataset(Dataset):
             if px % tiles:
                 raise BadInputError(f"{name} chips are {px} px, not divisible into {tiles} x {tiles} tiles")
         self.tiles = tiles
-        self._cached: dict[tuple[int, tuple[str, ...]], Sample] = {}
+        self._chips: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         idx = s.index()
         keep = np.ones(len(idx), bool)
         if split is not None:
@@ -113,6 +115,7 @@ class MSCFranceDataset(Dataset):
         self.status = {name: rows[f"status_{name}"].tolist() for name in self.sensors}
         self.transform = transform
         self._store: Store | None = None
+        self._reader: ChipReader | None = None
         self._pid: int | None = None
 
     def __len__(self) -> int:
@@ -128,18 +131,13 @@ class MSCFranceDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_store"] = None
+        state["_reader"] = None
         state["_pid"] = None
         return state
 
     def read(self, i: int, sensors: Sequence[str] | None = None) -> Sample:
         """Sample ``i`` with the given sensors (default: all), before ``transform``."""
-        key = (i, tuple(sensors or self.sensors))
-        if self.cache and key in self._cached:
-            return dict(self._cached[key])
-        sample = self._read(i, key[1])
-        if self.cache:
-            self._cached[key] = dict(sample)
-        return sample
+        return self._read(i, tuple(sensors or self.sensors))
 
     def _read(self, i: int, sensors: Sequence[str]) -> Sample:
         store = self._open()
@@ -155,27 +153,48 @@ class MSCFranceDataset(Dataset):
         if k > 1:
             sample["tile"] = (tr, tc)
 
-        def cut(a: np.ndarray) -> np.ndarray:
+        def cut(a: torch.Tensor) -> torch.Tensor:
             n = a.shape[-1] // k
             return a[..., tr * n : (tr + 1) * n, tc * n : (tc + 1) * n]
 
         for name in sensors:
-            g = store.root[name]
-            img = torch.from_numpy(cut(np.asarray(g["image"][ci], dtype=np.float32)[self.band_index[name]]))
+            img, mask = self._chip(store, ci, name)
+            sample[name] = {"image": cut(img), "mask": cut(mask)}
+        if self.labels:
+            sample["labels"] = cut(self._chip(store, ci, "labels")[0])
+        return sample
+
+    def _chip(self, store: Store, ci: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One sensor's whole chip (image, mask), normalised and resized to ``tiles x size``; for
+        ``labels``, (class raster, its validity). Cached per process when ``cache`` is on."""
+        key = (ci, name)
+        if key in self._chips:
+            return self._chips[key]
+        side = None if self.size is None else self.size * self.tiles
+        if name == "labels":
+            lab = torch.from_numpy(self._array(store, "labels", "class", ci).astype(np.int64))
+            if side is not None and lab.shape[-1] != side:
+                lab = F.interpolate(lab[None, None].float(), size=(side, side), mode="nearest")[0, 0].long()
+            out = (lab, lab != 0)
+        else:
+            img = torch.from_numpy(self._array(store, name, "image", ci)[self.band_index[name]].astype(np.float32))
             if self.normalize:
                 img = (img - self.mean[name]) / self.std[name]
-            mask = torch.from_numpy(cut(np.asarray(g["valid"][ci]).astype(bool)))
-            if self.size is not None and img.shape[-1] != self.size:
-                img = F.interpolate(img[None], size=(self.size, self.size), mode="bilinear", align_corners=False,
-                                    antialias=img.shape[-1] > self.size)[0]
-                mask = F.interpolate(mask[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0] > 0.5
-            sample[name] = {"image": img, "mask": mask}
-        if self.labels:
-            lab = torch.from_numpy(cut(np.asarray(store.root["labels"]["class"][ci]).astype(np.int64)))
-            if self.size is not None and lab.shape[-1] != self.size:
-                lab = F.interpolate(lab[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0].long()
-            sample["labels"] = lab
-        return sample
+            mask = torch.from_numpy(self._array(store, name, "valid", ci).astype(bool))
+            if side is not None and img.shape[-1] != side:
+                img = F.interpolate(img[None], size=(side, side), mode="bilinear", align_corners=False,
+                                    antialias=img.shape[-1] > side)[0]
+                mask = F.interpolate(mask[None, None].float(), size=(side, side), mode="nearest")[0, 0] > 0.5
+            out = (img, mask)
+        if self.cache:
+            self._chips[key] = out
+        return out
+
+    def _array(self, store: Store, group: str, array: str, ci: int) -> np.ndarray:
+        # Through the checked read path: a missing or damaged shard is a StoreError, never zeros.
+        if self._reader is None or self._reader.store is not store:
+            self._reader = ChipReader(store)
+        return self._reader.read(group, array, ci)
 
     def __getitem__(self, key: int | tuple[int, str]) -> Sample:
         # A sampler may yield (index, sensor) to ask for a single sensor (see SensorBalancedSampler).

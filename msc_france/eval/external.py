@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from msc_france.errors import BadInputError
+from msc_france.errors import BadInputError, first_line
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 EUROSAT_MS_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
@@ -42,15 +42,30 @@ class ExternalData:
 
 
 def _read(path: Path, bands: list[int] | None = None) -> np.ndarray:
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import rasterio
+    """An image file as (bands, H, W) float32; unreadable files are a one-line BadInputError."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import rasterio
 
-        with rasterio.open(path) as src:
-            arr = src.read([b + 1 for b in bands] if bands else None)
-        return arr.astype(np.float32)
-    from PIL import Image
+            with rasterio.open(path) as src:
+                arr = src.read([b + 1 for b in bands] if bands else None)
+            return arr.astype(np.float32)
+        from PIL import Image
 
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
+    except BadInputError:
+        raise
+    except Exception as e:  # PIL and GDAL raise many types for damaged files
+        raise BadInputError(f"cannot read image {path}: {first_line(e, 160)}") from None
+
+
+def _inside(root: Path, f: Path) -> Path:
+    """``f`` resolved, refused when a symlink takes it out of the dataset's root."""
+    real = f.resolve()
+    if not real.is_relative_to(root.resolve()):
+        raise BadInputError(f"{f} points outside the dataset root {root} (symlink to {real}); refused")
+    return real
 
 
 def _is_train(name: str, seed: str = "msc-france-external") -> bool:
@@ -72,7 +87,7 @@ def _files(root: Path) -> list[tuple[Path, str, bool | None]]:
         for d in sorted(p for p in base.iterdir() if p.is_dir()):
             for f in sorted(d.iterdir()):
                 if f.suffix.lower() in IMAGE_SUFFIXES:
-                    out.append((f, d.name, is_train))
+                    out.append((_inside(root, f), d.name, is_train))
     return out
 
 
@@ -121,6 +136,7 @@ def load_segmentation(root: str | Path, size: int, ignore_index: int = 0) -> Ext
     missing = [m.name for _, m in pairs if not m.exists()]
     if missing or not pairs:
         raise BadInputError(f"{root}: {'no images' if not pairs else 'masks missing for ' + ', '.join(missing[:3])}")
+    pairs = [(_inside(root, p), _inside(root, m)) for p, m in pairs]
     imgs, masks, train = [], [], []
     for p, m in pairs:
         imgs.append(_resize(_read(p)[:3], size))

@@ -88,6 +88,18 @@ def band_info(asset: dict[str, Any], index: int) -> dict[str, Any]:
     return dict(rb[0]) if len(rb) == 1 else {}
 
 
+def _href(spec: SensorSpec, asset: dict[str, Any]) -> str:
+    """The asset's href after the source's href policy (see :mod:`msc_france.sources.urls`)."""
+    from msc_france.sources.urls import check_href
+
+    href = asset.get("href")
+    if not isinstance(href, str) or not href:
+        raise SourceError("an asset has no href")
+    src = spec.source
+    return check_href(href, local_ok=src.type in ("static", "demo"), allowed_hosts=src.allowed_hosts,
+                      private_ok=src.allow_private_hosts)
+
+
 def band_index(asset: dict[str, Any], band: Any, item_id: str) -> int:
     """1-based index of ``band`` in a multi-band asset, found by name in its ``eo:bands``.
 
@@ -157,7 +169,7 @@ class ProductRules(ABC):
             scale, offset, harm = radiom.pop()
             nd = band_info(asset, members[0][1]).get("nodata", spec.nodata)
             shape, tr = _proj(asset)
-            reads.append(AssetRead(key, str(asset["href"]), tuple(i for _, i in members),
+            reads.append(AssetRead(key, _href(spec, asset), tuple(i for _, i in members),
                                    tuple(p for p, _ in members), None if nd is None else float(nd),
                                    scale, offset, shape, tr))
             if harm not in harms:
@@ -169,7 +181,7 @@ class ProductRules(ABC):
                 raise SourceError(f"item {iid} has no '{m.asset}' mask asset ({m.type})")
             nd = band_info(asset, 1).get("nodata")
             shape, tr = _proj(asset)
-            masks.append(MaskRead(m.asset, str(asset["href"]), m.type, None if nd is None else float(nd), shape, tr))
+            masks.append(MaskRead(m.asset, _href(spec, asset), m.type, None if nd is None else float(nd), shape, tr))
         when = item_datetime(item)
         return SourceItem(iid, self.name, int(when.timestamp()) if when else 0, tuple(reads), tuple(masks),
                           "; ".join(harms))

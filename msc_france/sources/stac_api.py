@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
+from copy import deepcopy
 from dataclasses import dataclass
+from typing import Any
 
 import pystac
 import requests
+from requests import Request
 from pystac_client import Client
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
@@ -14,8 +18,79 @@ from urllib3.util.retry import Retry
 
 from msc_france.errors import SourceError
 from msc_france.sources.base import SearchQuery, Source
+from msc_france.sources.urls import redact
 
 QUERY_CONFORMANCE = "https://api.stacspec.org/v1.0.0-rc.1/item-search#query"
+
+
+class SearchLimitError(SourceError):
+    """A search exceeded a bound (deadline, pages, items) or looped: never retried."""
+
+
+class BoundedStacIO(StacApiIO):
+    """pystac-client I/O with bounds a hostile or broken server cannot escape.
+
+    Each response must arrive whole within ``response_deadline_s`` (a server dripping one byte a
+    second never trips a per-read timeout); the search as a whole within ``deadline_s`` and
+    ``max_pages`` requests; and a request identical to an earlier one (a ``next`` link pointing
+    back) is a loop.
+    """
+
+    def __init__(self, *args: Any, response_deadline_s: float, deadline_s: float, max_pages: int,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.response_deadline_s, self.deadline_s, self.max_pages = response_deadline_s, deadline_s, max_pages
+        self.reset()
+
+    def reset(self) -> None:
+        """Start counting for a new search."""
+        self.started = time.monotonic()
+        self.pages = 0
+        self.seen: set[str] = set()
+
+    def request(self, href: str, method: str | None = None, headers: dict[str, str] | None = None,
+                parameters: dict[str, Any] | None = None) -> str:
+        """One request, read in chunks against the response and search deadlines."""
+        method = (method or "GET").upper()
+        key = json.dumps([method, href, parameters], sort_keys=True, default=str)
+        if key in self.seen:
+            raise SearchLimitError(f"STAC API {redact(href)} returned a next link already followed (a paging loop)")
+        self.seen.add(key)
+        self.pages += 1
+        if self.pages > self.max_pages:
+            raise SearchLimitError(f"STAC search gave more than {self.max_pages} pages (source max_pages)")
+        body = {"json": parameters} if method in ("POST", "PUT", "PATCH") else {"params": deepcopy(parameters) or {}}
+        prepped = self.session.prepare_request(Request(method=method, url=href, headers=headers, **body))
+        start = time.monotonic()
+        try:
+            resp = self.session.send(prepped, timeout=self.timeout, stream=True)
+        except Exception as err:
+            raise APIError(str(err)) from None
+        with resp:
+            chunks = []
+            while True:
+                # read1 returns what has arrived (iter_content waits for a full chunk or the end,
+                # which a dripping server stretches without limit).
+                try:
+                    chunk = resp.raw.read1(65536)
+                except Exception as err:  # broken transfers: retried like any failed request
+                    raise APIError(str(err)) from None
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                now = time.monotonic()
+                if now - start > self.response_deadline_s:
+                    raise SearchLimitError(f"STAC API {redact(href)} took over {self.response_deadline_s:g} s for "
+                                           "one response (source response_deadline_s)")
+                if now - self.started > self.deadline_s:
+                    raise SearchLimitError(f"STAC search took over {self.deadline_s:g} s (source search_deadline_s)")
+            content = b"".join(chunks)
+        if not 200 <= resp.status_code < 300:
+            raise APIError(f"HTTP {resp.status_code}: {content[:200].decode('utf-8', 'replace')}")
+        try:
+            return content.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise APIError(str(err)) from None
 
 
 @dataclass
@@ -29,8 +104,8 @@ class StacApiSource(Source):
 
     @property
     def identity(self) -> str:
-        """The API root URL."""
-        return str(self.spec.url)
+        """The API root URL (credentials removed: it names cache files and appears in messages)."""
+        return redact(str(self.spec.url))
 
     def _client(self) -> Client:
         retry = Retry(
@@ -43,11 +118,13 @@ class StacApiSource(Source):
             respect_retry_after_header=True,
             raise_on_status=False,
         )
-        io = StacApiIO(timeout=self.spec.timeout_s, max_retries=retry)
+        io = BoundedStacIO(timeout=self.spec.timeout_s, max_retries=retry,
+                           response_deadline_s=self.spec.response_deadline_s, deadline_s=self.spec.search_deadline_s,
+                           max_pages=self.spec.max_pages)
         try:
             return Client.open(str(self.spec.url), stac_io=io, timeout=self.spec.timeout_s)
         except (requests.RequestException, APIError, pystac.STACError) as e:
-            raise SourceError(f"STAC API {self.spec.url} unreachable: {_short(e)}") from None
+            raise SourceError(f"STAC API {redact(str(self.spec.url))} unreachable: {_short(e)}") from None
 
     def _search(self, q: SearchQuery) -> list[pystac.Item]:
         client = self._client()
@@ -70,19 +147,42 @@ class StacApiSource(Source):
             if attempt:
                 time.sleep(0.5 * 2 ** (attempt - 1))
             try:
-                return list(client.search(**kwargs).items())
+                return self._collect(client, kwargs)
             except (ValueError, requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
                     KeyError, TypeError) as e:
                 last = e  # JSONDecodeError is a ValueError
             except APIError as e:
                 # No status: a broken transfer (truncated body) that pystac-client wrapped.
                 if getattr(e, "status_code", None) not in (None, 429, 500, 502, 503, 504):
-                    raise SourceError(f"STAC search on {self.spec.url} ({q.collection}) failed: {_short(e)}") from None
+                    raise SourceError(f"STAC search on {self._url} ({q.collection}) failed: {_short(e)}") from None
                 last = e  # urllib3's per-request retries ran out: retry the search as a whole
             except (requests.RequestException, pystac.STACError) as e:
-                raise SourceError(f"STAC search on {self.spec.url} ({q.collection}) failed: {_short(e)}") from None
-        raise SourceError(f"STAC search on {self.spec.url} ({q.collection}) failed "
+                raise SourceError(f"STAC search on {self._url} ({q.collection}) failed: {_short(e)}") from None
+        raise SourceError(f"STAC search on {self._url} ({q.collection}) failed "
                           f"{self.spec.max_retries + 1} times: {_short(last)}")
+
+    @property
+    def _url(self) -> str:
+        return redact(str(self.spec.url))
+
+    def _collect(self, client: Client, kwargs: dict[str, Any]) -> list[pystac.Item]:
+        """All pages of one search, within the source's bounds."""
+        io = client._stac_io
+        if isinstance(io, BoundedStacIO):
+            io.reset()
+        items: list[pystac.Item] = []
+        for page in client.search(**kwargs).pages_as_dicts():
+            feats = page.get("features") if isinstance(page, dict) else None
+            if not isinstance(feats, list):
+                raise SourceError(f"STAC search on {self._url}: a page has no 'features' list")
+            for f in feats:
+                if not isinstance(f, dict):
+                    raise SourceError(f"STAC search on {self._url}: a feature is not an object")
+                items.append(pystac.Item.from_dict(f, preserve_dict=False))
+            if len(items) > self.spec.max_items:
+                raise SearchLimitError(f"STAC search on {self._url} gave more than {self.spec.max_items} items "
+                                       "(source max_items): narrow the region or the time window")
+        return items
 
 
 def _short(e: Exception) -> str:

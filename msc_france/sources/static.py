@@ -45,10 +45,13 @@ def load_items(path: Path | str) -> list[pystac.Item]:
     try:
         text = FsspecStacIO().read_text(href)
         if href.endswith(".ndjson"):
-            return [pystac.Item.from_dict(json.loads(line)) for line in text.splitlines() if line.strip()]
+            return _resolved([pystac.Item.from_dict(json.loads(line)) for line in text.splitlines() if line.strip()],
+                             href)
         d = json.loads(text)
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
         if d.get("type") == "FeatureCollection":
-            return list(pystac.ItemCollection.from_dict(d))
+            return _resolved(list(pystac.ItemCollection.from_dict(d)), href)
         obj = pystac.read_file(href, stac_io=FsspecStacIO())
         if isinstance(obj, pystac.Item):
             return [obj]
@@ -58,6 +61,20 @@ def load_items(path: Path | str) -> list[pystac.Item]:
         return items
     except (OSError, ValueError, KeyError, pystac.STACError) as e:
         raise SourceError(f"cannot read static catalog {path}: {str(e).splitlines()[0]}") from None
+
+
+def _absolute(href: str) -> bool:
+    return "://" in href or href.startswith("/") or href.startswith(("<", "/vsi"))
+
+
+def _resolved(items: list[pystac.Item], href: str) -> list[pystac.Item]:
+    """Relative asset hrefs resolved against the folder of the file holding them (not the cwd)."""
+    base = href.rsplit("/", 1)[0] if "/" in href else "."
+    for it in items:
+        for a in it.assets.values():
+            if not _absolute(a.href):
+                a.href = f"{base}/{a.href}" if "://" in base else str((Path(base) / a.href).resolve())
+    return items
 
 
 @dataclass

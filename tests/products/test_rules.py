@@ -15,7 +15,7 @@ from tests.real_products import IGN_WKT_TOWGS84, IGN_WKT_WGS84
 
 def _s2(props: dict, iid: str = "S2B_MSIL2A_20210614T105619_R094_T30TXQ_20210614T140000") -> dict:
     return {"id": iid, "properties": {"datetime": "2021-06-14T10:56:19Z", **props}, "assets": {
-        k: {"href": f"/x/{k}.tif"} for k in ("B02", "B03", "B04", "B08", "SCL")}}
+        k: {"href": f"https://example.com/{k}.tif"} for k in ("B02", "B03", "B04", "B08", "SCL")}}
 
 
 @pytest.mark.parametrize(("props", "iid", "want"), [

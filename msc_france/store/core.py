@@ -55,6 +55,8 @@ SPLITS = ("train", "val", "test")
 META_ARRAYS = ("status", "datetime", "item_ids", "cloud_fraction", "valid_fraction", "harmonization")
 COMPRESSOR = ZstdCodec(level=3)
 REMOTE_LOCK_TTL_S = 6 * 3600
+#: Root attributes every reader relies on.
+ROOT_KEYS = ("format_version", "recipe", "chip_size_m", "chips_per_shard", "layers", "regions")
 
 
 def is_remote(path: str) -> bool:
@@ -70,6 +72,24 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+#: Recipe keys that do not change what a chip holds or which split it is in.
+RECIPE_NEUTRAL = {"name", "catalog", "chips_per_shard"}
+
+
+def recipe_differences(stored: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: stored -> new`` for every rule that differs (content and split rules only)."""
+    out = []
+    for k in sorted(set(stored) | set(new)):
+        if not prefix and k in RECIPE_NEUTRAL:
+            continue
+        a, b = stored.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += recipe_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
 
 
 def chip_split(chip_id: str, fractions: tuple[float, float, float], salt: str) -> str:
@@ -190,6 +210,9 @@ class Store:
         meta = g.attrs.get("msc_france")
         if not isinstance(meta, dict) or "format_version" not in meta:
             raise StoreError(f"{p} is a Zarr group but not an msc-france store")
+        missing = [k for k in ROOT_KEYS if k not in meta]
+        if missing:
+            raise StoreError(f"store {p} is damaged: its root attributes lack {', '.join(missing)}")
         if int(meta["format_version"]) > FORMAT_VERSION:
             raise StoreError(
                 f"store {p} has format version {meta['format_version']}, newer than this msc-france "
@@ -266,6 +289,11 @@ class Store:
         want = {L.group: (L.gsd, L.bands, L.dtype, L.scale, L.offset) for L in layers}
         if have != want:
             raise BadInputError(f"store {self.path} holds sensors {have}; the recipe asks for {want}")
+        diffs = recipe_differences(m["recipe"], recipe.model_dump(mode="json"))
+        if diffs:
+            shown = "; ".join(diffs[:6]) + (f" (+{len(diffs) - 6} more)" if len(diffs) > 6 else "")
+            raise BadInputError(f"store {self.path} was built with other rules: {shown}. One store holds one set of "
+                                "rules: build into a new store, or use the store's recipe")
 
     def _create(self, recipe: Recipe, layers: list[Layer], classes: dict[int, str] | None = None) -> None:
         s = recipe.chips_per_shard
@@ -445,21 +473,31 @@ class Store:
         """Record the chips of ``shard`` as built (after their data is written)."""
         self.write_bytes_atomic(self.commit_name(shard), json.dumps({"shard": shard, "chips": records}).encode())
 
-    def read_commit(self, shard: int) -> dict[str, Any]:
-        """Chip records of one shard ({} when the shard was never committed)."""
+    def read_commit(self, shard: int, tolerant: bool = False) -> dict[str, Any]:
+        """Chip records of one shard ({} when the shard was never committed).
+
+        A done mark that cannot be parsed raises a StoreError that says the way out, unless
+        ``tolerant`` (the build): then its chips count as not built and are built again.
+        """
         name = self.commit_name(shard)
         if not self.exists(name):
             return {}
         try:
-            return json.loads(self.read_bytes(name))["chips"]
-        except (json.JSONDecodeError, KeyError):
-            raise StoreError(f"corrupt done mark {self.url}/{name}") from None
+            chips = json.loads(self.read_bytes(name))["chips"]
+            if not isinstance(chips, dict) or not all(isinstance(v, dict) for v in chips.values()):
+                raise KeyError("chips")
+            return chips
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            if tolerant:
+                return {}
+            raise StoreError(f"corrupt done mark {self.url}/{name}: run the same build again, which rebuilds the "
+                             "chips of that shard") from None
 
-    def read_commits(self) -> dict[str, Any]:
-        """All chip records, keyed by chip id."""
+    def read_commits(self, tolerant: bool = False) -> dict[str, Any]:
+        """All chip records, keyed by chip id (see :meth:`read_commit` for ``tolerant``)."""
         out: dict[str, Any] = {}
         for name in self.list_files("_commits/shard-*.json"):
-            out.update(self.read_commit(int(Path(name).stem.split("-")[1])))
+            out.update(self.read_commit(int(Path(name).stem.split("-")[1]), tolerant))
         return out
 
     # ------------------------------------------------------------------ the build lock
@@ -527,7 +565,7 @@ class Store:
 
         from msc_france.crs import WGS84, reproject_geometry
 
-        commits = self.read_commits()
+        commits = self.read_commits(tolerant=True)
         ids = self.chip_ids()
         n = len(ids)
         summary: dict[str, Any] = {"n_chips": n, "layers": {}}

@@ -1,0 +1,70 @@
+"""Reading chips back: the one path the dataset, previews, exports and evaluation go through.
+
+Zarr returns the fill value for a chunk whose shard file is missing, and a damaged shard raises
+a codec error from deep inside zarr. A reader must never hand out fill for a chip the store says
+was built, nor crash with a codec message: :class:`ChipReader` checks both and raises a one-line
+:class:`~msc_france.errors.StoreError` naming the chip, the array and the shard file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from msc_france.errors import StoreError, first_line
+from msc_france.store.core import STATUS, Store
+
+#: Statuses whose pixels were written (flagged chips are kept, below the valid threshold).
+WRITTEN = {STATUS["ok"], STATUS["flagged"]}
+
+
+class ChipReader:
+    """Chip arrays of one store, checked against what the store says it holds.
+
+    Args:
+        store: an open store.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._status: dict[str, np.ndarray] = {}
+        self._ids: list[str] | None = None
+
+    def shard_file(self, group: str, array: str, index: int) -> str:
+        """Path (relative to the store root) of the shard holding chip ``index`` of an array."""
+        a = self.store.root[group][array]
+        rest = "/".join("0" for _ in a.shape[1:])
+        return f"{group}/{array}/c/{index // self.store.chips_per_shard}/{rest}"
+
+    def status(self, group: str, index: int) -> int:
+        """The consolidated status code of chip ``index`` in ``group``."""
+        if group not in self._status:
+            self._status[group] = np.asarray(self.store.root[group]["status"][:])
+        st = self._status[group]
+        return int(st[index]) if index < len(st) else STATUS["pending"]
+
+    def chip_id(self, index: int) -> str:
+        """The id of chip ``index``."""
+        if self._ids is None:
+            self._ids = self.store.chip_ids()
+        return self._ids[index] if index < len(self._ids) else f"#{index}"
+
+    def read(self, group: str, array: str, index: int) -> np.ndarray:
+        """Chip ``index`` of ``group/array`` as stored.
+
+        Raises:
+            StoreError: the shard cannot be decoded, or its file is missing for a chip the store
+                marks as built.
+        """
+        try:
+            data = np.asarray(self.store.root[group][array][index])
+        except Exception as e:  # codec errors (zstd, truncated shard index) come in many types
+            raise StoreError(f"chip {self.chip_id(index)} of {group}/{array} cannot be read from "
+                             f"{self.shard_file(group, array, index)}: {first_line(e, 160)} "
+                             "(store damaged: run msc-france validate)") from None
+        # Fill comes back silently for a missing shard: only an all-fill chip can be one.
+        if not data.any() and self.status(group, index) in WRITTEN:
+            shard = self.shard_file(group, array, index)
+            if not self.store.exists(shard):
+                raise StoreError(f"chip {self.chip_id(index)} of {group}/{array} is marked built but its shard "
+                                 f"file {shard} is missing (store damaged: run msc-france validate)")
+        return data

@@ -1,0 +1,514 @@
+"""Hostile inputs and damaged stores: no code execution, no silent wrong data, no hangs.
+
+Each case asserts the one-line error, the exit code, and that nothing was executed, fetched,
+lost or written outside its place. Servers run on 127.0.0.1 and stop by themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from msc_france.cli import main
+from msc_france.config import PROJECT_ROOT, SourceSpec
+from msc_france.errors import SourceError, StoreError
+from msc_france.sources.base import SearchQuery
+from msc_france.sources.stac_api import StacApiSource
+from tests.conftest import write_region_file
+from tests.servers import AssetServer, _Server
+
+QUERY = SearchQuery("sentinel-2-l2a", (1.3, 43.5, 1.4, 43.6), __import__("datetime").date(2021, 1, 1),
+                    __import__("datetime").date(2021, 12, 31))
+
+
+def _one_line(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- crafted checkpoints
+
+
+class _Payload:
+    """Unpickling this creates a file: proof that code ran."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):  # noqa: ANN204
+        return (os.system, (f"touch {self.target}",))
+
+
+def _crafted(path: Path, canary: Path) -> Path:
+    torch.save({"format": "msc-france-xstars-1", "step": 1, "evil": _Payload(canary)}, path)
+    return path
+
+
+@pytest.fixture()
+def small_run(tiny_store: Path, tmp_path: Path) -> dict[str, Path]:
+    from msc_france.xstars.train import pretrain
+    from tests.xstars.test_train import _cfg
+
+    run = tmp_path / "run"
+    pretrain(_cfg(tiny_store, run, optim__steps=2, run__checkpoint_every=2), progress=False)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
+    return {"run": run, "train": tmp_path / "train.yaml", "store": tiny_store}
+
+
+def test_crafted_checkpoint_eval(small_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    canary = tmp_path / "pwned"
+    ck = _crafted(tmp_path / "evil.pt", canary)
+    code = main(["eval", "--checkpoint", str(ck), "--data", str(small_run["store"]), "--out", str(tmp_path / "e")])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 6 and "cannot read checkpoint" in line and not canary.exists()
+
+
+def test_crafted_checkpoint_resume(small_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    canary = tmp_path / "pwned"
+    _crafted(small_run["run"] / "checkpoints" / "last.pt", canary)
+    code = main(["pretrain", "--config", str(small_run["train"]), "--quiet"])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 6 and "cannot read checkpoint" in line and not canary.exists()
+
+
+def test_crafted_checkpoint_continual(small_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    canary = tmp_path / "pwned"
+    ck = _crafted(tmp_path / "evil.pt", canary)
+    cfg = yaml.safe_load(small_run["train"].read_text())
+    cfg["run"]["out"] = str(tmp_path / "cont")
+    cfg["data"]["sensors"] = ["sentinel-2-l2a", "aerial"]
+    cfg["continual"] = {"checkpoint": str(ck), "source_sensor": "sentinel-2-l2a", "target_sensor": "aerial"}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    code = main(["pretrain", "--config", str(tmp_path / "c.yaml"), "--quiet"])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 6 and "cannot read checkpoint" in line and not canary.exists()
+
+
+def test_checkpoint_that_is_not_a_zip(tmp_path: Path, small_run: dict, capsys: pytest.CaptureFixture) -> None:
+    import pickle
+
+    canary = tmp_path / "pwned"
+    p = tmp_path / "old.pt"
+    p.write_bytes(pickle.dumps(_Payload(canary)))
+    code = main(["eval", "--checkpoint", str(p), "--data", str(small_run["store"]), "--out", str(tmp_path / "e")])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 6 and "not a PyTorch zip checkpoint" in line and not canary.exists()
+
+
+def test_yaml_tags_in_set_are_refused(small_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    canary = tmp_path / "pwned"
+    code = main(["pretrain", "--config", str(small_run["train"]), "--quiet",
+                 "--set", f"optim.steps=!!python/object/apply:os.system ['touch {canary}']"])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "not a plain YAML value" in line and not canary.exists()
+
+
+# --------------------------------------------------------------------------- hostile STAC APIs
+
+
+class _Hostile(BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def _json(self, obj: object, drip: bool = False) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not drip:
+            self.wfile.write(body)
+            return
+        for i in range(len(body)):  # one byte a second: every read arrives in time
+            if self.server.owner.stop:  # type: ignore[attr-defined]
+                return
+            try:
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.5)
+
+    def do_GET(self) -> None:
+        srv = self.server.owner  # type: ignore[attr-defined]
+        if self.path.rstrip("/") in ("", "/api"):
+            self._json({"type": "Catalog", "id": "x", "description": "x", "stac_version": "1.0.0",
+                        "conformsTo": ["https://api.stacspec.org/v1.0.0/core",
+                                       "https://api.stacspec.org/v1.0.0/item-search"],
+                        "links": [{"rel": "search", "href": f"{srv.url}/search", "method": "POST",
+                                   "type": "application/geo+json"},
+                                  {"rel": "self", "href": f"{srv.url}/"}]})
+            return
+        self.do_POST()
+
+    def do_POST(self) -> None:
+        srv = self.server.owner  # type: ignore[attr-defined]
+        srv.requests += 1
+        n = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(n)
+        mode = srv.mode
+        if mode == "drip":
+            self._json({"type": "FeatureCollection", "features": []}, drip=True)
+        elif mode == "loop":
+            self._json({"type": "FeatureCollection", "features": [srv.item("again")],
+                        "links": [{"rel": "next", "href": f"{srv.url}/search", "method": "POST", "body": {"page": 1}}]})
+        elif mode == "endless":
+            k = srv.requests
+            self._json({"type": "FeatureCollection", "features": [srv.item(f"p{k}")],
+                        "links": [{"rel": "next", "href": f"{srv.url}/search?page={k}", "method": "GET"}]})
+        elif mode == "dict-features":
+            self._json({"type": "FeatureCollection", "features": {"a": 1}})
+        elif mode == "many":
+            feats = [srv.item(f"i{srv.requests}-{j}") for j in range(40)]
+            self._json({"type": "FeatureCollection", "features": feats,
+                        "links": [{"rel": "next", "href": f"{srv.url}/search?p={srv.requests}", "method": "GET"}]})
+        else:
+            self._json({"type": "FeatureCollection", "features": [srv.item("forged")]})
+
+
+def s2_item(iid: str, href: str = "") -> dict:
+    """A Sentinel-2 L2A item over the tiny region, every asset at ``href`` (or a public URL)."""
+    geom = {"type": "Polygon", "coordinates": [[[1.2, 43.4], [1.5, 43.4], [1.5, 43.7], [1.2, 43.7], [1.2, 43.4]]]}
+    assets = {k: {"href": href or f"https://example.org/{k}.tif"} for k in ("B02", "B03", "B04", "B08", "SCL")}
+    return {"type": "Feature", "stac_version": "1.0.0", "id": iid, "geometry": geom, "bbox": [1.2, 43.4, 1.5, 43.7],
+            "properties": {"datetime": "2021-06-14T10:00:00Z", "s2:processing_baseline": "03.01",
+                           "eo:cloud_cover": 1.0}, "collection": "sentinel-2-l2a", "links": [], "assets": assets}
+
+
+class HostileApi(_Server):
+    def __init__(self, mode: str, href: str = "") -> None:
+        super().__init__(_Hostile)
+        self.mode, self.href, self.requests, self.stop = mode, href, 0, False
+
+    def item(self, iid: str) -> dict:
+        return s2_item(iid, self.href)
+
+    def __exit__(self, *exc) -> None:
+        self.stop = True
+        super().__exit__(*exc)
+
+
+def _source(url: str, **kw) -> StacApiSource:
+    return StacApiSource(SourceSpec(type="stac-api", url=f"{url}/", collection="sentinel-2-l2a", timeout_s=3,
+                                    max_retries=0, **kw))
+
+
+@pytest.mark.timeout(60)
+def test_dripping_server_hits_the_response_deadline() -> None:
+    with HostileApi("drip") as api:
+        t0 = time.monotonic()
+        with pytest.raises(SourceError, match=r"took over 2 s for one response"):
+            _source(api.url, response_deadline_s=2).search(QUERY)
+        assert time.monotonic() - t0 < 10  # the per-read timeout (3 s) alone would wait for ever
+
+
+@pytest.mark.timeout(60)
+def test_next_link_pointing_back_is_a_loop() -> None:
+    with HostileApi("loop") as api:
+        with pytest.raises(SourceError, match="already followed"):
+            _source(api.url).search(QUERY)
+        assert api.requests <= 3
+
+
+@pytest.mark.timeout(60)
+def test_endless_paging_stops_at_max_pages() -> None:
+    with HostileApi("endless") as api:
+        with pytest.raises(SourceError, match=r"more than 5 pages \(source max_pages\)"):
+            _source(api.url, max_pages=5).search(QUERY)
+        assert api.requests <= 6
+
+
+@pytest.mark.timeout(60)
+def test_too_many_items_stop_at_max_items() -> None:
+    with HostileApi("many") as api:
+        with pytest.raises(SourceError, match=r"more than 100 items \(source max_items\)"):
+            _source(api.url, max_items=100).search(QUERY)
+
+
+@pytest.mark.timeout(60)
+def test_features_that_are_not_a_list() -> None:
+    with HostileApi("dict-features") as api:
+        with pytest.raises(SourceError, match="no 'features' list"):
+            _source(api.url).search(QUERY)
+
+
+# --------------------------------------------------------------------------- forged hrefs
+
+
+FORGED = {
+    "loopback http": ("http://127.0.0.1:9/a.tif", "loopback or private address"),
+    "private http": ("http://192.168.1.10/a.tif", "loopback or private address"),
+    "vsicurl": ("/vsicurl/https://example.org/a.tif", "GDAL virtual file systems"),
+    "vsizip": ("/vsizip//tmp/x.zip/a.tif", "GDAL virtual file systems"),
+    "inline VRT": ("<VRTDataset rasterXSize='1'><SourceFilename>/etc/passwd</SourceFilename></VRTDataset>",
+                   "inline XML"),
+    "local path from an API": ("/etc/passwd", "local paths only come from local catalogs"),
+    "file url from an API": ("file:///etc/passwd", "local paths only come from local catalogs"),
+    "ftp scheme": ("ftp://example.org/a.tif", "scheme 'ftp'"),
+}
+
+
+@pytest.mark.parametrize("case", FORGED)
+def test_forged_href_is_refused_before_any_read(case: str) -> None:
+    from msc_france.config import load_catalog
+    from msc_france.products import rules_for
+
+    href, why = FORGED[case]
+    spec = load_catalog("default").sensor("sentinel-2-l2a")
+    item = s2_item("x", href)
+    with pytest.raises(SourceError, match="refused asset href") as e:
+        rules_for("sentinel-2-l2a").parse(spec, item)
+    assert why in str(e.value)
+
+
+def test_allowed_hosts_policy() -> None:
+    from msc_france.sources.urls import check_href
+
+    assert check_href("https://data.example.org/a.tif", local_ok=False, allowed_hosts=["example.org"])
+    with pytest.raises(SourceError, match="not in the source's allowed_hosts"):
+        check_href("https://evil.test/a.tif", local_ok=False, allowed_hosts=["example.org"])
+
+
+def test_build_never_fetches_a_forged_loopback_href(tiny_region: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """End to end: an API pointing assets at a service on 127.0.0.1 gets no request from us."""
+    with AssetServer(tmp_path) as victim, HostileApi("forged", href=f"{victim.url}/secret.tif") as api:
+        cat = tmp_path / "cat"
+        cat.mkdir()
+        spec = yaml.safe_load((PROJECT_ROOT / "catalogs" / "default" / "sentinel-2-l2a.yaml").read_text())
+        spec["source"].update(url=f"{api.url}/", signing="none", timeout_s=3, max_retries=0)
+        (cat / "sentinel-2-l2a.yaml").write_text(yaml.safe_dump(spec))
+        rec = yaml.safe_load((PROJECT_ROOT / "pipelines" / "demo.yaml").read_text())
+        rec.update(catalog=str(cat), chip_size_m=960, labels=None,
+                   sensors={"sentinel-2-l2a": {"gsd": 10, "max_cloud_cover": 100}})
+        (tmp_path / "r.yaml").write_text(yaml.safe_dump(rec))
+        code = main(["build", "--region", str(tiny_region), "--recipe", str(tmp_path / "r.yaml"), "--out",
+                     str(tmp_path / "s.zarr"), "--quiet", "--no-cache"])
+        cap = capsys.readouterr()
+        assert code == 5 and _one_line(cap.err).startswith("error: 4 chip(s) failed")
+        assert "refused asset href" in cap.out and "loopback or private address" in cap.out
+        failures = json.loads((tmp_path / "s.zarr" / "failures.json").read_text())
+        assert failures["n"] == 4 and all("loopback or private address" in c["reason"] for c in failures["chips"])
+        assert victim.requests == []
+
+
+def test_relative_hrefs_resolve_against_the_catalog_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from msc_france.sources.static import load_items
+
+    d = tmp_path / "cat"
+    d.mkdir()
+    item = s2_item("rel")
+    for k, a in item["assets"].items():
+        a["href"] = f"tiles/{k}.tif"
+    (d / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": [item]}))
+    monkeypatch.chdir(tmp_path)  # a working directory elsewhere must not matter
+    it = load_items(d / "items.json")[0]
+    assert it.assets["B02"].href == str(d / "tiles" / "B02.tif")
+
+
+# --------------------------------------------------------------------------- damaged stores
+
+
+@pytest.fixture()
+def store(tiny_store: Path, tmp_path: Path) -> Path:
+    s = tmp_path / "store.zarr"
+    shutil.copytree(tiny_store, s)
+    return s
+
+
+def _shard(store: Path, group: str = "sentinel-2-l2a", array: str = "image") -> Path:
+    return store / group / array / "c" / "0" / "0" / "0" / "0"
+
+
+def _validate(store: Path, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    code = main(["validate", str(store)])
+    cap = capsys.readouterr()
+    assert "Traceback" not in cap.err + cap.out
+    return code, cap.out + cap.err
+
+
+def test_garbage_index_is_corrupt(store: Path, capsys: pytest.CaptureFixture) -> None:
+    (store / "index.parquet").write_bytes(b"garbage" * 100)
+    code, out = _validate(store, capsys)
+    assert code == 4 and "CORRUPT" in out and "index.parquet unreadable" in out
+
+
+def test_index_out_of_step_with_arrays_is_corrupt(store: Path, capsys: pytest.CaptureFixture) -> None:
+    import geopandas as gpd
+
+    idx = gpd.read_parquet(store / "index.parquet")
+    idx["chip_id"] = list(reversed(idx["chip_id"]))
+    idx.to_parquet(store / "index.parquet")
+    code, out = _validate(store, capsys)
+    assert code == 4 and "does not match the arrays" in out
+
+
+@pytest.mark.parametrize("damage", ["deleted", "flipped", "truncated"])
+def test_damaged_shard_validate_and_every_reader(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                 damage: str) -> None:
+    shard = _shard(store)
+    raw = bytearray(shard.read_bytes())
+    if damage == "deleted":
+        shard.unlink()
+    elif damage == "flipped":
+        for i in range(16, len(raw) - 64, 97):
+            raw[i] ^= 0xFF
+        shard.write_bytes(bytes(raw))
+    else:
+        shard.write_bytes(bytes(raw[: len(raw) // 3]))
+    code, out = _validate(store, capsys)
+    assert code == 4 and "CORRUPT" in out and "sentinel-2-l2a" in out
+    # The dataset never returns fill for a built chip.
+    from msc_france.data import MSCFranceDataset
+
+    ds = MSCFranceDataset(store, sensors=["sentinel-2-l2a"], split=None)
+    with pytest.raises(StoreError, match=r"chip \S+ of sentinel-2-l2a/image"):
+        for i in range(len(ds)):
+            ds[i]
+    for cmd in (["preview", str(store), "--out", str(tmp_path / "p"), "--chips", "4"],
+                ["export", str(store), "--format", "xstars-folders", "--out", str(tmp_path / "x")]):
+        code = main(cmd)
+        line = _one_line(capsys.readouterr().err)
+        assert code == 4 and "sentinel-2-l2a/image" in line, (cmd, line)
+
+
+def test_truncated_array_metadata(store: Path, capsys: pytest.CaptureFixture) -> None:
+    meta = store / "landsat-8-c2-l2" / "valid" / "zarr.json"
+    meta.write_text(meta.read_text()[:40])
+    code, out = _validate(store, capsys)
+    assert code == 4 and "landsat-8-c2-l2/valid: array metadata unreadable" in out
+
+
+def test_root_attributes_without_layers(store: Path, capsys: pytest.CaptureFixture) -> None:
+    import zarr
+
+    g = zarr.open_group(str(store), mode="r+")
+    meta = dict(g.attrs["msc_france"])
+    del meta["layers"]
+    g.attrs["msc_france"] = meta
+    for cmd in (["info", str(store)], ["validate", str(store)]):
+        code = main(cmd)
+        line = _one_line(capsys.readouterr().err)
+        assert code == 4 and "root attributes lack layers" in line
+
+
+def test_corrupt_done_mark_is_reported_and_a_rerun_repairs_it(store: Path, tiny_recipe: Path, tiny_region: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    mark = store / "_commits" / "shard-000000.json"
+    mark.write_text("{not json")
+    code, out = _validate(store, capsys)
+    assert code == 4 and "corrupt done mark" in out and "run the same build again" in out
+    assert main(["build", "--region", str(tiny_region), "--recipe", str(tiny_recipe), "--out", str(store),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    code, out = _validate(store, capsys)
+    assert code == 0, out
+
+
+# --------------------------------------------------------------------------- names, secrets, listeners
+
+
+@pytest.mark.parametrize(("stem", "rule"), [("..", "'..'"), ("a,b", "no commas"), ("a\x01b", "control characters")])
+def test_dangerous_region_names(tmp_path: Path, tiny_recipe: Path, stem: str, rule: str,
+                                capsys: pytest.CaptureFixture) -> None:
+    from tests.conftest import TINY_REGION_L93
+
+    p = write_region_file(tmp_path / "ok.gpkg", TINY_REGION_L93)
+    bad = tmp_path / f"{stem}.gpkg"
+    shutil.copy(p, bad)
+    code = main(["plan", "--region", str(bad), "--recipe", str(tiny_recipe), "--out", str(tmp_path / "p.parquet")])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "is not allowed" in line and rule in line
+
+
+def test_credentials_are_redacted(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tests.servers import free_port
+
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    spec = yaml.safe_load((PROJECT_ROOT / "catalogs" / "default" / "sentinel-2-l2a.yaml").read_text())
+    spec["source"].update(url=f"http://alice:hunter2@127.0.0.1:{free_port()}/api?subscription-key=s3cr3t",
+                          timeout_s=1, max_retries=0)
+    (cat / "sentinel-2-l2a.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["sensors", "--catalog", str(cat)]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "s3cr3t" not in out and "***" in out
+    with pytest.raises(SourceError) as e:
+        StacApiSource(SourceSpec(**spec["source"])).search(QUERY)
+    assert "hunter2" not in str(e.value) and "s3cr3t" not in str(e.value)
+
+
+def test_local_build_opens_no_listener() -> None:
+    from msc_france.build.run import dask_client
+
+    with dask_client(None, 2):
+        out = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
+    assert f"pid={os.getpid()}," not in out
+
+
+# --------------------------------------------------------------------------- disk full, recipes, datasets
+
+
+def test_full_disk_while_checkpointing(small_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(small)],
+                      capture_output=True).returncode:
+        pytest.skip("this machine does not allow tmpfs mounts")
+    try:
+        code = main(["pretrain", "--config", str(small_run["train"]), "--out", str(small / "run"), "--quiet"])
+        line = _one_line(capsys.readouterr().err)
+        assert code == 4 and "No space left on device" in line
+        assert not [p for p in small.rglob("*") if p.name.endswith(".tmp")]
+    finally:
+        subprocess.run(["umount", str(small)])
+
+
+def test_append_with_other_rules_is_refused(store: Path, tiny_recipe: Path, tiny_region: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    rec = yaml.safe_load(tiny_recipe.read_text())
+    rec["split"]["salt"] = "other"
+    rec["sensors"]["sentinel-2-l2a"]["min_valid_fraction"] = 0.5
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(rec))
+    before = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
+    code = main(["build", "--region", str(tiny_region), "--recipe", str(tmp_path / "r.yaml"), "--out", str(store),
+                 "--quiet"])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "built with other rules" in line
+    assert "split.salt: 'msc-france' -> 'other'" in line and "sensors.sentinel-2-l2a.min_valid_fraction" in line
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} == before
+
+
+def test_external_dataset_symlink_out_of_root(tmp_path: Path) -> None:
+    from msc_france.errors import BadInputError
+    from msc_france.eval.external import load_classification
+
+    root = tmp_path / "ds"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    from PIL import Image
+
+    for c in ("a", "b"):
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(root / c / f"{i}.png")
+    secret = tmp_path / "secret.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(secret)
+    (root / "a" / "link.png").symlink_to(secret)
+    with pytest.raises(BadInputError, match="points outside the dataset root"):
+        load_classification("ucmerced", root, 8, ["red", "green", "blue"])
+    (root / "a" / "link.png").unlink()
+    (root / "a" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(BadInputError, match=r"cannot read image .*broken.png"):
+        load_classification("ucmerced", root, 8, ["red", "green", "blue"])
