@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_STORE ?= data/demo.zarr
 WORKERS ?= 2
 
-.PHONY: install test demo pretrain eval bench clean-demo
+.PHONY: install test demo pretrain eval seeds bench clean-demo
 
 # torch first, pinned to the CPU wheel, so that no extra resolves a CUDA build.
 $(STAMP): pyproject.toml
@@ -27,17 +27,29 @@ demo: install
 	$(BIN)/msc-france info $(DEMO_STORE)
 	$(BIN)/msc-france preview $(DEMO_STORE) --out data/demo-preview
 
-# X-STARS from scratch, the DINO-only baseline, then continual pretraining (Sentinel-2 -> aerial), on the demo store.
+# X-STARS from scratch and its DINO-only baseline; then continual pretraining of the DINO model to
+# aerial imagery (frozen Sentinel-2 anchor), with MSAD and without (its baseline). On the demo store.
 pretrain: install
 	@test -d $(DEMO_STORE) || { echo "error: $(DEMO_STORE) not found; run 'make demo' first"; exit 2; }
 	$(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data $(DEMO_STORE) --quiet
 	$(BIN)/msc-france pretrain --config pipelines/pretrain-dino.yaml --data $(DEMO_STORE) --quiet
 	$(BIN)/msc-france pretrain --config pipelines/continual-xstars.yaml --data $(DEMO_STORE) --quiet
+	$(BIN)/msc-france pretrain --config pipelines/continual-dino.yaml --data $(DEMO_STORE) --quiet
 
 # Evaluate the models of `make pretrain` and a random baseline; report in runs/eval/.
 eval: install
 	@test -f runs/xstars/checkpoints/last.pt || { echo "error: no pretrained model; run 'make pretrain' first"; exit 2; }
 	$(BIN)/msc-france eval --config pipelines/eval.yaml --data $(DEMO_STORE)
+
+# Seeds 1 and 2 of X-STARS and DINO-only (seed 0 is `make pretrain`), evaluated together: the
+# seed-to-seed spread of the headline numbers (runs/eval-seeds/report.md).
+seeds: install
+	@test -f runs/xstars/checkpoints/last.pt || { echo "error: no pretrained model; run 'make pretrain' first"; exit 2; }
+	for s in 1 2; do \
+	  $(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data $(DEMO_STORE) --out runs/xstars-seed$$s --set run.seed=$$s --quiet && \
+	  $(BIN)/msc-france pretrain --config pipelines/pretrain-dino.yaml --data $(DEMO_STORE) --out runs/dino-seed$$s --set run.seed=$$s --quiet || exit 1; \
+	done
+	$(BIN)/msc-france eval --config pipelines/eval-seeds.yaml --data $(DEMO_STORE)
 
 # Benchmarks against baselines (docs/benchmarks.md, benchmarks/results/latest.json); needs `make demo`.
 bench: install

@@ -3,7 +3,9 @@
 Each chip is resized to ``tiles x input_size`` pixels per sensor and cut into ``tiles x tiles``
 co-located tiles of ``input_size`` pixels, so tile ``t`` of every sensor covers the same ground.
 Tiles of one chip share the chip's split. For every tile and sensor we keep the CLS token, the
-mean patch token, the patch tokens, and the label raster (dominant class and per-patch classes).
+mean patch token, the patch tokens, and the label raster (dominant class, class fractions and
+per-patch classes). An *encoder* is anything that maps (N, C, S, S) images of a sensor to tokens
+(N, 1 + P, D), CLS first: a ViT, or :class:`PooledPixels`, the raw-pixel baseline.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from msc_france.data import MSCFranceDataset
 from msc_france.xstars.vit import ViT
@@ -28,6 +31,41 @@ class Features:
     labels: torch.Tensor | None = None  # (N, S, S) class indices, -1 = nodata
     chip: torch.Tensor | None = None  # (N,) chip number of each tile
 
+    def kind(self, name: str, sensor: str) -> torch.Tensor:
+        """Tile vectors of one kind: ``cls``, ``mean`` (mean patch token) or ``dense`` (every patch
+        token L2-normalised, concatenated: cosine similarity = mean per-position similarity)."""
+        if name == "dense":
+            p = F.normalize(self.patches[sensor].float(), dim=-1)
+            return p.flatten(1) / p.shape[1] ** 0.5
+        return getattr(self, name)[sensor]
+
+
+class PooledPixels(torch.nn.Module):
+    """The raw-pixel baseline: no training, so it bounds what any encoder should at least reach.
+
+    CLS is the ``grid x grid`` average-pooled input pixels concatenated (C * grid^2 values);
+    patch tokens are the mean pixel of each ``patch_size`` block (as many as a ViT's), zero-padded
+    to the CLS width.
+    """
+
+    patch_size = 16
+
+    def __init__(self, grid: int = 4) -> None:
+        super().__init__()
+        self.grid = grid
+
+    def has_sensor(self, name: str) -> bool:
+        """Every sensor: pixels need no embedding."""
+        return True
+
+    def forward(self, x: torch.Tensor, sensor: str) -> torch.Tensor:
+        """(N, C, S, S) -> (N, 1 + (S / 16)^2, C * grid^2)."""
+        x = x.float()
+        cls = F.adaptive_avg_pool2d(x, self.grid).flatten(1)[:, None]
+        p = F.avg_pool2d(x, self.patch_size).flatten(2).transpose(1, 2)  # (N, P, C)
+        pad = torch.zeros(p.shape[0], p.shape[1], cls.shape[-1] - p.shape[-1])
+        return torch.cat([cls, torch.cat([p, pad], dim=-1)], dim=1)
+
 
 def tile(x: torch.Tensor, k: int) -> torch.Tensor:
     """(C, kS, kS) -> (k*k, C, S, S), row-major."""
@@ -37,7 +75,7 @@ def tile(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def extract(vit: ViT, ds: MSCFranceDataset, tiles: int, input_size: int, class_index: dict[int, int],
+def extract(vit: ViT | PooledPixels, ds: MSCFranceDataset, tiles: int, input_size: int, class_index: dict[int, int],
             device: torch.device, batch: int = 64) -> Features:
     """Features of every tile of every chip of ``ds`` (whose ``size`` must be tiles x input_size)."""
     vit.eval().to(device)
@@ -87,3 +125,11 @@ def patch_labels(labels: torch.Tensor, patch: int) -> torch.Tensor:
     classes = int(blocks.max().item()) + 1 if valid.any() else 1
     counts = torch.stack([((blocks == c) & valid).sum(-1) for c in range(classes)], dim=-1)
     return torch.where(valid.any(-1), counts.argmax(-1), torch.full(blocks.shape[:2], -1, dtype=torch.long))
+
+
+def fractions(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Class fractions of each (N, H, W) label tile over its valid pixels: (N, n_classes)."""
+    flat = labels.reshape(labels.shape[0], -1)
+    valid = (flat >= 0).sum(1, keepdim=True).clamp_min(1)
+    counts = torch.stack([(flat == c).sum(1) for c in range(n_classes)], dim=1)
+    return counts.float() / valid

@@ -95,3 +95,50 @@ def iou_from_confusion(cm: torch.Tensor) -> tuple[list[float | None], float]:
 def accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
     """Fraction of correct predictions."""
     return float((pred == target).float().mean()) if target.numel() else float("nan")
+
+
+def balanced_accuracy(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> float:
+    """Mean per-class recall over the classes present in ``target``."""
+    recalls = [float((pred[target == c] == c).float().mean()) for c in range(n_classes) if (target == c).any()]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def macro_f1(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> float:
+    """Unweighted mean F1 over the classes present in ``target`` or ``pred``."""
+    f1s = []
+    for c in range(n_classes):
+        tp = int(((pred == c) & (target == c)).sum())
+        fp = int(((pred == c) & (target != c)).sum())
+        fn = int(((pred != c) & (target == c)).sum())
+        if tp + fp + fn:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s)) if f1s else float("nan")
+
+
+def ridge(train_x: torch.Tensor, train_y: torch.Tensor, lam: float = 1.0) -> torch.nn.Module:
+    """Ridge regression on standardised features (closed form); returns a module x -> y.
+
+    ``lam`` is scaled by the number of training samples, so it means the same for any set size.
+    """
+    x = train_x.double()
+    mu, sd = x.mean(0, keepdim=True), x.std(0, keepdim=True).clamp_min(1e-6)
+    z = (x - mu) / sd
+    y = train_y.double()
+    ym = y.mean(0, keepdim=True)
+    a = z.T @ z + lam * z.shape[0] * torch.eye(z.shape[1], dtype=z.dtype)
+    w = torch.linalg.solve(a, z.T @ (y - ym))
+
+    class Ridge(torch.nn.Module):
+        def forward(self, q: torch.Tensor) -> torch.Tensor:
+            return ((q.double() - mu) / sd) @ w + ym
+
+    return Ridge().eval()
+
+
+def r2(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Coefficient of determination over all outputs (variance-weighted, as sklearn's
+    ``r2_score(..., multioutput="variance_weighted")``): 1 - SSE / SST."""
+    t = target.double()
+    sse = ((pred.double() - t) ** 2).sum()
+    sst = ((t - t.mean(0, keepdim=True)) ** 2).sum()
+    return float(1 - sse / sst) if sst > 0 else float("nan")

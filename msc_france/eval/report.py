@@ -21,38 +21,98 @@ def _f(v: Any) -> str:
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _mean(values: list[float]) -> float | None:
+    vals = [v for v in values if v is not None and v == v]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per model: the headline numbers (means over sensors and sensor pairs)."""
+    rows = []
+    for name, m in report["models"].items():
+        ss = m["sensors"]
+        fr = m["fractions_r2"]
+        rows.append({
+            "model": name,
+            **{f"R@1 {k}": m["retrieval"][k].get("mean_R@1") for k in ("cls", "mean", "dense")},
+            "fractions R2 same": _mean([fr[f"{s}->{s}"] for s in ss]),
+            "fractions R2 cross": _mean([fr[f"{a}->{b}"] for a in ss for b in ss if a != b]),
+            "linear acc": _mean([m["classification"][s]["linear_acc"] for s in ss]),
+            "linear bal. acc": _mean([m["classification"][s]["linear_balanced_acc"] for s in ss]),
+            "mIoU": _mean([m["segmentation"][s]["mIoU"] for s in ss]),
+        })
+    return rows
+
+
 def markdown(report: dict[str, Any]) -> str:
-    """Tables: retrieval, classification, transfer and segmentation per model."""
-    lines = [f"# Evaluation: {report['config']['name']}", "",
-             f"Store `{report['config']['store']}`: {report['n_chips']['train']} training chips "
+    """Tables: headline summary, retrieval, diagnostics, classification, transfer, fractions, segmentation."""
+    cfg = report["config"]
+    maj = report["majority"]
+    lines = [f"# Evaluation: {cfg['name']}", "",
+             f"Store `{cfg['store']}`: {report['n_chips']['train']} training chips "
              f"({report['n_tiles']['train']} tiles), {report['n_chips']['held_out']} held-out chips "
-             f"({report['n_tiles']['held_out']} tiles). Classes: {', '.join(report['classes'])}.", ""]
+             f"({report['n_tiles']['held_out']} tiles). Classes: {', '.join(report['classes'])}. "
+             f"Checkpoints evaluated with their {cfg['features']} backbone; per-sensor centring "
+             f"{'on' if cfg['center'] else 'off'}; probes on {cfg['probe_features']} features.", "",
+             f"Chance: retrieval R@1 = {report['chance_R@1']:.4f}; majority class ({maj['class']}): accuracy "
+             f"{maj['acc']:.3f}, balanced accuracy {maj['balanced_acc']:.3f}, macro-F1 {maj['macro_f1']:.3f}; "
+             "fraction R2 = 0 for predicting the mean.", "",
+             "## Summary (means over sensors / ordered sensor pairs)", ""]
+    rows = summary_rows(report)
+    keys = [k for k in rows[0] if k != "model"]
+    lines += ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [f"| {r['model']} | " + " | ".join(_f(r[k]) for k in keys) + " |" for r in rows]
     models = report["models"]
-    pairs = sorted({p for m in models.values() for p in m["retrieval"]})
-    lines += ["## Cross-sensor retrieval (R@1 / R@5 / median rank)", "",
-              "| model | " + " | ".join(f"{_s(p.split('->')[0])}->{_s(p.split('->')[1])}" for p in pairs) + " |",
-              "|---" * (len(pairs) + 1) + "|"]
-    for name, m in models.items():
-        cells = []
-        for p in pairs:
-            r = m["retrieval"].get(p)
-            cells.append("-" if r is None else f"{r['R@1']:.2f} / {r['R@5']:.2f} / {r['median_rank']:.0f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for kind in ("mean", "cls", "dense"):
+        pairs = sorted({p for m in models.values() for p in m["retrieval"][kind] if "->" in p})
+        lines += ["", f"## Cross-sensor retrieval, {kind} features (R@1 / R@5 / median rank)", "",
+                  "| model | " + " | ".join(f"{_s(p.split('->')[0])}->{_s(p.split('->')[1])}" for p in pairs) + " |",
+                  "|---" * (len(pairs) + 1) + "|"]
+        for name, m in models.items():
+            cells = []
+            for p in pairs:
+                r = m["retrieval"][kind].get(p)
+                cells.append("-" if r is None else f"{r['R@1']:.2f} / {r['R@5']:.2f} / {r['median_rank']:.0f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    diag = {n: m["diagnostics"] for n, m in models.items() if m.get("diagnostics")}
+    if diag:
+        lines += ["", "## Training diagnostics", "",
+                  "MSAD projection: retrieval with the student's dense tokens through the MSAD projection heads "
+                  "(what the loss aligns; not a property of the backbone). Continual: the adapted student's "
+                  "target-sensor features retrieving the frozen source model's features.", ""]
+        for n, d in diag.items():
+            if "msad_projection" in d:
+                cells = ", ".join(f"{_s(p.split('->')[0])}->{_s(p.split('->')[1])} {v['R@1']:.3f}"
+                                  for p, v in d["msad_projection"].items())
+                lines.append(f"- {n}, MSAD projection R@1: {cells}")
+            if "continual" in d:
+                c = d["continual"]
+                lines.append(f"- {n}, {c['pair']} R@1: " + ", ".join(f"{k} {c[k]['R@1']:.3f}" for k in ("cls", "mean", "dense")))
     sensors = sorted({s for m in models.values() for s in m["classification"]})
-    lines += ["", "## Tile classification, dominant land-cover class (kNN / linear probe accuracy)", "",
+    lines += ["", "## Tile classification, dominant land-cover class (linear probe: accuracy / balanced accuracy / "
+              "macro-F1; kNN accuracy)", "",
               "| model | " + " | ".join(_s(s) for s in sensors) + " |", "|---" * (len(sensors) + 1) + "|"]
     for name, m in models.items():
-        cells = [f"{m['classification'][s]['knn_acc']:.3f} / {m['classification'][s]['linear_acc']:.3f}"
-                 if s in m["classification"] else "-" for s in sensors]
+        cells = []
+        for s in sensors:
+            c = m["classification"].get(s)
+            cells.append("-" if c is None else f"{c['linear_acc']:.3f} / {c['linear_balanced_acc']:.3f} / "
+                         f"{c['linear_macro_f1']:.3f}; {c['knn_acc']:.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "## Cross-sensor transfer (linear probe trained on row sensor, tested on column sensor)", ""]
-    for name, m in models.items():
-        ss = m["sensors"]
-        lines += [f"**{name}**", "", "| train \\ test | " + " | ".join(_s(s) for s in ss) + " |",
-                  "|---" * (len(ss) + 1) + "|"]
-        for a in ss:
-            lines.append(f"| {_s(a)} | " + " | ".join(_f(m["transfer"][f"{a}->{b}"]) for b in ss) + " |")
-        lines.append("")
+    lines.append(f"| majority class | " + " | ".join(f"{maj['acc']:.3f} / {maj['balanced_acc']:.3f} / "
+                                                  f"{maj['macro_f1']:.3f}" for _ in sensors) + " |")
+    for title, key, fmt in (("Cross-sensor transfer (linear probe trained on row sensor, tested on column sensor; "
+                             "balanced accuracy)", "transfer", lambda v: _f(v["balanced_acc"])),
+                            ("Class-fraction probe (ridge trained on row sensor, tested on column sensor; held-out R2)",
+                             "fractions_r2", _f)):
+        lines += ["", f"## {title}", ""]
+        for name, m in models.items():
+            ss = m["sensors"]
+            lines += [f"**{name}**", "", "| train \\ test | " + " | ".join(_s(s) for s in ss) + " |",
+                      "|---" * (len(ss) + 1) + "|"]
+            for a in ss:
+                lines.append(f"| {_s(a)} | " + " | ".join(fmt(m[key][f"{a}->{b}"]) for b in ss) + " |")
+            lines.append("")
     lines += ["## Patch-level linear segmentation (mIoU / pixel accuracy)", "",
               "| model | " + " | ".join(_s(s) for s in sensors) + " |", "|---" * (len(sensors) + 1) + "|"]
     for name, m in models.items():
@@ -88,14 +148,16 @@ def figures(report: dict[str, Any], figs: dict[str, Any], held: Any, names: dict
             for name, ranks in figs["ranks"][p].items():
                 ks = np.arange(1, min(50, len(ranks)) + 1)
                 ax.plot(ks, [(ranks <= k).float().mean().item() for k in ks], label=name)
+            n = len(next(iter(figs["ranks"][p].values())))
+            ax.plot(ks, ks / n, "k--", lw=0.8, label="chance")
             a, b = p.split("->")
-            ax.set_title(f"{_s(a)} -> {_s(b)}", fontsize=9)
+            ax.set_title(f"{_s(a)} -> {_s(b)} (mean-pooled tokens, {n} tiles)", fontsize=9)
             ax.set_xlabel("k")
             ax.set_ylabel("recall@k")
             ax.set_ylim(0, 1)
+            ax.legend(fontsize=6)
         for ax in list(axes.flat)[len(pairs):]:
             ax.axis("off")
-        axes.flat[0].legend(fontsize=7)
         fig.tight_layout()
         paths.append(out / "retrieval.png")
         fig.savefig(paths[-1], dpi=90)
@@ -104,20 +166,21 @@ def figures(report: dict[str, Any], figs: dict[str, Any], held: Any, names: dict
     fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4), squeeze=False)
     for ax, (name, m) in zip(axes[0], models.items()):
         ss = m["sensors"]
-        mat = np.array([[m["transfer"][f"{a}->{b}"] for b in ss] for a in ss])
+        mat = np.array([[m["transfer"][f"{a}->{b}"]["balanced_acc"] for b in ss] for a in ss])
         ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
         for i in range(len(ss)):
             for j in range(len(ss)):
                 ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
         ax.set_xticks(range(len(ss)), [_s(s) for s in ss])
         ax.set_yticks(range(len(ss)), [_s(s) for s in ss])
-        ax.set_title(name, fontsize=9)
+        ax.set_title(f"{name}: balanced accuracy\n(majority class {report['majority']['balanced_acc']:.2f})", fontsize=8)
         ax.set_xlabel("test sensor")
         ax.set_ylabel("probe trained on")
     fig.tight_layout()
     paths.append(out / "transfer.png")
     fig.savefig(paths[-1], dpi=90)
     plt.close(fig)
+    paths.append(_summary_figure(report, out))
     # Segmentation maps: the aerial view (or the first sensor), the truth and each model's prediction.
     sensor = "aerial" if "aerial" in held.images else next(iter(held.images))
     from matplotlib.colors import to_rgb
@@ -147,11 +210,42 @@ def figures(report: dict[str, Any], figs: dict[str, Any], held: Any, names: dict
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(color=palette[i], label=names[i]) for i in range(len(names))], loc="lower center",
+               ncol=min(6, len(names)), fontsize=7)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     paths.append(out / "segmentation.png")
     fig.savefig(paths[-1], dpi=90)
     plt.close(fig)
     return paths
 
 
-__all__ = ["markdown", "figures", "torch"]
+def _summary_figure(report: dict[str, Any], out: Path) -> Path:
+    """summary.png: mean cross-sensor R@1 per model and feature kind, and fraction-probe R2."""
+    import matplotlib.pyplot as plt
+
+    rows = summary_rows(report)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    x = np.arange(len(rows))
+    for i, k in enumerate(("cls", "mean", "dense")):
+        axes[0].bar(x + (i - 1) * 0.27, [r[f"R@1 {k}"] or 0 for r in rows], 0.27, label=k)
+    axes[0].axhline(report["chance_R@1"], color="k", ls="--", lw=0.8, label="chance")
+    axes[0].set_xticks(x, [r["model"] for r in rows], fontsize=8)
+    axes[0].set_ylabel("held-out cross-sensor R@1 (mean over pairs)")
+    axes[0].set_ylim(0, 1)
+    axes[0].legend(fontsize=7)
+    for i, k in enumerate(("same", "cross")):
+        axes[1].bar(x + (i - 0.5) * 0.4, [r[f"fractions R2 {k}"] or 0 for r in rows], 0.4, label=f"{k}-sensor")
+    axes[1].axhline(0, color="k", lw=0.8, label="predicting the mean")
+    axes[1].set_xticks(x, [r["model"] for r in rows], fontsize=8)
+    axes[1].set_ylabel("class-fraction probe, held-out R2")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "summary.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["figures", "markdown", "summary_rows"]

@@ -3,21 +3,28 @@
 On the store's held-out chips (cut into co-located tiles, see :mod:`msc_france.eval.features`):
 
 * cross-sensor retrieval: each tile's embedding in sensor A retrieves its co-located tile in
-  sensor B among all held-out tiles (R@1, R@5, median rank), for every ordered sensor pair;
-* land-cover classification of tiles (dominant label class): weighted kNN and a linear probe per
-  sensor, trained on the training chips' tiles;
-* cross-sensor transfer: a linear probe trained on sensor A's features, tested on sensor B's;
+  sensor B among all held-out tiles (R@1, R@5, median rank; chance R@1 = 1 / tiles), for every
+  ordered sensor pair and three feature kinds: CLS token, mean-pooled patch tokens, dense tokens;
+  optionally after per-sensor centring;
+* MSAD-projection retrieval (a training diagnostic: what the projection heads align), and, for a
+  continual model, retrieval between the adapted student and the frozen source model;
+* land-cover classification of tiles (dominant class): kNN and a linear probe per sensor, with
+  accuracy, balanced accuracy and macro-F1 next to the majority-class baseline; cross-sensor
+  transfer of the probe;
+* a class-fraction probe: ridge regression from tile features to the tile's label fractions,
+  held-out R2 for same-sensor and cross-sensor pairs;
 * patch-level linear segmentation of the label raster (mIoU and per-class IoU);
 * external datasets (EuroSAT, UC Merced, RESISC45, GeoTIFF segmentation) when configured.
 
-Baselines: a randomly initialised encoder of the same architecture, plus every configured model
-(DINO-only, X-STARS, continual) whose checkpoint exists.
+Baselines bound the metrics from both sides: raw pooled pixels, and a randomly initialised
+encoder of the same architecture and patch-embedding scheme as the models.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,9 +37,12 @@ from msc_france.config import StrictModel, load_config_mapping, parse_model
 from msc_france.data import MSCFranceDataset
 from msc_france.errors import BadInputError
 from msc_france.eval import metrics as M
-from msc_france.eval.external import load_classification, load_segmentation, label_fraction
-from msc_france.eval.features import Features, dominant, extract, patch_labels
+from msc_france.eval.external import label_fraction, load_classification, load_segmentation
+from msc_france.eval.features import Features, PooledPixels, dominant, extract, patch_labels
+from msc_france.eval.probes import (KINDS, classification, fraction_probe, majority_baseline, pair_retrieval,
+                                    retrieval, segmentation)
 from msc_france.store import Store
+from msc_france.xstars.msad import MSADHeads
 from msc_france.xstars.train import build_backbone, load_checkpoint
 from msc_france.xstars.vit import ViT
 
@@ -68,6 +78,12 @@ class EvalConfig(StrictModel):
     test_splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["val", "test"])
     models: list[ModelEntry] = Field(default_factory=list)
     random_baseline: bool = True
+    pixel_baseline: bool = Field(True, description="the raw-pixel baseline (4 x 4 pooled pixels per tile)")
+    features: Literal["student", "teacher"] = Field(
+        "student", description="which backbone of each checkpoint is evaluated (MSAD trains the student)")
+    center: bool = Field(False, description="subtract each sensor's mean feature before retrieval")
+    probe_features: Literal["cls", "mean", "dense"] = "mean"
+    ridge_lambda: float = Field(1.0, gt=0)
     knn_k: int = 10
     external: list[ExternalEntry] = Field(default_factory=list)
     out: str = "runs/eval"
@@ -116,7 +132,17 @@ def _datasets(cfg: EvalConfig, size: int) -> tuple[MSCFranceDataset, MSCFranceDa
     return train, held, class_index, names
 
 
-def _models(cfg: EvalConfig) -> list[tuple[str, ViT, dict[str, Any]]]:
+@dataclass
+class Model:
+    """An encoder to evaluate, and what its checkpoint offers beyond the backbone."""
+
+    name: str
+    encoder: ViT | PooledPixels
+    meta: dict[str, Any]
+    ckpt: dict[str, Any] | None = None
+
+
+def _models(cfg: EvalConfig) -> list[Model]:
     out = []
     arch = None
     for m in cfg.models:
@@ -125,72 +151,69 @@ def _models(cfg: EvalConfig) -> list[tuple[str, ViT, dict[str, Any]]]:
                 continue
             raise BadInputError(f"checkpoint not found: {m.checkpoint} (run make pretrain first)")
         ckpt = load_checkpoint(m.checkpoint)
-        vit = build_backbone(ckpt)
+        out.append(Model(m.name, build_backbone(ckpt, cfg.features), ckpt["model"], ckpt))
         arch = arch or ckpt["model"]
-        out.append((m.name, vit, ckpt["model"]))
     if cfg.random_baseline:
+        # The same architecture and patch-embedding scheme as the models: a shared embedding alone
+        # makes a random ViT retrieve well when sensors look alike.
         a = arch or {"arch": "vit_tiny", "patch_size": 16, "img_size": cfg.input_size}
         torch.manual_seed(cfg.seed)
-        vit = ViT({s: len(cfg.bands) for s in cfg.sensors}, a["arch"], a["patch_size"], a["img_size"], drop_path=0.0)
-        out.insert(0, ("random", vit, dict(a)))
+        vit = ViT({s: len(cfg.bands) for s in cfg.sensors}, a["arch"], a["patch_size"], a["img_size"], drop_path=0.0,
+                  patch_embed=a.get("patch_embed", "per-sensor"))
+        out.insert(0, Model("random", vit, dict(a)))
+    if cfg.pixel_baseline:
+        out.insert(0, Model("pixels", PooledPixels(), {"arch": "pooled pixels 4x4"}))
     if not out:
-        raise BadInputError("no model to evaluate (no checkpoint found and random_baseline is off)")
+        raise BadInputError("no model to evaluate (no checkpoint found and both baselines are off)")
     return out
 
 
-def _classification(tr: Features, te: Features, ytr: torch.Tensor, yte: torch.Tensor, n_classes: int,
-                    sensors: list[str], k: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    cls_out, transfer = {}, {}
-    mtr, mte = ytr >= 0, yte >= 0
-    probes = {}
-    for s in sensors:
-        ftr, fte = tr.cls[s][mtr], te.cls[s][mte]
-        knn = M.knn_predict(ftr, ytr[mtr], fte, n_classes, k=k)
-        probe = M.linear_probe(ftr, ytr[mtr], n_classes)
-        probes[s] = probe
-        with torch.no_grad():
-            lin = probe(fte).argmax(1)
-        cls_out[s] = {"knn_acc": M.accuracy(knn, yte[mte]), "linear_acc": M.accuracy(lin, yte[mte]),
-                      "n_train": int(mtr.sum()), "n_test": int(mte.sum())}
-    for a in sensors:
-        for b in sensors:
-            with torch.no_grad():
-                pred = probes[a](te.cls[b][mte]).argmax(1)
-            transfer[f"{a}->{b}"] = M.accuracy(pred, yte[mte])
-    return cls_out, transfer
+def _msad_heads(ckpt: dict[str, Any]) -> MSADHeads | None:
+    """The student's MSAD projection heads of a checkpoint (None when it trained without MSAD)."""
+    c = ckpt["config"]["msad"]
+    keys = {k[len("msad_heads."):]: v for k, v in ckpt["student"].items() if k.startswith("msad_heads.")}
+    if not keys or float(c.get("alpha", 0)) == 0:
+        return None
+    per = any(k.startswith("per_sensor.") for k in keys)
+    dim = ckpt["student"]["backbone.pos_embed"].shape[-1]
+    heads = MSADHeads(dim, list(ckpt["sensors"]), c["proj_dim"], c["dropout"], per_sensor=per)
+    heads.load_state_dict(keys)
+    return heads.eval()
 
 
-def _segmentation(tr: Features, te: Features, patch: int, n_classes: int, sensors: list[str],
-                  names: dict[int, str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    assert tr.labels is not None and te.labels is not None
-    ptr = patch_labels(tr.labels, patch)  # test tiles are scored per pixel, against te.labels
-    out, preds = {}, {}
-    size = te.labels.shape[-1]
-    side = size // patch
-    for s in sensors:
-        xtr = tr.patches[s].reshape(-1, tr.patches[s].shape[-1])
-        ytr = ptr.reshape(-1)
-        keep = ytr >= 0
-        g = torch.Generator().manual_seed(0)
-        sel = torch.nonzero(keep).flatten()
-        sel = sel[torch.randperm(len(sel), generator=g)[:20000]]  # bounded probe cost
-        probe = M.linear_probe(xtr[sel], ytr[sel], n_classes, steps=200)
-        with torch.no_grad():
-            logits = probe(te.patches[s].reshape(-1, te.patches[s].shape[-1]))
-        logits = logits.reshape(-1, side, side, n_classes).permute(0, 3, 1, 2)
-        up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False).argmax(1)
-        cm = M.confusion(up.flatten(), te.labels.flatten(), n_classes)
-        ious, miou = M.iou_from_confusion(cm)
-        out[s] = {"mIoU": miou, "per_class": {names[i]: v for i, v in enumerate(ious)},
-                  "pixel_acc": float(cm.diagonal().sum() / cm.sum().clamp_min(1))}
-        preds[s] = up
-    return out, preds
+@torch.no_grad()
+def _diagnostics(m: Model, held: MSCFranceDataset, cfg: EvalConfig, class_index: dict[int, int],
+                 device: torch.device) -> dict[str, Any]:
+    """MSAD-projection retrieval, and student-vs-frozen retrieval for a continual model."""
+    assert m.ckpt is not None
+    out: dict[str, Any] = {}
+    heads = _msad_heads(m.ckpt)
+    student = build_backbone(m.ckpt, "student")
+    sensors = [s for s in cfg.sensors if student.has_sensor(s)]
+    te = extract(student, _subset(held, sensors), cfg.tiles, cfg.input_size, class_index, device)
+    if heads is not None:
+        proj = {s: F.normalize(heads(torch.cat([te.cls[s][:, None], te.patches[s]], 1), s)[:, 1:], dim=-1)
+                for s in sensors if not heads.has_per_sensor or s in heads.per_sensor}
+        flat = {s: (p.flatten(1) / p.shape[1] ** 0.5) for s, p in proj.items()}
+        out["msad_projection"] = {f"{a}->{b}": pair_retrieval(flat[a], flat[b]) for a in flat for b in flat if a != b}
+    cont = m.ckpt["config"].get("continual")
+    if cont and "frozen" in m.ckpt:
+        frozen = ViT(dict(m.ckpt.get("frozen_sensors", m.ckpt["sensors"])), m.meta["arch"], m.meta["patch_size"],
+                     m.meta["img_size"], drop_path=0.0, patch_embed=m.meta.get("patch_embed", "per-sensor"))
+        frozen.load_state_dict(m.ckpt["frozen"])
+        src, tgt = cont["source_sensor"], cont["target_sensor"]
+        fz = extract(frozen, _subset(held, [src]), cfg.tiles, cfg.input_size, class_index, device)
+        own = extract(build_backbone(m.ckpt, cfg.features), _subset(held, [tgt]), cfg.tiles, cfg.input_size,
+                      class_index, device)
+        out["continual"] = {"pair": f"{tgt}(student)->{src}(frozen)", **{
+            k: pair_retrieval(own.kind(k, tgt), fz.kind(k, src)) for k in KINDS}}
+    return out
 
 
 def _external(cfg: EvalConfig, vit: ViT, device: torch.device, bands: list[str]) -> dict[str, Any]:
     res: dict[str, Any] = {}
     for e in cfg.external:
-        if e.sensor not in vit.patch_embed:
+        if not vit.has_sensor(e.sensor):
             res[e.kind] = {"skipped": f"model has no {e.sensor} patch embedding"}
             continue
         if e.kind == "geotiff-segmentation":
@@ -243,27 +266,31 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     }
     figures: dict[str, Any] = {"seg": {}, "ranks": {}}
     held_feats: Features | None = None
-    for name, vit, meta in models:
-        sensors = [s for s in cfg.sensors if s in vit.patch_embed]
-        tr = extract(vit, _subset(train_ds, sensors), cfg.tiles, cfg.input_size, class_index, device)
-        te = extract(vit, _subset(held_ds, sensors), cfg.tiles, cfg.input_size, class_index, device)
+    for m in models:
+        sensors = [s for s in cfg.sensors if m.encoder.has_sensor(s)]
+        tr = extract(m.encoder, _subset(train_ds, sensors), cfg.tiles, cfg.input_size, class_index, device)
+        te = extract(m.encoder, _subset(held_ds, sensors), cfg.tiles, cfg.input_size, class_index, device)
         held_feats = te
         assert tr.labels is not None and te.labels is not None
         ytr, yte = dominant(tr.labels, n_classes), dominant(te.labels, n_classes)
-        entry: dict[str, Any] = {"arch": meta.get("arch"), "sensors": sensors, "retrieval": {}}
-        for a in sensors:
-            for b in sensors:
-                if a == b:
-                    continue
-                ranks = M.retrieval_ranks(te.cls[a], te.cls[b])
-                entry["retrieval"][f"{a}->{b}"] = M.retrieval_metrics(ranks)
-                figures["ranks"].setdefault(f"{a}->{b}", {})[name] = ranks
-        entry["classification"], entry["transfer"] = _classification(tr, te, ytr, yte, n_classes, sensors, cfg.knn_k)
-        entry["segmentation"], preds = _segmentation(tr, te, vit.patch_size, n_classes, sensors, names)
-        figures["seg"][name] = preds
-        if cfg.external:
-            entry["external"] = _external(cfg, vit.to(device), device, cfg.bands)
-        report["models"][name] = entry
+        if "majority" not in report:
+            report["majority"] = majority_baseline(ytr, yte, n_classes)
+            report["chance_R@1"] = 1.0 / len(te.chip)  # type: ignore[arg-type]
+        entry: dict[str, Any] = {"arch": m.meta.get("arch"), "patch_embed": m.meta.get("patch_embed"),
+                                 "features": cfg.features if m.ckpt else None, "sensors": sensors}
+        entry["retrieval"], ranks = retrieval(tr, te, sensors, cfg.center)
+        for p, r in ranks["mean"].items():
+            figures["ranks"].setdefault(p, {})[m.name] = r
+        entry["classification"], entry["transfer"] = classification(
+            tr, te, ytr, yte, n_classes, sensors, cfg.knn_k, cfg.probe_features)
+        entry["fractions_r2"] = fraction_probe(tr, te, n_classes, sensors, cfg.probe_features, cfg.ridge_lambda)
+        entry["segmentation"], preds = segmentation(tr, te, m.encoder.patch_size, n_classes, sensors, names)
+        figures["seg"][m.name] = preds
+        if m.ckpt is not None:
+            entry["diagnostics"] = _diagnostics(m, held_ds, cfg, class_index, device)
+        if cfg.external and isinstance(m.encoder, ViT):
+            entry["external"] = _external(cfg, m.encoder.to(device), device, cfg.bands)
+        report["models"][m.name] = entry
     report["n_tiles"] = {"train": len(train_ds) * cfg.tiles**2, "held_out": len(held_ds) * cfg.tiles**2}
     report["elapsed_s"] = round(time.perf_counter() - t0, 1)
     out = Path(cfg.out)

@@ -16,6 +16,13 @@ does, in its own CRS and pixel grid:
 Clouds are per-date smooth random fields in Lambert-93, sampled by each sensor at its pixel
 centres, so a cloud covers the same ground in S2 and Landsat of the same date.
 
+The sensors differ the way real ones do, so that telling whether an encoder is sensor-agnostic is
+not trivial (see ``SENSOR_MODELS``): vegetation follows a season (crops green up then are
+harvested, grass dries), so acquisitions of different dates see different spectra; each sensor
+has its own spectral response, radiometric gain and offset and residual haze; the aerial camera
+adds a per-tile gain and a non-linear (gamma) DN curve; and every satellite product is
+mis-registered by a realistic fraction of a pixel (S2 tiles by 2-3 m, Landsat by ~7 m).
+
 Everything is written as COGs plus STAC items shaped like Planetary Computer's, into a cache
 directory keyed by the world spec, atomically (temp dir + rename) under a file lock.
 """
@@ -48,7 +55,7 @@ from msc_france.config import DemoWorldSpec
 from msc_france.crs import L93, WGS84, reproject_geometry, transformer
 from msc_france.grid import PixelGrid
 
-GENERATOR_VERSION = "4"
+GENERATOR_VERSION = "5"
 UTM31 = "EPSG:32631"
 
 # Ground-truth classes: name, spectrum (blue, green, red, nir), WorldCover code, SCL class.
@@ -64,6 +71,54 @@ CLASSES: dict[int, tuple[str, tuple[float, float, float, float], int, int]] = {
     9: ("marker", (0.60, 0.60, 0.60, 0.60), 60, 5),
 }
 MARKER_SIZE_M = 90.0
+
+
+def phenology(classes: np.ndarray, date: dt.date) -> np.ndarray:
+    """(n, 4) multipliers of each feature's spectrum on ``date``: crops green up from April to a
+    June peak and are bare after the July harvest; grass dries in summer; forests barely change."""
+    doy = date.timetuple().tm_yday
+    green = float(np.exp(-(((doy - 165) / 35.0) ** 2)))  # 1 at mid-June
+    harvested = float(np.clip((doy - 200) / 20.0, 0, 1))  # after mid-July
+    m = np.ones((len(classes), 4), np.float32)
+    crops = classes == 3
+    veg = (0.75 + 0.25 * green) * (1 - harvested) + 0.0 * harvested
+    m[crops] = np.array([1.0 + 1.2 * harvested, 1.0 + 0.6 * harvested, 1.0 + 2.2 * harvested, veg + 0.6 * harvested])
+    grass = classes == 4
+    dry = float(np.clip((doy - 180) / 40.0, 0, 1))
+    m[grass] = np.array([1.0 + 0.4 * dry, 1.0 + 0.2 * dry, 1.0 + 0.9 * dry, 1.0 - 0.35 * dry])
+    m[classes == 2] = np.array([1.0, 1.0, 1.0, 0.95 + 0.05 * green])
+    return m
+
+
+@dataclass(frozen=True)
+class SensorModel:
+    """How a sensor sees surface reflectance: spectral response (a 4 x 4 mixing of the true
+    bands), gain and offset, residual haze per date (added, strongest in blue) and its
+    registration error (metres, x and y) against the ground truth."""
+
+    response: tuple[tuple[float, float, float, float], ...]
+    gain: tuple[float, float, float, float]
+    offset: float
+    haze: tuple[float, float]  # range of the per-date haze in the blue band
+    shift_m: tuple[float, float]
+
+    def observe(self, refl: np.ndarray, haze: float) -> np.ndarray:
+        """Sensor reflectance from true reflectance (4, H, W)."""
+        mixed = np.tensordot(np.asarray(self.response, np.float32), refl, axes=1)
+        scatter = haze * np.array([1.0, 0.72, 0.5, 0.22], np.float32)[:, None, None]
+        return mixed * np.asarray(self.gain, np.float32)[:, None, None] + self.offset + scatter
+
+
+IDENTITY = ((1.0, 0, 0, 0), (0, 1.0, 0, 0), (0, 0, 1.0, 0), (0, 0, 0, 1.0))
+SENSOR_MODELS = {
+    "sentinel-2": SensorModel(IDENTITY, (1.0, 1.0, 1.0, 1.0), 0.0, (0.0, 0.012), (2.4, -1.8)),
+    "landsat-8": SensorModel(((0.95, 0.05, 0, 0), (0.04, 0.92, 0.04, 0), (0, 0.08, 0.92, 0), (0, 0, 0.05, 0.95)),
+                             (0.95, 0.96, 0.97, 1.04), 0.008, (0.005, 0.03), (-7.0, 5.5)),
+    "aerial": SensorModel(((0.8, 0.15, 0.05, 0), (0.12, 0.72, 0.16, 0), (0.02, 0.16, 0.82, 0), (0, 0, 0.12, 0.88)),
+                          (1.0, 1.0, 1.0, 1.0), 0.0, (0.0, 0.0), (0.0, 0.0)),
+}
+#: The aerial camera's DN curve: DN = 255 * (rho * gain / AERIAL_WHITE) ** AERIAL_GAMMA.
+AERIAL_WHITE, AERIAL_GAMMA = 0.45, 0.75
 # A 4 x 4 lattice of calibration targets over the world (fractions of its extent).
 MARKER_FRACTIONS = tuple((fx, fy) for fy in (0.2, 0.4, 0.6, 0.8) for fx in (0.2, 0.4, 0.6, 0.8))
 
@@ -106,10 +161,10 @@ def make_features(spec: DemoWorldSpec) -> tuple[list[Feature], list[tuple[float,
                     g = box(gx + a * cell, gy, gx + b * cell, gy + cell)
                 else:
                     g = box(gx, gy + a * cell, gx + cell, gy + b * cell)
-                cls = int(rng.choice([3, 4, 5, 2], p=[0.55, 0.25, 0.12, 0.08]))
+                cls = int(rng.choice([3, 4, 5, 2], p=[0.36, 0.28, 0.1, 0.26]))
                 add(g, cls, gain=float(rng.uniform(0.85, 1.15)), tint=rng.uniform(0.93, 1.07, 4))
     # Forests: irregular blobs.
-    for _ in range(5):
+    for _ in range(max(5, int(round(w * h / 14e6)))):
         cx, cy = x0 + rng.uniform(0.05, 0.95) * w, y0 + rng.uniform(0.05, 0.95) * h
         blob = shapely.union_all(
             [Point(cx + rng.normal(0, 350), cy + rng.normal(0, 350)).buffer(rng.uniform(200, 500)) for _ in range(6)]
@@ -118,11 +173,26 @@ def make_features(spec: DemoWorldSpec) -> tuple[list[Feature], list[tuple[float,
     # A lake and a meandering river.
     lake = affinity.rotate(affinity.scale(Point(0, 0).buffer(1.0), 420, 240), 25)
     add(affinity.translate(lake, x0 + 0.25 * w, y0 + 0.72 * h), 1)
+    add(affinity.translate(affinity.rotate(lake, 70), x0 + 0.8 * w, y0 + 0.2 * h), 1)
     xs = np.arange(x0 - 500, x1 + 500, 40.0)
     ys = y0 + 0.35 * h + 0.14 * h * np.sin(2 * np.pi * (xs - x0) / (0.7 * w)) + 0.04 * h * np.sin(xs / 370.0)
     add(LineString(np.column_stack([xs, ys])).buffer(32), 1)
-    # A town: urban ground, a road grid, buildings in the blocks.
-    tx0, ty0, tw, th = x0 + 0.55 * w, y0 + 0.55 * h, 0.22 * w, 0.18 * h
+    # Towns: urban ground, a road grid, buildings in the blocks (a town and a smaller village).
+    for fx, fy, fw, fh in ((0.55, 0.55, 0.22, 0.18), (0.12, 0.18, 0.12, 0.1)):
+        _town(add, rng, x0 + fx * w, y0 + fy * h, fw * w, fh * h)
+    add(LineString([(x0 - 500, y0 + 0.2 * h), (x1 + 500, y0 + 0.9 * h)]).buffer(11), 7)
+    # Calibration markers at known coordinates (bright 90 m squares), burnt last.
+    markers = []
+    for fx, fy in MARKER_FRACTIONS:
+        mx, my = x0 + fx * w, y0 + fy * h
+        markers.append((float(mx), float(my)))
+        half = MARKER_SIZE_M / 2
+        add(box(mx - half, my - half, mx + half, my + half), 9)
+    return feats, markers
+
+
+def _town(add, rng: np.random.Generator, tx0: float, ty0: float, tw: float, th: float) -> None:  # noqa: ANN001
+    """Urban ground, a road grid and buildings in its blocks."""
     add(box(tx0, ty0, tx0 + tw, ty0 + th), 6)
     block = 160.0
     for bx in np.arange(tx0, tx0 + tw, block):
@@ -140,15 +210,6 @@ def make_features(spec: DemoWorldSpec) -> tuple[list[Feature], list[tuple[float,
         add(box(bx - 5, ty0, bx + 5, ty0 + th), 7)
     for by in np.arange(ty0, ty0 + th + 1, block):
         add(box(tx0, by - 5, tx0 + tw, by + 5), 7)
-    add(LineString([(x0 - 500, y0 + 0.2 * h), (x1 + 500, y0 + 0.9 * h)]).buffer(11), 7)
-    # Calibration markers at known coordinates (bright 90 m squares), burnt last.
-    markers = []
-    for fx, fy in MARKER_FRACTIONS:
-        mx, my = x0 + fx * w, y0 + fy * h
-        markers.append((float(mx), float(my)))
-        half = MARKER_SIZE_M / 2
-        add(box(mx - half, my - half, mx + half, my + half), 9)
-    return feats, markers
 
 
 @dataclass
@@ -182,20 +243,36 @@ class Renderer:
         shapes = ((geoms[i], int(i) + 1) for i in idx)
         return rasterize(shapes, out_shape=grid.shape, transform=grid.transform, fill=0, dtype="int32")
 
-    def reflectance(self, grid: PixelGrid, supersample: int, psf_sigma_px: float) -> tuple[np.ndarray, np.ndarray]:
-        """Area-averaged surface reflectance (4, H, W) and the centre class (H, W) on ``grid``."""
+    def fine_ids(self, grid: PixelGrid, supersample: int) -> np.ndarray:
+        """Feature ids on ``grid`` subdivided ``supersample`` times (for :meth:`render`)."""
         k = supersample
         t = grid.transform
         fine = PixelGrid(grid.crs, Affine(t.a / k, t.b, t.c, t.d, t.e / k, t.f), grid.height * k, grid.width * k)
-        ids = self.feature_ids(fine)
-        out = np.empty((4, grid.height, grid.width), np.float32)
+        return self.feature_ids(fine)
+
+    def render(self, ids: np.ndarray, supersample: int, psf_sigma_px: float,
+               spectra: np.ndarray | None = None) -> np.ndarray:
+        """Area-averaged reflectance (4, H, W) from :meth:`fine_ids`, with optional per-feature spectra."""
+        k = supersample
+        table = self.spectra if spectra is None else spectra
+        h, w = ids.shape[0] // k, ids.shape[1] // k
+        out = np.empty((4, h, w), np.float32)
         for b in range(4):
-            band = self.spectra[:, b][ids]
-            out[b] = band if k == 1 else band.reshape(grid.height, k, grid.width, k).mean(axis=(1, 3))
+            band = table[:, b][ids]
+            out[b] = band if k == 1 else band.reshape(h, k, w, k).mean(axis=(1, 3))
             if psf_sigma_px > 0:
                 out[b] = ndimage.gaussian_filter(out[b], psf_sigma_px, mode="nearest")
-        centre = self.classes[ids[k // 2 :: k, k // 2 :: k]]
-        return out, centre
+        return out
+
+    def seasonal(self, date: dt.date) -> np.ndarray:
+        """Per-feature spectra on ``date`` (see :func:`phenology`)."""
+        return (self.spectra * phenology(self.classes, date)).astype(np.float32)
+
+    def reflectance(self, grid: PixelGrid, supersample: int, psf_sigma_px: float) -> tuple[np.ndarray, np.ndarray]:
+        """Area-averaged surface reflectance (4, H, W) and the centre class (H, W) on ``grid``."""
+        k = supersample
+        ids = self.fine_ids(grid, k)
+        return self.render(ids, k, psf_sigma_px), self.classes[ids[k // 2 :: k, k // 2 :: k]]
 
 
 # --------------------------------------------------------------------------- clouds
@@ -322,6 +399,13 @@ def _utm_grid(bounds_l93: tuple[float, float, float, float], res: float, snap: f
     return PixelGrid(UTM31, Affine(res, 0, a, 0, -res, maxy), int(round((maxy - miny) / res)), int(round((b - a) / res)))
 
 
+def _shifted(grid: PixelGrid, shift_m: tuple[float, float], sign: float = 1.0) -> PixelGrid:
+    """``grid`` displaced by a registration error: what it shows at a pixel lies ``shift_m`` away."""
+    t = grid.transform
+    return PixelGrid(grid.crs, Affine(t.a, t.b, t.c + sign * shift_m[0], t.d, t.e, t.f + sign * shift_m[1]),
+                     grid.height, grid.width)
+
+
 def _s2_baseline(date: dt.date, i: int) -> str:
     # Dates before 2022 were processed at baseline 03.xx; a reprocessed archive carries 05.xx
     # (with the -1000 offset). Alternate so both harmonisation paths are exercised.
@@ -336,13 +420,17 @@ def generate_sentinel2(spec: DemoWorldSpec, r: Renderer, clouds: list[CloudField
     for tile, frac in tiles.items():
         g10 = _utm_grid(spec.bounds_l93, 10.0, 60.0, frac=frac)
         g20 = PixelGrid(UTM31, Affine(20, 0, g10.transform.c, 0, -20, g10.transform.f), g10.height // 2, g10.width // 2)
-        refl, _ = r.reflectance(g10, supersample=5, psf_sigma_px=0.45)
+        model = SENSOR_MODELS["sentinel-2"]
+        sign = 1.0 if tile == "31TCJ" else -0.7  # each tile has its own registration error
+        ids = r.fine_ids(_shifted(g10, model.shift_m, sign), 5)
         ids20 = r.feature_ids(g20)
         cls20 = r.classes[ids20]
         x10, y10 = grid_centres_l93(g10)
         x20, y20 = grid_centres_l93(g20)
         for i, (date, cf) in enumerate(zip(spec.dates, clouds, strict=True)):
             c10, s10 = cf.sample(x10, y10), cf.sample(x10, y10, shadow=True)
+            haze = float(np.random.default_rng([spec.seed, date.toordinal(), 2]).uniform(*model.haze))
+            refl = model.observe(r.render(ids, 5, 0.45, r.seasonal(date)), haze)
             obs = refl * (1 - 0.55 * s10 * (1 - c10)) * (1 - c10) + c10 * 0.62
             obs += 0.002 * rng.standard_normal(obs.shape, dtype=np.float32)
             baseline = _s2_baseline(date, i)
@@ -386,13 +474,17 @@ def generate_landsat(spec: DemoWorldSpec, r: Renderer, clouds: list[CloudField],
     items = []
     rng = np.random.default_rng(spec.seed + 3)
     g = _utm_grid(spec.bounds_l93, 30.0, 30.0, offset=15.0, margin=1500.0)
-    refl, cls = r.reflectance(g, supersample=10, psf_sigma_px=0.5)
+    model = SENSOR_MODELS["landsat-8"]
+    ids = r.fine_ids(_shifted(g, model.shift_m), 10)
+    cls = r.classes[ids[5::10, 5::10]]
     x, y = grid_centres_l93(g)
     scale, offset = 2.75e-05, -0.2
     plan = [(d, cf, "landsat-8") for d, cf in zip(spec.dates, clouds, strict=True)]
     plan.append((spec.dates[len(spec.dates) // 2] + dt.timedelta(days=8), clouds[len(clouds) // 2], "landsat-9"))
     for date, cf, platform in plan:
         c, s = cf.sample(x, y), cf.sample(x, y, shadow=True)
+        haze = float(np.random.default_rng([spec.seed, date.toordinal(), 3]).uniform(*model.haze))
+        refl = model.observe(r.render(ids, 10, 0.5, r.seasonal(date)), haze)
         obs = refl * (1 - 0.55 * s * (1 - c)) * (1 - c) + c * 0.6
         obs += 0.003 * rng.standard_normal(obs.shape, dtype=np.float32)
         dn = np.clip(np.round((obs - offset) / scale), 1, 65535).astype(np.uint16)
@@ -450,11 +542,13 @@ def _aerial_tile(spec: DemoWorldSpec, r: Renderer, out: Path, tx: float, ty: flo
     t, gsd = spec.aerial_tile_m, spec.aerial_gsd
     n = int(round(t / gsd))
     g = PixelGrid(L93, Affine(gsd, 0, tx, 0, -gsd, ty + t), n, n)
-    refl, _ = r.reflectance(g, supersample=1, psf_sigma_px=0.6)
+    ids = r.fine_ids(g, 1)
+    refl = SENSOR_MODELS["aerial"].observe(r.render(ids, 1, 0.6, r.seasonal(spec.aerial_date)), 0.0)
     rng = np.random.default_rng([spec.seed, int(tx), int(ty)])
     rgbn = refl[[2, 1, 0, 3]]  # R G B NIR, as BD ORTHO RVB + IRC
     rgbn += 0.008 * rng.standard_normal(rgbn.shape, dtype=np.float32)
-    dn = np.clip(np.round(rgbn * (255 / 0.5)), 1, 255).astype(np.uint8)
+    gain = float(rng.uniform(0.88, 1.12))  # mosaic balancing differs from tile to tile
+    dn = np.clip(np.round(255 * np.clip(rgbn * gain / AERIAL_WHITE, 0, 1) ** AERIAL_GAMMA), 1, 255).astype(np.uint8)
     name = f"31-{spec.aerial_date.year}-{int(tx / 1000):04d}-{int((ty + t) / 1000):04d}-LA93-0M{int(gsd * 100):02d}"
     p = out / "aerial" / f"{name}.tif"
     write_cog(p, dn, g, 0, compress="JPEG", quality=92, blocksize=512)

@@ -30,6 +30,8 @@ class ModelConfig(StrictModel):
     arch: Literal["vit_test", "vit_tiny", "vit_small", "vit_base"] = "vit_tiny"
     patch_size: int = Field(16, ge=2)
     drop_path: float = Field(0.1, ge=0, lt=1)
+    patch_embed: Literal["per-sensor", "shared"] = Field(
+        "per-sensor", description="one patch embedding per sensor, or one for all (sensors with the same bands)")
 
 
 class DinoConfig(StrictModel):
@@ -56,6 +58,8 @@ class MSADConfig(StrictModel):
     """The Multi-Sensor Alignment Dense loss; ``alpha = 0`` trains DINO alone."""
 
     alpha: float = Field(0.1, ge=0)
+    heads: Literal["shared", "per-sensor"] = Field(
+        "shared", description="shared projection head (aligns the backbone), or one more head per sensor")
     proj_dim: int = 256
     tau: float = Field(0.1, gt=0)
     smoothing: float = Field(0.3, ge=0, lt=1)
@@ -94,6 +98,9 @@ class RunConfig(StrictModel):
     checkpoint_every: int = Field(50, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
+    threads: int | None = Field(
+        None, ge=1, description="torch threads of the training process on CPU (default: the cores left "
+        "after one per DataLoader worker, at least 1); each worker uses one")
 
 
 class TrainConfig(StrictModel):
@@ -141,7 +148,11 @@ def load_train_config(path: str, overrides: list[str] | None = None, **top: Any)
         if "=" not in item:
             raise BadInputError(f"--set expects key=value, got '{item}'")
         k, v = item.split("=", 1)
-        _set(data, k.strip(), yaml.safe_load(v))
+        try:
+            value = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise BadInputError(f"--set {k.strip()}: not a plain YAML value (tags and objects are refused)") from None
+        _set(data, k.strip(), value)
     for dotted, v in top.items():
         if v is not None:
             _set(data, dotted, v)

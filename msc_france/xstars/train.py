@@ -17,6 +17,7 @@ the next steps' losses exactly.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import random
@@ -33,7 +34,8 @@ from torch.utils.data import DataLoader
 
 from msc_france.data import MSCFranceDataset, StepBatchSampler, collate
 from msc_france.data.transforms import MultiCropConfig, colocated_crops, multicrop, random_window
-from msc_france.errors import BadInputError, MscFranceError
+from msc_france.errors import BadInputError, MscFranceError, first_line
+from msc_france.fsutil import atomic_path
 from msc_france.xstars.config import TrainConfig
 from msc_france.xstars.dino import DINOHead, DINOLoss, ema_update
 from msc_france.xstars.msad import MSADHeads, msad_loss
@@ -137,7 +139,17 @@ def _param_groups(model: nn.Module) -> list[dict[str, Any]]:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state as tensors, ints and strings only, so checkpoints load with
+    ``weights_only=True`` (no pickled objects, no code execution)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, pstate, pgauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "state": torch.tensor(pstate, dtype=torch.int64),
+                   "gauss": None if pgauss is None else float(pgauss)},
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -145,21 +157,45 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def cpu_threads(threads: int | None, workers: int) -> int:
+    """Torch threads for a CPU process that shares the cores with ``workers`` loader processes."""
+    if threads is not None:
+        return threads
+    return max(1, (os.cpu_count() or 1) - workers)
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`pretrain`, with one-line errors."""
+    """Read a checkpoint written by :func:`pretrain`, with one-line errors.
+
+    The file's container is checked first (torch's zip format), then it is read with
+    ``weights_only=True``: tensors and plain values only, so a crafted pickle cannot run code.
+    """
     p = Path(path)
     if not p.exists():
         raise BadInputError(f"checkpoint not found: {p}")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise TrainingError(f"cannot read checkpoint {p}: {str(e).splitlines()[0][:200]}") from None
+        with open(p, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise TrainingError(f"cannot read checkpoint {p}: {e.strerror}") from None
+    if magic != b"PK\x03\x04":
+        raise TrainingError(f"cannot read checkpoint {p}: not a PyTorch zip checkpoint")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refuses anything but tensors and plain containers
+        raise TrainingError(f"cannot read checkpoint {p}: {first_line(e)[:200]}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
         raise TrainingError(f"{p} is not an msc-france X-STARS checkpoint")
     return ckpt
@@ -168,7 +204,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def build_backbone(ckpt: dict[str, Any], which: str = "teacher") -> ViT:
     """The ViT of a checkpoint (``teacher`` backbone by default, as DINO evaluates)."""
     m = ckpt["model"]
-    vit = ViT(dict(ckpt["sensors"]), m["arch"], m["patch_size"], m["img_size"], drop_path=0.0)
+    vit = ViT(dict(ckpt["sensors"]), m["arch"], m["patch_size"], m["img_size"], drop_path=0.0,
+              patch_embed=m.get("patch_embed", "per-sensor"))
     prefix = "backbone."
     sd = {k[len(prefix):]: v for k, v in ckpt[which].items() if k.startswith(prefix)}
     vit.load_state_dict(sd)
@@ -176,9 +213,18 @@ def build_backbone(ckpt: dict[str, Any], which: str = "teacher") -> ViT:
 
 
 def _write_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    """Write a checkpoint through a temp file and a rename; a failed write leaves nothing behind.
+
+    torch reports a full disk as ``RuntimeError: [enforce fail at inline_container.cc...] file
+    write failed``: it becomes the OSError (ENOSPC) the CLI reports as "No space left on device".
+    """
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except RuntimeError as e:
+        if "write failed" in str(e) or "enforce fail" in str(e):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
 
 
 def _plot(log_path: Path, out: Path) -> None:
@@ -192,8 +238,11 @@ def _plot(log_path: Path, out: Path) -> None:
         return
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("loss", "total"), ("dino", "DINO"), ("msad", "MSAD")):
-        ax.plot(steps, [r[key] for r in rows], label=label)
+    ax.plot(steps, [r["loss"] for r in rows], label="total")
+    ax.plot(steps, [r["dino"] for r in rows], label="DINO")
+    alpha = rows[-1].get("alpha", 1.0)
+    if any(r["msad"] for r in rows):  # the term as it enters the total
+        ax.plot(steps, [alpha * r["msad"] for r in rows], label=f"{alpha:g} x MSAD")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(out.parent.name)
@@ -242,22 +291,30 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     bands = {s: len(ds.band_index[s]) for s in cfg.data.sensors}
 
     img_size = cfg.dino.global_size
-    backbone = ViT(bands, cfg.model.arch, cfg.model.patch_size, img_size, cfg.model.drop_path)
+    backbone = ViT(bands, cfg.model.arch, cfg.model.patch_size, img_size, cfg.model.drop_path,
+                   patch_embed=cfg.model.patch_embed)
     if source_ckpt is not None:
         src = build_backbone(source_ckpt)
+        if src.embed_mode != backbone.embed_mode:
+            raise TrainingError(f"checkpoint {cfg.continual.checkpoint} has a {src.embed_mode} patch embedding; "
+                                f"the config asks for {backbone.embed_mode}")
         state = {k: v for k, v in src.state_dict().items() if not k.startswith("patch_embed.")}
         backbone.load_state_dict(state, strict=False)
-        for s in cfg.data.sensors:  # start every known sensor from its pretrained embedding
-            if s in src.patch_embed and src.patch_embed[s].in_channels == bands[s]:
-                backbone.patch_embed[s].load_state_dict(src.patch_embed[s].state_dict())
-        src_emb = src.patch_embed[cfg.continual.source_sensor]  # type: ignore[union-attr]
-        tgt = cfg.continual.target_sensor  # type: ignore[union-attr]
-        if tgt not in src.patch_embed and src_emb.in_channels == bands[tgt]:
-            backbone.patch_embed[tgt].load_state_dict(src_emb.state_dict())
+        if backbone.embed_mode == ViT.SHARED:
+            backbone.patch_embed.load_state_dict(src.patch_embed.state_dict())
+        else:
+            for s in cfg.data.sensors:  # start every known sensor from its pretrained embedding
+                if s in src.patch_embed and src.patch_embed[s].in_channels == bands[s]:
+                    backbone.patch_embed[s].load_state_dict(src.patch_embed[s].state_dict())
+            src_emb = src.patch_embed[cfg.continual.source_sensor]  # type: ignore[union-attr]
+            tgt = cfg.continual.target_sensor  # type: ignore[union-attr]
+            if tgt not in src.patch_embed and src_emb.in_channels == bands[tgt]:
+                backbone.patch_embed[tgt].load_state_dict(src_emb.state_dict())
         frozen = src.to(device).eval().requires_grad_(False)
 
     student = Student(backbone, DINOHead(backbone.dim, cfg.dino.out_dim, cfg.dino.hidden_dim, cfg.dino.bottleneck_dim),
-                      MSADHeads(backbone.dim, list(cfg.data.sensors), cfg.msad.proj_dim, cfg.msad.dropout)).to(device)
+                      MSADHeads(backbone.dim, list(cfg.data.sensors), cfg.msad.proj_dim, cfg.msad.dropout,
+                                per_sensor=cfg.msad.heads == "per-sensor")).to(device)
     teacher = Teacher(copy.deepcopy(student.backbone), copy.deepcopy(student.dino_head)).to(device)
     teacher.requires_grad_(False)
     n_crops = cfg.dino.global_crops + cfg.dino.local_crops
@@ -280,7 +337,10 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     total = cfg.optim.steps
     sampler = StepBatchSampler(len(ds), cfg.optim.batch_size, cfg.run.seed, start, total, d.rank, d.world)
+    if device.type == "cpu":  # oversubscribed cores make CPU training 5-10x slower
+        torch.set_num_threads(cpu_threads(cfg.run.threads, cfg.data.num_workers))
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
+                        worker_init_fn=_one_thread,
                         pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0)
     mc = MultiCropConfig(cfg.dino.global_crops, cfg.dino.local_crops, cfg.dino.global_size, cfg.dino.local_size,
                          cfg.dino.global_scale, cfg.dino.local_scale)
@@ -350,7 +410,8 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         images_seen += batch[sensor]["image"].shape[0] * d.world
         losses.append(float(loss.detach()))
         if d.main:
-            rec = {"step": step, "loss": float(loss.detach()), "dino": float(l_dino.detach()), "msad": float(l_msad.detach()), "lr": lr,
+            rec = {"step": step, "loss": float(loss.detach()), "dino": float(l_dino.detach()),
+                   "msad": float(l_msad.detach()), "alpha": cfg.msad.alpha, "lr": lr,
                    "wd": wd, "momentum": mom, "teacher_temp": ttemp, "dino_sensor": sensor,
                    "elapsed_s": round(time.perf_counter() - t0, 3)}
             with open(log_path, "a") as f:
@@ -362,7 +423,8 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         if d.main and (done % cfg.run.checkpoint_every == 0 or done == total):
             ckpt = {
                 "format": CKPT_FORMAT, "step": done, "config": cfg.model_dump(mode="json"),
-                "model": {"arch": cfg.model.arch, "patch_size": cfg.model.patch_size, "img_size": img_size},
+                "model": {"arch": cfg.model.arch, "patch_size": cfg.model.patch_size, "img_size": img_size,
+                          "patch_embed": cfg.model.patch_embed},
                 "sensors": bands, "bands": cfg.data.bands,
                 "normalization": {s: {"mean": ds.mean[s].flatten().tolist(), "std": ds.std[s].flatten().tolist()}
                                   for s in cfg.data.sensors},
@@ -371,6 +433,7 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             }
             if frozen is not None:
                 ckpt["frozen"] = frozen.state_dict()
+                ckpt["frozen_sensors"] = dict(frozen.sensor_bands)
             _write_atomic(ckpt, ckpt_dir / f"ckpt-{done:06d}.pt")
             _write_atomic(ckpt, ckpt_dir / "last.pt")
     elapsed = time.perf_counter() - t0

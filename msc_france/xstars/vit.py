@@ -1,9 +1,13 @@
-"""A Vision Transformer with one patch embedding per sensor and a shared transformer.
+"""A Vision Transformer whose transformer is shared by every sensor.
 
-Sensors with different band counts share the backbone through their own patch embeddings: each
-sensor has a ``Conv2d(bands_s, dim, patch, patch)`` that maps its bands to the token dimension;
-everything after (position embeddings, CLS token, blocks, norm) is shared. Adding a sensor (in
-continual pretraining) adds one patch embedding.
+Patch embeddings come in two schemes (``patch_embed``):
+
+* ``per-sensor``: each sensor has its own ``Conv2d(bands_s, dim, patch, patch)``, so sensors with
+  different bands share the backbone; adding a sensor (continual pretraining) adds one embedding.
+* ``shared``: one embedding for every sensor (the X-STARS paper's setting, all sensors RGB). The
+  first layer then cannot keep sensors apart, which is what cross-sensor alignment asks for.
+
+Everything after the embedding (position embeddings, CLS token, blocks, norm) is shared.
 """
 
 from __future__ import annotations
@@ -78,16 +82,30 @@ class ViT(nn.Module):
         patch_size: patch side in pixels.
         img_size: the size position embeddings are created for (interpolated for other sizes).
         drop_path: maximum stochastic-depth rate (linearly increasing over blocks).
+        patch_embed: ``per-sensor`` or ``shared`` (one embedding; every sensor has the same bands).
     """
 
+    SHARED = "shared"
+
     def __init__(self, sensors: dict[str, int], arch: str = "vit_tiny", patch_size: int = 16, img_size: int = 224,
-                 drop_path: float = 0.1, mlp_ratio: float = 4.0) -> None:
+                 drop_path: float = 0.1, mlp_ratio: float = 4.0, patch_embed: str = "per-sensor") -> None:
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown architecture '{arch}' ({', '.join(ARCHS)})")
         a = ARCHS[arch]
         self.arch, self.dim, self.patch_size, self.img_size = arch, a["dim"], patch_size, img_size
-        self.patch_embed = nn.ModuleDict({s: nn.Conv2d(c, self.dim, patch_size, patch_size) for s, c in sensors.items()})
+        if patch_embed not in ("per-sensor", self.SHARED):
+            raise ValueError(f"unknown patch_embed '{patch_embed}' (per-sensor or shared)")
+        self.embed_mode = patch_embed
+        self.sensor_bands = dict(sensors)
+        if patch_embed == self.SHARED:
+            counts = set(sensors.values())
+            if len(counts) != 1:
+                raise ValueError(f"a shared patch embedding needs one band count for every sensor, got {sensors}")
+            self.patch_embed = nn.ModuleDict({self.SHARED: nn.Conv2d(counts.pop(), self.dim, patch_size, patch_size)})
+        else:
+            self.patch_embed = nn.ModuleDict({s: nn.Conv2d(c, self.dim, patch_size, patch_size)
+                                              for s, c in sensors.items()})
         n = (img_size // patch_size) ** 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n, self.dim))
@@ -108,11 +126,26 @@ class ViT(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    def has_sensor(self, name: str) -> bool:
+        """Whether the model can embed ``name``'s images."""
+        return name in self.sensor_bands
+
+    def embedding(self, sensor: str) -> nn.Conv2d:
+        """The patch embedding ``sensor``'s images go through."""
+        return self.patch_embed[self.SHARED if self.embed_mode == self.SHARED else sensor]  # type: ignore[return-value]
+
     def add_sensor(self, name: str, bands: int) -> None:
-        """Add a patch embedding for a new sensor (continual pretraining)."""
-        if name not in self.patch_embed:
+        """Add a sensor (continual pretraining): its own patch embedding, or the shared one."""
+        if name in self.sensor_bands:
+            return
+        if self.embed_mode == self.SHARED:
+            if bands != self.patch_embed[self.SHARED].in_channels:
+                raise ValueError(f"sensor '{name}' has {bands} bands; the shared embedding takes "
+                                 f"{self.patch_embed[self.SHARED].in_channels}")
+        else:
             self.patch_embed[name] = nn.Conv2d(bands, self.dim, self.patch_size, self.patch_size).to(
                 self.pos_embed.device)
+        self.sensor_bands[name] = bands
 
     def _pos(self, h: int, w: int) -> torch.Tensor:
         n = self.pos_embed.shape[1] - 1
@@ -125,9 +158,9 @@ class ViT(nn.Module):
 
     def forward(self, x: torch.Tensor, sensor: str) -> torch.Tensor:
         """All tokens of ``x`` (N, bands, H, W) seen by ``sensor``'s patch embedding."""
-        if sensor not in self.patch_embed:
+        if sensor not in self.sensor_bands:
             raise KeyError(f"the model has no patch embedding for sensor '{sensor}'")
-        t = self.patch_embed[sensor](x)
+        t = self.embedding(sensor)(x)
         h, w = t.shape[-2:]
         t = t.flatten(2).transpose(1, 2)
         t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + self._pos(h, w)

@@ -25,11 +25,11 @@ def s3():
     proc = subprocess.Popen([MOTO, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
+    for _ in range(400):  # moto loads its backends on the first request: it can take seconds
         try:
-            requests.get(url, timeout=1)
+            requests.get(url, timeout=10)
             break
-        except requests.ConnectionError:
+        except requests.RequestException:
             time.sleep(0.05)
     env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1"}

@@ -32,26 +32,37 @@ def test_report(tiny_store: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
                    "sensor": "aerial", "size": 32, "fractions": [1.0]}],
     )
     r = evaluate(cfg)
-    assert list(r["models"]) == ["random", "xs"]
+    assert list(r["models"]) == ["pixels", "random", "xs"]
     assert r["n_tiles"] == {"train": 12, "held_out": 4}
+    assert r["chance_R@1"] == 0.25 and 0 <= r["majority"]["acc"] <= 1
     sensors = ["sentinel-2-l2a", "landsat-8-c2-l2", "aerial"]
-    for m in r["models"].values():
-        assert len(m["retrieval"]) == 6
-        for v in m["retrieval"].values():
-            assert 0 <= v["R@1"] <= v["R@5"] <= 1 and 1 <= v["median_rank"] <= 4 and v["n"] == 4
+    for name, m in r["models"].items():
+        assert set(m["retrieval"]) == {"cls", "mean", "dense"}
+        for kind in m["retrieval"].values():
+            pairs = {k: v for k, v in kind.items() if "->" in k}
+            assert len(pairs) == 6
+            for v in pairs.values():
+                assert 0 <= v["R@1"] <= v["R@5"] <= 1 and 1 <= v["median_rank"] <= 4 and v["n"] == 4
+            assert kind["mean_R@1"] == pytest.approx(sum(v["R@1"] for v in pairs.values()) / 6)
         assert set(m["classification"]) == set(sensors)
-        assert all(0 <= c["knn_acc"] <= 1 and 0 <= c["linear_acc"] <= 1 for c in m["classification"].values())
-        assert len(m["transfer"]) == 9
+        for c in m["classification"].values():
+            assert all(0 <= c[k] <= 1 for k in ("knn_acc", "linear_acc", "linear_balanced_acc", "linear_macro_f1"))
+        assert len(m["transfer"]) == 9 and all(0 <= t["balanced_acc"] <= 1 for t in m["transfer"].values())
+        assert len(m["fractions_r2"]) == 9 and all(v <= 1 for v in m["fractions_r2"].values())
         assert all(0 <= s["mIoU"] <= 1 for s in m["segmentation"].values())
-        ext = m["external"]
-        assert set(ext["eurosat-rgb"]) == {"0.5", "1.0"} and 0 <= ext["eurosat-rgb"]["1.0"]["linear_acc"] <= 1
-        assert ext["geotiff-segmentation"]["1.0"]["mIoU"] > 0.5  # two flat, well separated classes
+        if name == "xs":
+            d = m["diagnostics"]["msad_projection"]
+            assert len(d) == 6 and all(0 <= v["R@1"] <= 1 for v in d.values())
+            ext = m["external"]
+            assert set(ext["eurosat-rgb"]) == {"0.5", "1.0"} and 0 <= ext["eurosat-rgb"]["1.0"]["linear_acc"] <= 1
+            assert ext["geotiff-segmentation"]["1.0"]["mIoU"] > 0.5  # two flat, well separated classes
     out = tmp_path / "eval"
     saved = json.loads((out / "report.json").read_text())
     assert saved["models"].keys() == r["models"].keys()
-    for f in ("report.md", "retrieval.png", "transfer.png", "segmentation.png"):
+    for f in ("report.md", "retrieval.png", "transfer.png", "segmentation.png", "summary.png"):
         assert (out / f).stat().st_size > 500
-    assert "Cross-sensor retrieval" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "Cross-sensor retrieval, mean features" in md and "Class-fraction probe" in md and "majority class" in md
 
 
 def test_cli_checkpoint_and_errors(tiny_store: Path, tiny_ckpt: Path, tmp_path: Path,

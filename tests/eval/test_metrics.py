@@ -52,3 +52,32 @@ def test_absent_class_is_not_averaged() -> None:
     cm = M.confusion(torch.tensor([0, 0]), torch.tensor([0, 0]), 3)
     ious, miou = M.iou_from_confusion(cm)
     assert ious == [1.0, None, None] and miou == 1.0
+
+
+def test_balanced_accuracy_and_macro_f1_hand_case() -> None:
+    target = torch.tensor([0, 0, 0, 0, 1, 1, 2])
+    pred = torch.tensor([0, 0, 0, 1, 1, 0, 0])
+    # recalls: class 0 3/4, class 1 1/2, class 2 0 -> balanced 0.4167
+    assert M.balanced_accuracy(pred, target, 3) == pytest.approx((0.75 + 0.5 + 0.0) / 3)
+    # F1: class 0: tp 3, fp 2, fn 1 -> 6/9; class 1: tp 1, fp 1, fn 1 -> 0.5; class 2: tp 0, fn 1 -> 0
+    assert M.macro_f1(pred, target, 3) == pytest.approx((6 / 9 + 0.5 + 0.0) / 3)
+    # Always predicting the majority class: accuracy 4/7 but balanced accuracy 1/3.
+    maj = torch.zeros_like(target)
+    assert M.accuracy(maj, target) == pytest.approx(4 / 7) and M.balanced_accuracy(maj, target, 3) == pytest.approx(1 / 3)
+
+
+def test_ridge_recovers_a_linear_map_and_r2() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 5, generator=g)
+    w = torch.tensor([[1.0, -2.0], [0.5, 0.0], [0.0, 1.0], [2.0, 0.3], [0.0, 0.0]])
+    y = x @ w + 3.0
+    model = M.ridge(x, y, lam=1e-8)
+    assert torch.allclose(model(x).float(), y, atol=1e-4)
+    assert M.r2(model(x), y) == pytest.approx(1.0, abs=1e-8)
+    # Predicting the mean scores 0; a heavily regularised ridge shrinks towards it.
+    assert M.r2(y.mean(0, keepdim=True).expand_as(y), y) == pytest.approx(0.0, abs=1e-9)
+    assert 0 < M.r2(M.ridge(x, y, lam=10.0)(x), y) < 0.5
+    # Hand case: SSE = 1 + 1 = 2, SST = (1 + 1) per output over two outputs ... 1 - 2 / 4 = 0.5
+    t = torch.tensor([[0.0, 0.0], [2.0, 2.0]])
+    p = torch.tensor([[1.0, 0.0], [2.0, 1.0]])
+    assert M.r2(p, t) == pytest.approx(0.5)

@@ -56,3 +56,21 @@ def test_schedules() -> None:
     assert cosine(55, 100, 1.0, 0.0, warmup=10) == pytest.approx(0.5)
     assert linear_warmup(5, 10, 0.04, 0.07) == pytest.approx(0.055)
     assert linear_warmup(20, 10, 0.04, 0.07) == 0.07
+
+
+def test_shared_patch_embedding() -> None:
+    """One embedding for every sensor: the same image gives the same tokens whatever the sensor."""
+    from msc_france.xstars.vit import ViT
+
+    vit = ViT({"a": 3, "b": 3}, "vit_test", 8, 32, drop_path=0.0, patch_embed="shared").eval()
+    assert list(vit.patch_embed) == ["shared"] and vit.has_sensor("a") and not vit.has_sensor("c")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(vit(x, "a"), vit(x, "b"))
+    vit.add_sensor("c", 3)
+    assert torch.equal(vit(x, "c"), vit(x, "a"))
+    with pytest.raises(ValueError, match="shared embedding takes 3"):
+        vit.add_sensor("d", 4)
+    with pytest.raises(ValueError, match="one band count for every sensor"):
+        ViT({"a": 3, "b": 4}, "vit_test", 8, 32, patch_embed="shared")
+    per = ViT({"a": 3, "b": 3}, "vit_test", 8, 32, drop_path=0.0).eval()
+    assert not torch.equal(per(x, "a"), per(x, "b"))

@@ -39,7 +39,7 @@ def test_aligned_pairs_score_lower_than_shuffled() -> None:
 def test_msad_alone_reaches_backbone_and_heads() -> None:
     torch.manual_seed(0)
     vit = ViT({"s2": 3, "l8": 3}, "vit_test", patch_size=8, img_size=32, drop_path=0.0)
-    heads = MSADHeads(vit.dim, ["s2", "l8"], proj_dim=32, dropout=0.0)
+    heads = MSADHeads(vit.dim, ["s2", "l8"], proj_dim=32, dropout=0.0, per_sensor=True)
     x = torch.randn(4, 3, 32, 32)
     emb = {s: heads(vit(x + 0.1 * torch.randn_like(x), s), s) for s in ("s2", "l8")}
     loss = msad_loss(emb)
@@ -60,3 +60,13 @@ def test_reference_formulation_has_no_gradient() -> None:
     assert not reference.requires_grad
     ours = msad_pair(e1, e2)
     assert ours.requires_grad and torch.allclose(ours, reference, atol=1e-5)
+
+
+def test_shared_heads_have_no_per_sensor_parameters() -> None:
+    """By default one head projects every sensor: the same tokens give the same embedding."""
+    heads = MSADHeads(16, ["s2", "l8"], proj_dim=8, dropout=0.0).eval()
+    assert not list(heads.per_sensor.parameters())
+    t = torch.randn(2, 5, 16)
+    assert torch.equal(heads(t, "s2"), heads(t, "l8"))
+    per = MSADHeads(16, ["s2", "l8"], proj_dim=8, dropout=0.0, per_sensor=True).eval()
+    assert not torch.equal(per(t, "s2"), per(t, "l8"))

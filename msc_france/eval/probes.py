@@ -1,0 +1,130 @@
+"""Frozen-feature probes of the evaluation: retrieval, classification, class fractions, segmentation.
+
+Each function takes the features of the training tiles and of the held-out tiles
+(:class:`~msc_france.eval.features.Features`) and returns plain numbers for the report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from msc_france.eval import metrics as M
+from msc_france.eval.features import Features, fractions, patch_labels
+
+KINDS = ("cls", "mean", "dense")
+
+
+def _centred(tr: Features, te: Features, kind: str, sensor: str, center: bool) -> torch.Tensor:
+    x = te.kind(kind, sensor).float()
+    if center:  # per-sensor centring, with the mean of the training tiles of that sensor
+        x = x - tr.kind(kind, sensor).float().mean(0, keepdim=True)
+    return x
+
+
+def retrieval(tr: Features, te: Features, sensors: list[str], center: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Cross-sensor retrieval of co-located held-out tiles for every feature kind and ordered pair.
+
+    Returns (metrics by kind then pair, with ``mean_R@1`` per kind; ranks by kind then pair).
+    """
+    out: dict[str, Any] = {}
+    ranks: dict[str, Any] = {}
+    for kind in KINDS:
+        feats = {s: _centred(tr, te, kind, s, center) for s in sensors}
+        res, rk = {}, {}
+        for a in sensors:
+            for b in sensors:
+                if a != b:
+                    rk[f"{a}->{b}"] = M.retrieval_ranks(feats[a], feats[b])
+                    res[f"{a}->{b}"] = M.retrieval_metrics(rk[f"{a}->{b}"])
+        if res:
+            res["mean_R@1"] = sum(v["R@1"] for v in res.values()) / len(res)
+        out[kind], ranks[kind] = res, rk
+    return out, ranks
+
+
+def pair_retrieval(queries: torch.Tensor, gallery: torch.Tensor) -> dict[str, float]:
+    """Retrieval between two feature sets of the same tiles (e.g. a student and a frozen model)."""
+    return M.retrieval_metrics(M.retrieval_ranks(queries, gallery))
+
+
+def classification(tr: Features, te: Features, ytr: torch.Tensor, yte: torch.Tensor, n_classes: int,
+                   sensors: list[str], k: int, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Dominant-class classification per sensor (kNN and linear probe; accuracy, balanced accuracy,
+    macro-F1) and cross-sensor transfer of the linear probe (accuracy, balanced accuracy)."""
+    cls_out, transfer = {}, {}
+    mtr, mte = ytr >= 0, yte >= 0
+    probes = {}
+    for s in sensors:
+        ftr, fte = tr.kind(kind, s)[mtr], te.kind(kind, s)[mte]
+        knn = M.knn_predict(ftr, ytr[mtr], fte, n_classes, k=k)
+        probe = M.linear_probe(ftr, ytr[mtr], n_classes)
+        probes[s] = probe
+        with torch.no_grad():
+            lin = probe(fte).argmax(1)
+        y = yte[mte]
+        cls_out[s] = {"knn_acc": M.accuracy(knn, y), "linear_acc": M.accuracy(lin, y),
+                      "linear_balanced_acc": M.balanced_accuracy(lin, y, n_classes),
+                      "linear_macro_f1": M.macro_f1(lin, y, n_classes),
+                      "knn_balanced_acc": M.balanced_accuracy(knn, y, n_classes),
+                      "n_train": int(mtr.sum()), "n_test": int(mte.sum())}
+    for a in sensors:
+        for b in sensors:
+            with torch.no_grad():
+                pred = probes[a](te.kind(kind, b)[mte]).argmax(1)
+            transfer[f"{a}->{b}"] = {"acc": M.accuracy(pred, yte[mte]),
+                                     "balanced_acc": M.balanced_accuracy(pred, yte[mte], n_classes)}
+    return cls_out, transfer
+
+
+def majority_baseline(ytr: torch.Tensor, yte: torch.Tensor, n_classes: int) -> dict[str, Any]:
+    """What always predicting the training set's most frequent class scores."""
+    y = yte[yte >= 0]
+    top = int(torch.bincount(ytr[ytr >= 0], minlength=n_classes).argmax())
+    pred = torch.full_like(y, top)
+    return {"class": top, "acc": M.accuracy(pred, y), "balanced_acc": M.balanced_accuracy(pred, y, n_classes),
+            "macro_f1": M.macro_f1(pred, y, n_classes)}
+
+
+def fraction_probe(tr: Features, te: Features, n_classes: int, sensors: list[str], kind: str,
+                   lam: float) -> dict[str, float]:
+    """Ridge regression from tile features to the tile's class fractions; held-out R2 for every
+    (train sensor -> test sensor) pair: the diagonal is same-sensor, the rest cross-sensor."""
+    assert tr.labels is not None and te.labels is not None
+    ftr, fte = fractions(tr.labels, n_classes), fractions(te.labels, n_classes)
+    out = {}
+    for a in sensors:
+        model = M.ridge(tr.kind(kind, a), ftr, lam)
+        for b in sensors:
+            with torch.no_grad():
+                out[f"{a}->{b}"] = M.r2(model(te.kind(kind, b)), fte)
+    return out
+
+
+def segmentation(tr: Features, te: Features, patch: int, n_classes: int, sensors: list[str],
+                 names: dict[int, str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Patch-level linear segmentation scored per pixel (mIoU, per-class IoU, pixel accuracy)."""
+    assert tr.labels is not None and te.labels is not None
+    ptr = patch_labels(tr.labels, patch)
+    out, preds = {}, {}
+    size = te.labels.shape[-1]
+    side = size // patch
+    for s in sensors:
+        xtr = tr.patches[s].reshape(-1, tr.patches[s].shape[-1])
+        ytr = ptr.reshape(-1)
+        g = torch.Generator().manual_seed(0)
+        sel = torch.nonzero(ytr >= 0).flatten()
+        sel = sel[torch.randperm(len(sel), generator=g)[:20000]]  # bounded probe cost
+        probe = M.linear_probe(xtr[sel], ytr[sel], n_classes, steps=200)
+        with torch.no_grad():
+            logits = probe(te.patches[s].reshape(-1, te.patches[s].shape[-1]))
+        logits = logits.reshape(-1, side, side, n_classes).permute(0, 3, 1, 2)
+        up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False).argmax(1)
+        cm = M.confusion(up.flatten(), te.labels.flatten(), n_classes)
+        ious, miou = M.iou_from_confusion(cm)
+        out[s] = {"mIoU": miou, "per_class": {names[i]: v for i, v in enumerate(ious)},
+                  "pixel_acc": float(cm.diagonal().sum() / cm.sum().clamp_min(1))}
+        preds[s] = up
+    return out, preds
