@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pystac
 
-from msc_france.errors import BadInputError
-from msc_france.ingest.common import IngestReport, RasterMeta, add_asset, new_item, read_meta
+from msc_france.ingest.common import IngestReport, RasterMeta, add_asset, new_item, readable
 
 _TOKEN = re.compile(r"(?<![A-Za-z0-9])(RVB|RGB|IRC)(?![A-Za-z0-9])", re.IGNORECASE)
 _YEAR = re.compile(r"(?:^|[-_])((?:19|20)\d\d)(?:[-_])")
@@ -66,12 +65,8 @@ def ingest_bdortho(files: list[Path], root: Path, collection: str, forced: dt.da
                    report: IngestReport) -> list[pystac.Item]:
     """Items for the tiles among ``files``; unusable files go to ``report.skipped``."""
     tiles: dict[str, dict[str, RasterMeta]] = defaultdict(dict)
-    for f in files:
-        try:
-            meta = read_meta(f)
-        except BadInputError as e:
-            report.skipped.append((f, str(e)))
-            continue
+    for meta in readable(files, report):
+        f = meta.path
         key, product = _product_of(f, root)
         if product is None:
             if meta.count >= 4:

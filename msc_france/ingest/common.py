@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pystac
 import rasterio
@@ -90,6 +90,15 @@ def read_meta(path: Path) -> RasterMeta:
                               dict(src.tags()))
     except rasterio.errors.RasterioIOError as e:
         raise BadInputError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+
+
+def readable(files: list[Path], report: IngestReport) -> Iterator[RasterMeta]:
+    """The headers of ``files``; an unreadable file goes to ``report.skipped`` with the reason."""
+    for f in files:
+        try:
+            yield read_meta(f)
+        except BadInputError as e:
+            report.skipped.append((f, str(e)))
 
 
 def raster_files(directory: Path) -> list[Path]:

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pystac
 
-from msc_france.errors import BadInputError
-from msc_france.ingest.common import IngestReport, add_asset, new_item, read_meta
+from msc_france.ingest.common import IngestReport, add_asset, new_item, readable
 
 _PRODUCT = [("spot-pms", re.compile(r"(?<![A-Za-z0-9])(PMS|PXS|PANSHARP\w*)(?![A-Za-z0-9])", re.I)),
             ("spot-pan", re.compile(r"(?<![A-Za-z0-9])(PAN|P)(?![A-Za-z0-9])", re.I)),
@@ -39,12 +38,8 @@ def ingest_spot(files: list[Path], collection: str, forced: dt.datetime | None, 
                 report: IngestReport) -> list[pystac.Item]:
     """One item per file, its product recorded; unusable files go to ``report.skipped``."""
     items = []
-    for f in files:
-        try:
-            meta = read_meta(f)
-        except BadInputError as e:
-            report.skipped.append((f, str(e)))
-            continue
+    for meta in readable(files, report):
+        f = meta.path
         product = next((p for p, rx in _PRODUCT if rx.search(f.stem)), None)
         if product is None:
             product = "spot-pan" if meta.count == 1 else ("spot-ms" if meta.res >= 4 else "spot-pms")
