@@ -194,8 +194,10 @@ def figures(report: dict[str, Any], figs: dict[str, Any], held: Any, names: dict
                              squeeze=False)
     for r, i in enumerate(picks):
         img = held.images[sensor][i].permute(1, 2, 0).numpy()
-        lo, hi = np.percentile(img, [2, 98], axis=(0, 1))
-        axes[r][0].imshow(np.clip((img - lo) / np.maximum(hi - lo, 1e-6), 0, 1))
+        # One stretch for all bands (keeps colours), by the median and spread of the tile, then a
+        # gamma: bright markers and roofs no longer push the rest of the tile to black.
+        med, spread = np.median(img), np.percentile(img, 95) - np.percentile(img, 5)
+        axes[r][0].imshow(np.clip((img - med) / max(2 * spread, 1e-6) + 0.5, 0, 1) ** 0.8)
         lab = held.labels[i].numpy().astype(float)
         lab[lab < 0] = np.nan
         axes[r][1].imshow(lab, cmap=cmap, vmin=0, vmax=max(len(names) - 1, 1), interpolation="nearest")
