@@ -56,5 +56,7 @@ bench: install
 	@test -d $(DEMO_STORE) || { echo "error: $(DEMO_STORE) not found; run 'make demo' first"; exit 2; }
 	$(BIN)/python -m benchmarks.run --store $(DEMO_STORE)
 
+# The demo store, its previews and the generated demo world (per user, in the cache directory).
 clean-demo:
 	rm -rf $(DEMO_STORE) data/demo-preview
+	rm -rf "$${MSC_FRANCE_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/msc-france}/demo"

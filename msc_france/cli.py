@@ -79,6 +79,9 @@ def _load_inputs(region: str, catalog: str | None, recipe: str):
     rec = load_recipe(recipe)
     cat = load_catalog(catalog or rec.catalog)
     reg = parse_region(region)
+    if reg.name == "demo" and cat.world is None:
+        raise BadInputError(f"region 'demo' is the offline demo world, but catalog '{cat.name}' searches real "
+                            "services: add --recipe demo")
     return reg, rec, cat
 
 

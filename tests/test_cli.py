@@ -101,3 +101,24 @@ def test_unreachable_stac_api_fails_within_seconds(tmp_path: Path) -> None:
     assert p.stderr.startswith("error: STAC API http://127.0.0.1:") and "unreachable" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "p.parquet").exists()
+
+
+def test_demo_region_without_the_demo_recipe_gives_a_hint(tmp_path, capsys) -> None:  # noqa: ANN001
+    code = main(["plan", "--region", "demo", "--out", str(tmp_path / "p.parquet")])
+    err = capsys.readouterr().err
+    assert code == 2 and "add --recipe demo" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p.parquet").exists()
+
+
+def test_static_catalog_path_expands_home_and_variables(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from msc_france.config import Catalog, SensorSpec, SourceSpec, load_catalog
+    from msc_france.sources import make_source
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MSC_TEST_DIR", "cats")
+    base = load_catalog("local").sensor("aerial")
+    for path, want in (("~/a/catalog.json", tmp_path / "a" / "catalog.json"),
+                       ("$HOME/$MSC_TEST_DIR/catalog.json", tmp_path / "cats" / "catalog.json")):
+        spec = SensorSpec(**{**base.model_dump(), "source": SourceSpec(type="static", path=path, collection="aerial")})
+        cat = Catalog(name="x", path=tmp_path, sensors={"aerial": spec})
+        assert Path(make_source(spec, cat).path) == want

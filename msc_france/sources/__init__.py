@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from msc_france.config import Catalog, SensorSpec, cache_dir
@@ -23,7 +24,7 @@ def make_source(sensor: SensorSpec, catalog: Catalog, use_cache: bool = True) ->
     if spec.type == "static":
         if "://" in (spec.path or ""):  # a catalog on object storage
             return StaticSource(spec, path=str(spec.path))
-        p = Path(spec.path or "")
+        p = Path(os.path.expandvars(spec.path or "")).expanduser()  # ~ and $VARS, as a shell would
         return StaticSource(spec, path=p if p.is_absolute() else (catalog.path / p).resolve())
     if spec.type == "demo":
         if catalog.world is None:
