@@ -87,3 +87,35 @@ def test_read_resigns_after_403(tokens: TokenServer, tmp_path: Path) -> None:
         clear_http_cache()
         assert len(tokens.calls) == 2
         assert any("sig=sig-1" in r for r in assets.requests) and any("sig=sig-2" in r for r in assets.requests)
+
+
+def test_one_token_for_a_multi_chip_build(tokens: TokenServer, tmp_path: Path) -> None:
+    """A build asks for one token per container and lifetime, not one per chip and sensor."""
+    from msc_france.build.run import LayerRule, _build_layer
+    from msc_france.config import SensorSpec
+    from msc_france.grid import Chip
+    from msc_france.products import rules_for
+    from msc_france.sources.signing import make_signer
+    from msc_france.store import Layer
+
+    make_signer.cache_clear()  # no signer (and token cache) left from another test
+    for name in ("a", "b"):
+        _cog(tmp_path / f"{name}.tif")
+    spec = SensorSpec(name="pc", title="pc", source={"type": "stac-api", "url": "https://example.org/api",
+                                                     "collection": "c", "signing": "planetary-computer"},
+                      native_gsd=10, default_gsd=10, dtype="uint16", nodata=None,
+                      bands=[{"name": "b", "asset": "data", "index": 1}], cloud_cover_property=None)
+    rules = rules_for("raster")
+    items = [rules.parse(spec, {"id": n, "properties": {"datetime": "2021-06-01T00:00:00Z"},
+                                "assets": {"data": {"href": f"{BLOB}/{n}.tif"}}}) for n in ("a", "b")]
+    rule = LayerRule(Layer("pc", "pc", 10.0, ("b",), "uint16", False), spec, 0.0)
+    chips = [Chip(160, 500000 // 160 + i, 6499360 // 160 + j) for i in range(2) for j in range(2)]
+    with AssetServer(tmp_path) as assets:
+        assets.required_sig = "sig-1"
+        with rasterio.Env(GDAL_HTTP_PROXY=f"127.0.0.1:{assets.port}", GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+            for chip in chips:  # 4 chips x 2 candidate items, as build tasks would read them
+                res, rec = _build_layer(rule, chip, [(items[0],), (items[1],)], "flag")
+                assert rec["status"] == "ok" and res is not None and res.data.any(), rec
+        clear_http_cache()
+    assert tokens.calls == ["/api/sas/v1/token/demoaccount/demo-container"]
+    assert assets.requests and all("sig=sig-1" in r for r in assets.requests)  # every read was signed
