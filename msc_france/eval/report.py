@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from msc_france.render import WORLDCOVER_COLORS
 
@@ -99,7 +98,7 @@ def markdown(report: dict[str, Any]) -> str:
             cells.append("-" if c is None else f"{c['linear_acc']:.3f} / {c['linear_balanced_acc']:.3f} / "
                          f"{c['linear_macro_f1']:.3f}; {c['knn_acc']:.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append(f"| majority class | " + " | ".join(f"{maj['acc']:.3f} / {maj['balanced_acc']:.3f} / "
+    lines.append("| majority class | " + " | ".join(f"{maj['acc']:.3f} / {maj['balanced_acc']:.3f} / "
                                                   f"{maj['macro_f1']:.3f}" for _ in sensors) + " |")
     for title, key, fmt in (("Cross-sensor transfer (linear probe trained on row sensor, tested on column sensor; "
                              "balanced accuracy)", "transfer", lambda v: _f(v["balanced_acc"])),

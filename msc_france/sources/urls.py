@@ -50,14 +50,12 @@ def _private_host(host: str) -> bool:
     return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_unspecified
 
 
-def check_href(href: str, *, local_ok: bool, base: Path | None = None, allowed_hosts: list[str] | None = None,
-               private_ok: bool = False) -> str:
+def check_href(href: str, *, local_ok: bool, allowed_hosts: list[str] | None = None, private_ok: bool = False) -> str:
     """The href to read, or a SourceError saying which rule it breaks.
 
     Args:
         href: the asset href from an item.
         local_ok: local paths allowed (only for local static catalogs and the demo world).
-        base: directory relative local hrefs resolve against (the catalog file's folder).
         allowed_hosts: when given, the only hosts remote hrefs may name.
         private_ok: loopback and private addresses allowed (tests and local servers only).
     """
@@ -71,10 +69,8 @@ def check_href(href: str, *, local_ok: bool, base: Path | None = None, allowed_h
     if scheme in ("", "file") or (len(scheme) == 1 and h[1:2] == ":"):  # a path (or a Windows drive)
         if not local_ok:
             raise SourceError(f"refused asset href {h}: local paths only come from local catalogs")
-        path = Path(parts.path if scheme == "file" else h)
-        if not path.is_absolute() and base is not None:
-            path = base / path
-        return str(path)
+        # Relative paths were resolved against their catalog file when it was loaded (sources/static.py).
+        return str(Path(parts.path if scheme == "file" else h))
     if scheme not in REMOTE_SCHEMES:
         raise SourceError(f"refused asset href {redact(h)}: scheme '{scheme}' is not one of "
                           f"{', '.join(sorted(REMOTE_SCHEMES))}")
