@@ -81,7 +81,7 @@ def _naive_build(plan: Any, out: Path) -> int:
 
 
 def bench_build(quick: bool, reps: int, recipe: str, region_name: str) -> list[dict[str, Any]]:
-    from msc_france.build import run_build
+    from msc_france.builder import run_build
     from msc_france.config import load_catalog, load_recipe
     from msc_france.plan import make_plan
     from msc_france.regions import parse_region

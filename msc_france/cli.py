@@ -125,7 +125,7 @@ def build(region: str, out: str, catalog: str | None, recipe: str, workers: int,
     """Build (or complete, or extend) a store for a region."""
     from tqdm import tqdm
 
-    from msc_france.build import run_build
+    from msc_france.builder import run_build
     from msc_france.errors import BuildFailedError
     from msc_france.plan import make_plan
 
@@ -171,7 +171,7 @@ def info(store: str, as_json: bool) -> None:
     """Summarise a store."""
     import json
 
-    from msc_france.inspect import info as store_info
+    from msc_france.store.validate import info as store_info
     from msc_france.store import Store
 
     s = store_info(Store.open(store))
@@ -200,7 +200,7 @@ def info(store: str, as_json: bool) -> None:
 def validate(store: str, no_checksums: bool) -> None:
     """Check a store's schema, shapes, chunking, completeness and checksums."""
     from msc_france.errors import StoreError
-    from msc_france.inspect import validate as store_validate
+    from msc_france.store.validate import validate as store_validate
     from msc_france.store import Store
 
     rep = store_validate(Store.open(store), checksums=not no_checksums)

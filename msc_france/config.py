@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,26 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from msc_france.errors import BadInputError
-
-#: Repository root (the package is installed editable; catalogs/ and pipelines/ live beside it).
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def catalogs_dir() -> Path:
-    """Directory holding the sensor catalogs and named regions (``MSC_FRANCE_CATALOGS`` overrides)."""
-    return Path(os.environ.get("MSC_FRANCE_CATALOGS", PROJECT_ROOT / "catalogs"))
-
-
-def pipelines_dir() -> Path:
-    """Directory holding the build recipes and train/eval configs."""
-    return PROJECT_ROOT / "pipelines"
-
-
-def cache_dir() -> Path:
-    """Cache directory for search results and the generated demo world (``MSC_FRANCE_CACHE``)."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "msc-france"
-    return Path(os.environ.get("MSC_FRANCE_CACHE", default))
-
+from msc_france.paths import catalogs_dir, pipelines_dir
 
 class StrictModel(BaseModel):
     """Base model: unknown keys are errors, instances are immutable."""

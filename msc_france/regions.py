@@ -13,7 +13,7 @@ import shapely
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
-from msc_france.config import catalogs_dir
+from msc_france.paths import catalogs_dir
 from msc_france.crs import L93, WGS84, reproject_geometry
 from msc_france.errors import BadInputError
 

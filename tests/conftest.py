@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from msc_france.config import PROJECT_ROOT
+from msc_france.paths import catalogs_dir, pipelines_dir
 
 # Region: chips (col, row) 589..590 x 6532..6533 of the 960 m grid, near Toulouse.
 TINY_REGION_L93 = (565440.0, 6270720.0, 567360.0, 6272640.0)
@@ -54,7 +54,7 @@ def write_region_file(path: Path, bounds: tuple[float, float, float, float]) -> 
 def tiny_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of catalogs/demo whose world is tiny."""
     d = tmp_path_factory.mktemp("catalog") / "tiny"
-    shutil.copytree(PROJECT_ROOT / "catalogs" / "demo", d)
+    shutil.copytree(catalogs_dir() / "demo", d)
     (d / "_world.yaml").write_text(yaml.safe_dump(TINY_WORLD))
     return d
 
@@ -62,7 +62,7 @@ def tiny_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_recipe(tmp_path_factory: pytest.TempPathFactory, tiny_catalog: Path) -> Path:
     """The demo recipe with 960 m chips and 2 chips per shard, pointing at the tiny catalog."""
-    rec = yaml.safe_load((PROJECT_ROOT / "pipelines" / "demo.yaml").read_text())
+    rec = yaml.safe_load((pipelines_dir() / "demo.yaml").read_text())
     rec.update(name="tiny", catalog=str(tiny_catalog), chip_size_m=960, chips_per_shard=2)
     p = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
     p.write_text(yaml.safe_dump(rec))
@@ -88,7 +88,8 @@ def tiny_region(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_world(tiny_catalog: Path, _isolated_cache: Path) -> Path:
     """The generated tiny world directory (COGs, items, truth.json)."""
-    from msc_france.config import cache_dir, load_catalog
+    from msc_france.config import load_catalog
+    from msc_france.paths import cache_dir
     from msc_france.sources.demo_world import ensure_world
 
     cat = load_catalog(str(tiny_catalog))

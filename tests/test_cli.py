@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from msc_france.cli import main
-from msc_france.config import PROJECT_ROOT
+from msc_france.paths import catalogs_dir, pipelines_dir
 
 
 def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -41,7 +41,7 @@ def test_plan_prints_counts_for_all_sensors(capsys, tiny_world, tiny_recipe, tin
 
 
 def _bad_recipe(tmp_path: Path, name: str, **changes) -> str:
-    rec = yaml.safe_load((PROJECT_ROOT / "pipelines" / "demo.yaml").read_text())
+    rec = yaml.safe_load((pipelines_dir() / "demo.yaml").read_text())
     rec.update(changes)
     p = tmp_path / f"{name}.yaml"
     p.write_text(yaml.safe_dump(rec))
@@ -88,10 +88,10 @@ def test_unreachable_stac_api_fails_within_seconds(tmp_path: Path) -> None:
 
     cat = tmp_path / "cat"
     cat.mkdir()
-    spec = yaml.safe_load((PROJECT_ROOT / "catalogs" / "default" / "sentinel-2-l2a.yaml").read_text())
+    spec = yaml.safe_load((catalogs_dir() / "default" / "sentinel-2-l2a.yaml").read_text())
     spec["source"].update(url=f"http://127.0.0.1:{free_port()}/api/stac/v1", timeout_s=2, max_retries=1)
     (cat / "sentinel-2-l2a.yaml").write_text(yaml.safe_dump(spec))
-    rec = yaml.safe_load((PROJECT_ROOT / "pipelines" / "demo.yaml").read_text())
+    rec = yaml.safe_load((pipelines_dir() / "demo.yaml").read_text())
     rec.update(catalog=str(cat), sensors={"sentinel-2-l2a": {}}, labels=None)
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(rec))
     exe = Path(sys.executable).parent / "msc-france"

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from msc_france.config import PROJECT_ROOT, check_chip_size, load_catalog, load_recipe, sensor_gsds
+from msc_france.config import check_chip_size, load_catalog, load_recipe, sensor_gsds
+from msc_france.paths import pipelines_dir
 from msc_france.errors import BadInputError
 
 
@@ -46,7 +47,7 @@ def test_shipped_recipes_load(name: str) -> None:
 
 
 def _write(tmp_path: Path, **changes) -> Path:
-    rec = yaml.safe_load((PROJECT_ROOT / "pipelines" / "demo.yaml").read_text())
+    rec = yaml.safe_load((pipelines_dir() / "demo.yaml").read_text())
     for k, v in changes.items():
         rec[k] = v
     p = tmp_path / "r.yaml"
@@ -60,7 +61,7 @@ def test_unknown_key_is_an_error(tmp_path: Path) -> None:
 
 
 def test_nested_unknown_key_is_an_error(tmp_path: Path) -> None:
-    rec = yaml.safe_load((PROJECT_ROOT / "pipelines" / "demo.yaml").read_text())
+    rec = yaml.safe_load((pipelines_dir() / "demo.yaml").read_text())
     rec["sensors"]["aerial"]["gds"] = 2
     p = tmp_path / "r.yaml"
     p.write_text(yaml.safe_dump(rec))

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from msc_france.cli import main
-from msc_france.config import PROJECT_ROOT, SourceSpec
+from msc_france.config import SourceSpec
+from msc_france.paths import catalogs_dir
 from msc_france.errors import SourceError
 from msc_france.sources.base import SearchQuery
 from msc_france.sources.stac_api import StacApiSource
@@ -40,7 +41,7 @@ def remote_world(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory):
         with rustac_api(files) as api, FaultProxy(api) as stac_proxy:
             cat = d / "catalog"
             cat.mkdir()
-            for f in (PROJECT_ROOT / "catalogs" / "demo").glob("*.yaml"):
+            for f in (catalogs_dir() / "demo").glob("*.yaml"):
                 if f.name.startswith("_"):
                     continue
                 spec = yaml.safe_load(f.read_text())

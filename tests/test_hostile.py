@@ -20,7 +20,8 @@ import torch
 import yaml
 
 from msc_france.cli import main
-from msc_france.config import PROJECT_ROOT, SourceSpec
+from msc_france.config import SourceSpec
+from msc_france.paths import catalogs_dir, pipelines_dir
 from msc_france.errors import SourceError, StoreError
 from msc_france.sources.base import SearchQuery
 from msc_france.sources.stac_api import StacApiSource
@@ -287,10 +288,10 @@ def test_build_never_fetches_a_forged_loopback_href(tiny_region: Path, tmp_path:
     with AssetServer(tmp_path) as victim, HostileApi("forged", href=f"{victim.url}/secret.tif") as api:
         cat = tmp_path / "cat"
         cat.mkdir()
-        spec = yaml.safe_load((PROJECT_ROOT / "catalogs" / "default" / "sentinel-2-l2a.yaml").read_text())
+        spec = yaml.safe_load((catalogs_dir() / "default" / "sentinel-2-l2a.yaml").read_text())
         spec["source"].update(url=f"{api.url}/", signing="none", timeout_s=3, max_retries=0)
         (cat / "sentinel-2-l2a.yaml").write_text(yaml.safe_dump(spec))
-        rec = yaml.safe_load((PROJECT_ROOT / "pipelines" / "demo.yaml").read_text())
+        rec = yaml.safe_load((pipelines_dir() / "demo.yaml").read_text())
         rec.update(catalog=str(cat), chip_size_m=960, labels=None,
                    sensors={"sentinel-2-l2a": {"gsd": 10, "max_cloud_cover": 100}})
         (tmp_path / "r.yaml").write_text(yaml.safe_dump(rec))
@@ -438,7 +439,7 @@ def test_credentials_are_redacted(tmp_path: Path, capsys: pytest.CaptureFixture)
 
     cat = tmp_path / "cat"
     cat.mkdir()
-    spec = yaml.safe_load((PROJECT_ROOT / "catalogs" / "default" / "sentinel-2-l2a.yaml").read_text())
+    spec = yaml.safe_load((catalogs_dir() / "default" / "sentinel-2-l2a.yaml").read_text())
     spec["source"].update(url=f"http://alice:hunter2@127.0.0.1:{free_port()}/api?subscription-key=s3cr3t",
                           timeout_s=1, max_retries=0)
     (cat / "sentinel-2-l2a.yaml").write_text(yaml.safe_dump(spec))
@@ -451,7 +452,7 @@ def test_credentials_are_redacted(tmp_path: Path, capsys: pytest.CaptureFixture)
 
 
 def test_local_build_opens_no_listener() -> None:
-    from msc_france.build.run import dask_client
+    from msc_france.builder.run import dask_client
 
     with dask_client(None, 2):
         out = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout

@@ -58,7 +58,7 @@ def main_figure(out: Path) -> None:
         main(["catalog", "ingest", str(t / "dl"), "--out", str(t / "cat")])
         g = _build(t, "aerial.yaml", (565440, 6271920), 240, 1.5)
         panels.append(("BD ORTHO 0.5 m -> 1.5 m\nwhite fill declared nodata=255", g, (0, 1, 2)))
-        from tests.build.test_real_products import CHIP, _utm_origin
+        from tests.builder.test_real_products import CHIP, _utm_origin
 
         when = dt.datetime(2022, 6, 14, 10, 56, tzinfo=dt.UTC)
         for name, make, yml in (("ESA SAFE N0400, UTM 30 -> Lambert-93\norbit edge (nodata 0) + SCL cloud/shadow",

@@ -95,7 +95,7 @@ def test_build_from_a_catalog_and_assets_on_s3(s3: str, tiny_world: Path, tiny_s
     import fsspec
     import yaml
 
-    from msc_france.config import PROJECT_ROOT
+    from msc_france.paths import catalogs_dir
 
     fs = fsspec.filesystem("s3")
     endpoint = os.environ["AWS_ENDPOINT_URL"].removeprefix("http://")
@@ -105,7 +105,7 @@ def test_build_from_a_catalog_and_assets_on_s3(s3: str, tiny_world: Path, tiny_s
     fs.put(str(tiny_world), "msc-bucket/world", recursive=True)
     cat = tmp_path / "catalog"
     cat.mkdir()
-    for f in (PROJECT_ROOT / "catalogs" / "demo").glob("*.yaml"):
+    for f in (catalogs_dir() / "demo").glob("*.yaml"):
         if f.name.startswith("_"):
             continue
         spec = yaml.safe_load(f.read_text())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from msc_france.build.warp import clear_http_cache, open_raster
+from msc_france.builder.warp import clear_http_cache, open_raster
 from msc_france.errors import SourceError
 from msc_france.sources.signing import NoSigner, PlanetaryComputerSigner
 from tests.servers import AssetServer, TokenServer, planetary_computer_env
@@ -91,7 +91,7 @@ def test_read_resigns_after_403(tokens: TokenServer, tmp_path: Path) -> None:
 
 def test_one_token_for_a_multi_chip_build(tokens: TokenServer, tmp_path: Path) -> None:
     """A build asks for one token per container and lifetime, not one per chip and sensor."""
-    from msc_france.build.run import LayerRule, _build_layer
+    from msc_france.builder.run import LayerRule, _build_layer
     from msc_france.config import SensorSpec
     from msc_france.grid import Chip
     from msc_france.products import rules_for

@@ -2,7 +2,7 @@
 
 Each item arrives as a frozen :class:`~msc_france.products.SourceItem` (parsed once from STAC by
 its product rules). Its assets are warped onto the chip's explicit Lambert-93 grid
-(:mod:`msc_france.build.warp`), converted to physical values with the scale and offset the item
+(:mod:`msc_france.builder.warp`), converted to physical values with the scale and offset the item
 declares, packed into the store's declared encoding (``physical = stored * scale + offset``),
 and masked with the product's quality masks. Values outside the store's valid range are clipped
 and counted, or refused, as the sensor declares: nothing is ever cast silently.
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from msc_france.build.warp import clear_http_cache, warp_asset
+from msc_france.builder.warp import clear_http_cache, warp_asset
 from msc_france.config import SensorSpec
 from msc_france.errors import SourceError
 from msc_france.grid import PixelGrid

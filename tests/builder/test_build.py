@@ -101,7 +101,7 @@ def _parse(cat, sensor: str, item: dict):  # noqa: ANN001, ANN202
 
 def test_harmonisation_across_baselines_and_sensors(tiny_world: Path) -> None:
     """S2 items of baseline 03.01 and 05.09 and Landsat all give the marker's true reflectance."""
-    from msc_france.build.read import read_candidate
+    from msc_france.builder.read import read_candidate
     from msc_france.config import load_catalog
     from msc_france.sources.signing import NoSigner
 
@@ -136,7 +136,7 @@ def test_harmonisation_across_baselines_and_sensors(tiny_world: Path) -> None:
 
 
 def test_masks_clouds_and_nodata(tiny_world: Path) -> None:
-    from msc_france.build.read import read_candidate
+    from msc_france.builder.read import read_candidate
     from msc_france.config import load_catalog
     from msc_france.sources.signing import NoSigner
 

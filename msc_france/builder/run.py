@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import rasterio
 
-from msc_france.build.read import ChipRead, read_candidate
-from msc_france.build.warp import clear_http_cache, gdal_env
+from msc_france.builder.read import ChipRead, read_candidate
+from msc_france.builder.warp import clear_http_cache, gdal_env
 from msc_france.config import Catalog, Recipe, SensorSpec
 from msc_france.errors import BadInputError, SourceError, first_line
 from msc_france.grid import Chip

@@ -12,7 +12,7 @@ import rasterio
 import yaml
 
 from msc_france.cli import main
-from msc_france.config import PROJECT_ROOT
+from msc_france.paths import catalogs_dir
 from msc_france.store import Store
 
 TILE = "31-2021-0565-6273-LA93-0M50"  # the aerial tile under the north-west chip only
@@ -47,7 +47,7 @@ def _world_copy(tiny_world: Path, tmp: Path, kind: str) -> Path:
     (w / "aerial.json").write_text(json.dumps(items))
     cat = tmp / "catalog"
     cat.mkdir()
-    for f in (PROJECT_ROOT / "catalogs" / "demo").glob("*.yaml"):
+    for f in (catalogs_dir() / "demo").glob("*.yaml"):
         if f.name.startswith("_"):
             continue
         spec = yaml.safe_load(f.read_text())

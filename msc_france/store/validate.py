@@ -74,7 +74,7 @@ class ValidationReport:
 
 def validate(store: Store, checksums: bool = True) -> ValidationReport:
     """Check schema, shapes, chunking, completeness and (optionally) every chip's checksum."""
-    from msc_france.build.read import ChipRead  # checksum definition lives with the reader
+    from msc_france.builder.read import ChipRead  # checksum definition lives with the reader
 
     rep = ValidationReport()
     m = store.meta

@@ -1,0 +1,1 @@
+"""Build recipes and train/eval configs, shipped as package data."""

@@ -1,0 +1,108 @@
+"""The wheel works outside the checkout: built from the sources, installed into a fresh venv, run
+from another directory.
+
+The fresh venv gets the third-party dependencies of the test environment through a ``.pth`` line
+(the site directory itself, so the checkout's editable install is *not* visible), and msc-france
+only from the wheel: the shipped catalogs, pipelines and regions must come from package data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = ("msc_france", "catalogs", "pipelines", "pyproject.toml", "README.md")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel built from a copy of the sources (building in place would leave build/ in the checkout)."""
+    src = tmp_path_factory.mktemp("src")
+    for name in SOURCES:
+        p = REPO / name
+        if p.is_dir():
+            shutil.copytree(p, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(p, src / name)
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+                    "--no-index", "-q", "-w", str(out)], check=True, capture_output=True)
+    (whl,) = out.glob("msc_france-*.whl")
+    return whl
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
+    """A new venv with only the wheel installed (dependencies reachable through a .pth line)."""
+    env_dir = tmp_path_factory.mktemp("venv") / "fresh"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    (site / "_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True,
+                   capture_output=True)
+    return env_dir
+
+
+def _run(env_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MSC_FRANCE_CATALOGS", "MSC_FRANCE_PIPELINES",
+                                                                    "PYTHONPATH", "VIRTUAL_ENV"))}
+    return subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_wheel_ships_package_data(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("msc_france/py.typed", "msc_france/catalogs/regions.geojson", "msc_france/catalogs/demo/_world.yaml",
+                 "msc_france/catalogs/default/sentinel-2-l2a.yaml", "msc_france/pipelines/demo.yaml",
+                 "msc_france/pipelines/pretrain-xstars.yaml", "msc_france/__main__.py"):
+        assert name in names, name
+    assert not any(n.startswith(("tests/", "benchmarks/", "catalogs/", "pipelines/")) for n in names)
+
+
+def test_installed_wheel_runs_from_another_directory(fresh: Path, tmp_path: Path, tiny_catalog: Path,
+                                                     tiny_recipe: Path, tiny_region: Path, tiny_world: Path) -> None:
+    py, cli = str(fresh / "bin" / "python"), str(fresh / "bin" / "msc-france")
+    where = _run(fresh, tmp_path, py, "-c", "import msc_france, msc_france.paths as p; "
+                 "print(msc_france.__file__); print(p.catalogs_dir()); print(p.pipelines_dir())")
+    assert where.returncode == 0, where.stderr
+    module, catalogs, pipelines = where.stdout.split()
+    for path in (module, catalogs, pipelines):  # everything from the venv, nothing from the checkout
+        assert Path(path).is_relative_to(fresh), path
+        assert not Path(path).is_relative_to(REPO), path
+
+    regions = _run(fresh, tmp_path, cli, "regions")
+    assert regions.returncode == 0, regions.stderr
+    assert "demo" in regions.stdout and "toulouse" in regions.stdout.lower()
+    sensors = _run(fresh, tmp_path, cli, "sensors", "--catalog", "demo")
+    assert sensors.returncode == 0, sensors.stderr
+    assert "sentinel-2-l2a" in sensors.stdout and "aerial" in sensors.stdout
+    assert _run(fresh, tmp_path, py, "-m", "msc_france", "--help").returncode == 0
+    # Named recipes and configs resolve from package data.
+    named = _run(fresh, tmp_path, py, "-c", "from msc_france.config import load_recipe, load_catalog; "
+                 "r = load_recipe('demo'); c = load_catalog(r.catalog); print(r.name, sorted(c.sensors))")
+    assert named.returncode == 0, named.stderr
+    assert named.stdout.startswith("demo ") and "sentinel-2-l2a" in named.stdout
+
+    # plan and a small build of the tiny demo world (generated by the fixture into $MSC_FRANCE_CACHE).
+    plan = _run(fresh, tmp_path, cli, "plan", "--region", str(tiny_region), "--recipe", str(tiny_recipe),
+                "--out", "plan.parquet")
+    assert plan.returncode == 0, plan.stderr
+    assert (tmp_path / "plan.parquet").is_file()
+    build = _run(fresh, tmp_path, cli, "build", "--region", str(tiny_region), "--recipe", str(tiny_recipe),
+                 "--out", "tiny.zarr", "--quiet")
+    assert build.returncode == 0, build.stderr
+    info = _run(fresh, tmp_path, cli, "info", "tiny.zarr", "--json")
+    assert info.returncode == 0, info.stderr
+    summary = yaml.safe_load(info.stdout)
+    assert summary["n_chips"] == 4 and summary["complete"] is True
