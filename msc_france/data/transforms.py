@@ -84,19 +84,14 @@ class MultiCropConfig:
     local_scale: tuple[float, float] = (0.05, 0.4)
 
 
-def colour_jitter(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast and per-band gain jitter of one standardised image (no geometry)."""
-    mean = x.mean()
-    x = (x - mean) * _u(g, 0.6, 1.4) + mean + _u(g, -0.4, 0.4)
-    return x * (1 + 0.1 * (torch.rand(x.shape[0], 1, 1, generator=g) - 0.5))
-
-
 def photometric(x: torch.Tensor, g: torch.Generator, blur_p: float, solarize_p: float) -> torch.Tensor:
     """DINO's colour augmentations adapted to standardised multispectral bands."""
     if _u(g) < 0.5:
         x = torch.flip(x, dims=[-1])
-    if _u(g) < 0.8:
-        x = colour_jitter(x, g)
+    if _u(g) < 0.8:  # brightness, contrast, per-band jitter
+        mean = x.mean()
+        x = (x - mean) * _u(g, 0.6, 1.4) + mean + _u(g, -0.4, 0.4)
+        x = x * (1 + 0.1 * (torch.rand(x.shape[0], 1, 1, generator=g) - 0.5))
     if _u(g) < 0.2:  # "grayscale": every band replaced by the band mean
         x = x.mean(dim=0, keepdim=True).expand_as(x).clone()
     if _u(g) < blur_p:

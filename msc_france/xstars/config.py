@@ -66,9 +66,6 @@ class MSADConfig(StrictModel):
     dropout: float = Field(0.2, ge=0, lt=1)
     size: int = Field(64, description="input size of the co-located views")
     scale: tuple[float, float] = (0.5, 1.0)
-    jitter: float = Field(
-        0.0, ge=0, le=1, description="probability of an independent colour jitter of each sensor's co-located "
-        "view (invariance to per-acquisition gain; never geometric, so positions stay co-located)")
 
 
 class OptimConfig(StrictModel):

@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from msc_france.data import MSCFranceDataset, StepBatchSampler, collate
-from msc_france.data.transforms import MultiCropConfig, colocated_crops, colour_jitter, multicrop, random_window
+from msc_france.data.transforms import MultiCropConfig, colocated_crops, multicrop, random_window
 from msc_france.errors import BadInputError, MscFranceError, first_line
 from msc_france.fsutil import atomic_path
 from msc_france.xstars.config import TrainConfig
@@ -454,10 +454,7 @@ def _msad_inputs(cfg: TrainConfig, batch: dict[str, Any], frozen: ViT | None, g:
         w = random_window(coarsest, cfg.msad.scale, g)
         crops = colocated_crops({s: batch[s]["image"][i] for s in sensors}, w, cfg.msad.size)
         for s in sensors:
-            view = crops[s]
-            if cfg.msad.jitter and float(torch.rand((), generator=g)) < cfg.msad.jitter:
-                view = colour_jitter(view, g)
-            per_sensor[s].append(view)
+            per_sensor[s].append(crops[s])
     views = {s: torch.stack(v).to(device, non_blocking=True) for s, v in per_sensor.items()}
     if cfg.continual is None:
         return views, {}
