@@ -11,6 +11,7 @@ from msc_france.fsutil import atomic_path
 from msc_france.grid import Chip
 from msc_france.regions import check_region_name
 from msc_france.store import STATUS, ChipReader, Layer, Store
+from msc_france.store.schema import column
 
 # Sensor folder names of the X-STARS reference code; other sensors keep their own name.
 XSTARS_NAMES = {"sentinel-2-l2a": "Sentinel", "landsat-8-c2-l2": "Landsat", "aerial": "SPOT"}
@@ -96,7 +97,7 @@ def preview(store: Store, out: Path, n_chips: int = 6, seed: int = 0) -> list[Pa
     colors = {"ok": "#2ca02c", "flagged": "#ff7f0e", "dropped": "#9467bd", "failed": "#d62728",
               "nodata": "#7f7f7f", "pending": "#ffffff"}
     for ax, L in zip(axes[0], layers, strict=True):
-        col = idx[f"status_{L.group}"]
+        col = idx[f"status_{column(L.group)}"]
         for st, color in colors.items():
             sub = idx[col == st]
             if len(sub):
@@ -124,7 +125,7 @@ def export_xstars(store: Store, out: Path, split: str | None = None) -> int:
 
     idx = store.index()
     layers = [L for L in store.layers if not L.is_label]
-    ok = idx[[f"status_{L.group}" for L in layers]].isin(["ok"]).all(axis=1)
+    ok = idx[[f"status_{column(L.group)}" for L in layers]].isin(["ok"]).all(axis=1)
     rows = idx[ok]
     if split:
         rows = rows[rows["split"] == split]

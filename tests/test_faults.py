@@ -138,7 +138,7 @@ def test_persistent_asset_failure_is_recorded_then_retried(remote_world, tiny_re
     failed = [f for f in failures if f["status"] == "failed"]
     assert failed and all(f["group"] == "aerial" and aerial_tile in f["reason"] for f in failed)
     idx = Store.open(out).index()
-    assert (idx["status_sentinel-2-l2a"] == "ok").all()
+    assert (idx["status_sentinel_2_l2a"] == "ok").all()
     ok_aerial = idx[idx["status_aerial"] == "ok"]
     assert len(ok_aerial) == 4 - len(failed) and len(ok_aerial) >= 1
     assert main(args) == 0  # failed chips are not retried without --retry-failed...

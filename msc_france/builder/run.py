@@ -29,7 +29,7 @@ from msc_france.grid import Chip
 from msc_france.plan import Plan
 from msc_france.products import SourceItem, rules_for
 from msc_france.sources.signing import make_signer
-from msc_france.store import DONE, Layer, Store, layers_for
+from msc_france.store import DONE, LABELS_GROUP, Layer, Store, StoreSchema
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +347,20 @@ def with_candidates(task: ShardTask, plan: Plan, group_sensor: dict[str, str],
     return ShardTask(task.shard, task.start, task.stop, jobs)
 
 
+def store_schema(recipe: Recipe, specs: dict[str, SensorSpec], gsds: dict[str, float]) -> StoreSchema:
+    """The store a recipe produces: reflectance sensors in recipe order, labels last."""
+    layers = [Layer(name, name, gsds[name], tuple(specs[name].band_names), specs[name].dtype, False,
+                    specs[name].scale, specs[name].offset, specs[name].units)
+              for name in recipe.sensors]
+    classes = None
+    if recipe.labels is not None:
+        s = specs[recipe.labels.sensor]
+        layers.append(Layer(LABELS_GROUP, s.name, gsds[s.name], ("class",), s.dtype, True, units="class"))
+        classes = s.classes
+    return StoreSchema(recipe.chip_size_m, recipe.chips_per_shard, tuple(layers), recipe.model_dump(mode="json"),
+                       classes)
+
+
 def run_build(
     plan: Plan,
     out: str | Path,
@@ -374,9 +388,9 @@ def run_build(
     recipe: Recipe = plan.recipe
     catalog: Catalog = plan.catalog
     specs = {name: catalog.sensor(name) for name in plan.gsds}
-    layers = layers_for(recipe, specs, plan.gsds)
-    label_classes = specs[recipe.labels.sensor].classes if recipe.labels else None
-    store = Store.create_or_open(out, recipe, layers, label_classes)
+    schema = store_schema(recipe, specs, plan.gsds)
+    layers = list(schema.layers)
+    store = Store.create_or_open(out, schema)
     summary = BuildSummary(planned=len(plan.chips))
     rules = []
     for L in layers:

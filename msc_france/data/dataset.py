@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from msc_france.errors import BadInputError, StoreError
 from msc_france.grid import Chip
 from msc_france.store import ChipReader, Store
+from msc_france.store.schema import column
 
 Sample = dict[str, Any]
 
@@ -108,11 +109,11 @@ class MSCFranceDataset(Dataset):
                 raise BadInputError(f"unknown split '{split}' (train, val, test)")
             keep &= (idx["split"] == split).to_numpy()
         for name in self.sensors:
-            keep &= idx[f"status_{name}"].isin(list(statuses)).to_numpy()
+            keep &= idx[f"status_{column(name)}"].isin(list(statuses)).to_numpy()
         rows = idx[keep]
         self.chip_ids: list[str] = rows["chip_id"].tolist()
         self.chip_index: list[int] = rows["chip_index"].astype(int).tolist()
-        self.status = {name: rows[f"status_{name}"].tolist() for name in self.sensors}
+        self.status = {name: rows[f"status_{column(name)}"].tolist() for name in self.sensors}
         self.transform = transform
         self._store: Store | None = None
         self._reader: ChipReader | None = None

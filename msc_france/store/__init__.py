@@ -1,9 +1,12 @@
-"""The MSC-France store: format, creation, registration, commits, consolidation (``core``) and the
-read API every reader goes through (``read``)."""
+"""The MSC-France store: its schema (``schema``), the store itself (``core``: files, creation,
+registration, done marks, locks), consolidation (``consolidate``), the read API every reader goes
+through (``read``) and validation (``validate``)."""
 
 from __future__ import annotations
 
-from msc_france.store.core import (
+from msc_france.store.core import Store, chip_split, is_remote
+from msc_france.store.read import ChipReader
+from msc_france.store.schema import (
     DONE,
     FORMAT_VERSION,
     LABELS_GROUP,
@@ -11,12 +14,8 @@ from msc_france.store.core import (
     STATUS,
     STATUS_NAMES,
     Layer,
-    Store,
-    chip_split,
-    is_remote,
-    layers_for,
+    StoreSchema,
 )
-from msc_france.store.read import ChipReader
 
 __all__ = ["DONE", "FORMAT_VERSION", "LABELS_GROUP", "SPLITS", "STATUS", "STATUS_NAMES", "ChipReader", "Layer",
-           "Store", "chip_split", "is_remote", "layers_for"]
+           "Store", "StoreSchema", "chip_split", "is_remote"]

@@ -32,31 +32,26 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import fsspec
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
 
-from msc_france.config import Recipe, SensorSpec
-from msc_france.crs import L93
 from msc_france.errors import BadInputError, StoreError
 from msc_france.grid import Chip
+from msc_france.store.schema import (
+    FORMAT_VERSION,
+    ROOT_KEYS,
+    Layer,
+    StoreSchema,
+    chip_transforms,
+    create_layout,
+    pixel_centres,
+)
 
-FORMAT_VERSION = 1
-LABELS_GROUP = "labels"
-STATUS = {"pending": 0, "ok": 1, "flagged": 2, "dropped": 3, "failed": 4, "nodata": 5}
-STATUS_NAMES = {v: k for k, v in STATUS.items()}
-DONE = {"ok", "flagged", "dropped", "nodata"}  # statuses a rerun does not rebuild
-SPLITS = ("train", "val", "test")
-META_ARRAYS = ("status", "datetime", "item_ids", "cloud_fraction", "valid_fraction", "harmonization")
-COMPRESSOR = ZstdCodec(level=3)
 REMOTE_LOCK_TTL_S = 6 * 3600
-#: Root attributes every reader relies on.
-ROOT_KEYS = ("format_version", "recipe", "chip_size_m", "chips_per_shard", "layers", "regions")
 
 
 def is_remote(path: str) -> bool:
@@ -100,40 +95,6 @@ def chip_split(chip_id: str, fractions: tuple[float, float, float], salt: str) -
     if h < fractions[0] + fractions[1]:
         return "val"
     return "test"
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One group of the store: a reflectance sensor or the labels."""
-
-    group: str
-    sensor: str
-    gsd: float
-    bands: tuple[str, ...]
-    dtype: str
-    is_label: bool
-    scale: float = 1.0  # physical = stored * scale + offset
-    offset: float = 0.0
-    units: str = "DN"
-
-    @property
-    def data_name(self) -> str:
-        """Name of the pixel array inside the group."""
-        return "class" if self.is_label else "image"
-
-    def pixels(self, chip_size_m: int) -> int:
-        """Pixels along a chip side."""
-        return int(round(chip_size_m / self.gsd))
-
-
-def _cf_grid_mapping() -> dict[str, Any]:
-    from pyproj import CRS
-
-    crs = CRS.from_user_input(L93)
-    attrs = crs.to_cf()
-    attrs["spatial_ref"] = crs.to_wkt()
-    attrs["proj:code"] = L93
-    return attrs
 
 
 class Store:
@@ -204,7 +165,7 @@ class Store:
         if not has_meta:
             raise StoreError(f"{p} is not an msc-france store (no zarr.json)")
         try:
-            g = zarr.open_group(p, mode=mode, zarr_format=3)
+            g = zarr.open_group(p, mode=mode, zarr_format=3, use_consolidated=False)
         except Exception as e:
             raise StoreError(f"cannot open store {p}: {str(e).splitlines()[0]}") from None
         meta = g.attrs.get("msc_france")
@@ -221,16 +182,15 @@ class Store:
         return cls(p, g)
 
     @classmethod
-    def create_or_open(cls, path: str | Path, recipe: Recipe, layers: list[Layer],
-                       classes: dict[int, str] | None = None) -> Store:
-        """Open ``path`` for building with ``recipe``, creating the store if it does not exist.
+    def create_or_open(cls, path: str | Path, schema: StoreSchema) -> Store:
+        """Open ``path`` for building with ``schema``, creating the store if it does not exist.
 
         Raises:
             BadInputError: the path is a file, or an existing store was built with another chip
                 size or other sensors.
         """
         if is_remote(str(path)):
-            return cls._create_or_open_remote(str(path), recipe, layers, classes)
+            return cls._create_or_open_remote(str(path), schema)
         p = Path(path)
         if p.exists() and not p.is_dir():
             raise BadInputError(f"output path {p} is a file, not a store directory")
@@ -238,7 +198,7 @@ class Store:
             raise BadInputError(f"output directory {p} is not empty and is not an msc-france store")
         if (p / "zarr.json").exists():
             store = cls.open(p, mode="r+")
-            store._check_compatible(recipe, layers)
+            store._check_compatible(schema)
             return store
         # Create the whole skeleton in a hidden sibling, then rename it into place: a build killed
         # during creation leaves no half-made store behind, only a temp dir removed next time.
@@ -254,7 +214,7 @@ class Store:
         tmp = p.parent / f".{p.name}.creating-{os.getpid()}"
         try:
             g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-            cls(tmp, g)._create(recipe, layers, classes)
+            cls(tmp, g)._create(schema)
             if p.exists():
                 p.rmdir()  # an empty directory the user made
             tmp.rename(p)
@@ -264,8 +224,7 @@ class Store:
         return cls.open(p, mode="r+")
 
     @classmethod
-    def _create_or_open_remote(cls, url: str, recipe: Recipe, layers: list[Layer],
-                               classes: dict[int, str] | None) -> Store:
+    def _create_or_open_remote(cls, url: str, schema: StoreSchema) -> Store:
         # Object stores have no rename: the root attributes are written last, so a store whose
         # zarr.json lacks them is an interrupted creation, made again.
         fs, root = fsspec.core.url_to_fs(url)
@@ -273,105 +232,44 @@ class Store:
             g = zarr.open_group(url, mode="r+", zarr_format=3)
             if isinstance(g.attrs.get("msc_france"), dict):
                 store = cls.open(url, mode="r+")
-                store._check_compatible(recipe, layers)
+                store._check_compatible(schema)
                 return store
         g = zarr.open_group(url, mode="w", zarr_format=3)
-        cls(url, g)._create(recipe, layers, classes)
+        cls(url, g)._create(schema)
         return cls.open(url, mode="r+")
 
-    def _check_compatible(self, recipe: Recipe, layers: list[Layer]) -> None:
+    def _check_compatible(self, schema: StoreSchema) -> None:
         m = self.meta
-        if m["chip_size_m"] != recipe.chip_size_m:
+        if int(m["format_version"]) < FORMAT_VERSION:
+            raise BadInputError(f"store {self.path} has format version {m['format_version']}; this msc-france writes "
+                                f"version {FORMAT_VERSION} (per-chip coordinates): build into a new store")
+        if m["chip_size_m"] != schema.chip_size_m:
             raise BadInputError(
-                f"store {self.path} has chip size {m['chip_size_m']} m; the recipe asks for {recipe.chip_size_m} m"
+                f"store {self.path} has chip size {m['chip_size_m']} m; the recipe asks for {schema.chip_size_m} m"
             )
-        have = {L.group: (L.gsd, L.bands, L.dtype, L.scale, L.offset) for L in self.layers}
-        want = {L.group: (L.gsd, L.bands, L.dtype, L.scale, L.offset) for L in layers}
+        have = [L["group"] for L in m["layers"]]
+        want = [L.group for L in schema.layers]
         if have != want:
             raise BadInputError(f"store {self.path} holds sensors {have}; the recipe asks for {want}")
-        diffs = recipe_differences(m["recipe"], recipe.model_dump(mode="json"))
+        diffs = recipe_differences(m["recipe"], schema.rules)
         if diffs:
             shown = "; ".join(diffs[:6]) + (f" (+{len(diffs) - 6} more)" if len(diffs) > 6 else "")
             raise BadInputError(f"store {self.path} was built with other rules: {shown}. One store holds one set of "
                                 "rules: build into a new store, or use the store's recipe")
 
-    def _create(self, recipe: Recipe, layers: list[Layer], classes: dict[int, str] | None = None) -> None:
-        s = recipe.chips_per_shard
-        for name, dtype in (("chip_id", str), ("split", str), ("chip_xmin", "float64"), ("chip_ymax", "float64")):
-            self.root.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype, dimension_names=["chip"],
-                                   fill_value="" if dtype is str else 0.0)
-        grid_mapping = _cf_grid_mapping()
-        for L in layers:
-            g = self.root.create_group(L.group)
-            n = L.pixels(recipe.chip_size_m)
-            nb = len(L.bands)
-            if L.is_label:
-                g.create_array(L.data_name, shape=(0, n, n), chunks=(1, n, n), shards=(s, n, n), dtype=L.dtype,
-                               compressors=COMPRESSOR, fill_value=0, dimension_names=["chip", "y", "x"],
-                               attributes={"grid_mapping": "spatial_ref", "_FillValue": 0})
-            else:
-                g.create_array(L.data_name, shape=(0, nb, n, n), chunks=(1, nb, n, n), shards=(s, nb, n, n),
-                               dtype=L.dtype, compressors=COMPRESSOR, fill_value=0,
-                               dimension_names=["chip", "band", "y", "x"],
-                               attributes={"grid_mapping": "spatial_ref", "_FillValue": 0})
-                b = g.create_array("band", shape=(nb,), dtype=str, dimension_names=["band"], fill_value="")
-                b[:] = np.array(L.bands)
-            g.create_array("valid", shape=(0, n, n), chunks=(1, n, n), shards=(s, n, n), dtype="uint8",
-                           compressors=COMPRESSOR, fill_value=0, dimension_names=["chip", "y", "x"],
-                           attributes={"flag_values": [0, 1], "flag_meanings": "invalid valid"})
-            sr = g.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0, attributes=grid_mapping)
-            sr[...] = 0
-            for name, dtype, fill, attrs in (
-                ("chip_id", str, "", {}),
-                ("chip_xmin", "float64", 0.0, {"units": "m", "long_name": "chip west edge, Lambert-93"}),
-                ("chip_ymax", "float64", 0.0, {"units": "m", "long_name": "chip north edge, Lambert-93"}),
-                ("status", "uint8", 0, {"flag_values": list(STATUS.values()),
-                                        "flag_meanings": " ".join(STATUS.keys())}),
-                ("datetime", "int64", 0, {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian"}),
-                ("item_ids", str, "", {"long_name": "source STAC item ids, comma-separated"}),
-                ("cloud_fraction", "float32", np.nan, {"long_name": "cloud/shadow fraction of covered pixels"}),
-                ("valid_fraction", "float32", np.nan, {"long_name": "fraction of valid pixels"}),
-                ("harmonization", str, "", {"long_name": "radiometric harmonisation applied"}),
-            ):
-                g.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype, fill_value=fill,
-                               dimension_names=["chip"], attributes=attrs)
-            g.attrs.update(self._layer_attrs(L, recipe))
-            if L.is_label and classes:
-                g.attrs["classes"] = {str(k): v for k, v in classes.items()}
+    def _create(self, schema: StoreSchema) -> None:
+        create_layout(self.root, schema)
         self.root.attrs["msc_france"] = {
             "format_version": FORMAT_VERSION,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "recipe": recipe.model_dump(mode="json"),
-            "chip_size_m": recipe.chip_size_m,
-            "chips_per_shard": recipe.chips_per_shard,
-            "crs": L93,
-            "layers": [{"group": L.group, "sensor": L.sensor, "gsd": L.gsd, "bands": list(L.bands),
-                        "dtype": L.dtype, "is_label": L.is_label, "scale": L.scale, "offset": L.offset,
-                        "units": L.units} for L in layers],
+            "recipe": schema.rules,
+            "chip_size_m": schema.chip_size_m,
+            "chips_per_shard": schema.chips_per_shard,
+            "crs": "EPSG:2154",
+            "layers": [L.record() for L in schema.layers],
             "regions": [],
             "n_chips": 0,
             "complete": False,
-        }
-
-    @staticmethod
-    def _layer_attrs(L: Layer, recipe: Recipe) -> dict[str, Any]:
-        n = L.pixels(recipe.chip_size_m)
-        return {
-            "sensor": L.sensor,
-            "bands": list(L.bands),
-            "gsd": L.gsd,
-            "dtype": L.dtype,
-            "nodata": 0,
-            "scale": L.scale,
-            "offset": L.offset,
-            "units": L.units,
-            "proj:code": L93,
-            "grid_mapping": "spatial_ref",
-            "chip_shape": [n, n],
-            "chip_transform": (
-                f"Affine({L.gsd}, 0, chip_xmin[i], 0, -{L.gsd}, chip_ymax[i]) in EPSG:2154; "
-                f"pixel (row, col) centre = (chip_xmin[i] + (col + 0.5) * {L.gsd}, chip_ymax[i] - (row + 0.5) * {L.gsd})"
-            ),
         }
 
     # ------------------------------------------------------------------ structure
@@ -439,6 +337,10 @@ class Store:
                 g["chip_id"][n0:n1] = ids
                 g["chip_xmin"][n0:n1] = xmin
                 g["chip_ymax"][n0:n1] = ymax
+                n = L.pixels(self.chip_size_m)
+                g["x"][n0:n1] = pixel_centres(xmin, n, L.gsd)
+                g["y"][n0:n1] = pixel_centres(ymax, n, -L.gsd)
+                g["spatial_transform"][n0:n1] = chip_transforms(xmin, ymax, L.gsd)
             for name, values in (("split", split), ("chip_xmin", xmin), ("chip_ymax", ymax), ("chip_id", ids)):
                 a = self.root[name]
                 a.resize((n1,))
@@ -556,93 +458,11 @@ class Store:
     # ------------------------------------------------------------------ consolidation
 
     def consolidate(self) -> dict[str, Any]:
-        """Fold the done marks into per-chip metadata arrays, statistics and ``index.parquet``.
+        """Fold the done marks into per-chip metadata, statistics, ``index.parquet`` and the
+        consolidated Zarr metadata (see :func:`msc_france.store.consolidate.consolidate`)."""
+        from msc_france.store.consolidate import consolidate
 
-        Returns a summary with per-layer status counts and whether the store is complete.
-        """
-        import geopandas as gpd
-        from shapely.geometry import box
-
-        from msc_france.crs import WGS84, reproject_geometry
-
-        commits = self.read_commits(tolerant=True)
-        ids = self.chip_ids()
-        n = len(ids)
-        summary: dict[str, Any] = {"n_chips": n, "layers": {}}
-        complete = n > 0
-        table: dict[str, list[Any]] = {"chip_id": ids, "chip_index": list(range(n))}
-        for L in self.layers:
-            g = self.root[L.group]
-            status = np.zeros(n, np.uint8)
-            when = np.zeros(n, np.int64)
-            items = np.full(n, "", dtype=object)
-            cloud = np.full(n, np.nan, np.float32)
-            valid = np.full(n, np.nan, np.float32)
-            harm = np.full(n, "", dtype=object)
-            nb = 1 if L.is_label else len(L.bands)
-            s1, s2, cnt = np.zeros(nb), np.zeros(nb), 0.0
-            for i, cid in enumerate(ids):
-                rec = commits.get(cid, {}).get("sensors", {}).get(L.group)
-                if rec is None:
-                    continue
-                status[i] = STATUS[rec["status"]]
-                when[i] = rec.get("datetime") or 0
-                items[i] = ",".join(rec.get("item_ids", []))
-                cloud[i] = np.nan if rec.get("cloud_fraction") is None else rec["cloud_fraction"]
-                valid[i] = np.nan if rec.get("valid_fraction") is None else rec["valid_fraction"]
-                harm[i] = rec.get("harmonization", "")
-                st = rec.get("stats")
-                if st and rec["status"] == "ok":
-                    s1 += np.array(st["sum"])
-                    s2 += np.array(st["sumsq"])
-                    cnt += st["count"]
-            for name, arr in (("status", status), ("datetime", when), ("cloud_fraction", cloud),
-                              ("valid_fraction", valid)):
-                g[name][:] = arr
-            g["item_ids"][:] = items.astype(str)
-            g["harmonization"][:] = harm.astype(str)
-            counts = {k: int((status == v).sum()) for k, v in STATUS.items()}
-            stats = None
-            if cnt > 0:
-                mean = s1 / cnt
-                std = np.sqrt(np.maximum(s2 / cnt - mean**2, 0))
-                stats = {"mean": mean.round(4).tolist(), "std": std.round(4).tolist(), "count": int(cnt),
-                         "units": g.attrs["units"], "over": "valid pixels of chips with status ok"}
-                g.attrs["stats"] = stats
-            summary["layers"][L.group] = {"counts": counts, "stats": stats}
-            complete = complete and counts["pending"] == 0 and counts["failed"] == 0
-            table[f"status_{L.group}"] = [STATUS_NAMES[int(v)] for v in status]
-            table[f"valid_fraction_{L.group}"] = valid.astype(float).tolist()
-            table[f"datetime_{L.group}"] = [
-                dt.datetime.fromtimestamp(int(t), dt.UTC).isoformat() if t else None for t in when
-            ]
-        failures = [
-            {"chip_id": cid, "group": g, "status": rec["status"], "reason": rec.get("reason", ""),
-             "item_ids": rec.get("item_ids", [])}
-            for cid in ids for g, rec in sorted(commits.get(cid, {}).get("sensors", {}).items())
-            if rec.get("status") in ("failed", "flagged", "dropped", "nodata")
-        ]
-        self.write_bytes_atomic("failures.json", json.dumps({"n": len(failures), "chips": failures}).encode())
-        regions = self._chip_regions()
-        splits = [str(x) for x in self.root["split"][:n]] if n else []
-        chips = [Chip.from_id(c) for c in ids]
-        geoms = [box(*c.bounds) for c in chips]
-        wgs = [reproject_geometry(g, L93, WGS84).bounds for g in geoms]
-        table["region"] = [",".join(regions.get(c, [])) for c in ids]
-        table["split"] = splits
-        for j, name in enumerate(("lon_min", "lat_min", "lon_max", "lat_max")):
-            table[name] = [b[j] for b in wgs]
-        gdf = gpd.GeoDataFrame(table, geometry=geoms, crs=L93)
-        buf = io.BytesIO()
-        gdf.to_parquet(buf, write_covering_bbox=True)
-        self.write_bytes_atomic("index.parquet", buf.getvalue())
-        meta = self.meta
-        meta["n_chips"] = n
-        meta["complete"] = bool(complete)
-        meta["consolidated"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        self.root.attrs["msc_france"] = meta
-        summary["complete"] = bool(complete)
-        return summary
+        return consolidate(self)
 
     def index(self):  # -> geopandas.GeoDataFrame
         """The chip index (GeoParquet)."""
@@ -651,14 +471,3 @@ class Store:
         if not self.exists("index.parquet"):
             raise StoreError(f"store {self.url} has no index.parquet (build did not finish; run build again)")
         return gpd.read_parquet(io.BytesIO(self.read_bytes("index.parquet")))
-
-
-def layers_for(recipe: Recipe, specs: dict[str, SensorSpec], gsds: dict[str, float]) -> list[Layer]:
-    """The store layers a recipe produces (reflectance sensors in recipe order, labels last)."""
-    layers = [Layer(name, name, gsds[name], tuple(specs[name].band_names), specs[name].dtype, False,
-                    specs[name].scale, specs[name].offset, specs[name].units)
-              for name in recipe.sensors]
-    if recipe.labels is not None:
-        s = specs[recipe.labels.sensor]
-        layers.append(Layer(LABELS_GROUP, s.name, gsds[s.name], ("class",), s.dtype, True, units="class"))
-    return layers

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from msc_france.errors import StoreError, first_line
-from msc_france.store.core import STATUS, Store
+from msc_france.store.core import Store
+from msc_france.store.schema import STATUS
 
 #: Statuses whose pixels were written (flagged chips are kept, below the valid threshold).
 WRITTEN = {STATUS["ok"], STATUS["flagged"]}

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from msc_france.errors import StoreError, first_line
-from msc_france.store import DONE, FORMAT_VERSION, STATUS, STATUS_NAMES, ChipReader, Store
+from msc_france.store import DONE, FORMAT_VERSION, STATUS, STATUS_NAMES, ChipReader, Layer, Store
+from msc_france.store.schema import column
 
 
 def info(store: Store) -> dict[str, Any]:
@@ -72,6 +73,29 @@ class ValidationReport:
         return not self.corrupt and not self.incomplete
 
 
+def _coordinate_problems(store: Store, L: Layer, n: int) -> list[str]:
+    """Per-chip x/y and transforms must agree with the chip grid (what GIS tools georeference by)."""
+    from msc_france.store.schema import chip_transforms, pixel_centres
+
+    if n == 0:
+        return []
+    g = store.root[L.group]
+    px = L.pixels(store.chip_size_m)
+    try:
+        x, y, t = g["x"][:n], g["y"][:n], g["spatial_transform"][:n]
+    except Exception as e:
+        return [f"{L.group}: coordinate arrays unreadable ({first_line(e, 120)})"]
+    xmin, ymax = store.root["chip_xmin"][:n], store.root["chip_ymax"][:n]
+    out = []
+    registered = np.array([bool(c) for c in store.chip_ids()])
+    for name, have, want in (("x", x, pixel_centres(xmin, px, L.gsd)), ("y", y, pixel_centres(ymax, px, -L.gsd)),
+                             ("spatial_transform", t, chip_transforms(xmin, ymax, L.gsd))):
+        bad = ~np.all(np.isclose(have, want, rtol=0, atol=1e-6), axis=1) & registered
+        if bad.any():
+            out.append(f"{L.group}/{name}: {int(bad.sum())} chip(s) disagree with chip_xmin/chip_ymax")
+    return out
+
+
 def validate(store: Store, checksums: bool = True) -> ValidationReport:
     """Check schema, shapes, chunking, completeness and (optionally) every chip's checksum."""
     from msc_france.builder.read import ChipRead  # checksum definition lives with the reader
@@ -79,7 +103,9 @@ def validate(store: Store, checksums: bool = True) -> ValidationReport:
     rep = ValidationReport()
     m = store.meta
     if int(m["format_version"]) != FORMAT_VERSION:
-        rep.corrupt.append(f"format version {m['format_version']} (expected {FORMAT_VERSION})")
+        rep.corrupt.append(f"format version {m['format_version']} (this msc-france reads and checks version "
+                           f"{FORMAT_VERSION}; rebuild the store)")
+        return rep
     n = store.n_chips
     s = store.chips_per_shard
     for name in ("split", "chip_xmin", "chip_ymax"):
@@ -118,6 +144,7 @@ def validate(store: Store, checksums: bool = True) -> ValidationReport:
         for name in ("status", "datetime", "item_ids", "valid_fraction", "chip_id"):
             if name in arrays and arrays[name].shape[0] < n:
                 rep.corrupt.append(f"{L.group}/{name} shape {arrays[name].shape}, expected ({n},)")
+        rep.corrupt += _coordinate_problems(store, L, n)
     if rep.corrupt:
         return rep
     ids = store.chip_ids()
@@ -212,7 +239,7 @@ def _check_index(store: Store, ids: list[str], commits: dict[str, Any], rep: Val
                            f"{ids[bad]} there (run build again to rewrite the index)")
         return
     for L in store.layers:
-        col = f"status_{L.group}"
+        col = f"status_{column(L.group)}"
         if col not in idx.columns:
             rep.corrupt.append(f"index.parquet lacks column {col}")
             continue

@@ -78,7 +78,7 @@ def test_broken_asset_affects_only_its_chips(kind, status, reason, tiny_world: P
     assert idx.loc[NW, "status_aerial"] == status
     others = idx.drop(index=NW)
     assert (others[[c for c in idx.columns if c.startswith("status_")]] == "ok").all().all()
-    assert (idx.loc[NW, ["status_sentinel-2-l2a", "status_landsat-8-c2-l2", "status_labels"]] == "ok").all()
+    assert (idx.loc[NW, ["status_sentinel_2_l2a", "status_landsat_8_c2_l2", "status_labels"]] == "ok").all()
     failures = json.loads((out / "failures.json").read_text())["chips"]
     mine = [f for f in failures if f["chip_id"] == NW and f["group"] == "aerial"]
     assert len(mine) == 1 and reason in mine[0]["reason"]

@@ -61,7 +61,7 @@ def test_pixel_exact_alignment_of_markers(tiny_store: Path, tiny_world: Path) ->
 def test_store_layout_and_attributes(tiny_store: Path) -> None:
     root = zarr.open_group(str(tiny_store), mode="r")
     meta = root.attrs["msc_france"]
-    assert meta["format_version"] == 1 and meta["complete"] is True and meta["n_chips"] == 4
+    assert meta["format_version"] == 2 and meta["complete"] is True and meta["n_chips"] == 4
     s2 = root["sentinel-2-l2a"]
     assert s2["image"].shape == (4, 4, 96, 96) and s2["image"].dtype == np.uint16
     assert s2["image"].chunks == (1, 4, 96, 96) and s2["image"].shards == (2, 4, 96, 96)
@@ -78,7 +78,7 @@ def test_store_layout_and_attributes(tiny_store: Path) -> None:
 
 
 def test_xarray_and_geopandas_readback(tiny_store: Path) -> None:
-    ds = xr.open_zarr(tiny_store, group="sentinel-2-l2a", consolidated=False)
+    ds = xr.open_zarr(tiny_store, group="sentinel-2-l2a")
     assert ds["image"].dims == ("chip", "band", "y", "x")
     assert list(ds["band"].values) == ["blue", "green", "red", "nir"]
     assert ds["valid"].dims == ("chip", "y", "x")
@@ -86,7 +86,7 @@ def test_xarray_and_geopandas_readback(tiny_store: Path) -> None:
     idx = gpd.read_parquet(tiny_store / "index.parquet")
     assert idx.crs.to_epsg() == 2154 and len(idx) == 4
     assert set(idx["split"]) <= {"train", "val", "test"}
-    assert (idx["status_sentinel-2-l2a"] == "ok").all()
+    assert (idx["status_sentinel_2_l2a"] == "ok").all()
     assert idx.geometry.area.round().eq(960 * 960).all()
     assert (idx["lon_min"] < idx["lon_max"]).all()
     assert list(ds["chip_id"].values) == list(idx["chip_id"])

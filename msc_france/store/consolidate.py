@@ -1,0 +1,127 @@
+"""Consolidation: the done marks folded into per-chip metadata, statistics, the chip index and
+Zarr's consolidated metadata (run at the end of every build, and safe to run again)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from msc_france.crs import L93, WGS84, reproject_geometry
+from msc_france.grid import Chip
+from msc_france.store.schema import STATUS, STATUS_NAMES, Layer, column
+
+if TYPE_CHECKING:
+    from msc_france.store.core import Store
+
+#: Statuses listed in failures.json.
+NOT_OK = ("failed", "flagged", "dropped", "nodata")
+
+
+def _fold_layer(store: Store, L: Layer, ids: list[str], commits: dict[str, Any]) -> dict[str, Any]:
+    """Write one group's per-chip metadata arrays and statistics; return its columns and counts."""
+    g = store.root[L.group]
+    n = len(ids)
+    status = np.zeros(n, np.uint8)
+    when = np.zeros(n, np.int64)
+    items = np.full(n, "", dtype=object)
+    cloud = np.full(n, np.nan, np.float32)
+    valid = np.full(n, np.nan, np.float32)
+    harm = np.full(n, "", dtype=object)
+    nb = 1 if L.is_label else len(L.bands)
+    s1, s2, cnt = np.zeros(nb), np.zeros(nb), 0.0
+    for i, cid in enumerate(ids):
+        rec = commits.get(cid, {}).get("sensors", {}).get(L.group)
+        if rec is None:
+            continue
+        status[i] = STATUS[rec["status"]]
+        when[i] = rec.get("datetime") or 0
+        items[i] = ",".join(rec.get("item_ids", []))
+        cloud[i] = np.nan if rec.get("cloud_fraction") is None else rec["cloud_fraction"]
+        valid[i] = np.nan if rec.get("valid_fraction") is None else rec["valid_fraction"]
+        harm[i] = rec.get("harmonization", "")
+        st = rec.get("stats")
+        if st and rec["status"] == "ok":
+            s1 += np.array(st["sum"])
+            s2 += np.array(st["sumsq"])
+            cnt += st["count"]
+    for name, arr in (("status", status), ("datetime", when), ("cloud_fraction", cloud), ("valid_fraction", valid)):
+        g[name][:] = arr
+    g["item_ids"][:] = items.astype(str)
+    g["harmonization"][:] = harm.astype(str)
+    counts = {k: int((status == v).sum()) for k, v in STATUS.items()}
+    stats = None
+    if cnt > 0:
+        mean = s1 / cnt
+        std = np.sqrt(np.maximum(s2 / cnt - mean**2, 0))
+        stats = {"mean": mean.round(4).tolist(), "std": std.round(4).tolist(), "count": int(cnt),
+                 "units": g.attrs["units"], "over": "valid pixels of chips with status ok"}
+        g.attrs["stats"] = stats
+    c = column(L.group)
+    columns = {
+        f"status_{c}": pd.Categorical([STATUS_NAMES[int(v)] for v in status], categories=list(STATUS)),
+        f"valid_fraction_{c}": valid.astype(np.float64),
+        f"cloud_fraction_{c}": cloud.astype(np.float64),
+        f"datetime_{c}": pd.to_datetime(pd.Series(when, dtype="float64").where(when > 0), unit="s", utc=True),
+        f"item_ids_{c}": [s.split(",") if s else [] for s in items],
+    }
+    return {"counts": counts, "stats": stats, "columns": columns}
+
+
+def consolidate(store: Store) -> dict[str, Any]:
+    """Fold the done marks into per-chip metadata, statistics, ``index.parquet``, ``failures.json``
+    and Zarr's consolidated metadata.
+
+    Returns:
+        A summary with per-layer status counts and whether the store is complete.
+    """
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    commits = store.read_commits(tolerant=True)
+    ids = store.chip_ids()
+    n = len(ids)
+    summary: dict[str, Any] = {"n_chips": n, "layers": {}}
+    complete = n > 0
+    table: dict[str, Any] = {"chip_id": ids, "chip_index": np.arange(n, dtype=np.int64)}
+    regions = store._chip_regions()
+    table["region"] = [",".join(regions.get(c, [])) for c in ids]
+    table["split"] = pd.Categorical([str(x) for x in store.root["split"][:n]] if n else [],
+                                    categories=["train", "val", "test"])
+    geoms = [box(*Chip.from_id(c).bounds) for c in ids]
+    wgs = [reproject_geometry(g, L93, WGS84).bounds for g in geoms]
+    for j, name in enumerate(("lon_min", "lat_min", "lon_max", "lat_max")):
+        table[name] = [b[j] for b in wgs]
+    for L in store.layers:
+        folded = _fold_layer(store, L, ids, commits)
+        summary["layers"][L.group] = {"counts": folded["counts"], "stats": folded["stats"]}
+        complete = complete and folded["counts"]["pending"] == 0 and folded["counts"]["failed"] == 0
+        table.update(folded["columns"])
+    failures = [
+        {"chip_id": cid, "group": g, "status": rec["status"], "reason": rec.get("reason", ""),
+         "item_ids": rec.get("item_ids", [])}
+        for cid in ids for g, rec in sorted(commits.get(cid, {}).get("sensors", {}).items())
+        if rec.get("status") in NOT_OK
+    ]
+    store.write_bytes_atomic("failures.json", json.dumps({"n": len(failures), "chips": failures}).encode())
+    gdf = gpd.GeoDataFrame(table, geometry=geoms, crs=L93)
+    buf = io.BytesIO()
+    gdf.to_parquet(buf, write_covering_bbox=True)
+    store.write_bytes_atomic("index.parquet", buf.getvalue())
+    meta = store.meta
+    meta["n_chips"] = n
+    meta["complete"] = bool(complete)
+    meta["consolidated"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    store.root.attrs["msc_france"] = meta
+    # Last: readers (xarray, zarr) open from this one document, without listing the side files.
+    with warnings.catch_warnings():  # zarr's notes on our side files and on the v3 extension
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"zarr\.")
+        zarr.consolidate_metadata(store.root.store, zarr_format=3)
+    summary["complete"] = bool(complete)
+    return summary

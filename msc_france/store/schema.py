@@ -1,0 +1,182 @@
+"""What a store holds: its layers, the arrays of each group and their attributes (format version 2).
+
+The arrays follow CF and the GeoZarr conventions where they apply, so that xarray, rioxarray and
+odc-geo read them with no extra arguments: per-chip pixel-centre coordinates ``x (chip, x)`` and
+``y (chip, y)`` in Lambert-93 metres, a ``spatial_ref`` grid-mapping coordinate, ``nodata`` instead of
+``_FillValue`` (xarray keeps integer images integer), ``proj:code``, ``spatial:dimensions`` and a
+machine-readable per-chip affine transform ``spatial_transform (chip, 6)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from msc_france.crs import L93
+
+#: Version 2 added per-chip x/y coordinates and transforms, and dropped ``_FillValue``.
+FORMAT_VERSION = 2
+LABELS_GROUP = "labels"
+STATUS = {"pending": 0, "ok": 1, "flagged": 2, "dropped": 3, "failed": 4, "nodata": 5}
+STATUS_NAMES = {v: k for k, v in STATUS.items()}
+DONE = {"ok", "flagged", "dropped", "nodata"}  # statuses a rerun does not rebuild
+SPLITS = ("train", "val", "test")
+META_ARRAYS = ("status", "datetime", "item_ids", "cloud_fraction", "valid_fraction", "harmonization")
+COMPRESSOR = ZstdCodec(level=3)
+#: Root attributes every reader relies on.
+ROOT_KEYS = ("format_version", "recipe", "chip_size_m", "chips_per_shard", "layers", "regions")
+#: Per-chip coordinates every pixel array of a group carries (CF ``coordinates``).
+PIXEL_COORDS = "chip_id datetime y x spatial_ref"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One group of the store: a reflectance sensor or the labels."""
+
+    group: str
+    sensor: str
+    gsd: float
+    bands: tuple[str, ...]
+    dtype: str
+    is_label: bool
+    scale: float = 1.0  # physical = stored * scale + offset
+    offset: float = 0.0
+    units: str = "DN"
+
+    @property
+    def data_name(self) -> str:
+        """Name of the pixel array inside the group."""
+        return "class" if self.is_label else "image"
+
+    def pixels(self, chip_size_m: int) -> int:
+        """Pixels along a chip side."""
+        return int(round(chip_size_m / self.gsd))
+
+    def record(self) -> dict[str, Any]:
+        """The layer as stored in the root attributes."""
+        return {"group": self.group, "sensor": self.sensor, "gsd": self.gsd, "bands": list(self.bands),
+                "dtype": self.dtype, "is_label": self.is_label, "scale": self.scale, "offset": self.offset,
+                "units": self.units}
+
+
+@dataclass(frozen=True)
+class StoreSchema:
+    """Everything needed to create a store, independent of how it is built.
+
+    Attributes:
+        chip_size_m: chip side in metres (a whole multiple of every layer's GSD).
+        chips_per_shard: chips per shard file.
+        layers: the groups, reflectance sensors first, labels last.
+        rules: the build rules recorded in the store (the recipe as JSON); a later build must match.
+        classes: label class code -> name, when the store has labels.
+    """
+
+    chip_size_m: int
+    chips_per_shard: int
+    layers: tuple[Layer, ...]
+    rules: dict[str, Any] = field(default_factory=dict)
+    classes: dict[int, str] | None = None
+
+
+def column(group: str) -> str:
+    """A group name usable in an index column name without quoting (``sentinel-2-l2a`` -> ``sentinel_2_l2a``)."""
+    return group.replace("-", "_")
+
+
+def grid_mapping_attrs() -> dict[str, Any]:
+    """CF grid mapping of Lambert-93 (what rioxarray and GDAL read), with its WKT and ``proj:code``."""
+    from pyproj import CRS
+
+    crs = CRS.from_user_input(L93)
+    attrs = crs.to_cf()
+    attrs["spatial_ref"] = crs.to_wkt()
+    attrs["proj:code"] = L93
+    return attrs
+
+
+def pixel_centres(edge: np.ndarray, n: int, step: float) -> np.ndarray:
+    """``(chips, n)`` pixel-centre coordinates from each chip's edge and a signed pixel step."""
+    return edge[:, None] + (np.arange(n) + 0.5) * step
+
+
+def chip_transforms(xmin: np.ndarray, ymax: np.ndarray, gsd: float) -> np.ndarray:
+    """``(chips, 6)`` affine coefficients ``a b c d e f`` (rasterio order; pixel corners)."""
+    t = np.zeros((len(xmin), 6), np.float64)
+    t[:, 0], t[:, 2], t[:, 4], t[:, 5] = gsd, xmin, -gsd, ymax
+    return t
+
+
+def _pixel_attrs(extra: dict[str, Any]) -> dict[str, Any]:
+    return {"grid_mapping": "spatial_ref", "coordinates": PIXEL_COORDS, "proj:code": L93,
+            "spatial:dimensions": ["y", "x"], **extra}
+
+
+def create_layout(root: zarr.Group, schema: StoreSchema) -> None:
+    """Create every array of an empty store (no chips yet) and the root attributes."""
+    s = schema.chips_per_shard
+    for name, dtype in (("chip_id", str), ("split", str), ("chip_xmin", "float64"), ("chip_ymax", "float64")):
+        root.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype, dimension_names=["chip"],
+                          fill_value="" if dtype is str else 0.0)
+    grid_mapping = grid_mapping_attrs()
+    for L in schema.layers:
+        g = root.create_group(L.group)
+        n = L.pixels(schema.chip_size_m)
+        nb = len(L.bands)
+        pixel = {"nodata": 0, "scale": L.scale, "offset": L.offset}
+        if L.is_label:
+            g.create_array(L.data_name, shape=(0, n, n), chunks=(1, n, n), shards=(s, n, n), dtype=L.dtype,
+                           compressors=COMPRESSOR, fill_value=0, dimension_names=["chip", "y", "x"],
+                           attributes=_pixel_attrs({"nodata": 0, "long_name": "land-cover class code"}))
+        else:
+            g.create_array(L.data_name, shape=(0, nb, n, n), chunks=(1, nb, n, n), shards=(s, nb, n, n),
+                           dtype=L.dtype, compressors=COMPRESSOR, fill_value=0,
+                           dimension_names=["chip", "band", "y", "x"], attributes=_pixel_attrs(pixel))
+            b = g.create_array("band", shape=(nb,), dtype=str, dimension_names=["band"], fill_value="")
+            b[:] = np.array(L.bands)
+        g.create_array("valid", shape=(0, n, n), chunks=(1, n, n), shards=(s, n, n), dtype="uint8",
+                       compressors=COMPRESSOR, fill_value=0, dimension_names=["chip", "y", "x"],
+                       attributes=_pixel_attrs({"flag_values": [0, 1], "flag_meanings": "invalid valid"}))
+        sr = g.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0, attributes=grid_mapping)
+        sr[...] = 0
+        for axis, std in (("x", "projection_x_coordinate"), ("y", "projection_y_coordinate")):
+            g.create_array(axis, shape=(0, n), chunks=(256, n), dtype="float64", fill_value=0.0,
+                           dimension_names=["chip", axis],
+                           attributes={"standard_name": std, "units": "m", "axis": axis.upper(),
+                                       "long_name": f"pixel-centre {axis}, Lambert-93 (per chip)"})
+        g.create_array("spatial_transform", shape=(0, 6), chunks=(4096, 6), dtype="float64", fill_value=0.0,
+                       dimension_names=["chip", "affine"],
+                       attributes={"long_name": "per-chip affine transform a b c d e f (rasterio order, pixel "
+                                                "corners): x = a col + b row + c, y = d col + e row + f",
+                                   "proj:code": L93})
+        for name, dtype, fill, attrs in (
+            ("chip_id", str, "", {}),
+            ("chip_xmin", "float64", 0.0, {"units": "m", "long_name": "chip west edge, Lambert-93"}),
+            ("chip_ymax", "float64", 0.0, {"units": "m", "long_name": "chip north edge, Lambert-93"}),
+            ("status", "uint8", 0, {"flag_values": list(STATUS.values()), "flag_meanings": " ".join(STATUS)}),
+            ("datetime", "int64", 0, {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian"}),
+            ("item_ids", str, "", {"long_name": "source STAC item ids, comma-separated"}),
+            ("cloud_fraction", "float32", np.nan, {"long_name": "cloud/shadow fraction of covered pixels"}),
+            ("valid_fraction", "float32", np.nan, {"long_name": "fraction of valid pixels"}),
+            ("harmonization", str, "", {"long_name": "radiometric harmonisation applied"}),
+        ):
+            g.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype, fill_value=fill,
+                           dimension_names=["chip"], attributes=attrs)
+        g.attrs.update(group_attrs(L, schema.chip_size_m))
+        if L.is_label and schema.classes:
+            g.attrs["classes"] = {str(k): v for k, v in schema.classes.items()}
+            g.attrs["class_index"] = {str(k): i for i, k in enumerate(sorted(schema.classes))}
+
+
+def group_attrs(L: Layer, chip_size_m: int) -> dict[str, Any]:
+    """Attributes of one sensor's group."""
+    n = L.pixels(chip_size_m)
+    return {
+        "sensor": L.sensor, "bands": list(L.bands), "gsd": L.gsd, "dtype": L.dtype, "nodata": 0,
+        "scale": L.scale, "offset": L.offset, "units": L.units, "proj:code": L93, "grid_mapping": "spatial_ref",
+        "spatial:dimensions": ["y", "x"], "chip_shape": [n, n],
+        "chip_transform": "spatial_transform[i] = (gsd, 0, chip_xmin[i], 0, -gsd, chip_ymax[i]), pixel corners",
+    }
