@@ -194,6 +194,27 @@ def info(store: str, as_json: bool) -> None:
         click.echo(f"PROBLEM: {p}")
 
 
+@cli.command("index")
+@click.argument("store", type=_STORE)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="write the index to a file instead: .parquet (GeoParquet), .csv (WKT geometry) or .geojson (WGS84)")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None, help="only chips of this split")
+def index_cmd(store: str, out: Path | None, split: str | None) -> None:
+    """Print or export the chip index (one row per chip: footprint, split, per-sensor status and dates)."""
+    from msc_france.store import Store
+    from msc_france.store.index_export import export_index, summary_rows
+
+    idx = Store.open(store).index()
+    if split:
+        idx = idx[idx["split"] == split]
+    if out is None:
+        header, rows = summary_rows(idx)
+        _echo_table(rows, header)
+        return
+    n = export_index(idx, out)
+    click.echo(f"wrote {n} chips to {out}")
+
+
 @cli.command()
 @click.argument("store", type=_STORE)
 @click.option("--no-checksums", is_flag=True, help="skip re-hashing every chip")

@@ -15,6 +15,7 @@ import zarr
 
 from msc_france.crs import L93, WGS84, reproject_geometry
 from msc_france.grid import Chip
+from msc_france.store import stac
 from msc_france.store.schema import STATUS, STATUS_NAMES, Layer, column
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ def consolidate(store: Store) -> dict[str, Any]:
     buf = io.BytesIO()
     gdf.to_parquet(buf, write_covering_bbox=True)
     store.write_bytes_atomic("index.parquet", buf.getvalue())
+    stac.write(store, gdf)
     meta = store.meta
     meta["n_chips"] = n
     meta["complete"] = bool(complete)

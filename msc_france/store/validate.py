@@ -8,7 +8,15 @@ from typing import Any
 import numpy as np
 
 from msc_france.errors import StoreError, first_line
-from msc_france.store import DONE, FORMAT_VERSION, STATUS, STATUS_NAMES, ChipReader, Layer, Store
+from msc_france.store import (
+    DONE,
+    FORMAT_VERSION,
+    STATUS,
+    STATUS_NAMES,
+    ChipReader,
+    Layer,
+    Store,
+)
 from msc_france.store.schema import column
 
 
@@ -98,7 +106,9 @@ def _coordinate_problems(store: Store, L: Layer, n: int) -> list[str]:
 
 def validate(store: Store, checksums: bool = True) -> ValidationReport:
     """Check schema, shapes, chunking, completeness and (optionally) every chip's checksum."""
-    from msc_france.builder.read import ChipRead  # checksum definition lives with the reader
+    from msc_france.builder.read import (
+        ChipRead,  # checksum definition lives with the reader
+    )
 
     rep = ValidationReport()
     m = store.meta
