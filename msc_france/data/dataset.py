@@ -1,21 +1,30 @@
 """``MSCFranceDataset``: one sample per chip, every requested sensor, normalised from store stats.
 
-Samples follow torchgeo's conventions: a dict with, per sensor, an ``image`` float tensor
-(bands, H, W) and a ``mask`` bool tensor (H, W), plus ``chip_id``, ``bounds`` (Lambert-93
-minx, miny, maxx, maxy) and ``crs``. The Zarr store is opened lazily in each process that reads
-it (the DataLoader's workers included, fork or spawn): an open store is never shared across a
-fork.
+Samples follow torchgeo's conventions where they can (docs/training.md, "The sample"):
+
+- per sensor, ``{"image": float32 (bands, H, W), "valid": bool (H, W)}``;
+- ``mask``: the labels as contiguous class indices, int64 (H, W), :data:`IGNORE_INDEX` where there
+  is no label (PyTorch's ``cross_entropy`` default), when ``labels=True``; the code <-> index
+  mapping is the store's (``classes`` and ``class_index`` of its labels group);
+- ``bounds``: a :class:`BoundingBox` with torchgeo's fields (minx, maxx, miny, maxy, mint, maxt),
+  Lambert-93 metres and POSIX seconds of the earliest and latest acquisition of the sensors read;
+- ``crs``: a ``rasterio.crs.CRS`` (EPSG:2154); ``chip_id`` and, with tiles, ``tile``.
+
+The Zarr store is opened lazily in each process that reads it (the DataLoader's workers included,
+fork or spawn): an open store is never shared across a fork.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
+from rasterio.crs import CRS as RioCRS
 from torch.utils.data import Dataset
 
 from msc_france.errors import BadInputError, StoreError
@@ -24,6 +33,20 @@ from msc_france.store import ChipReader, Store
 from msc_france.store.schema import column
 
 Sample = dict[str, Any]
+#: Label index of pixels without a label (``torch.nn.functional.cross_entropy``'s default ignore_index).
+IGNORE_INDEX = -100
+CRS = RioCRS.from_epsg(2154)
+
+
+class BoundingBox(NamedTuple):
+    """A sample's extent with torchgeo's field names and order: x, y in metres, t in POSIX seconds."""
+
+    minx: float
+    maxx: float
+    miny: float
+    maxy: float
+    mint: float
+    maxt: float
 
 
 class MSCFranceDataset(Dataset):
@@ -38,7 +61,7 @@ class MSCFranceDataset(Dataset):
         transform: applied to each sample dict.
         statuses: chip statuses accepted in every requested sensor.
         normalize: standardise with the store's per-band statistics.
-        labels: also return ``labels`` (class raster) when the store has them.
+        labels: also return ``mask`` (class indices) when the store has labels.
         size: resize every sensor's chip to ``size`` x ``size`` pixels on load (area-antialiased
             bilinear for images, nearest for masks and labels), as X-STARS feeds every sensor at
             one input size; the chip extent is unchanged, so sensors stay co-located.
@@ -73,6 +96,17 @@ class MSCFranceDataset(Dataset):
             if name not in layers or layers[name].is_label:
                 raise BadInputError(f"store {self.path} has no sensor '{name}' (has {sorted(layers)})")
         self.labels = labels and "labels" in layers
+        #: class code -> contiguous index, and index -> class name (from the store's labels group).
+        self.class_index: dict[int, int] = {}
+        self.class_names: dict[int, str] = {}
+        self._lut = np.full(256, IGNORE_INDEX, np.int64)
+        if self.labels:
+            attrs = s.root["labels"].attrs
+            self.class_index = {int(k): int(v) for k, v in attrs["class_index"].items()}
+            names = attrs.get("classes", {})
+            self.class_names = {i: str(names.get(str(c), c)) for c, i in self.class_index.items()}
+            for code, i in self.class_index.items():
+                self._lut[code] = i
         self.band_index: dict[str, list[int]] = {}
         self.mean: dict[str, torch.Tensor] = {}
         self.std: dict[str, torch.Tensor] = {}
@@ -114,6 +148,9 @@ class MSCFranceDataset(Dataset):
         self.chip_ids: list[str] = rows["chip_id"].tolist()
         self.chip_index: list[int] = rows["chip_index"].astype(int).tolist()
         self.status = {name: rows[f"status_{column(name)}"].tolist() for name in self.sensors}
+        # Acquisition times per chip and sensor (POSIX seconds, NaN when unknown) for ``bounds``.
+        self._times = {name: (rows[f"datetime_{column(name)}"] - pd.Timestamp(0, tz="UTC"))
+                       .dt.total_seconds().to_numpy() for name in self.sensors}
         self.transform = transform
         self._store: Store | None = None
         self._reader: ChipReader | None = None
@@ -149,8 +186,10 @@ class MSCFranceDataset(Dataset):
         chip = Chip.from_id(self.chip_ids[c])
         x0, y0, x1, y1 = chip.bounds
         step = (x1 - x0) / k
-        bounds = (x0 + tc * step, y1 - (tr + 1) * step, x0 + (tc + 1) * step, y1 - tr * step)
-        sample: Sample = {"chip_id": self.chip_ids[c], "bounds": bounds, "crs": "EPSG:2154"}
+        times = [float(self._times[s][c]) for s in sensors if np.isfinite(self._times[s][c])]
+        bounds = BoundingBox(x0 + tc * step, x0 + (tc + 1) * step, y1 - (tr + 1) * step, y1 - tr * step,
+                             min(times, default=float("nan")), max(times, default=float("nan")))
+        sample: Sample = {"chip_id": self.chip_ids[c], "bounds": bounds, "crs": CRS}
         if k > 1:
             sample["tile"] = (tr, tc)
 
@@ -160,23 +199,23 @@ class MSCFranceDataset(Dataset):
 
         for name in sensors:
             img, mask = self._chip(store, ci, name)
-            sample[name] = {"image": cut(img), "mask": cut(mask)}
+            sample[name] = {"image": cut(img), "valid": cut(mask)}
         if self.labels:
-            sample["labels"] = cut(self._chip(store, ci, "labels")[0])
+            sample["mask"] = cut(self._chip(store, ci, "labels")[0])
         return sample
 
     def _chip(self, store: Store, ci: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """One sensor's whole chip (image, mask), normalised and resized to ``tiles x size``; for
-        ``labels``, (class raster, its validity). Cached per process when ``cache`` is on."""
+        """One sensor's whole chip (image, valid), normalised and resized to ``tiles x size``; for
+        ``labels``, (class indices, their validity). Cached per process when ``cache`` is on."""
         key = (ci, name)
         if key in self._chips:
             return self._chips[key]
         side = None if self.size is None else self.size * self.tiles
         if name == "labels":
-            lab = torch.from_numpy(self._array(store, "labels", "class", ci).astype(np.int64))
+            lab = torch.from_numpy(self._lut[self._array(store, "labels", "class", ci)])
             if side is not None and lab.shape[-1] != side:
                 lab = F.interpolate(lab[None, None].float(), size=(side, side), mode="nearest")[0, 0].long()
-            out = (lab, lab != 0)
+            out = (lab, lab != IGNORE_INDEX)
         else:
             img = torch.from_numpy(self._array(store, name, "image", ci)[self.band_index[name]].astype(np.float32))
             if self.normalize:
@@ -209,16 +248,17 @@ class MSCFranceDataset(Dataset):
 
 
 def collate(samples: list[Sample]) -> Sample:
-    """Stack a list of samples: per sensor ``image`` (N, B, H, W) and ``mask`` (N, H, W)."""
-    out: Sample = {"chip_id": [s["chip_id"] for s in samples], "crs": samples[0]["crs"],
-                   "bounds": torch.tensor([s["bounds"] for s in samples], dtype=torch.float64)}
+    """Stack a list of samples: per sensor ``image`` (N, B, H, W) and ``valid`` (N, H, W), ``mask``
+    (N, H, W); ``chip_id``, ``bounds`` and ``crs`` become lists (as torchgeo's ``stack_samples``)."""
+    out: Sample = {"chip_id": [s["chip_id"] for s in samples], "crs": [s["crs"] for s in samples],
+                   "bounds": [s["bounds"] for s in samples]}
     keys = [k for k, v in samples[0].items() if isinstance(v, dict)]
     for k in keys:
         if not all(k in s for s in samples):
             raise ValueError(f"sensor {k} is missing from some samples; use a per-sensor batch")
         out[k] = {f: torch.stack([s[k][f] for s in samples]) for f in samples[0][k]}
-    if "labels" in samples[0]:
-        out["labels"] = torch.stack([s["labels"] for s in samples])
+    if "mask" in samples[0]:
+        out["mask"] = torch.stack([s["mask"] for s in samples])
     if "sensor" in samples[0]:
         out["sensor"] = [s["sensor"] for s in samples]
     if "tile" in samples[0]:

@@ -83,9 +83,10 @@ def extract(vit: ViT | PooledPixels, ds: MSCFranceDataset, tiles: int, input_siz
     acc: dict[str, dict[str, list[torch.Tensor]]] = {s: {"cls": [], "mean": [], "patches": [], "images": []}
                                                      for s in ds.sensors}
     labels, chips = [], []
-    lut = torch.full((256,), -1, dtype=torch.long)
-    for code, i in class_index.items():
-        lut[code] = i
+    # The store's class indices -> the probes' (classes present only); -1 where there is no label.
+    lut = torch.full((max(class_index, default=0) + 2,), -1, dtype=torch.long)
+    for store_index, i in class_index.items():
+        lut[store_index] = i
     for n in range(len(ds)):
         sample = ds[n]
         for s in ds.sensors:
@@ -96,8 +97,9 @@ def extract(vit: ViT | PooledPixels, ds: MSCFranceDataset, tiles: int, input_siz
                 acc[s]["mean"].append(tokens[:, 1:].mean(1))
                 acc[s]["patches"].append(tokens[:, 1:])
             acc[s]["images"].append(t[:, :3])
-        if "labels" in sample:
-            labels.append(tile(lut[sample["labels"]][None], tiles)[:, 0])
+        if "mask" in sample:
+            m = sample["mask"]
+            labels.append(tile(torch.where(m >= 0, lut[m.clamp(0, len(lut) - 1)], -1)[None], tiles)[:, 0])
         chips.append(torch.full((tiles * tiles,), n))
     for s in ds.sensors:
         for k in ("cls", "mean", "patches", "images"):

@@ -109,7 +109,6 @@ def _datasets(cfg: EvalConfig, size: int) -> tuple[MSCFranceDataset, MSCFranceDa
     labels = "labels" in {L.group for L in store.layers}
     if not labels:
         raise BadInputError(f"store {cfg.store} has no labels group; build it with a label source")
-    classes = store.root["labels"].attrs.get("classes")
     kw = dict(sensors=cfg.sensors, bands=cfg.bands, size=size, labels=True, cache=False)
     train = MSCFranceDataset(cfg.store, split=cfg.train_split, **kw)
     held: MSCFranceDataset | None = None
@@ -123,12 +122,12 @@ def _datasets(cfg: EvalConfig, size: int) -> tuple[MSCFranceDataset, MSCFranceDa
     assert held is not None
     if len(train) == 0 or len(held) == 0:
         raise BadInputError(f"store {cfg.store}: {len(train)} train and {len(held)} held-out chips; need both")
-    codes: set[int] = set()
+    present: set[int] = set()  # the store's class indices that occur: the probes' classes
     for ds in (train, held):
         for i in range(len(ds)):
-            codes |= set(int(c) for c in np.unique(ds.read(i, [])["labels"].numpy()) if c != 0)
-    class_index = {c: i for i, c in enumerate(sorted(codes))}
-    names = {i: (classes or {}).get(str(c), str(c)) for c, i in class_index.items()}
+            present |= set(int(c) for c in np.unique(ds.read(i, [])["mask"].numpy()) if c >= 0)
+    class_index = {c: i for i, c in enumerate(sorted(present))}
+    names = {i: train.class_names.get(c, str(c)) for c, i in class_index.items()}
     return train, held, class_index, names
 
 

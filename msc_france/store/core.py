@@ -174,11 +174,13 @@ class Store:
         missing = [k for k in ROOT_KEYS if k not in meta]
         if missing:
             raise StoreError(f"store {p} is damaged: its root attributes lack {', '.join(missing)}")
-        if int(meta["format_version"]) > FORMAT_VERSION:
-            raise StoreError(
-                f"store {p} has format version {meta['format_version']}, newer than this msc-france "
-                f"supports ({FORMAT_VERSION}); upgrade msc-france"
-            )
+        version = int(meta["format_version"])
+        if version > FORMAT_VERSION:
+            raise StoreError(f"store {p} has format version {version}, newer than this msc-france supports "
+                             f"({FORMAT_VERSION}); upgrade msc-france")
+        if version < FORMAT_VERSION:
+            raise StoreError(f"store {p} has format version {version}, older than this msc-france reads "
+                             f"({FORMAT_VERSION}: per-chip coordinates); rebuild it with `msc-france build`")
         return cls(p, g)
 
     @classmethod
@@ -240,9 +242,6 @@ class Store:
 
     def _check_compatible(self, schema: StoreSchema) -> None:
         m = self.meta
-        if int(m["format_version"]) < FORMAT_VERSION:
-            raise BadInputError(f"store {self.path} has format version {m['format_version']}; this msc-france writes "
-                                f"version {FORMAT_VERSION} (per-chip coordinates): build into a new store")
         if m["chip_size_m"] != schema.chip_size_m:
             raise BadInputError(
                 f"store {self.path} has chip size {m['chip_size_m']} m; the recipe asks for {schema.chip_size_m} m"

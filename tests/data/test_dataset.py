@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import torch
+import zarr
 from torch.utils.data import DataLoader
 
 from msc_france.data import MSCFranceDataset, SensorBalancedSampler, StepBatchSampler, collate
@@ -17,16 +19,48 @@ from msc_france.errors import BadInputError
 
 def test_sample_contract(tiny_store: Path) -> None:
     ds = MSCFranceDataset(tiny_store, split=None, labels=True)
-    assert len(ds) == 4 and ds.sensors == ["aerial", "landsat-8-c2-l2", "sentinel-2-l2a"] or len(ds) == 4
+    assert len(ds) == 4 and ds.sensors == ["aerial", "landsat-8-c2-l2", "sentinel-2-l2a"]
     s = ds[0]
-    assert s["crs"] == "EPSG:2154" and s["chip_id"] == ds.chip_ids[0]
-    x0, y0, x1, y1 = s["bounds"]
-    assert x1 - x0 == 960 and y1 - y0 == 960
+    assert s["crs"].to_epsg() == 2154 and s["chip_id"] == ds.chip_ids[0]
+    b = s["bounds"]
+    assert b.maxx - b.minx == 960 and b.maxy - b.miny == 960 and b.mint <= b.maxt
+    # Time bounds: the earliest and latest acquisition among the sensors, from the index (pandas).
+    idx = gpd.read_parquet(tiny_store / "index.parquet").set_index("chip_id")
+    times = [idx.loc[s["chip_id"], f"datetime_{g.replace('-', '_')}"].timestamp() for g in ds.sensors]
+    assert (b.mint, b.maxt) == (min(times), max(times))
     assert s["sentinel-2-l2a"]["image"].shape == (4, 96, 96) and s["sentinel-2-l2a"]["image"].dtype == torch.float32
     assert s["landsat-8-c2-l2"]["image"].shape == (4, 32, 32)
     assert s["aerial"]["image"].shape == (4, 640, 640)
-    assert s["aerial"]["mask"].dtype == torch.bool and s["aerial"]["mask"].shape == (640, 640)
-    assert s["labels"].shape == (96, 96) and s["labels"].dtype == torch.int64
+    assert s["aerial"]["valid"].dtype == torch.bool and s["aerial"]["valid"].shape == (640, 640)
+    assert "mask" not in s["aerial"]
+    assert s["mask"].shape == (96, 96) and s["mask"].dtype == torch.int64
+
+
+def test_mask_holds_contiguous_class_indices(tiny_store: Path) -> None:
+    """``mask`` maps the stored WorldCover codes through the store's own mapping; checked against
+    the raw codes read with zarr and a mapping built here from the class list."""
+    root = zarr.open_group(str(tiny_store), mode="r")
+    classes = root["labels"].attrs["classes"]
+    want_index = {int(c): i for i, c in enumerate(sorted(int(k) for k in classes))}
+    assert {int(k): v for k, v in root["labels"].attrs["class_index"].items()} == want_index
+    ds = MSCFranceDataset(tiny_store, split=None, labels=True)
+    assert ds.class_names == {i: classes[str(c)] for c, i in want_index.items()}
+    for i in range(len(ds)):
+        codes = root["labels"]["class"][ds.chip_index[i]].astype(np.int64)
+        want = np.vectorize(lambda c: want_index.get(int(c), -100))(codes)
+        np.testing.assert_array_equal(ds[i]["mask"].numpy(), want)
+    # Cross-entropy ignores the unlabelled pixels by default.
+    m = ds[0]["mask"]
+    logits = torch.zeros(1, len(classes), *m.shape)
+    assert torch.isfinite(torch.nn.functional.cross_entropy(logits, m[None]))
+
+
+def test_collate_follows_stack_samples(tiny_store: Path) -> None:
+    ds = MSCFranceDataset(tiny_store, split=None, labels=True, size=32)
+    batch = collate([ds[i] for i in range(3)])
+    assert batch["sentinel-2-l2a"]["image"].shape == (3, 4, 32, 32) and batch["mask"].shape == (3, 32, 32)
+    assert [b.minx for b in batch["bounds"]] == [ds[i]["bounds"].minx for i in range(3)]
+    assert len(batch["crs"]) == 3 and batch["chip_id"] == ds.chip_ids[:3]
 
 
 def test_normalisation_uses_store_statistics(tiny_store: Path) -> None:
@@ -34,7 +68,7 @@ def test_normalisation_uses_store_statistics(tiny_store: Path) -> None:
     raw = MSCFranceDataset(tiny_store, split=None, sensors=["sentinel-2-l2a"], normalize=False)
     vals, rvals = [], []
     for i in range(len(ds)):
-        m = ds[i]["sentinel-2-l2a"]["mask"]
+        m = ds[i]["sentinel-2-l2a"]["valid"]
         vals.append(ds[i]["sentinel-2-l2a"]["image"][:, m])
         rvals.append(raw[i]["sentinel-2-l2a"]["image"][:, m])
     v, r = torch.cat(vals, dim=1), torch.cat(rvals, dim=1)
@@ -93,7 +127,7 @@ def test_colocated_crops_are_colocated(tiny_store: Path, tiny_world: Path) -> No
     truth = json.loads((tiny_world / "truth.json").read_text())
     ds = MSCFranceDataset(tiny_store, split=None, normalize=False)
     for i in range(len(ds)):
-        x0, y0, x1, y1 = ds[i]["bounds"]
+        x0, x1, y0, y1 = ds[i]["bounds"][:4]
         inside = [(mx, my) for mx, my in truth["markers_l93"] if x0 + 200 < mx < x1 - 200 and y0 + 200 < my < y1 - 200]
         if inside:
             break
@@ -140,8 +174,8 @@ def test_tiles_are_co_located_sub_chips(tiny_store: Path) -> None:
     s = tiled[5]  # chip 1, tile (0, 1)
     chip = full[1]
     assert s["chip_id"] == chip["chip_id"] and s["tile"] == (0, 1)
-    x0, y0, x1, y1 = chip["bounds"]
-    assert s["bounds"] == (x0 + 480, y1 - 480, x1, y1)
+    x0, x1, y0, y1 = chip["bounds"][:4]
+    assert s["bounds"][:4] == (x0 + 480, x1, y1 - 480, y1)
     for name, n in (("sentinel-2-l2a", 48), ("landsat-8-c2-l2", 16), ("aerial", 320)):
         assert torch.equal(s[name]["image"], chip[name]["image"][:, :n, n:])
     with pytest.raises(BadInputError, match="not divisible"):
