@@ -5,16 +5,21 @@ Every error the project knows about becomes one line on stderr and a non-zero ex
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import click
 
 from msc_france.errors import BadInputError, MscFranceError
+from msc_france.progress import Bar
 
 EXIT_INTERNAL = 70
+log = logging.getLogger("msc_france.cli")
 
 
 def _echo_table(rows: list[list[str]], header: list[str]) -> None:
@@ -26,21 +31,54 @@ def _echo_table(rows: list[list[str]], header: list[str]) -> None:
         click.echo(fmt.format(*(str(x) for x in r)))
 
 
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    """msc-france's loggers to stderr: INFO by default, DEBUG with -v, everything with -vv, WARNING with -q."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = "%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    ours = logging.getLogger("msc_france")
+    ours.handlers[:] = [handler]
+    ours.setLevel(level)
+    ours.propagate = False
+    if verbose > 1:  # third-party libraries too (dask, rasterio, urllib3)
+        logging.basicConfig(level=logging.DEBUG, format=fmt, stream=sys.stderr, force=True)
+
+
+def _quiet() -> bool:
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx else None
+    return bool(root and root.params.get("quiet"))
+
+
+def _bar(desc: str, unit: str, quiet: bool = False) -> Bar:
+    """A progress bar on stderr, hidden by -q (or a command's own --quiet)."""
+    return Bar(desc, unit, enabled=not (quiet or _quiet()))
+
+
+def _json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=1, default=str))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="msc-france")
-def cli() -> None:
+@click.option("-v", "--verbose", count=True, help="more log output (-v: debug, -vv: libraries too)")
+@click.option("-q", "--quiet", is_flag=True, help="warnings and errors only, no progress bars")
+def cli(verbose: int, quiet: bool) -> None:
     """Build the multi-sensor MSC-France dataset and train X-STARS models on it."""
+    _setup_logging(verbose, quiet)
 
 
 # --------------------------------------------------------------------------- discovery
 
 
 @cli.command()
-def regions() -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the regions as JSON")
+def regions(as_json: bool) -> None:
     """List the named regions."""
     from msc_france.regions import named_regions, parse_region
 
-    rows = []
+    rows, records = [], []
     for name, feat in named_regions().items():
         if name == "france":
             continue
@@ -48,6 +86,12 @@ def regions() -> None:
         p = feat["properties"]
         rows.append([name, p.get("title", ""), p.get("kind", ""), "yes" if p.get("msc_france") else "",
                      f"{r.area_km2:,.0f}"])
+        records.append({"name": name, "title": p.get("title", ""), "kind": p.get("kind", ""),
+                        "msc_france": bool(p.get("msc_france")), "area_km2": round(r.area_km2, 1),
+                        "bbox_wgs84": [round(v, 6) for v in r.bbox_wgs84]})
+    if as_json:
+        _json(records)
+        return
     _echo_table(rows, ["name", "title", "kind", "msc-france city", "km2"])
     click.echo("\n--region also takes minx,miny,maxx,maxy (WGS84) or a GeoJSON/GeoPackage path.")
 
@@ -55,17 +99,24 @@ def regions() -> None:
 @cli.command()
 @click.option("--catalog", "catalog_name", default="default", show_default=True,
               help="catalog name under catalogs/ or a directory of sensor YAMLs")
-def sensors(catalog_name: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the sensors as JSON")
+def sensors(catalog_name: str, as_json: bool) -> None:
     """List the sensors of a catalog and where their items come from."""
     from msc_france.config import load_catalog
     from msc_france.sources.urls import redact
 
     cat = load_catalog(catalog_name)
-    rows = []
+    rows, records = [], []
     for s in cat.sensors.values():
         where = redact(s.source.url) if s.source.url else (s.source.path or "generated demo world")  # no secrets
         rows.append([s.name, s.kind, f"{s.native_gsd:g} -> {s.default_gsd:g}", s.dtype, " ".join(s.band_names),
                      f"{s.source.type}:{s.source.collection}", where])
+        records.append({"sensor": s.name, "kind": s.kind, "native_gsd": s.native_gsd, "store_gsd": s.default_gsd,
+                        "dtype": s.dtype, "bands": list(s.band_names), "source": s.source.type,
+                        "collection": s.source.collection, "location": str(where)})
+    if as_json:
+        _json({"catalog": cat.name, "sensors": records})
+        return
     _echo_table(rows, ["sensor", "kind", "gsd m (native -> store)", "dtype", "bands", "source", "location"])
 
 
@@ -91,7 +142,8 @@ def _load_inputs(region: str, catalog: str | None, recipe: str):
 @click.option("--recipe", default="msc-france", show_default=True, help="recipe name under pipelines/ or a YAML path")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="plan GeoParquet to write")
 @click.option("--no-cache", is_flag=True, help="do not read or write the on-disk search cache")
-def plan(region: str, catalog: str | None, recipe: str, out: Path, no_cache: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the plan's counts as JSON")
+def plan(region: str, catalog: str | None, recipe: str, out: Path, no_cache: bool, as_json: bool) -> None:
     """Choose the item(s) of every sensor for every chip of a region, and write the plan."""
     from msc_france.plan import make_plan
 
@@ -99,6 +151,10 @@ def plan(region: str, catalog: str | None, recipe: str, out: Path, no_cache: boo
     p = make_plan(reg, rec, cat, use_cache=not no_cache)
     p.write(out)
     counts = p.counts()
+    if as_json:
+        _json({"region": reg.name, "area_km2": reg.area_km2, "chips": len(p.chips), "chip_size_m": rec.chip_size_m,
+               "catalog": cat.name, "sensors": counts, "out": str(out)})
+        return
     click.echo(f"region {reg.name}: {reg.area_km2:,.1f} km2, {len(p.chips)} chips of {rec.chip_size_m} m "
                f"(catalog {cat.name})")
     rows = [[s, c["items"], f"{c['planned']}/{c['chips']}", c["mosaic"], c["partial"]] for s, c in counts.items()]
@@ -120,10 +176,11 @@ def plan(region: str, catalog: str | None, recipe: str, out: Path, no_cache: boo
 @click.option("--dry-run", is_flag=True, help="print the plan and the work to do, write nothing")
 @click.option("--no-cache", is_flag=True, help="do not use the on-disk search cache")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--json", "as_json", is_flag=True, help="print the build summary as JSON")
 def build(region: str, out: str, catalog: str | None, recipe: str, workers: int, scheduler: str | None,
-          retry_failed: bool, dry_run: bool, no_cache: bool, quiet: bool) -> None:
+          retry_failed: bool, dry_run: bool, no_cache: bool, quiet: bool, as_json: bool) -> None:
     """Build (or complete, or extend) a store for a region."""
-    from tqdm import tqdm
+    import dataclasses
 
     from msc_france.builder import run_build
     from msc_france.errors import BuildFailedError
@@ -132,29 +189,26 @@ def build(region: str, out: str, catalog: str | None, recipe: str, workers: int,
     reg, rec, cat = _load_inputs(region, catalog, recipe)
     p = make_plan(reg, rec, cat, use_cache=not no_cache)
     counts = p.counts()
-    click.echo(f"region {reg.name}: {len(p.chips)} chips of {rec.chip_size_m} m; "
-               + ", ".join(f"{s} {c['planned']}/{c['chips']}" for s, c in counts.items()))
+    if not as_json:
+        click.echo(f"region {reg.name}: {len(p.chips)} chips of {rec.chip_size_m} m; "
+                   + ", ".join(f"{s} {c['planned']}/{c['chips']}" for s, c in counts.items()))
     if dry_run:
         rows = [[s, c["items"], f"{c['planned']}/{c['chips']}", c["mosaic"], c["partial"]] for s, c in counts.items()]
         _echo_table(rows, ["sensor", "items found", "chips planned", "mosaics", "partial cover"])
         click.echo("dry run: nothing written")
         return
-    bar = tqdm(total=len(p.chips), unit="chip", disable=quiet, desc="build", dynamic_ncols=True)
-
-    def progress(n: int, records: dict) -> None:
-        bar.update(n)
-
-    try:
-        s = run_build(p, out, workers=workers, scheduler=scheduler, retry_failed=retry_failed, progress=progress)
-    finally:
-        bar.close()
-    click.echo(f"built {s.built} chips, skipped {s.skipped} already done, failed {len(s.failed)} "
+    with _bar("build", "chip", quiet) as bar:
+        s = run_build(p, out, workers=workers, scheduler=scheduler, retry_failed=retry_failed, progress=bar)
+    if as_json:
+        _json({**dataclasses.asdict(s), "out": out})
+    else:
+        click.echo(f"built {s.built} chips, skipped {s.skipped} already done, failed {len(s.failed)} "
                f"({s.flagged} flagged, {s.dropped} dropped below min valid fraction) in {s.elapsed_s:.1f} s "
                f"({s.chips_per_s:.2f} chips/s); store {'complete' if s.complete else 'incomplete'}: {out}")
-    for cid, reason in list(s.failed.items())[:20]:
-        click.echo(f"  failed {cid}: {reason}")
-    if len(s.failed) > 20:
-        click.echo(f"  ... and {len(s.failed) - 20} more (see msc-france info {out})")
+        for cid, reason in list(s.failed.items())[:20]:
+            click.echo(f"  failed {cid}: {reason}")
+        if len(s.failed) > 20:
+            click.echo(f"  ... and {len(s.failed) - 20} more (see msc-france info {out})")
     if s.failed:
         raise BuildFailedError(f"{len(s.failed)} chip(s) failed; rerun with --retry-failed to try them again")
 
@@ -169,14 +223,13 @@ _STORE = click.STRING  # a directory or an object-store URL (s3://, gs://, az://
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def info(store: str, as_json: bool) -> None:
     """Summarise a store."""
-    import json
 
-    from msc_france.store.validate import info as store_info
     from msc_france.store import Store
+    from msc_france.store.validate import info as store_info
 
     s = store_info(Store.open(store))
     if as_json:
-        click.echo(json.dumps(s, indent=1))
+        _json(s)
         return
     click.echo(f"{s['path']}: format v{s['format_version']}, recipe {s['recipe']}, {s['n_chips']} chips of "
                f"{s['chip_size_m']} m ({s['chips_per_shard']} per shard), regions {', '.join(s['regions'])}, "
@@ -218,22 +271,28 @@ def index_cmd(store: str, out: Path | None, split: str | None) -> None:
 @cli.command()
 @click.argument("store", type=_STORE)
 @click.option("--no-checksums", is_flag=True, help="skip re-hashing every chip")
-def validate(store: str, no_checksums: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON (exit status unchanged)")
+def validate(store: str, no_checksums: bool, as_json: bool) -> None:
     """Check a store's schema, shapes, chunking, completeness and checksums."""
     from msc_france.errors import StoreError
-    from msc_france.store.validate import validate as store_validate
     from msc_france.store import Store
+    from msc_france.store.validate import validate as store_validate
 
-    rep = store_validate(Store.open(store), checksums=not no_checksums)
-    for p in rep.corrupt:
+    with _bar("validate", "chip-sensor") as bar:
+        rep = store_validate(Store.open(store), checksums=not no_checksums, progress=bar)
+    if as_json:
+        _json({"store": store, "valid": rep.ok, "corrupt": rep.corrupt, "incomplete": rep.incomplete,
+               "checked_chips": rep.checked_chips})
+    for p in ([] if as_json else rep.corrupt):
         click.echo(f"CORRUPT: {p}")
-    for p in rep.incomplete:
+    for p in ([] if as_json else rep.incomplete):
         click.echo(f"INCOMPLETE: {p}")
     if rep.corrupt:
         raise StoreError(f"store {store} is corrupt ({len(rep.corrupt)} problem(s))")
     if rep.incomplete:
         raise StoreError(f"store {store} is incomplete ({len(rep.incomplete)} problem(s)); run build again")
-    click.echo(f"store {store} is valid ({rep.checked_chips} chip checksums verified)")
+    if not as_json:
+        click.echo(f"store {store} is valid ({rep.checked_chips} chip checksums verified)")
 
 
 @cli.command()
@@ -245,7 +304,9 @@ def preview(store: str, out: Path, n_chips: int) -> None:
     from msc_france.render import preview as render_preview
     from msc_france.store import Store
 
-    for p in render_preview(Store.open(store), out, n_chips=n_chips):
+    with _bar("preview", "chip") as bar:
+        paths = render_preview(Store.open(store), out, n_chips=n_chips, progress=bar)
+    for p in paths:
         click.echo(f"wrote {p}")
 
 
@@ -261,7 +322,8 @@ def export(store: str, fmt: str, out: Path, split: str | None) -> None:
 
     if out.exists() and not out.is_dir():
         raise BadInputError(f"export output {out} is a file")
-    n = export_xstars(Store.open(store), out, split=split)
+    with _bar("export", "chip") as bar:
+        n = export_xstars(Store.open(store), out, split=split, progress=bar)
     click.echo(f"exported {n} chips to {out}")
 
 
@@ -280,7 +342,7 @@ def pretrain(config_path: str, store: str | None, out: str | None, overrides: tu
     from msc_france.xstars.train import pretrain as run_pretrain
 
     cfg = load_train_config(config_path, list(overrides), **{"data.store": store, "run.out": out})
-    s = run_pretrain(cfg, progress=not quiet)
+    s = run_pretrain(cfg, progress=not (quiet or _quiet()))
     first = f"{s['losses'][0]:.4f}" if s["losses"] else "-"
     lastv = f"{s['losses'][-1]:.4f}" if s["losses"] else "-"
     click.echo(f"trained steps {s['start']}..{s['start'] + s['steps']} on {s['device']} in {s['elapsed_s']:.1f} s "

@@ -12,10 +12,18 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from msc_france.errors import BadInputError
 from msc_france.paths import catalogs_dir, pipelines_dir
+
 
 class StrictModel(BaseModel):
     """Base model: unknown keys are errors, instances are immutable."""

@@ -11,6 +11,8 @@ in order and keeps the first whose measured valid fraction passes the recipe's t
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,8 @@ from msc_france.errors import BadInputError
 from msc_france.grid import Chip, chips_in
 from msc_france.regions import Region
 from msc_france.sources import SearchQuery, make_source
+
+log = logging.getLogger(__name__)
 
 #: Coverage at or above this counts as full (floating-point slack of footprint reprojection).
 FULL_COVERAGE = 0.999
@@ -231,8 +235,11 @@ def make_plan(region: Region, recipe: Recipe, catalog: Catalog, use_cache: bool 
             properties=tuple(sorted(spec.source.properties.items())),
             max_cloud_cover=max_cc, cloud_cover_property=spec.cloud_cover_property,
         )
+        t0 = time.perf_counter()
+        log.info(f"searching {name} ({spec.source.type}:{spec.source.collection}) over {len(chips)} chips ...")
         items = make_source(spec, catalog, use_cache=use_cache).search(q)
         found[name] = len(items)
+        log.info(f"  {name}: {len(items)} items in {time.perf_counter() - t0:.1f} s")
         if not items:
             cc = f", cloud <= {max_cc:g}%" if max_cc is not None and spec.cloud_cover_property else ""
             raise BadInputError(

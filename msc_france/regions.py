@@ -13,10 +13,9 @@ import shapely
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
-from msc_france.paths import catalogs_dir
 from msc_france.crs import L93, WGS84, reproject_geometry
 from msc_france.errors import BadInputError
-
+from msc_france.paths import catalogs_dir
 
 #: What a region name may contain: it names folders and files (exports, previews) and is
 #: stored in the index, so it must be one safe path component with no list separator.

@@ -9,6 +9,7 @@ import numpy as np
 from msc_france.errors import BadInputError, StoreError
 from msc_france.fsutil import atomic_path
 from msc_france.grid import Chip
+from msc_france.progress import Progress
 from msc_france.regions import check_region_name
 from msc_france.store import STATUS, ChipReader, Layer, Store
 from msc_france.store.schema import column
@@ -58,8 +59,9 @@ def labels_rgb(store: Store, layer: Layer, index: int) -> np.ndarray:
     return out
 
 
-def preview(store: Store, out: Path, n_chips: int = 6, seed: int = 0) -> list[Path]:
-    """Write side-by-side sensor views of a sample of chips and a footprint map by status."""
+def preview(store: Store, out: Path, n_chips: int = 6, seed: int = 0, progress: Progress | None = None) -> list[Path]:
+    """Write side-by-side sensor views of a sample of chips and a footprint map by status
+    (``progress`` counts the chips drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,7 +76,11 @@ def preview(store: Store, out: Path, n_chips: int = 6, seed: int = 0) -> list[Pa
     pick = built.iloc[np.sort(rng.choice(len(built), min(n_chips, len(built)), replace=False))]
     layers = store.layers
     fig, axes = plt.subplots(len(pick), len(layers), figsize=(3.2 * len(layers), 3.2 * len(pick)), squeeze=False)
+    if progress is not None:
+        progress.start(len(pick))
     for r, (_, row) in enumerate(pick.iterrows()):
+        if progress is not None:
+            progress.advance()
         i = int(row["chip_index"])
         for c, L in enumerate(layers):
             ax = axes[r][c]
@@ -115,8 +121,9 @@ def preview(store: Store, out: Path, n_chips: int = 6, seed: int = 0) -> list[Pa
     return paths
 
 
-def export_xstars(store: Store, out: Path, split: str | None = None) -> int:
-    """Write ``<Sensor>/<Region>/<chip>.png`` (8-bit RGB, same name in every sensor).
+def export_xstars(store: Store, out: Path, split: str | None = None, progress: Progress | None = None) -> int:
+    """Write ``<Sensor>/<Region>/<chip>.png`` (8-bit RGB, same name in every sensor); ``progress``
+    counts chips.
 
     Only chips valid in every sensor are exported, so every file has its counterparts.
     Returns the number of chips exported.
@@ -129,7 +136,11 @@ def export_xstars(store: Store, out: Path, split: str | None = None) -> int:
     rows = idx[ok]
     if split:
         rows = rows[rows["split"] == split]
+    if progress is not None:
+        progress.start(len(rows))
     for _, row in rows.iterrows():
+        if progress is not None:
+            progress.advance()
         region = (row["region"] or "unknown").split(",")[0]
         try:  # names become folders: a store written before names were checked may hold ".."
             check_region_name(region)

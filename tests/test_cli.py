@@ -98,8 +98,10 @@ def test_unreachable_stac_api_fails_within_seconds(tmp_path: Path) -> None:
     p = subprocess.run([str(exe), "plan", "--region", "toulouse", "--recipe", str(tmp_path / "r.yaml"),
                         "--out", str(tmp_path / "p.parquet"), "--no-cache"], capture_output=True, text=True)
     assert p.returncode == 3
-    assert p.stderr.startswith("error: STAC API http://127.0.0.1:") and "unreachable" in p.stderr
-    assert len(p.stderr.strip().splitlines()) == 1
+    # Progress lines (INFO) may precede it; the error is one line, the last, with no traceback.
+    lines = p.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: STAC API http://127.0.0.1:") and "unreachable" in lines[-1]
+    assert sum(ln.startswith("error") for ln in lines) == 1 and "Traceback" not in p.stderr
     assert not (tmp_path / "p.parquet").exists()
 
 
@@ -122,3 +124,58 @@ def test_static_catalog_path_expands_home_and_variables(tmp_path, monkeypatch) -
         spec = SensorSpec(**{**base.model_dump(), "source": SourceSpec(type="static", path=path, collection="aerial")})
         cat = Catalog(name="x", path=tmp_path, sensors={"aerial": spec})
         assert Path(make_source(spec, cat).path) == want
+
+
+def test_json_summaries_parse(tiny_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["regions", "--json"]) == 0
+    regions = json.loads(capsys.readouterr().out)
+    assert any(r["name"] == "demo" for r in regions) and all(len(r["bbox_wgs84"]) == 4 for r in regions)
+    assert main(["sensors", "--catalog", "demo", "--json"]) == 0
+    sensors = json.loads(capsys.readouterr().out)
+    assert {s["sensor"] for s in sensors["sensors"]} >= {"sentinel-2-l2a", "aerial"}
+    assert main(["-q", "validate", str(tiny_store), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["valid"] is True and report["corrupt"] == [] and report["checked_chips"] == 16
+
+
+def test_verbosity_controls_the_log(tiny_recipe: Path, tiny_region: Path, tiny_world: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    args = ["plan", "--region", str(tiny_region), "--recipe", str(tiny_recipe), "--out", str(tmp_path / "p.parquet")]
+    assert main(["-v", *args, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["chips"] == 4  # stdout stays pure JSON
+    assert "INFO msc_france.plan: searching sentinel-2-l2a" in err
+    assert main(["-q", *args]) == 0
+    assert "searching" not in capsys.readouterr().err
+
+
+def test_build_reports_progress_per_chip_and_sensor(tiny_recipe: Path, tiny_region: Path, tiny_world: Path,
+                                                    tmp_path: Path) -> None:
+    from msc_france.builder import run_build
+    from msc_france.config import load_catalog, load_recipe
+    from msc_france.plan import make_plan
+    from msc_france.regions import parse_region
+
+    class Record:
+        def __init__(self) -> None:
+            self.total, self.steps = None, []
+
+        def start(self, total: int) -> None:
+            self.total = total
+
+        def advance(self, n: float = 1) -> None:
+            self.steps.append(n)
+
+    rec = load_recipe(str(tiny_recipe))
+    plan = make_plan(parse_region(str(tiny_region)), rec, load_catalog(rec.catalog))
+    p = Record()
+    run_build(plan, tmp_path / "s.zarr", workers=1, progress=p)
+    assert p.total == 4 and sum(p.steps) == pytest.approx(4)
+    assert len(p.steps) == 4 * 4 and all(s == pytest.approx(0.25) for s in p.steps)  # 4 chips x 4 sensors
+    p2 = Record()
+    run_build(plan, tmp_path / "s.zarr", workers=1, progress=p2)  # nothing left to do
+    assert p2.total == 0 and p2.steps == []

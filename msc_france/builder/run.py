@@ -10,6 +10,7 @@ At most ``2 x threads`` tasks are in flight, so memory does not grow with the re
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -28,6 +29,7 @@ from msc_france.errors import BadInputError, SourceError, first_line
 from msc_france.grid import Chip
 from msc_france.plan import Plan
 from msc_france.products import SourceItem, rules_for
+from msc_france.progress import Progress
 from msc_france.sources.signing import make_signer
 from msc_france.store import DONE, LABELS_GROUP, Layer, Store, StoreSchema
 
@@ -132,8 +134,12 @@ def _build_layer(rule: LayerRule, chip: Chip, cands: list[tuple[SourceItem, ...]
     return best, rec
 
 
-def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_size_m: int, policy: str) -> dict[str, Any]:
-    """Build, write and commit one shard; returns the chip records it committed."""
+def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_size_m: int, policy: str,
+                tick: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Build, write and commit one shard; returns the chip records it committed.
+
+    ``tick`` (local threads only) is called after each chip of each sensor is read.
+    """
     store = Store.open(store_path, mode="r+")
     worker = _worker_name()
     existing = store.read_commit(task.shard, tolerant=True)
@@ -169,6 +175,8 @@ def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_s
                     data[i] = 0
                     valid[i] = 0
                 records[job.chip_id]["sensors"][L.group] = rec
+                if tick is not None:
+                    tick()
             data_arr[task.start : task.stop] = data
             valid_arr[task.start : task.stop] = valid
     store.write_commit(task.shard, {**keep, **records})  # the done mark, after the data
@@ -367,7 +375,7 @@ def run_build(
     workers: int = 2,
     scheduler: str | None = None,
     retry_failed: bool = False,
-    progress: Callable[[int, dict[str, Any]], None] | None = None,
+    progress: Progress | None = None,
 ) -> BuildSummary:
     """Execute ``plan`` into the store at ``out``.
 
@@ -377,7 +385,8 @@ def run_build(
         workers: local threads/processes.
         scheduler: see :func:`dask_client`.
         retry_failed: rebuild chips recorded as failed (by default a rerun only builds new chips).
-        progress: called with (chips just finished, their records) as shards complete.
+        progress: told how many chips there are to build, then as they are built (per chip and
+            sensor with local threads, per shard on a dask cluster).
 
     Raises:
         StoreError: the store is locked by another build, or unreadable.
@@ -402,6 +411,8 @@ def run_build(
         group_sensor = {L.group: L.sensor for L in layers}
         tasks, summary.skipped = plan_tasks(plan, index_of, store.read_commits(tolerant=True), store.chips_per_shard,
                                             group_sensor, retry_failed, store.n_chips)
+        if progress is not None:
+            progress.start(sum(len(t.jobs) for t in tasks))  # chips; done ones are not counted
         if tasks:
             memo: dict[tuple[str, str], SourceItem | str] = {}
             with dask_client(scheduler, workers) as client:
@@ -415,11 +426,25 @@ def run_build(
 
 def _run_tasks(client: Any, tasks: list[ShardTask], prepare: Callable[[ShardTask], ShardTask], store_path: str,
                rules: list[LayerRule], recipe: Recipe, summary: BuildSummary,
-               progress: Callable[[int, dict[str, Any]], None] | None) -> None:
-    if isinstance(client, ThreadClient):
+               progress: Progress | None) -> None:
+    local = isinstance(client, ThreadClient)
+    if local:
         as_completed: Callable[[list[Any]], Any] = _Completed
     else:
         from distributed import as_completed
+    reported: dict[int, float] = {}  # shard -> chips reported by ticks (local threads)
+    lock = threading.Lock()
+
+    def tick_for(shard: int) -> Callable[[], None] | None:
+        if progress is None or not local:
+            return None  # a callback cannot cross to dask workers: whole shards are reported
+        step = 1 / len(rules)
+
+        def tick() -> None:
+            with lock:
+                reported[shard] = reported.get(shard, 0.0) + step
+            progress.advance(step)
+        return tick
 
     nthreads = max(1, sum(client.nthreads().values()))
     window = max(2, 2 * nthreads)
@@ -429,7 +454,7 @@ def _run_tasks(client: Any, tasks: list[ShardTask], prepare: Callable[[ShardTask
     def submit() -> Any:
         t = prepare(pending.pop())
         fut = client.submit(build_shard, store_path, t, rules, recipe.chip_size_m, recipe.invalid_policy,
-                            key=f"shard-{t.shard}-{time.time_ns()}", retries=1, pure=False)
+                            tick_for(t.shard), key=f"shard-{t.shard}-{time.time_ns()}", retries=1, pure=False)
         by_key[fut.key] = t
         return fut
 
@@ -442,8 +467,11 @@ def _run_tasks(client: Any, tasks: list[ShardTask], prepare: Callable[[ShardTask
             reason = f"shard task failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             records = {j.chip_id: {"sensors": {"*": {"status": "failed", "reason": reason}}} for j in task.jobs}
         _tally(records, summary)
-        if progress:
-            progress(len(task.jobs), records)
+        if progress is not None:
+            with lock:
+                rest = len(task.jobs) - reported.pop(task.shard, 0.0)
+            if rest > 1e-9:
+                progress.advance(rest)
         if pending:
             ac.add(submit())
 

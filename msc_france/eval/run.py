@@ -37,10 +37,27 @@ from msc_france.config import StrictModel, load_config_mapping, parse_model
 from msc_france.data import MSCFranceDataset
 from msc_france.errors import BadInputError
 from msc_france.eval import metrics as M
-from msc_france.eval.external import label_fraction, load_classification, load_segmentation
-from msc_france.eval.features import Features, PooledPixels, dominant, extract, patch_labels
-from msc_france.eval.probes import (KINDS, classification, fraction_probe, majority_baseline, pair_retrieval,
-                                    retrieval, segmentation)
+from msc_france.eval.external import (
+    label_fraction,
+    load_classification,
+    load_segmentation,
+)
+from msc_france.eval.features import (
+    Features,
+    PooledPixels,
+    dominant,
+    extract,
+    patch_labels,
+)
+from msc_france.eval.probes import (
+    KINDS,
+    classification,
+    fraction_probe,
+    majority_baseline,
+    pair_retrieval,
+    retrieval,
+    segmentation,
+)
 from msc_france.store import Store
 from msc_france.xstars.msad import MSADHeads
 from msc_france.xstars.train import build_backbone, load_checkpoint
@@ -295,7 +312,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    from msc_france.eval.report import figures as draw, markdown
+    from msc_france.eval.report import figures as draw
+    from msc_france.eval.report import markdown
 
     (out / "report.md").write_text(markdown(report))
     assert held_feats is not None

@@ -12,7 +12,12 @@ from typing import Literal
 
 from msc_france.errors import BadInputError
 from msc_france.ingest.bdortho import ingest_bdortho
-from msc_france.ingest.common import IngestReport, parse_when, raster_files, write_catalog
+from msc_france.ingest.common import (
+    IngestReport,
+    parse_when,
+    raster_files,
+    write_catalog,
+)
 from msc_france.ingest.sentinel2 import ingest_safe, ingest_theia
 from msc_france.ingest.spot import ingest_spot
 

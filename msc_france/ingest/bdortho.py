@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pystac
 
-from msc_france.ingest.common import IngestReport, RasterMeta, add_asset, new_item, readable
+from msc_france.ingest.common import (
+    IngestReport,
+    RasterMeta,
+    add_asset,
+    new_item,
+    readable,
+)
 
 _TOKEN = re.compile(r"(?<![A-Za-z0-9])(RVB|RGB|IRC)(?![A-Za-z0-9])", re.IGNORECASE)
 _YEAR = re.compile(r"(?:^|[-_])((?:19|20)\d\d)(?:[-_])")

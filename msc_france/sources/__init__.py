@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 from msc_france.config import Catalog, SensorSpec
-from msc_france.paths import cache_dir
 from msc_france.errors import BadInputError
+from msc_france.paths import cache_dir
 from msc_france.sources.base import SearchQuery, Source
 from msc_france.sources.demo import DemoSource
 from msc_france.sources.signing import Signer, make_signer

@@ -33,9 +33,11 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import shutil
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,8 @@ from shapely.geometry.base import BaseGeometry
 from msc_france.config import DemoWorldSpec
 from msc_france.crs import L93, WGS84, reproject_geometry, transformer
 from msc_france.grid import PixelGrid
+
+log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "5"
 UTM31 = "EPSG:32631"
@@ -612,9 +616,14 @@ def ensure_world(spec: DemoWorldSpec, cache: Path) -> Path:
         if (target / "truth.json").exists():
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+        km2 = (spec.bounds_l93[2] - spec.bounds_l93[0]) * (spec.bounds_l93[3] - spec.bounds_l93[1]) / 1e6
+        log.info(f"generating the demo world ({km2:.0f} km2, once) into {target} "
+                 f"(set MSC_FRANCE_CACHE to move it; make clean-demo removes it)")
+        t0 = time.perf_counter()
         try:
             _generate(spec, tmp, final=target)
             tmp.rename(target)
+            log.info(f"demo world ready in {time.perf_counter() - t0:.0f} s")
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -626,12 +635,15 @@ def _generate(spec: DemoWorldSpec, tmp: Path, final: Path) -> None:
     r = Renderer(feats)
     rng = np.random.default_rng(spec.seed + 1)
     clouds = [CloudField.make(spec.bounds_l93, cc, rng) for cc in spec.cloud_cover]
-    collections = {
-        "sentinel-2-l2a": generate_sentinel2(spec, r, clouds, tmp),
-        "landsat-c2-l2": generate_landsat(spec, r, clouds, tmp),
-        "aerial": generate_aerial(spec, r, tmp),
-        "esa-worldcover": generate_worldcover(spec, r, tmp),
-    }
+    steps = {"sentinel-2-l2a": lambda: generate_sentinel2(spec, r, clouds, tmp),
+             "landsat-c2-l2": lambda: generate_landsat(spec, r, clouds, tmp),
+             "aerial": lambda: generate_aerial(spec, r, tmp),
+             "esa-worldcover": lambda: generate_worldcover(spec, r, tmp)}
+    collections = {}
+    for name, step in steps.items():
+        t0 = time.perf_counter()
+        collections[name] = step()
+        log.info(f"  {name}: {len(collections[name])} items in {time.perf_counter() - t0:.0f} s")
     for name, items in collections.items():
         for it in items:  # hrefs point at the final location, not the temp dir
             for a in it.assets.values():

@@ -10,10 +10,10 @@ from typing import Any
 
 import pystac
 import requests
-from requests import Request
 from pystac_client import Client
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
+from requests import Request
 from urllib3.util.retry import Retry
 
 from msc_france.errors import SourceError

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-
 import pystac
 
 from msc_france.errors import SourceError

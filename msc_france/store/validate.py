@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from msc_france.errors import StoreError, first_line
+from msc_france.progress import Progress
 from msc_france.store import (
     DONE,
     FORMAT_VERSION,
@@ -104,8 +105,11 @@ def _coordinate_problems(store: Store, L: Layer, n: int) -> list[str]:
     return out
 
 
-def validate(store: Store, checksums: bool = True) -> ValidationReport:
-    """Check schema, shapes, chunking, completeness and (optionally) every chip's checksum."""
+def validate(store: Store, checksums: bool = True, progress: Progress | None = None) -> ValidationReport:
+    """Check schema, shapes, chunking, completeness and (optionally) every chip's checksum.
+
+    ``progress`` counts chip-sensor checksums as they are verified.
+    """
     from msc_france.builder.read import (
         ChipRead,  # checksum definition lives with the reader
     )
@@ -196,6 +200,8 @@ def validate(store: Store, checksums: bool = True) -> ValidationReport:
         rep.incomplete.append(f"{len(partial)} partial file(s) from an interrupted write")
     if checksums and not rep.corrupt:
         reader = ChipReader(store)
+        if progress is not None:
+            progress.start(n * len(store.layers))
         for L in store.layers:
             g = store.root[L.group]
             data_arr, valid_arr = g[L.data_name], g["valid"]
@@ -216,6 +222,8 @@ def validate(store: Store, checksums: bool = True) -> ValidationReport:
                                        f"chips {ids[start]}..{ids[stop - 1]}")
                     continue
                 for i in range(start, stop):
+                    if progress is not None:
+                        progress.advance()
                     rec = commits.get(ids[i], {}).get("sensors", {}).get(L.group)
                     if not rec or rec.get("status") not in DONE or "checksum" not in rec:
                         continue

@@ -33,7 +33,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from msc_france.data import MSCFranceDataset, StepBatchSampler, collate
-from msc_france.data.transforms import MultiCropConfig, colocated_crops, multicrop, random_window
+from msc_france.data.transforms import (
+    MultiCropConfig,
+    colocated_crops,
+    multicrop,
+    random_window,
+)
 from msc_france.errors import BadInputError, MscFranceError, first_line
 from msc_france.fsutil import atomic_path
 from msc_france.xstars.config import TrainConfig
