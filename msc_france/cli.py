@@ -175,12 +175,15 @@ def plan(region: str, catalog: str | None, recipe: str, out: Path, no_cache: boo
 @click.option("--retry-failed", is_flag=True, help="rebuild chips recorded as failed")
 @click.option("--dry-run", is_flag=True, help="print the plan and the work to do, write nothing")
 @click.option("--no-cache", is_flag=True, help="do not use the on-disk search cache")
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--quiet", is_flag=True, help="no progress bar, warnings and errors only (as the global -q)")
 @click.option("--json", "as_json", is_flag=True, help="print the build summary as JSON")
 def build(region: str, out: str, catalog: str | None, recipe: str, workers: int, scheduler: str | None,
           retry_failed: bool, dry_run: bool, no_cache: bool, quiet: bool, as_json: bool) -> None:
     """Build (or complete, or extend) a store for a region."""
     import dataclasses
+
+    if quiet:  # the command's own --quiet is the global -q
+        logging.getLogger("msc_france").setLevel(logging.WARNING)
 
     from msc_france.builder import run_build
     from msc_france.errors import BuildFailedError

@@ -20,7 +20,8 @@ class Progress(Protocol):
 
 
 class Bar:
-    """A tqdm bar on stderr that implements :class:`Progress`; invisible when ``enabled`` is False."""
+    """A tqdm bar on stderr that implements :class:`Progress`; drawn only on a terminal, and never
+    when ``enabled`` is False."""
 
     def __init__(self, desc: str, unit: str, enabled: bool = True) -> None:
         self.desc, self.unit, self.enabled = desc, unit, enabled
@@ -31,7 +32,9 @@ class Bar:
         from tqdm import tqdm
 
         self.close()
-        self._bar = tqdm(total=total, desc=self.desc, unit=self.unit, disable=not self.enabled or total == 0,
+        # disable=None: tqdm draws only on a terminal, so logs and pipes get no carriage-return noise.
+        self._bar = tqdm(total=total, desc=self.desc, unit=self.unit,
+                         disable=True if not self.enabled or total == 0 else None,
                          dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} "
                          f"{self.unit}s " "[{elapsed}<{remaining}, {rate_fmt}]")
 

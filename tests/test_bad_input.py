@@ -100,15 +100,21 @@ def _files(d: Path) -> dict[str, int]:
     return {str(p.relative_to(d)): p.stat().st_size for p in sorted(d.rglob("*")) if p.is_file()}
 
 
-def test_store_of_a_newer_format_is_left_alone(env: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("delta", [1, -1])
+def test_store_of_another_format_is_left_alone(env: dict[str, Path], capsys: pytest.CaptureFixture,
+                                               delta: int) -> None:
+    from msc_france.store import FORMAT_VERSION
+
     g = zarr.open_group(str(env["store"]), mode="r+")
     meta = dict(g.attrs["msc_france"])
-    meta["format_version"] = 2
+    meta["format_version"] = FORMAT_VERSION + delta
     g.attrs["msc_france"] = meta
     before = tree_hashes(env["store"])
     assert main(_build(env)) == 4
     err = capsys.readouterr().err
-    assert "format version 2, newer than this msc-france supports (1)" in err and len(err.splitlines()) == 1
+    want = ("newer than this msc-france supports" if delta > 0 else "older than this msc-france reads")
+    assert f"format version {FORMAT_VERSION + delta}, {want}" in err and len(err.splitlines()) == 1
+    assert ("upgrade msc-france" if delta > 0 else "rebuild it") in err
     assert tree_hashes(env["store"]) == before
 
 

@@ -298,7 +298,7 @@ def test_build_never_fetches_a_forged_loopback_href(tiny_region: Path, tmp_path:
         code = main(["build", "--region", str(tiny_region), "--recipe", str(tmp_path / "r.yaml"), "--out",
                      str(tmp_path / "s.zarr"), "--quiet", "--no-cache"])
         cap = capsys.readouterr()
-        assert code == 5 and _one_line(cap.err).startswith("error: 4 chip(s) failed")
+        assert code == 5 and _one_line(cap.err).startswith("error: 4 chip(s) failed"), cap.err
         assert "refused asset href" in cap.out and "loopback or private address" in cap.out
         failures = json.loads((tmp_path / "s.zarr" / "failures.json").read_text())
         assert failures["n"] == 4 and all("loopback or private address" in c["reason"] for c in failures["chips"])

@@ -107,8 +107,13 @@ def describe(store: Store, index: gpd.GeoDataFrame) -> tuple[pystac.Collection, 
         for L in store.layers:
             col = f"status_{column(L.group)}"
             props[f"msc_france:ok_{column(L.group)}"] = int((rows[col] == "ok").sum())
+        r_start, r_end = r_start or start, r_end or end
+        when = None
+        if r_start is None or r_end is None:  # nothing acquired (every chip failed): when it was built
+            when = dt.datetime.fromisoformat(meta["created"])
+            r_start = r_end = None
         item = pystac.Item(id=f"{collection.id}-{region}", geometry=mapping(footprint), bbox=list(footprint.bounds),
-                           datetime=None, start_datetime=r_start or start, end_datetime=r_end or end,
+                           datetime=when, start_datetime=r_start, end_datetime=r_end,
                            properties=props, stac_extensions=[PROJECTION], collection=collection.id)
         item.add_asset("zarr", pystac.Asset("../", media_type=ZARR_MEDIA_TYPE, roles=["data"]))
         item.add_asset("index", pystac.Asset("../index.parquet", media_type=PARQUET_MEDIA_TYPE, roles=["metadata"]))
