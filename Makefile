@@ -18,7 +18,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Lint (ruff: pyflakes, pycodestyle, isort, pyupgrade, bugbear, annotations, google docstrings),
+# types (mypy), then the tests.
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 demo: install

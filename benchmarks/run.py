@@ -21,8 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,8 @@ def row(name: str, figure: float, unit: str, baseline: float | None, baseline_na
 
 def _naive_build(plan: Any, out: Path) -> int:
     """What a user would write: per chip and sensor, open each asset, warp the chip window with
-    rasterio.warp.reproject, write one GeoTIFF. Same plan and items as ours, no masks."""
+    rasterio.warp.reproject, write one GeoTIFF. Same plan and items as ours, no masks.
+    """
     import rasterio
     from rasterio.warp import Resampling, reproject
 

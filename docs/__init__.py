@@ -1,0 +1,1 @@
+"""The documentation (its figure scripts live in docs.scripts)."""

@@ -22,7 +22,7 @@ EXIT_INTERNAL = 70
 log = logging.getLogger("msc_france.cli")
 
 
-def _echo_table(rows: list[list[str]], header: list[str]) -> None:
+def _echo_table(rows: list[list[Any]], header: list[str]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     click.echo(fmt.format(*header))
@@ -123,7 +123,7 @@ def sensors(catalog_name: str, as_json: bool) -> None:
 # --------------------------------------------------------------------------- plan
 
 
-def _load_inputs(region: str, catalog: str | None, recipe: str):
+def _load_inputs(region: str, catalog: str | None, recipe: str) -> tuple[Any, Any, Any]:  # Region, Recipe, Catalog
     from msc_france.config import load_catalog, load_recipe
     from msc_france.regions import parse_region
 
@@ -226,7 +226,6 @@ _STORE = click.STRING  # a directory or an object-store URL (s3://, gs://, az://
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def info(store: str, as_json: bool) -> None:
     """Summarise a store."""
-
     from msc_france.store import Store
     from msc_france.store.validate import info as store_info
 

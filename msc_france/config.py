@@ -88,7 +88,8 @@ class MaskSpec(StrictModel):
 
 class ValueMapping(StrictModel):
     """Source values -> physical values (physical = value * scale + offset), used when an item's
-    ``raster:bands`` declare no scale/offset (plain rasters: aerial, SPOT, labels)."""
+    ``raster:bands`` declare no scale/offset (plain rasters: aerial, SPOT, labels).
+    """
 
     scale: float = 1.0
     offset: float = 0.0

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import shapely
@@ -129,8 +129,8 @@ def chips_in(geometry: BaseGeometry, size_m: int) -> list[Chip]:
     minx, miny, maxx, maxy = geometry.bounds
     c0, c1 = math.floor(minx / size_m), math.ceil(maxx / size_m)
     r0, r1 = math.floor(miny / size_m), math.ceil(maxy / size_m)
-    cols, rows = np.meshgrid(np.arange(c0, c1), np.arange(r0, r1))
-    cols, rows = cols.ravel(), rows.ravel()
+    grid_cols, grid_rows = np.meshgrid(np.arange(c0, c1), np.arange(r0, r1))
+    cols, rows = grid_cols.ravel(), grid_rows.ravel()
     boxes = shapely.box(cols * size_m, rows * size_m, (cols + 1) * size_m, (rows + 1) * size_m)
     core = geometry.buffer(-SLIVER_M)
     if core.is_empty:

@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pystac
@@ -28,6 +29,9 @@ from msc_france.errors import BadInputError
 from msc_france.grid import Chip, chips_in
 from msc_france.regions import Region
 from msc_france.sources import SearchQuery, make_source
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +106,7 @@ class Plan:
             }
         return out
 
-    def to_geodataframe(self):  # -> geopandas.GeoDataFrame
+    def to_geodataframe(self) -> gpd.GeoDataFrame:
         """One row per (chip, sensor, rank); rank 0 marks a chip no item covers."""
         import geopandas as gpd
 
@@ -137,7 +141,8 @@ class Plan:
 
 def _acquisition_key(item: pystac.Item) -> tuple[str, str, str]:
     """Items mosaicked together: same day, platform and product (SPOT PAN, MS and pansharpened
-    files of one pass are distinct products and are never mixed)."""
+    files of one pass are distinct products and are never mixed).
+    """
     when = item.datetime or item.common_metadata.start_datetime
     return (when.date().isoformat() if when else "", str(item.properties.get("platform", "")),
             str(item.properties.get("msc_france:product", "")))

@@ -21,7 +21,8 @@ class Progress(Protocol):
 
 class Bar:
     """A tqdm bar on stderr that implements :class:`Progress`; drawn only on a terminal, and never
-    when ``enabled`` is False."""
+    when ``enabled`` is False.
+    """
 
     def __init__(self, desc: str, unit: str, enabled: bool = True) -> None:
         self.desc, self.unit, self.enabled = desc, unit, enabled

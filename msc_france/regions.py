@@ -59,7 +59,8 @@ class Region:
     @property
     def bbox_wgs84(self) -> tuple[float, float, float, float]:
         """WGS84 bounding box (min lon, min lat, max lon, max lat)."""
-        return tuple(self.geometry_wgs84.bounds)  # type: ignore[return-value]
+        minx, miny, maxx, maxy = self.geometry_wgs84.bounds
+        return (minx, miny, maxx, maxy)
 
     @property
     def area_km2(self) -> float:

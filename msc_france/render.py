@@ -61,7 +61,8 @@ def labels_rgb(store: Store, layer: Layer, index: int) -> np.ndarray:
 
 def preview(store: Store, out: Path, n_chips: int = 6, seed: int = 0, progress: Progress | None = None) -> list[Path]:
     """Write side-by-side sensor views of a sample of chips and a footprint map by status
-    (``progress`` counts the chips drawn)."""
+    (``progress`` counts the chips drawn).
+    """
     import matplotlib
 
     matplotlib.use("Agg")

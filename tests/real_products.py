@@ -114,7 +114,8 @@ def _s2_bands(n: int, seed: int, edge_cols: int) -> dict[str, np.ndarray]:
 def safe_product(root: Path, when: dt.datetime, x0: float, y1: float, n: int = 80, baseline: str = "04.00",
                  crs: str = "EPSG:32630", tile: str = "30TXQ", edge_cols: int = 30, seed: int = 3) -> S2Fixture:
     """An ESA S2 L2A SAFE folder: JP2 bands with the BOA_ADD_OFFSET of ``baseline``, nodata 0
-    west of ``edge_cols`` (orbit edge), SCL at 20 m with a cloud and a shadow block."""
+    west of ``edge_cols`` (orbit edge), SCL at 20 m with a cloud and a shadow block.
+    """
     stamp = when.strftime("%Y%m%dT%H%M%S")
     nb = baseline.replace(".", "")
     pid = f"S2B_MSIL2A_{stamp}_N{nb}_R094_T{tile}_{when.strftime('%Y%m%d')}T140000"
@@ -155,9 +156,11 @@ def safe_product(root: Path, when: dt.datetime, x0: float, y1: float, n: int = 8
 
 
 def theia_product(root: Path, when: dt.datetime, x0: float, y1: float, n: int = 80, crs: str = "EPSG:32630",
-                  tile: str = "30TXQ", edge_cols: int = 30, seed: int = 5, masks: tuple[str, ...] = ("CLM", "EDG", "SAT")) -> S2Fixture:
+                  tile: str = "30TXQ", edge_cols: int = 30, seed: int = 5,
+                  masks: tuple[str, ...] = ("CLM", "EDG", "SAT")) -> S2Fixture:
     """A Theia/MAJA L2A folder: FRE and SRE int16 bands (x 10000, nodata -10000 west of
-    ``edge_cols``, some negative reflectances), MASKS/ CLM (bit field), EDG, SAT at R1."""
+    ``edge_cols``, some negative reflectances), MASKS/ CLM (bit field), EDG, SAT at R1.
+    """
     name = f"SENTINEL2B_{when.strftime('%Y%m%d-%H%M%S')}-455_L2A_T{tile}_C_V3-0"
     d = root / name
     refl = _s2_bands(n, seed, edge_cols)

@@ -17,9 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import parse_qs, urlparse
 
 import requests
@@ -243,7 +243,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return None
             if kind == "garble":
-                return self._send(200, b'{"type": "FeatureCollection", "features": [{"id": ', {"Content-Type": "application/json"})
+                truncated = b'{"type": "FeatureCollection", "features": [{"id": '
+                return self._send(200, truncated, {"Content-Type": "application/json"})
         headers = {k: v for k, v in self.headers.items() if k.lower() in ("range", "content-type", "accept")}
         r = requests.request(method, proxy.upstream + self.path, data=body, headers=headers, timeout=30)
         payload = r.content.replace(proxy.upstream.encode(), proxy.url.encode()) if proxy.rewrite else r.content

@@ -1,5 +1,8 @@
-"""The bad-input catalogue: each case is one line on stderr, a non-zero exit, no traceback, and no
-damage to an existing store or run. (tests/test_cli.py holds the region/recipe cases of `plan`.)"""
+"""The bad-input catalogue: one line on stderr, a non-zero exit, no traceback, no damage.
+
+Each case leaves an existing store or run untouched. tests/test_cli.py holds the region/recipe
+cases of `plan`.
+"""
 
 from __future__ import annotations
 

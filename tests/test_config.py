@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from msc_france.config import check_chip_size, load_catalog, load_recipe, sensor_gsds
-from msc_france.paths import pipelines_dir
 from msc_france.errors import BadInputError
+from msc_france.paths import pipelines_dir
 
 
 @pytest.mark.parametrize("name", ["default", "demo"])

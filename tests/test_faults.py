@@ -11,8 +11,8 @@ import yaml
 
 from msc_france.cli import main
 from msc_france.config import SourceSpec
-from msc_france.paths import catalogs_dir
 from msc_france.errors import SourceError
+from msc_france.paths import catalogs_dir
 from msc_france.sources.base import SearchQuery
 from msc_france.sources.stac_api import StacApiSource
 from msc_france.store import Store
@@ -25,7 +25,8 @@ COLLECTIONS = ("sentinel-2-l2a", "landsat-c2-l2", "aerial", "esa-worldcover")
 @pytest.fixture(scope="module")
 def remote_world(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory):
     """The tiny world served remotely: assets over HTTP (behind a fault proxy), items in a STAC API
-    (behind another), with a catalog pointing at the proxies."""
+    (behind another), with a catalog pointing at the proxies.
+    """
     d = tmp_path_factory.mktemp("remote")
     with AssetServer(tiny_world) as assets, FaultProxy(assets.url, rewrite=False) as asset_proxy:
         files = []

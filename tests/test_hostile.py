@@ -21,8 +21,8 @@ import yaml
 
 from msc_france.cli import main
 from msc_france.config import SourceSpec
-from msc_france.paths import catalogs_dir, pipelines_dir
 from msc_france.errors import SourceError, StoreError
+from msc_france.paths import catalogs_dir, pipelines_dir
 from msc_france.sources.base import SearchQuery
 from msc_france.sources.stac_api import StacApiSource
 from tests.conftest import write_region_file

@@ -1,0 +1,1 @@
+"""Scripts that draw the documentation's figures from real runs."""

@@ -13,11 +13,12 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -345,7 +346,7 @@ def with_candidates(task: ShardTask, plan: Plan, group_sensor: dict[str, str],
     def candidate(sensor: str, items: tuple[Any, ...]) -> tuple[SourceItem, ...] | str:
         out = [parsed(sensor, it) for it in items]
         bad = [p for p in out if isinstance(p, str)]
-        return bad[0] if bad else tuple(out)  # type: ignore[return-value]
+        return bad[0] if bad else tuple(p for p in out if not isinstance(p, str))
 
     jobs = tuple(
         ChipJob(j.chip_id, j.index, {g: [candidate(s, c.items) for c in plan.for_chip(j.chip_id, s)]

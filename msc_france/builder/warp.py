@@ -60,7 +60,8 @@ def gdal_env() -> dict[str, object]:
 def clear_http_cache() -> None:
     """Forget GDAL's in-process /vsicurl cache (it remembers failed opens, so a retry in the same
     process would fail without asking the server again). Best effort: a no-op if GDAL's symbol
-    cannot be found."""
+    cannot be found.
+    """
     import ctypes
     import glob
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
+
+if TYPE_CHECKING:
+    from msc_france.data.dataset import MSCFranceDataset
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -65,10 +68,10 @@ class SensorBalancedSampler(Sampler[tuple[int, str]]):
         self.num_samples, self.seed, self.epoch = num_samples, seed, 0
 
     @classmethod
-    def from_dataset(cls, ds, num_samples: int | None = None, seed: int = 0) -> SensorBalancedSampler:
+    def from_dataset(cls, ds: MSCFranceDataset, num_samples: int | None = None, seed: int = 0) -> SensorBalancedSampler:
         """Use the dataset's per-sensor statuses (ok chips)."""
         per = ds.tiles**2  # dataset indices are tiles of chips
-        avail = {s: [i * per + t for i, st in enumerate(ds.status[s]) if st == "ok" for t in range(per)]
+        avail: dict[str, Sequence[int]] = {s: [i * per + t for i, st in enumerate(ds.status[s]) if st == "ok" for t in range(per)]
                  for s in ds.sensors}
         return cls(avail, num_samples or len(ds) * len(ds.sensors), seed)
 

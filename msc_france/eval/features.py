@@ -33,7 +33,8 @@ class Features:
 
     def kind(self, name: str, sensor: str) -> torch.Tensor:
         """Tile vectors of one kind: ``cls``, ``mean`` (mean patch token) or ``dense`` (every patch
-        token L2-normalised, concatenated: cosine similarity = mean per-position similarity)."""
+        token L2-normalised, concatenated: cosine similarity = mean per-position similarity).
+        """
         if name == "dense":
             p = F.normalize(self.patches[sensor].float(), dim=-1)
             return p.flatten(1) / p.shape[1] ** 0.5

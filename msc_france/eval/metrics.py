@@ -137,7 +137,8 @@ def ridge(train_x: torch.Tensor, train_y: torch.Tensor, lam: float = 1.0) -> tor
 
 def r2(pred: torch.Tensor, target: torch.Tensor) -> float:
     """Coefficient of determination over all outputs (variance-weighted, as sklearn's
-    ``r2_score(..., multioutput="variance_weighted")``): 1 - SSE / SST."""
+    ``r2_score(..., multioutput="variance_weighted")``): 1 - SSE / SST.
+    """
     t = target.double()
     sse = ((pred.double() - t) ** 2).sum()
     sst = ((t - t.mean(0, keepdim=True)) ** 2).sum()

@@ -33,14 +33,15 @@ def retrieval(tr: Features, te: Features, sensors: list[str], center: bool) -> t
     ranks: dict[str, Any] = {}
     for kind in KINDS:
         feats = {s: _centred(tr, te, kind, s, center) for s in sensors}
-        res, rk = {}, {}
+        res: dict[str, Any] = {}
+        rk: dict[str, Any] = {}
         for a in sensors:
             for b in sensors:
                 if a != b:
                     rk[f"{a}->{b}"] = M.retrieval_ranks(feats[a], feats[b])
                     res[f"{a}->{b}"] = M.retrieval_metrics(rk[f"{a}->{b}"])
         if res:
-            res["mean_R@1"] = sum(v["R@1"] for v in res.values()) / len(res)
+            res["mean_R@1"] = sum(v["R@1"] for v in res.values()) / len(res)  # before the key exists
         out[kind], ranks[kind] = res, rk
     return out, ranks
 
@@ -53,7 +54,8 @@ def pair_retrieval(queries: torch.Tensor, gallery: torch.Tensor) -> dict[str, fl
 def classification(tr: Features, te: Features, ytr: torch.Tensor, yte: torch.Tensor, n_classes: int,
                    sensors: list[str], k: int, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Dominant-class classification per sensor (kNN and linear probe; accuracy, balanced accuracy,
-    macro-F1) and cross-sensor transfer of the linear probe (accuracy, balanced accuracy)."""
+    macro-F1) and cross-sensor transfer of the linear probe (accuracy, balanced accuracy).
+    """
     cls_out, transfer = {}, {}
     mtr, mte = ytr >= 0, yte >= 0
     probes = {}
@@ -91,7 +93,8 @@ def majority_baseline(ytr: torch.Tensor, yte: torch.Tensor, n_classes: int) -> d
 def fraction_probe(tr: Features, te: Features, n_classes: int, sensors: list[str], kind: str,
                    lam: float) -> dict[str, float]:
     """Ridge regression from tile features to the tile's class fractions; held-out R2 for every
-    (train sensor -> test sensor) pair: the diagonal is same-sensor, the rest cross-sensor."""
+    (train sensor -> test sensor) pair: the diagonal is same-sensor, the rest cross-sensor.
+    """
     assert tr.labels is not None and te.labels is not None
     ftr, fte = fractions(tr.labels, n_classes), fractions(te.labels, n_classes)
     out = {}

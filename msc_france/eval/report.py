@@ -81,9 +81,9 @@ def markdown(report: dict[str, Any]) -> str:
                   "target-sensor features retrieving the frozen source model's features.", ""]
         for n, d in diag.items():
             if "msad_projection" in d:
-                cells = ", ".join(f"{_s(p.split('->')[0])}->{_s(p.split('->')[1])} {v['R@1']:.3f}"
-                                  for p, v in d["msad_projection"].items())
-                lines.append(f"- {n}, MSAD projection R@1: {cells}")
+                proj = ", ".join(f"{_s(p.split('->')[0])}->{_s(p.split('->')[1])} {v['R@1']:.3f}"
+                                 for p, v in d["msad_projection"].items())
+                lines.append(f"- {n}, MSAD projection R@1: {proj}")
             if "continual" in d:
                 c = d["continual"]
                 lines.append(f"- {n}, {c['pair']} R@1: " + ", ".join(f"{k} {c[k]['R@1']:.3f}" for k in ("cls", "mean", "dense")))
@@ -143,7 +143,7 @@ def figures(report: dict[str, Any], figs: dict[str, Any], held: Any, names: dict
         cols = min(3, len(pairs))
         rows = (len(pairs) + cols - 1) // cols
         fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
-        for ax, p in zip(axes.flat, pairs):
+        for ax, p in zip(axes.flat, pairs, strict=False):  # spare axes stay empty
             for name, ranks in figs["ranks"][p].items():
                 ks = np.arange(1, min(50, len(ranks)) + 1)
                 ax.plot(ks, [(ranks <= k).float().mean().item() for k in ks], label=name)
@@ -163,7 +163,7 @@ def figures(report: dict[str, Any], figs: dict[str, Any], held: Any, names: dict
         plt.close(fig)
     models = report["models"]
     fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4), squeeze=False)
-    for ax, (name, m) in zip(axes[0], models.items()):
+    for ax, (name, m) in zip(axes[0], models.items(), strict=True):
         ss = m["sensors"]
         mat = np.array([[m["transfer"][f"{a}->{b}"]["balanced_acc"] for b in ss] for a in ss])
         ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")

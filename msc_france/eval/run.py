@@ -92,7 +92,7 @@ class EvalConfig(StrictModel):
     input_size: int = 64
     tiles: int = Field(4, ge=1, description="tiles per chip side")
     train_split: Literal["train", "val", "test"] = "train"
-    test_splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["val", "test"])
+    test_splits: list[Literal["train", "val", "test"]] = ["val", "test"]  # pydantic copies mutable defaults
     models: list[ModelEntry] = Field(default_factory=list)
     random_baseline: bool = True
     pixel_baseline: bool = Field(True, description="the raw-pixel baseline (4 x 4 pooled pixels per tile)")
@@ -126,11 +126,14 @@ def _datasets(cfg: EvalConfig, size: int) -> tuple[MSCFranceDataset, MSCFranceDa
     labels = "labels" in {L.group for L in store.layers}
     if not labels:
         raise BadInputError(f"store {cfg.store} has no labels group; build it with a label source")
-    kw = dict(sensors=cfg.sensors, bands=cfg.bands, size=size, labels=True, cache=False)
-    train = MSCFranceDataset(cfg.store, split=cfg.train_split, **kw)
+    def dataset(split: str) -> MSCFranceDataset:
+        return MSCFranceDataset(cfg.store, sensors=cfg.sensors, split=split, bands=cfg.bands, size=size,
+                                labels=True, cache=False)
+
+    train = dataset(cfg.train_split)
     held: MSCFranceDataset | None = None
     for s in cfg.test_splits:
-        d = MSCFranceDataset(cfg.store, split=s, **kw)
+        d = dataset(s)
         if held is None:
             held = d
         else:

@@ -9,9 +9,10 @@ otherwise: the warper needs the file's CRS, never an EPSG code.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pystac
 import rasterio
@@ -74,7 +75,8 @@ class IngestReport:
 
 def crs_code(crs: rasterio.crs.CRS) -> str | None:
     """'EPSG:NNNN' for a CRS equivalent to an EPSG CRS (IGN's authority-less Lambert-93 WKTs
-    included, see :func:`msc_france.crs.identify_epsg`), else None."""
+    included, see :func:`msc_france.crs.identify_epsg`), else None.
+    """
     epsg = identify_epsg(crs.to_wkt())
     return f"EPSG:{epsg}" if epsg else None
 
@@ -117,7 +119,7 @@ def new_item(item_id: str, meta: RasterMeta, when: dt.datetime, props: dict[str,
     return item
 
 
-def add_asset(item: pystac.Item, key: str, meta: RasterMeta, bands: list[tuple[str, str | None]],
+def add_asset(item: pystac.Item, key: str, meta: RasterMeta, bands: Sequence[tuple[str, str | None]],
               roles: list[str], title: str, nodata: float | None = None, scale: float | None = None,
               offset: float | None = None) -> None:
     """Add a file as an asset, with eo:bands (name, common name) and raster:bands."""
@@ -142,8 +144,8 @@ def write_catalog(items: list[pystac.Item], out: Path, collection: str, descript
     if not items:
         raise BadInputError(f"nothing to write: no item could be made ({description})")
     cat = pystac.Catalog("msc-france-local", description)
-    bboxes = [it.bbox for it in items]
-    dates = [it.datetime for it in items]
+    bboxes = [it.bbox for it in items if it.bbox is not None]  # new_item always sets both
+    dates = [it.datetime for it in items if it.datetime is not None]
     coll = pystac.Collection(collection, description, pystac.Extent(
         pystac.SpatialExtent([[min(b[0] for b in bboxes), min(b[1] for b in bboxes),
                                max(b[2] for b in bboxes), max(b[3] for b in bboxes)]]),

@@ -18,6 +18,7 @@ import datetime as dt
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pystac
 
@@ -77,7 +78,7 @@ def ingest_safe(files: list[Path], root: Path, collection: str, report: IngestRe
             continue
         paths["SCL"] = scl[0]
         metas = {k: read_meta(p) for k, p in paths.items()}
-        props = {"platform": spacecraft or "sentinel-2", "s2:product_uri": safe.name,
+        props: dict[str, Any] = {"platform": spacecraft or "sentinel-2", "s2:product_uri": safe.name,
                  "msc_france:datetime_source": "MTD_MSIL2A.xml"}
         if baseline:
             props["s2:processing_baseline"] = baseline
@@ -113,7 +114,8 @@ def ingest_theia(files: list[Path], root: Path, collection: str, variant: str, r
                 paths[key] = hits[0]
         missing = [k for k in (*THEIA_BANDS, *THEIA_MASKS) if k not in paths]
         if missing:
-            report.skipped.append((d, f"Theia product lacks {', '.join(f'{k}_R1' if k in THEIA_MASKS else f'{variant}_{k}' for k in missing)}"))
+            names = [f"{k}_R1" if k in THEIA_MASKS else f"{variant}_{k}" for k in missing]
+            report.skipped.append((d, f"Theia product lacks {', '.join(names)}"))
             continue
         try:
             metas = {k: read_meta(p) for k, p in paths.items()}

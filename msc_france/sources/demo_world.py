@@ -38,6 +38,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,8 @@ MARKER_SIZE_M = 90.0
 
 def phenology(classes: np.ndarray, date: dt.date) -> np.ndarray:
     """(n, 4) multipliers of each feature's spectrum on ``date``: crops green up from April to a
-    June peak and are bare after the July harvest; grass dries in summer; forests barely change."""
+    June peak and are bare after the July harvest; grass dries in summer; forests barely change.
+    """
     doy = date.timetuple().tm_yday
     green = float(np.exp(-(((doy - 165) / 35.0) ** 2)))  # 1 at mid-June
     harvested = float(np.clip((doy - 200) / 20.0, 0, 1))  # after mid-July
@@ -98,7 +100,8 @@ def phenology(classes: np.ndarray, date: dt.date) -> np.ndarray:
 class SensorModel:
     """How a sensor sees surface reflectance: spectral response (a 4 x 4 mixing of the true
     bands), gain and offset, residual haze per date (added, strongest in blue) and its
-    registration error (metres, x and y) against the ground truth."""
+    registration error (metres, x and y) against the ground truth.
+    """
 
     response: tuple[tuple[float, float, float, float], ...]
     gain: tuple[float, float, float, float]
@@ -150,7 +153,8 @@ def make_features(spec: DemoWorldSpec) -> tuple[list[Feature], list[tuple[float,
         base = np.array(CLASSES[cls][1]) * gain
         if tint is not None:
             base = base * tint
-        feats.append(Feature(geom, cls, tuple(float(v) for v in np.clip(base, 0.005, 0.95))))
+        r, g, b, n = (float(v) for v in np.clip(base, 0.005, 0.95))
+        feats.append(Feature(geom, cls, (r, g, b, n)))
 
     # Agricultural background: a jittered grid of parcels split into strips.
     cell = 320.0
@@ -195,7 +199,8 @@ def make_features(spec: DemoWorldSpec) -> tuple[list[Feature], list[tuple[float,
     return feats, markers
 
 
-def _town(add, rng: np.random.Generator, tx0: float, ty0: float, tw: float, th: float) -> None:  # noqa: ANN001
+def _town(add: Callable[..., None], rng: np.random.Generator, tx0: float, ty0: float, tw: float,
+          th: float) -> None:
     """Urban ground, a road grid and buildings in its blocks."""
     add(box(tx0, ty0, tx0 + tw, ty0 + th), 6)
     block = 160.0
@@ -320,9 +325,9 @@ class CloudField:
 def grid_centres_l93(grid: PixelGrid) -> tuple[np.ndarray, np.ndarray]:
     """Lambert-93 coordinates of every pixel centre of ``grid``."""
     cols, rows = np.meshgrid(np.arange(grid.width) + 0.5, np.arange(grid.height) + 0.5)
-    x, y = grid.transform @ (cols, rows)
+    x, y = grid.transform * (cols, rows)  # affine applies elementwise to arrays
     if grid.crs == L93:
-        return x, y
+        return np.asarray(x), np.asarray(y)
     return transformer(grid.crs, L93).transform(x, y)
 
 

@@ -127,10 +127,11 @@ class PlanetaryComputerSigner:
         return self.sign(href)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_signer(kind: str, timeout_s: float = 10.0, max_retries: int = 3) -> Signer:
     """The signer for a source's ``signing`` setting: one per process and setting, so its token
-    cache outlives a chip (a national build asks for one token per container and lifetime)."""
+    cache outlives a chip (a national build asks for one token per container and lifetime).
+    """
     if kind == "planetary-computer":
         return PlanetaryComputerSigner(timeout_s=timeout_s, max_retries=max_retries)
     return NoSigner()

@@ -59,7 +59,7 @@ class BoundedStacIO(StacApiIO):
         self.pages += 1
         if self.pages > self.max_pages:
             raise SearchLimitError(f"STAC search gave more than {self.max_pages} pages (source max_pages)")
-        body = {"json": parameters} if method in ("POST", "PUT", "PATCH") else {"params": deepcopy(parameters) or {}}
+        body = {"json": parameters} if method in ("POST", "PUT", "PATCH") else {"params": deepcopy(parameters or {})}
         prepped = self.session.prepare_request(Request(method=method, url=href, headers=headers, **body))
         start = time.monotonic()
         try:
@@ -159,7 +159,7 @@ class StacApiSource(Source):
             except (requests.RequestException, pystac.STACError) as e:
                 raise SourceError(f"STAC search on {self._url} ({q.collection}) failed: {_short(e)}") from None
         raise SourceError(f"STAC search on {self._url} ({q.collection}) failed "
-                          f"{self.spec.max_retries + 1} times: {_short(last)}")
+                          f"{self.spec.max_retries + 1} times: {_short(last) if last else 'no answer'}")
 
     @property
     def _url(self) -> str:

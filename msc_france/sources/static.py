@@ -22,17 +22,20 @@ class FsspecStacIO(pystac.StacIO):
     """pystac I/O through fsspec, so static catalogs can live on object storage (s3://, gs://, az://)."""
 
     def read_text(self, source: Any, *args: Any, **kwargs: Any) -> str:
+        """The text at ``source`` (a path or any fsspec URL)."""
         with fsspec.open(str(source), "r", encoding="utf-8") as f:
             return f.read()
 
     def write_text(self, dest: Any, txt: str, *args: Any, **kwargs: Any) -> None:
+        """Write ``txt`` at ``dest`` (a path or any fsspec URL)."""
         with fsspec.open(str(dest), "w", encoding="utf-8") as f:
             f.write(txt)
 
 
 def load_items(path: Path | str) -> list[pystac.Item]:
     """Read items from a static catalog/collection JSON (recursively), an ItemCollection, or NDJSON,
-    on the local disk or on object storage (a URL)."""
+    on the local disk or on object storage (a URL).
+    """
     href = str(path)
     try:
         fs, root = fsspec.core.url_to_fs(href)
@@ -54,7 +57,9 @@ def load_items(path: Path | str) -> list[pystac.Item]:
         obj = pystac.read_file(href, stac_io=FsspecStacIO())
         if isinstance(obj, pystac.Item):
             return [obj]
-        items = list(obj.get_items(recursive=True))  # type: ignore[union-attr]
+        if not isinstance(obj, pystac.Catalog):  # a Collection is a Catalog
+            raise ValueError(f"a STAC {type(obj).__name__}, not a catalog, collection or item")
+        items = list(obj.get_items(recursive=True))
         for it in items:
             it.make_asset_hrefs_absolute()
         return items

@@ -1,6 +1,7 @@
 """The MSC-France store: its schema (``schema``), the store itself (``core``: files, creation,
 registration, done marks, locks), consolidation (``consolidate``), the read API every reader goes
-through (``read``) and validation (``validate``)."""
+through (``read``) and validation (``validate``).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Consolidation: the done marks folded into per-chip metadata, statistics, the chip index and
-Zarr's consolidated metadata (run at the end of every build, and safe to run again)."""
+Zarr's consolidated metadata (run at the end of every build, and safe to run again).
+"""
 
 from __future__ import annotations
 

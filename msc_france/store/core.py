@@ -32,8 +32,9 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
@@ -50,6 +51,9 @@ from msc_france.store.schema import (
     create_layout,
     pixel_centres,
 )
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 REMOTE_LOCK_TTL_S = 6 * 3600
 
@@ -153,7 +157,8 @@ class Store:
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> Store:
         """Open an existing store (a directory or an ``s3://``, ``gs://``, ``az://`` URL), checking it
-        is one and that its format version is supported."""
+        is one and that its format version is supported.
+        """
         p = str(path)
         try:
             fs, root = fsspec.core.url_to_fs(p)
@@ -458,12 +463,13 @@ class Store:
 
     def consolidate(self) -> dict[str, Any]:
         """Fold the done marks into per-chip metadata, statistics, ``index.parquet`` and the
-        consolidated Zarr metadata (see :func:`msc_france.store.consolidate.consolidate`)."""
+        consolidated Zarr metadata (see :func:`msc_france.store.consolidate.consolidate`).
+        """
         from msc_france.store.consolidate import consolidate
 
         return consolidate(self)
 
-    def index(self):  # -> geopandas.GeoDataFrame
+    def index(self) -> gpd.GeoDataFrame:
         """The chip index (GeoParquet)."""
         import geopandas as gpd
 

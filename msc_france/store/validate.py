@@ -49,7 +49,8 @@ def info(store: Store) -> dict[str, Any]:
 
 def cheap_problems(store: Store) -> list[str]:
     """What ``info`` can see without decoding chips: the index and the done marks (run
-    ``validate`` for everything else)."""
+    ``validate`` for everything else).
+    """
     problems = []
     if not store.exists("index.parquet"):
         problems.append("index.parquet missing (run build again)")
@@ -70,7 +71,8 @@ def cheap_problems(store: Store) -> list[str]:
 @dataclass
 class ValidationReport:
     """Problems found by :func:`validate`: ``corrupt`` ones mean data is wrong, ``incomplete`` ones
-    mean a build has work left."""
+    mean a build has work left.
+    """
 
     corrupt: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)

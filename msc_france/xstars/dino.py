@@ -24,6 +24,7 @@ class DINOHead(nn.Module):
         self.last_layer.parametrizations.weight.original0.requires_grad = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Prototype scores of CLS features ``x`` (B, dim) -> (B, out_dim)."""
         return self.last_layer(F.normalize(self.mlp(x), dim=-1))
 
 
@@ -43,13 +44,14 @@ class DINOLoss(nn.Module):
         super().__init__()
         self.n_crops, self.n_global = n_crops, n_global
         self.student_temp, self.center_momentum = student_temp, center_momentum
+        self.center: torch.Tensor
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor], teacher_temp: float) -> torch.Tensor:
         """``student``: n_crops tensors (N, K); ``teacher``: n_global tensors (N, K), no grad."""
         s = [F.log_softmax(x / self.student_temp, dim=-1) for x in student]
         t = [F.softmax((x - self.center) / teacher_temp, dim=-1).detach() for x in teacher]
-        total, n = 0.0, 0
+        total, n = torch.zeros((), device=student[0].device), 0
         for it, q in enumerate(t):
             for iv, p in enumerate(s):
                 if iv == it:
@@ -72,7 +74,7 @@ class DINOLoss(nn.Module):
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """teacher = momentum * teacher + (1 - momentum) * student, parameter by parameter."""
+    """Teacher = momentum * teacher + (1 - momentum) * student, parameter by parameter."""
     sp = dict(student.named_parameters())
     for name, pt in teacher.named_parameters():
         if name in sp:

@@ -39,6 +39,7 @@ class ProjectionHead(nn.Module):
         self.norm = nn.LayerNorm(out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Project tokens ``x`` (..., in_dim) to (..., out_dim)."""
         p = self.proj(x)
         return self.norm(p + self.drop(self.fc(F.gelu(p))))
 
@@ -94,7 +95,8 @@ def msad_pair(e1: torch.Tensor, e2: torch.Tensor, tau: float = 0.1, smoothing: f
     """MSAD between two sensors, vectorised over positions.
 
     Args:
-        e1, e2: (B, P, d) unit embeddings of the same ground; B images, P token positions.
+        e1: (B, P, d) unit embeddings from one sensor; B images, P token positions.
+        e2: (B, P, d) unit embeddings of the same ground from the other sensor.
         tau: temperature.
         smoothing: label smoothing.
 

@@ -7,7 +7,8 @@ import math
 
 def cosine(step: int, total: int, start: float, end: float, warmup: int = 0, warmup_start: float = 0.0) -> float:
     """Value at ``step``: linear from ``warmup_start`` to ``start`` over ``warmup`` steps, then a
-    cosine from ``start`` to ``end`` at ``total``."""
+    cosine from ``start`` to ``end`` at ``total``.
+    """
     if step < warmup:
         return warmup_start + (start - warmup_start) * step / max(1, warmup)
     t = min(1.0, (step - warmup) / max(1, total - warmup))

@@ -22,9 +22,10 @@ import json
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +89,7 @@ class Teacher(nn.Module):
         self.backbone, self.dino_head = backbone, dino_head
 
     def forward(self, x: torch.Tensor, sensor: str) -> torch.Tensor:
+        """DINO head outputs of images ``x`` seen by ``sensor``."""
         return self.dino_head(self.backbone(x, sensor)[:, 0])
 
 
@@ -135,7 +137,8 @@ def _device(cfg: TrainConfig, d: Dist) -> torch.device:
 
 
 def _param_groups(model: nn.Module) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -145,7 +148,8 @@ def _param_groups(model: nn.Module) -> list[dict[str, Any]]:
 
 def _rng_state() -> dict[str, Any]:
     """Every RNG's state as tensors, ints and strings only, so checkpoints load with
-    ``weights_only=True`` (no pickled objects, no code execution)."""
+    ``weights_only=True`` (no pickled objects, no code execution).
+    """
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, pstate, pgauss = random.getstate()
     state: dict[str, Any] = {
@@ -301,7 +305,7 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if source_ckpt is not None:
         src = build_backbone(source_ckpt)
         if src.embed_mode != backbone.embed_mode:
-            raise TrainingError(f"checkpoint {cfg.continual.checkpoint} has a {src.embed_mode} patch embedding; "
+            raise TrainingError(f"checkpoint {source_ckpt} has a {src.embed_mode} patch embedding; "
                                 f"the config asks for {backbone.embed_mode}")
         state = {k: v for k, v in src.state_dict().items() if not k.startswith("patch_embed.")}
         backbone.load_state_dict(state, strict=False)

@@ -156,8 +156,9 @@ def test_masks_clouds_and_nodata(tiny_world: Path) -> None:
     # A chip beyond the east tile's edge is partly nodata: covered < 1, and nodata pixels are 0.
     east = max((it for it in s2 if "T31TDJ" in it["id"]), key=lambda it: -it["properties"]["eo:cloud_cover"])
     far = Chip(960, int(east["assets"]["B02"]["proj:bbox"][2] // 960) + 0, chip.row)
-    from msc_france.crs import L93, reproject_geometry
     from shapely.geometry import box
+
+    from msc_france.crs import L93, reproject_geometry
 
     tile_l93 = reproject_geometry(box(*east["assets"]["B02"]["proj:bbox"]), "EPSG:32631", L93)
     edge_x = tile_l93.bounds[2]

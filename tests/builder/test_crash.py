@@ -1,5 +1,6 @@
 """Crash safety: SIGKILL builds and pretraining at random points; nothing is ever corrupt, and the
-next run completes with exactly the content (or loss sequence) of an uninterrupted one."""
+next run completes with exactly the content (or loss sequence) of an uninterrupted one.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ EXE = str(Path(sys.executable).parent / "msc-france")
 
 def _kill_after(cmd: list[str], started: Path, delay: float) -> bool:
     """Run ``cmd``; once ``started`` exists, SIGKILL its process group ``delay`` s later.
-    Returns True if it was still running then."""
+    Returns True if it was still running then.
+    """
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     while proc.poll() is None and not started.exists() and time.monotonic() < deadline:

@@ -153,7 +153,8 @@ def _utm_origin(crs: str = "EPSG:32630") -> tuple[float, float]:
 
 def _sample(fx, values: np.ndarray, res: float, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001
     """Values of a UTM raster at every store pixel centre (48 x 48 at 10 m): exact bilinear
-    (order 1) or nearest (order 0) with pyproj and scipy; also the fractional (row, col)."""
+    (order 1) or nearest (order 0) with pyproj and scipy; also the fractional (row, col).
+    """
     rows, cols = np.mgrid[0:48, 0:48]
     x, y = CHIP[0] + (cols + 0.5) * 10, CHIP[1] + 480 - (rows + 0.5) * 10
     u, v = Transformer.from_crs("EPSG:2154", fx.crs, always_xy=True).transform(x, y)
@@ -249,6 +250,7 @@ def test_unsupported_data_type_fails_the_chip_with_a_reason(tmp_path: Path) -> N
         dst.write(np.ones((4, 32, 32), np.complex64))
     assert main(["catalog", "ingest", str(d), "--out", str(tmp_path / "cat")]) == 0
     g, rec = _build(tmp_path, "aerial.yaml", tmp_path / "cat" / "catalog.json", (565440.0, 6271920.0), 240, 1.5,
-                    {"bands": [{"name": n, "asset": "image", "index": i + 1} for i, n in enumerate(["red", "green", "blue", "nir"])]})
+                    {"bands": [{"name": n, "asset": "image", "index": i + 1}
+                               for i, n in enumerate(["red", "green", "blue", "nir"])]})
     assert rec["status"] == "failed" and "unsupported data type complex64" in rec["reason"]
     assert not g["valid"][0].any() and not g["image"][0].any()

@@ -1,5 +1,6 @@
 """Stores on object storage: build to s3:// on a local S3-compatible server (moto), read it back
-with info/validate, and train from it."""
+with info/validate, and train from it.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Multi-process training with torchrun (gloo on CPU): DDP, split batches, gathered MSAD negatives,
-and only rank 0 writing."""
+and only rank 0 writing.
+"""
 
 from __future__ import annotations
 

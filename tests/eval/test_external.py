@@ -48,7 +48,8 @@ def make_segmentation(root: Path, n: int = 10, size: int = 32) -> Path:
     for i in range(n):
         mask = np.ones((size, size), np.uint8)
         mask[:, size // 2:] = 2
-        img = np.where(mask == 1, 50, 200)[None].repeat(3, 0).astype(np.uint8) + rng.integers(0, 5, (3, size, size)).astype(np.uint8)
+        noise = rng.integers(0, 5, (3, size, size)).astype(np.uint8)
+        img = np.where(mask == 1, 50, 200)[None].repeat(3, 0).astype(np.uint8) + noise
         for name, arr in (("images", img), ("masks", mask[None])):
             with rasterio.open(root / name / f"tile_{i}.tif", "w", driver="GTiff", width=size, height=size,
                                count=arr.shape[0], dtype="uint8") as dst:

@@ -13,9 +13,10 @@ from affine import Affine
 
 from msc_france.config import SourceSpec
 from msc_france.errors import SourceError
-from msc_france.sources.base import SearchQuery
 from msc_france.ingest import ingest
+from msc_france.sources.base import SearchQuery
 from msc_france.sources.static import StaticSource
+
 
 def _tile(path: Path, x0: float, y1: float, count: int, crs: str = "EPSG:2154", date: str | None = None) -> None:
     profile = dict(driver="GTiff", width=100, height=100, count=count, dtype="uint8", crs=crs,
@@ -47,8 +48,9 @@ def test_static_catalog_search(tmp_path: Path) -> None:
     _tile(src / "31-2019-0600-6300-LA93-0M50-RVB.tif", 600000, 6300000, 3)
     ingest(src, tmp_path / "cat")
     s = StaticSource(SourceSpec(type="static", path="x", collection="aerial"), path=tmp_path / "cat" / "catalog.json")
-    from msc_france.crs import L93, WGS84, reproject_geometry
     from shapely.geometry import box
+
+    from msc_france.crs import L93, WGS84, reproject_geometry
 
     bbox = reproject_geometry(box(565100, 6271600, 565200, 6271700), L93, WGS84).bounds
     hits = s.search(SearchQuery("aerial", bbox, dt.date(2021, 1, 1), dt.date(2021, 12, 31)))

@@ -1,6 +1,7 @@
 """Third-party readers georeference the store right with no extra arguments: xarray (dtypes,
 coordinates, no warnings), rioxarray (CRS, transform, to_raster read back by rasterio), odc-geo
-(GeoBox). Expected footprints come from the GeoParquet index read by geopandas."""
+(GeoBox). Expected footprints come from the GeoParquet index read by geopandas.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The chip index: complete columns usable without quoting, and ``msc-france index`` exports read
-back by independent readers (geopandas, pandas + shapely, GDAL's GeoJSON driver)."""
+back by independent readers (geopandas, pandas + shapely, GDAL's GeoJSON driver).
+"""
 
 from __future__ import annotations
 

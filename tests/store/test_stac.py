@@ -1,5 +1,6 @@
 """The STAC description of a store, read back by pystac (an independent reader) and checked
-against the GeoParquet index read by geopandas."""
+against the GeoParquet index read by geopandas.
+"""
 
 from __future__ import annotations
 

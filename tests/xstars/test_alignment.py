@@ -1,5 +1,6 @@
 """MSAD aligns the backbone: co-located tiles of different sensors retrieve each other from the
-student's mean-pooled tokens when MSAD is on, and stay at chance when it is off."""
+student's mean-pooled tokens when MSAD is on, and stay at chance when it is off.
+"""
 
 from __future__ import annotations
 

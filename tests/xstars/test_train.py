@@ -42,7 +42,8 @@ def trained(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 def test_loss_decreases(trained) -> None:
     """MSAD falls steadily; DINO first rises (the centring spreads the initially collapsed teacher)
-    and must then predict the teacher better than a uniform student, whose loss is ln(out_dim)."""
+    and must then predict the teacher better than a uniform student, whose loss is ln(out_dim).
+    """
     out, s = trained
     assert len(s["losses"]) == 40 and all(torch.isfinite(torch.tensor(s["losses"])))
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
