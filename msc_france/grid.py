@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,11 +55,6 @@ class PixelGrid:
     def xy(self, row: float, col: float) -> tuple[float, float]:
         """CRS coordinates of a pixel's centre."""
         return self.transform @ (col + 0.5, row + 0.5)
-
-    def rowcol(self, x: float, y: float) -> tuple[float, float]:
-        """Fractional (row, col) of a CRS coordinate; pixel centres are at .5."""
-        col, row = ~self.transform @ (x, y)
-        return row, col
 
 
 @dataclass(frozen=True, order=True)
@@ -142,7 +136,3 @@ def chips_in(geometry: BaseGeometry, size_m: int) -> list[Chip]:
     keep = area > 0
     return [Chip(size_m, int(c), int(r)) for c, r in zip(cols[keep], rows[keep], strict=True)]
 
-
-def iter_chip_ids(chips: list[Chip]) -> Iterator[str]:
-    """Ids of ``chips`` in order."""
-    return (c.id for c in chips)

@@ -41,11 +41,6 @@ def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tens
     return votes.argmax(dim=1)
 
 
-def _standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    mu, sd = train.mean(0, keepdim=True), train.std(0, keepdim=True).clamp_min(1e-6)
-    return [(x - mu) / sd for x in (train, *others)]
-
-
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, n_classes: int, weight_decay: float = 1e-3,
                  steps: int = 300, seed: int = 0) -> torch.nn.Module:
     """A multinomial logistic regression on standardised frozen features (full-batch L-BFGS).

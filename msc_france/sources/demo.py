@@ -8,7 +8,6 @@ from pathlib import Path
 import pystac
 
 from msc_france.config import DemoWorldSpec
-from msc_france.sources.base import SearchQuery
 from msc_france.sources.demo_world import ensure_world
 from msc_france.sources.static import StaticSource
 
@@ -32,6 +31,3 @@ class DemoSource(StaticSource):
             world_dir = ensure_world(self.world, self.world_cache)
             self.path = world_dir / f"{self.spec.collection}.json"
         return super().items()
-
-    def _search(self, q: SearchQuery) -> list[pystac.Item]:
-        return self.items()
