@@ -166,10 +166,12 @@ def plan(region: str, catalog: str | None, recipe: str, out: Path, no_cache: boo
 
 
 @cli.command()
-@click.option("--region", required=True, help="region name, minx,miny,maxx,maxy (WGS84) or a GeoJSON/GPKG path")
+@click.option("--region", default=None, help="region name, minx,miny,maxx,maxy (WGS84) or a GeoJSON/GPKG path")
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path), default=None,
+              help="build exactly this plan (written by `msc-france plan --out`) instead of planning a region")
 @click.option("--out", required=True, help="store directory or object-store URL (created or appended)")
 @click.option("--catalog", default=None, help="catalog name or directory (default: the recipe's)")
-@click.option("--recipe", default="msc-france", show_default=True, help="recipe name under pipelines/ or a YAML path")
+@click.option("--recipe", default=None, help="recipe name under pipelines/ or a YAML path  [default: msc-france]")
 @click.option("--workers", type=click.IntRange(1, 256), default=2, show_default=True, help="local threads/processes")
 @click.option("--scheduler", default=None, help="threads (default), processes, or tcp://HOST:PORT of a dask cluster")
 @click.option("--retry-failed", is_flag=True, help="rebuild chips recorded as failed")
@@ -177,9 +179,10 @@ def plan(region: str, catalog: str | None, recipe: str, out: Path, no_cache: boo
 @click.option("--no-cache", is_flag=True, help="do not use the on-disk search cache")
 @click.option("--quiet", is_flag=True, help="no progress bar, warnings and errors only (as the global -q)")
 @click.option("--json", "as_json", is_flag=True, help="print the build summary as JSON")
-def build(region: str, out: str, catalog: str | None, recipe: str, workers: int, scheduler: str | None,
-          retry_failed: bool, dry_run: bool, no_cache: bool, quiet: bool, as_json: bool) -> None:
-    """Build (or complete, or extend) a store for a region."""
+def build(region: str | None, plan_path: Path | None, out: str, catalog: str | None, recipe: str | None, workers: int,
+          scheduler: str | None, retry_failed: bool, dry_run: bool, no_cache: bool, quiet: bool,
+          as_json: bool) -> None:
+    """Build (or complete, or extend) a store for a region, or for a plan file."""
     import dataclasses
 
     if quiet:  # the command's own --quiet is the global -q
@@ -187,10 +190,19 @@ def build(region: str, out: str, catalog: str | None, recipe: str, workers: int,
 
     from msc_france.builder import run_build
     from msc_france.errors import BuildFailedError
-    from msc_france.plan import make_plan
+    from msc_france.plan import make_plan, read_plan
 
-    reg, rec, cat = _load_inputs(region, catalog, recipe)
-    p = make_plan(reg, rec, cat, use_cache=not no_cache)
+    if plan_path is not None:
+        given = [f"--{k}" for k, v in (("region", region), ("recipe", recipe), ("catalog", catalog)) if v]
+        if given:
+            raise BadInputError(f"--plan carries its region, recipe and catalog: drop {', '.join(given)}")
+        p = read_plan(plan_path)
+        reg, rec = p.region, p.recipe
+    elif region is None:
+        raise BadInputError("give --region (to plan and build) or --plan (to build a plan file)")
+    else:
+        reg, rec, cat = _load_inputs(region, catalog, recipe or "msc-france")
+        p = make_plan(reg, rec, cat, use_cache=not no_cache)
     counts = p.counts()
     if not as_json:
         click.echo(f"region {reg.name}: {len(p.chips)} chips of {rec.chip_size_m} m; "

@@ -11,12 +11,13 @@ in order and keeps the first whose measured valid fraction passes the recipe's t
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pystac
@@ -25,7 +26,8 @@ from shapely.geometry import shape
 
 from msc_france.config import Catalog, Recipe, sensor_gsds
 from msc_france.crs import L93, WGS84, reproject_geometry
-from msc_france.errors import BadInputError
+from msc_france.errors import BadInputError, first_line
+from msc_france.fsutil import atomic_path
 from msc_france.grid import Chip, chips_in
 from msc_france.regions import Region
 from msc_france.sources import SearchQuery, make_source
@@ -128,16 +130,89 @@ class Plan:
         return gpd.GeoDataFrame(rows, geometry="geometry", crs=L93)
 
     def write(self, path: Path) -> None:
-        """Write the plan as GeoParquet (atomically)."""
+        """Write the plan as GeoParquet (atomically): one row per (chip, sensor, rank), and in the
+        file's metadata everything a build needs besides (region, recipe, catalog, GSDs and the
+        STAC items of every candidate), so that ``build --plan`` builds exactly this plan.
+        """
+        import io
+
+        import pyarrow.parquet as pq
+
         path = Path(path)
         if path.is_dir():
             raise BadInputError(f"plan output {path} is a directory")
         if not path.parent.exists():
             raise BadInputError(f"plan output directory {path.parent} does not exist")
-        tmp = path.with_name(path.name + ".tmp")
-        self.to_geodataframe().to_parquet(tmp)
-        tmp.replace(path)
+        buf = io.BytesIO()
+        self.to_geodataframe().to_parquet(buf)
+        table = pq.read_table(io.BytesIO(buf.getvalue()))
+        items: dict[str, dict[str, Any]] = {s: {} for s in self.sensors}
+        for (_, sensor), cands in self.candidates.items():
+            for c in cands:
+                for it in c.items:
+                    items[sensor].setdefault(it.id, it.to_dict(transform_hrefs=False))
+        meta = {
+            "format": PLAN_FORMAT,
+            "region": {"name": self.region.name, "wkt_l93": self.region.geometry.wkt},
+            "recipe": self.recipe.model_dump(mode="json"),
+            "catalog": self.catalog.model_dump(mode="json"),
+            "gsds": self.gsds, "items_found": self.items_found, "items": items,
+        }
+        schema_meta = {**(table.schema.metadata or {}), PLAN_KEY: json.dumps(meta).encode()}
+        with atomic_path(path) as tmp:
+            pq.write_table(table.replace_schema_metadata(schema_meta), tmp)
 
+
+#: Version of the plan file's metadata, and its key in the parquet schema metadata.
+PLAN_FORMAT = 1
+PLAN_KEY = b"msc_france_plan"
+
+
+def read_plan(path: Path | str) -> Plan:
+    """The plan written by :meth:`Plan.write` (``msc-france plan --out``), possibly edited: its rows
+    decide which chips are built and which candidates each one tries, in rank order.
+
+    Raises:
+        BadInputError: the file is missing, not a plan, of another plan format, or inconsistent.
+    """
+    import geopandas as gpd
+    import pyarrow.parquet as pq
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BadInputError(f"no plan file at {path}")
+    try:
+        meta_raw = (pq.read_schema(path).metadata or {}).get(PLAN_KEY)
+        rows = gpd.read_parquet(path)
+    except Exception as e:  # pyarrow and geopandas raise their own types for a non-parquet file
+        raise BadInputError(f"{path} is not a plan file ({first_line(e, 120)})") from None
+    if meta_raw is None:
+        raise BadInputError(f"{path} is a parquet file but not a plan written by msc-france plan")
+    meta = json.loads(meta_raw)
+    if meta.get("format") != PLAN_FORMAT:
+        raise BadInputError(f"plan {path} has format {meta.get('format')}; this msc-france reads {PLAN_FORMAT}")
+    from shapely import wkt
+
+    recipe = Recipe.model_validate(meta["recipe"])
+    catalog = Catalog.model_validate(meta["catalog"])
+    region = Region(meta["region"]["name"], wkt.loads(meta["region"]["wkt_l93"]))
+    gsds = {k: float(v) for k, v in meta["gsds"].items()}
+    items = {s: {i: pystac.Item.from_dict(d) for i, d in by_id.items()} for s, by_id in meta["items"].items()}
+    chips = [Chip.from_id(c) for c in dict.fromkeys(rows["chip_id"])]
+    candidates: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
+    for r in rows[rows["rank"] > 0].sort_values(["chip_id", "sensor", "rank"]).itertuples():
+        if r.sensor not in gsds:
+            raise BadInputError(f"plan {path}: row for unknown sensor '{r.sensor}'")
+        try:
+            its = tuple(items[r.sensor][i] for i in str(r.item_ids).split(","))
+        except KeyError as e:
+            raise BadInputError(f"plan {path}: chip {r.chip_id} names item {e} that the plan does not hold") from None
+        cc = None if r.cloud_cover is None or np.isnan(r.cloud_cover) else float(r.cloud_cover)
+        candidates[(r.chip_id, r.sensor)].append(Candidate(
+            chip_id=r.chip_id, sensor=r.sensor, rank=len(candidates[(r.chip_id, r.sensor)]) + 1, items=its,
+            acquired=dt.datetime.fromisoformat(r.acquired), cloud_cover=cc, coverage=float(r.coverage),
+            days_from_target=int(r.days_from_target)))
+    return Plan(region, recipe, catalog, chips, gsds, dict(candidates), dict(meta["items_found"]))
 
 def _acquisition_key(item: pystac.Item) -> tuple[str, str, str]:
     """Items mosaicked together: same day, platform and product (SPOT PAN, MS and pansharpened

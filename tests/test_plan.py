@@ -6,6 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pystac
 import pytest
 from shapely.geometry import box, mapping
@@ -113,3 +114,74 @@ def test_plan_refuses_empty_search(tiny_world: Path, tiny_recipe: Path, tiny_reg
     r = load_recipe(str(p))
     with pytest.raises(BadInputError, match="no aerial items for region 'tiny' between 2015-01-01 and 2015-12-31"):
         make_plan(parse_region(str(tiny_region)), r, load_catalog(r.catalog))
+
+
+def _plan(tiny_recipe: Path, tiny_region: Path):
+    rec = load_recipe(str(tiny_recipe))
+    return make_plan(parse_region(str(tiny_region)), rec, load_catalog(rec.catalog))
+
+
+def test_plan_file_round_trips(tiny_world: Path, tiny_recipe: Path, tiny_region: Path, tmp_path: Path) -> None:
+    from msc_france.plan import read_plan
+
+    plan = _plan(tiny_recipe, tiny_region)
+    plan.write(tmp_path / "p.parquet")
+    back = read_plan(tmp_path / "p.parquet")
+    assert [c.id for c in back.chips] == [c.id for c in plan.chips]
+    assert back.recipe == plan.recipe and back.catalog == plan.catalog and back.gsds == plan.gsds
+    assert back.region.name == plan.region.name and back.region.geometry.equals(plan.region.geometry)
+    assert set(back.candidates) == set(plan.candidates)
+    for key, cands in plan.candidates.items():
+        got = back.candidates[key]
+        assert [[i.id for i in c.items] for c in got] == [[i.id for i in c.items] for c in cands]
+        assert [c.acquired for c in got] == [c.acquired for c in cands]
+        assert all(abs(a.coverage - b.coverage) < 1e-6 for a, b in zip(got, cands, strict=True))
+        assert [i.to_dict() for c in got for i in c.items] == [i.to_dict() for c in cands for i in c.items]
+
+
+def test_build_follows_the_plan_file(tiny_world: Path, tiny_recipe: Path, tiny_region: Path, tmp_path: Path,
+                                     tiny_store: Path) -> None:
+    """An edited plan is what gets built: chips removed from the file are not built, and a chip
+    whose first candidate was deleted is read from the next one."""
+    import pyarrow.parquet as pq
+    import zarr
+
+    from msc_france.cli import main
+
+    plan = _plan(tiny_recipe, tiny_region)
+    plan.write(tmp_path / "p.parquet")
+    # Unedited: the same store as building the region (the tiny_store fixture), chip for chip.
+    assert main(["build", "--plan", str(tmp_path / "p.parquet"), "--out", str(tmp_path / "a.zarr"), "--quiet"]) == 0
+    a, ref = zarr.open_group(str(tmp_path / "a.zarr"), mode="r"), zarr.open_group(str(tiny_store), mode="r")
+    assert list(a["chip_id"][:]) == list(ref["chip_id"][:])
+    for g in ("sentinel-2-l2a", "aerial"):
+        np.testing.assert_array_equal(a[g]["image"][:], ref[g]["image"][:])
+    # Edited with pyarrow (keeping the file's metadata): two chips kept; one S2 first choice deleted.
+    table = pq.read_table(tmp_path / "p.parquet")
+    rows = table.to_pandas()
+    keep_chips = sorted(rows["chip_id"].unique())[:2]
+    s2 = rows[(rows.chip_id == keep_chips[0]) & (rows.sensor == "sentinel-2-l2a")].sort_values("rank")
+    assert len(s2) >= 2, "the tiny world offers several S2 acquisitions per chip"
+    drop = (rows.chip_id == keep_chips[0]) & (rows.sensor == "sentinel-2-l2a") & (rows["rank"] == s2["rank"].iloc[0])
+    mask = rows.chip_id.isin(keep_chips) & ~drop
+    import pyarrow as pa
+
+    pq.write_table(table.filter(pa.array(mask.to_numpy())), tmp_path / "edited.parquet")
+    assert main(["build", "--plan", str(tmp_path / "edited.parquet"), "--out", str(tmp_path / "b.zarr"),
+                 "--quiet"]) == 0
+    idx = gpd.read_parquet(tmp_path / "b.zarr" / "index.parquet").set_index("chip_id")
+    assert sorted(idx.index) == keep_chips
+    second = s2["item_ids"].iloc[1].split(",")
+    assert list(idx.loc[keep_chips[0], "item_ids_sentinel_2_l2a"]) == second
+
+
+def test_build_refuses_plan_with_region(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from msc_france.cli import main
+
+    (tmp_path / "p.parquet").write_bytes(b"PAR1 not really")
+    assert main(["build", "--plan", str(tmp_path / "p.parquet"), "--region", "demo", "--out", str(tmp_path / "s")]) == 2
+    assert "drop --region" in capsys.readouterr().err
+    assert main(["build", "--plan", str(tmp_path / "p.parquet"), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tmp_path / 'p.parquet'} is not a plan file") and "\n" not in err
+    assert not (tmp_path / "s").exists()

@@ -325,7 +325,7 @@ class CloudField:
 def grid_centres_l93(grid: PixelGrid) -> tuple[np.ndarray, np.ndarray]:
     """Lambert-93 coordinates of every pixel centre of ``grid``."""
     cols, rows = np.meshgrid(np.arange(grid.width) + 0.5, np.arange(grid.height) + 0.5)
-    x, y = grid.transform * (cols, rows)  # affine applies elementwise to arrays
+    x, y = grid.transform @ (cols, rows)  # elementwise over the arrays
     if grid.crs == L93:
         return np.asarray(x), np.asarray(y)
     return transformer(grid.crs, L93).transform(x, y)
