@@ -44,3 +44,9 @@ class IngestIncompleteError(MscFranceError):
     """``catalog ingest`` wrote its catalog but skipped some input files (each listed)."""
 
     exit_code = 6
+
+
+class TrainingError(MscFranceError):
+    """Training cannot go on (NaN loss, unusable checkpoint)."""
+
+    exit_code = 7

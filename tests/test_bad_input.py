@@ -24,7 +24,7 @@ def env(tiny_store: Path, tiny_recipe: Path, tiny_region: Path, tmp_path: Path) 
     shutil.copytree(tiny_store, store)
     run = tmp_path / "run"
     from msc_france.xstars.train import pretrain
-    from tests.xstars.test_train import _cfg
+    from tests.helpers import train_config as _cfg
 
     pretrain(_cfg(tiny_store, run, optim__steps=2, run__checkpoint_every=2), progress=False)
     cfg = yaml.safe_load((run / "config.yaml").read_text())

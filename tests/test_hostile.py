@@ -59,7 +59,7 @@ def _crafted(path: Path, canary: Path) -> Path:
 @pytest.fixture()
 def small_run(tiny_store: Path, tmp_path: Path) -> dict[str, Path]:
     from msc_france.xstars.train import pretrain
-    from tests.xstars.test_train import _cfg
+    from tests.helpers import train_config as _cfg
 
     run = tmp_path / "run"
     pretrain(_cfg(tiny_store, run, optim__steps=2, run__checkpoint_every=2), progress=False)
@@ -73,7 +73,7 @@ def test_crafted_checkpoint_eval(small_run: dict, tmp_path: Path, capsys: pytest
     ck = _crafted(tmp_path / "evil.pt", canary)
     code = main(["eval", "--checkpoint", str(ck), "--data", str(small_run["store"]), "--out", str(tmp_path / "e")])
     line = _one_line(capsys.readouterr().err)
-    assert code == 6 and "cannot read checkpoint" in line and not canary.exists()
+    assert code == 7 and "cannot read checkpoint" in line and not canary.exists()
 
 
 def test_crafted_checkpoint_resume(small_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -81,7 +81,7 @@ def test_crafted_checkpoint_resume(small_run: dict, tmp_path: Path, capsys: pyte
     _crafted(small_run["run"] / "checkpoints" / "last.pt", canary)
     code = main(["pretrain", "--config", str(small_run["train"]), "--quiet"])
     line = _one_line(capsys.readouterr().err)
-    assert code == 6 and "cannot read checkpoint" in line and not canary.exists()
+    assert code == 7 and "cannot read checkpoint" in line and not canary.exists()
 
 
 def test_crafted_checkpoint_continual(small_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -94,7 +94,7 @@ def test_crafted_checkpoint_continual(small_run: dict, tmp_path: Path, capsys: p
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     code = main(["pretrain", "--config", str(tmp_path / "c.yaml"), "--quiet"])
     line = _one_line(capsys.readouterr().err)
-    assert code == 6 and "cannot read checkpoint" in line and not canary.exists()
+    assert code == 7 and "cannot read checkpoint" in line and not canary.exists()
 
 
 def test_checkpoint_that_is_not_a_zip(tmp_path: Path, small_run: dict, capsys: pytest.CaptureFixture) -> None:
@@ -105,7 +105,7 @@ def test_checkpoint_that_is_not_a_zip(tmp_path: Path, small_run: dict, capsys: p
     p.write_bytes(pickle.dumps(_Payload(canary)))
     code = main(["eval", "--checkpoint", str(p), "--data", str(small_run["store"]), "--out", str(tmp_path / "e")])
     line = _one_line(capsys.readouterr().err)
-    assert code == 6 and "not a PyTorch zip checkpoint" in line and not canary.exists()
+    assert code == 7 and "not a PyTorch zip checkpoint" in line and not canary.exists()
 
 
 def test_yaml_tags_in_set_are_refused(small_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -142,7 +142,8 @@ def test_plan_file_round_trips(tiny_world: Path, tiny_recipe: Path, tiny_region:
 def test_build_follows_the_plan_file(tiny_world: Path, tiny_recipe: Path, tiny_region: Path, tmp_path: Path,
                                      tiny_store: Path) -> None:
     """An edited plan is what gets built: chips removed from the file are not built, and a chip
-    whose first candidate was deleted is read from the next one."""
+    whose first candidate was deleted is read from the next one.
+    """
     import pyarrow.parquet as pq
     import zarr
 

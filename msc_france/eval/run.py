@@ -59,8 +59,9 @@ from msc_france.eval.probes import (
     segmentation,
 )
 from msc_france.store import Store
+from msc_france.xstars.checkpoint import build_backbone, load_checkpoint
+from msc_france.xstars.distributed import resolve_device
 from msc_france.xstars.msad import MSADHeads
-from msc_france.xstars.train import build_backbone, load_checkpoint
 from msc_france.xstars.vit import ViT
 
 
@@ -273,8 +274,7 @@ def _external(cfg: EvalConfig, vit: ViT, device: torch.device, bands: list[str])
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run every evaluation for every model; write report.json, report.md and figures."""
     t0 = time.perf_counter()
-    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = resolve_device(cfg.device)
     models = _models(cfg)
     size = cfg.input_size * cfg.tiles
     train_ds, held_ds, class_index, names = _datasets(cfg, size)

@@ -17,19 +17,13 @@ the next steps' losses exactly.
 from __future__ import annotations
 
 import copy
-import errno
 import json
-import os
-import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -40,21 +34,28 @@ from msc_france.data.transforms import (
     multicrop,
     random_window,
 )
-from msc_france.errors import BadInputError, MscFranceError, first_line
-from msc_france.fsutil import atomic_path
+from msc_france.errors import BadInputError, TrainingError
+from msc_france.xstars.checkpoint import (
+    CKPT_FORMAT,
+    build_backbone,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+)
 from msc_france.xstars.config import TrainConfig
 from msc_france.xstars.dino import DINOHead, DINOLoss, ema_update
+from msc_france.xstars.distributed import (
+    cpu_threads,
+    device_kind,
+    gather_batch,
+    init_distributed,
+    one_thread,
+    resolve_device,
+)
 from msc_france.xstars.msad import MSADHeads, msad_loss
 from msc_france.xstars.schedules import cosine, linear_warmup
 from msc_france.xstars.vit import ViT
-
-CKPT_FORMAT = "msc-france-xstars-1"
-
-
-class TrainingError(MscFranceError):
-    """Training cannot go on (NaN loss, unusable checkpoint)."""
-
-    exit_code = 6
 
 
 class Student(nn.Module):
@@ -93,49 +94,6 @@ class Teacher(nn.Module):
         return self.dino_head(self.backbone(x, sensor)[:, 0])
 
 
-@dataclass
-class Dist:
-    """Process-group facts (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        """True on the process that writes files."""
-        return self.rank == 0
-
-
-def init_distributed(device_kind: str) -> Dist:
-    """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def gather_batch(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every process along dim 0, keeping the gradient (MSAD negatives)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x), dim=0)
-
-
-def _device(cfg: TrainConfig, d: Dist) -> torch.device:
-    kind = cfg.run.device
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise BadInputError("run.device is cuda but no GPU is available")
-        return torch.device("cuda", d.local_rank)
-    return torch.device("cpu")
-
-
 def _param_groups(model: nn.Module) -> list[dict[str, Any]]:
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
@@ -144,96 +102,6 @@ def _param_groups(model: nn.Module) -> list[dict[str, Any]]:
             continue
         (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every RNG's state as tensors, ints and strings only, so checkpoints load with
-    ``weights_only=True`` (no pickled objects, no code execution).
-    """
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, pstate, pgauss = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "python": {"version": int(version), "state": torch.tensor(pstate, dtype=torch.int64),
-                   "gauss": None if pgauss is None else float(pgauss)},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def cpu_threads(threads: int | None, workers: int) -> int:
-    """Torch threads for a CPU process that shares the cores with ``workers`` loader processes."""
-    if threads is not None:
-        return threads
-    return max(1, (os.cpu_count() or 1) - workers)
-
-
-def _one_thread(_: int) -> None:
-    torch.set_num_threads(1)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`pretrain`, with one-line errors.
-
-    The file's container is checked first (torch's zip format), then it is read with
-    ``weights_only=True``: tensors and plain values only, so a crafted pickle cannot run code.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise BadInputError(f"checkpoint not found: {p}")
-    try:
-        with open(p, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise TrainingError(f"cannot read checkpoint {p}: {e.strerror}") from None
-    if magic != b"PK\x03\x04":
-        raise TrainingError(f"cannot read checkpoint {p}: not a PyTorch zip checkpoint")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses anything but tensors and plain containers
-        raise TrainingError(f"cannot read checkpoint {p}: {first_line(e)[:200]}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
-        raise TrainingError(f"{p} is not an msc-france X-STARS checkpoint")
-    return ckpt
-
-
-def build_backbone(ckpt: dict[str, Any], which: str = "teacher") -> ViT:
-    """The ViT of a checkpoint (``teacher`` backbone by default, as DINO evaluates)."""
-    m = ckpt["model"]
-    vit = ViT(dict(ckpt["sensors"]), m["arch"], m["patch_size"], m["img_size"], drop_path=0.0,
-              patch_embed=m.get("patch_embed", "per-sensor"))
-    prefix = "backbone."
-    sd = {k[len(prefix):]: v for k, v in ckpt[which].items() if k.startswith(prefix)}
-    vit.load_state_dict(sd)
-    return vit
-
-
-def _write_atomic(obj: Any, path: Path) -> None:
-    """Write a checkpoint through a temp file and a rename; a failed write leaves nothing behind.
-
-    torch reports a full disk as ``RuntimeError: [enforce fail at inline_container.cc...] file
-    write failed``: it becomes the OSError (ENOSPC) the CLI reports as "No space left on device".
-    """
-    try:
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
-    except RuntimeError as e:
-        if "write failed" in str(e) or "enforce fail" in str(e):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
-        raise
 
 
 def _plot(log_path: Path, out: Path) -> None:
@@ -268,9 +136,8 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         BadInputError: bad data/config/checkpoint paths, or a run directory holding another run.
         TrainingError: a NaN/inf loss, or a checkpoint of another architecture.
     """
-    device_kind = "cuda" if (cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available())) else "cpu"
-    d = init_distributed(device_kind)
-    device = _device(cfg, d)
+    d = init_distributed(device_kind(cfg.run.device))
+    device = resolve_device(cfg.run.device, d.local_rank)
     out = Path(cfg.run.out)
     if out.exists() and not out.is_dir():
         raise BadInputError(f"run directory {out} is a file")
@@ -349,7 +216,7 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if device.type == "cpu":  # oversubscribed cores make CPU training 5-10x slower
         torch.set_num_threads(cpu_threads(cfg.run.threads, cfg.data.num_workers))
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
-                        worker_init_fn=_one_thread,
+                        worker_init_fn=one_thread,
                         pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0)
     mc = MultiCropConfig(cfg.dino.global_crops, cfg.dino.local_crops, cfg.dino.global_size, cfg.dino.local_size,
                          cfg.dino.global_scale, cfg.dino.local_scale)
@@ -370,7 +237,7 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     images_seen = 0
     it: Iterator[dict[str, Any]] = iter(loader)  # draws a base seed from the global RNG
     if resume is not None:
-        _set_rng_state(resume["rng"])  # after that draw, so the steps see the checkpointed stream
+        set_rng_state(resume["rng"])  # after that draw, so the steps see the checkpointed stream
     for step in range(start, total):
         batch = next(it)
         g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step * 101 + d.rank)
@@ -438,13 +305,13 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                 "normalization": {s: {"mean": ds.mean[s].flatten().tolist(), "std": ds.std[s].flatten().tolist()}
                                   for s in cfg.data.sensors},
                 "student": student.state_dict(), "teacher": teacher.state_dict(),
-                "dino_loss": dino_loss.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(),
+                "dino_loss": dino_loss.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(),
             }
             if frozen is not None:
                 ckpt["frozen"] = frozen.state_dict()
                 ckpt["frozen_sensors"] = dict(frozen.sensor_bands)
-            _write_atomic(ckpt, ckpt_dir / f"ckpt-{done:06d}.pt")
-            _write_atomic(ckpt, ckpt_dir / "last.pt")
+            write_checkpoint(ckpt, ckpt_dir / f"ckpt-{done:06d}.pt")
+            write_checkpoint(ckpt, ckpt_dir / "last.pt")
     elapsed = time.perf_counter() - t0
     if d.main and log_path.exists():
         _plot(log_path, out / "loss.png")

@@ -74,7 +74,7 @@ def test_ten_random_sigkills_during_builds(tiny_world: Path, one_chip_shards: Pa
 
 
 def _train_cfg(store: Path, out: Path) -> dict:
-    from tests.xstars.test_train import _cfg
+    from tests.helpers import train_config as _cfg
 
     cfg = _cfg(store, out, optim__steps=12, run__checkpoint_every=3).model_dump(mode="json")
     cfg["data"]["num_workers"] = 0

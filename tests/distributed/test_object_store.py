@@ -73,7 +73,7 @@ def test_build_info_validate_and_train_on_s3(s3: str, tiny_store: Path, tiny_rec
 
     from msc_france.data import MSCFranceDataset
     from msc_france.xstars.train import pretrain
-    from tests.xstars.test_train import _cfg
+    from tests.helpers import train_config as _cfg
 
     ds = MSCFranceDataset(url, split=None)
     assert len(ds) == 4 and ds[0]["aerial"]["image"].shape == (4, 640, 640)

@@ -24,7 +24,7 @@ TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 def _gather_worker(rank: int, world: int, port: int, q) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    from msc_france.xstars.train import gather_batch
+    from msc_france.xstars.distributed import gather_batch
 
     x = torch.full((2, 3), float(rank), requires_grad=True)
     g = gather_batch(x)
@@ -52,7 +52,7 @@ def test_msad_negatives_are_gathered_with_gradient() -> None:
 
 @pytest.mark.timeout(600)
 def test_torchrun_two_processes(tiny_store: Path, tmp_path: Path) -> None:
-    from tests.xstars.test_train import _cfg
+    from tests.helpers import train_config as _cfg
 
     cfg = _cfg(tiny_store, tmp_path / "ddp", optim__steps=4, run__checkpoint_every=2).model_dump(mode="json")
     cfg["data"]["num_workers"] = 0

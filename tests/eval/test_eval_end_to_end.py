@@ -11,7 +11,7 @@ from msc_france.cli import main
 from msc_france.eval.run import EvalConfig, evaluate
 from msc_france.xstars.train import pretrain
 from tests.eval.test_external import make_folder_dataset, make_segmentation
-from tests.xstars.test_train import _cfg
+from tests.helpers import train_config as _cfg
 
 
 @pytest.fixture(scope="module")
@@ -74,4 +74,4 @@ def test_cli_checkpoint_and_errors(tiny_store: Path, tiny_ckpt: Path, tmp_path: 
     bad.write_bytes(b"not a checkpoint")
     code = main(["eval", "--checkpoint", str(bad), "--data", str(tiny_store)])
     err = capsys.readouterr().err
-    assert code == 6 and "cannot read checkpoint" in err
+    assert code == 7 and "cannot read checkpoint" in err

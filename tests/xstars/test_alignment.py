@@ -12,8 +12,9 @@ import torch
 from msc_france.data import MSCFranceDataset
 from msc_france.eval import metrics as M
 from msc_france.eval.features import extract
-from msc_france.xstars.train import build_backbone, load_checkpoint, pretrain
-from tests.xstars.test_train import _cfg
+from msc_france.xstars.checkpoint import build_backbone, load_checkpoint
+from msc_france.xstars.train import pretrain
+from tests.helpers import train_config as _cfg
 
 
 def _retrieval_r1(store: Path, ckpt: Path) -> dict[str, float]:

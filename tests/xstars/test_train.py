@@ -11,27 +11,11 @@ import pytest
 import torch
 
 from msc_france.cli import main
-from msc_france.errors import BadInputError
+from msc_france.errors import BadInputError, TrainingError
+from msc_france.xstars.checkpoint import build_backbone, load_checkpoint
 from msc_france.xstars.config import TrainConfig
-from msc_france.xstars.train import TrainingError, build_backbone, load_checkpoint, pretrain
-
-
-def _cfg(store: Path, out: Path, **changes) -> TrainConfig:
-    d = {
-        "name": "test",
-        "data": {"store": str(store), "sensors": ["sentinel-2-l2a", "landsat-8-c2-l2", "aerial"],
-                 "bands": ["red", "green", "blue"], "split": None, "size": 32, "num_workers": 0, "cache": True},
-        "model": {"arch": "vit_test", "patch_size": 8, "drop_path": 0.1},
-        "dino": {"out_dim": 256, "hidden_dim": 64, "bottleneck_dim": 32, "global_crops": 2, "local_crops": 2,
-                 "global_size": 32, "local_size": 16},
-        "msad": {"alpha": 0.5, "proj_dim": 32, "size": 32},
-        "optim": {"steps": 40, "batch_size": 4, "lr": 0.02, "warmup_steps": 3},
-        "run": {"out": str(out), "seed": 0, "checkpoint_every": 10},
-    }
-    for k, v in changes.items():
-        sec, key = k.split("__")
-        d[sec][key] = v
-    return TrainConfig.model_validate(d)
+from msc_france.xstars.train import pretrain
+from tests.helpers import train_config as _cfg
 
 
 @pytest.fixture(scope="module")

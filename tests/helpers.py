@@ -1,0 +1,27 @@
+"""Helpers shared by several test modules (not tests themselves)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from msc_france.xstars.config import TrainConfig
+
+
+def train_config(store: Path, out: Path, **changes: Any) -> TrainConfig:
+    """A seconds-long X-STARS config on the tiny store; ``section__key=value`` overrides a value."""
+    d: dict[str, Any] = {
+        "name": "test",
+        "data": {"store": str(store), "sensors": ["sentinel-2-l2a", "landsat-8-c2-l2", "aerial"],
+                 "bands": ["red", "green", "blue"], "split": None, "size": 32, "num_workers": 0, "cache": True},
+        "model": {"arch": "vit_test", "patch_size": 8, "drop_path": 0.1},
+        "dino": {"out_dim": 256, "hidden_dim": 64, "bottleneck_dim": 32, "global_crops": 2, "local_crops": 2,
+                 "global_size": 32, "local_size": 16},
+        "msad": {"alpha": 0.5, "proj_dim": 32, "size": 32},
+        "optim": {"steps": 40, "batch_size": 4, "lr": 0.02, "warmup_steps": 3},
+        "run": {"out": str(out), "seed": 0, "checkpoint_every": 10},
+    }
+    for k, v in changes.items():
+        sec, key = k.split("__")
+        d[sec][key] = v
+    return TrainConfig.model_validate(d)
