@@ -296,13 +296,14 @@ def check_chip_size(chip_size_m: int, gsds: dict[str, float]) -> None:
     Raises:
         BadInputError: naming the first offending sensor.
     """
+    from msc_france.grid import pixels_per_chip  # the one home of the rule
+
     for name, gsd in gsds.items():
-        ratio = chip_size_m / gsd
-        if abs(ratio - round(ratio)) > 1e-9 * max(1.0, ratio):
-            raise BadInputError(
-                f"chip size {chip_size_m} m is not an integer multiple of {name}'s GSD {gsd:g} m "
-                f"({ratio:.4g} pixels)"
-            )
+        try:
+            pixels_per_chip(chip_size_m, gsd)
+        except BadInputError:
+            raise BadInputError(f"chip size {chip_size_m} m is not an integer multiple of {name}'s GSD {gsd:g} m "
+                                f"({chip_size_m / gsd:.4g} pixels)") from None
 
 
 # --------------------------------------------------------------------------- loading

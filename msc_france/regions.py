@@ -14,7 +14,7 @@ from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
 from msc_france.crs import L93, WGS84, reproject_geometry
-from msc_france.errors import BadInputError
+from msc_france.errors import BadInputError, first_line
 from msc_france.paths import catalogs_dir
 
 #: What a region name may contain: it names folders and files (exports, previews) and is
@@ -114,7 +114,7 @@ def _read_region_file(path: Path) -> BaseGeometry:
     try:
         gdf = gpd.read_file(path)
     except Exception as e:  # pyogrio raises several types for unreadable files
-        raise BadInputError(f"cannot read region file {path}: {str(e).splitlines()[0]}") from None
+        raise BadInputError(f"cannot read region file {path}: {first_line(e)}") from None
     if gdf.empty:
         raise BadInputError(f"region file {path} has no features")
     if gdf.crs is None:

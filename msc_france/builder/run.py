@@ -296,7 +296,7 @@ def check_scheduler(scheduler: str | None) -> None:
     try:
         Client(scheduler, timeout="5s").close()
     except (OSError, TimeoutError) as e:
-        raise BadInputError(f"cannot reach dask scheduler {scheduler}: {str(e).splitlines()[0]}") from None
+        raise BadInputError(f"cannot reach dask scheduler {scheduler}: {first_line(e)}") from None
 
 
 def plan_tasks(plan: Plan, index_of: dict[str, int], commits: dict[str, Any], chips_per_shard: int,
@@ -465,7 +465,7 @@ def _run_tasks(client: Any, tasks: list[ShardTask], prepare: Callable[[ShardTask
         try:
             records = fut.result()
         except Exception as e:  # the whole task died (worker lost twice, store write failed)
-            reason = f"shard task failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            reason = f"shard task failed: {type(e).__name__}: {first_line(e)}"
             records = {j.chip_id: {"sensors": {"*": {"status": "failed", "reason": reason}}} for j in task.jobs}
         _tally(records, summary)
         if progress is not None:

@@ -14,7 +14,6 @@ the file names (80/20). Label fractions take a stratified, seeded subset of the 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from msc_france.errors import BadInputError, first_line
+from msc_france.splits import unit_hash
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 EUROSAT_MS_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
@@ -69,7 +69,7 @@ def _inside(root: Path, f: Path) -> Path:
 
 
 def _is_train(name: str, seed: str = "msc-france-external") -> bool:
-    return int(hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()[:8], 16) / 2**32 < 0.8
+    return unit_hash(f"{seed}:{name}") < 0.8
 
 
 def _resize(x: np.ndarray, size: int, mode: str = "bilinear") -> torch.Tensor:

@@ -20,7 +20,7 @@ import rasterio.errors
 from shapely.geometry import box, mapping
 
 from msc_france.crs import WGS84, identify_epsg, reproject_geometry
-from msc_france.errors import BadInputError
+from msc_france.errors import BadInputError, first_line
 
 RASTER_SUFFIXES = {".jp2", ".tif", ".tiff"}
 EXTENSIONS = [
@@ -91,7 +91,7 @@ def read_meta(path: Path) -> RasterMeta:
                               src.width, src.count, src.dtypes[0], src.nodata, tuple(src.descriptions),
                               dict(src.tags()))
     except rasterio.errors.RasterioIOError as e:
-        raise BadInputError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+        raise BadInputError(f"cannot read {path}: {first_line(e)}") from None
 
 
 def readable(files: list[Path], report: IngestReport) -> Iterator[RasterMeta]:

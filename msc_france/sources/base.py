@@ -13,6 +13,7 @@ import pystac
 from shapely.geometry import box, shape
 
 from msc_france.config import SourceSpec
+from msc_france.fsutil import atomic_path
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,8 @@ class Source(ABC):
         items.sort(key=lambda it: (it.datetime or dt.datetime.min.replace(tzinfo=dt.UTC), it.id))
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp")
-            tmp.write_text(json.dumps(pystac.ItemCollection(items).to_dict(transform_hrefs=False)))
-            tmp.replace(cached)  # atomic: a killed process never leaves a half-written cache entry
+            with atomic_path(cached) as tmp:  # a killed process never leaves a half-written cache entry
+                tmp.write_text(json.dumps(pystac.ItemCollection(items).to_dict(transform_hrefs=False)))
         return items
 
     def _cache_path(self, q: SearchQuery) -> Path | None:

@@ -14,7 +14,7 @@ from typing import Any
 import fsspec
 import pystac
 
-from msc_france.errors import SourceError
+from msc_france.errors import SourceError, first_line
 from msc_france.sources.base import SearchQuery, Source
 
 
@@ -41,7 +41,7 @@ def load_items(path: Path | str) -> list[pystac.Item]:
         fs, root = fsspec.core.url_to_fs(href)
         exists = fs.exists(root)
     except (OSError, ValueError, ImportError) as e:
-        raise SourceError(f"cannot reach static catalog {href}: {str(e).splitlines()[0] if str(e) else e!r}") from None
+        raise SourceError(f"cannot reach static catalog {href}: {first_line(e)}") from None
     if not exists:
         raise SourceError(f"static catalog not found: {href}")
     try:
@@ -64,7 +64,7 @@ def load_items(path: Path | str) -> list[pystac.Item]:
             it.make_asset_hrefs_absolute()
         return items
     except (OSError, ValueError, KeyError, pystac.STACError) as e:
-        raise SourceError(f"cannot read static catalog {path}: {str(e).splitlines()[0]}") from None
+        raise SourceError(f"cannot read static catalog {path}: {first_line(e)}") from None
 
 
 def _absolute(href: str) -> bool:

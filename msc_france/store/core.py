@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -40,8 +39,10 @@ import fsspec
 import numpy as np
 import zarr
 
-from msc_france.errors import BadInputError, StoreError
+from msc_france.errors import BadInputError, StoreError, first_line
+from msc_france.fsutil import atomic_path
 from msc_france.grid import Chip
+from msc_france.splits import assign_split
 from msc_france.store.schema import (
     FORMAT_VERSION,
     ROOT_KEYS,
@@ -93,12 +94,7 @@ def recipe_differences(stored: dict[str, Any], new: dict[str, Any], prefix: str 
 
 def chip_split(chip_id: str, fractions: tuple[float, float, float], salt: str) -> str:
     """Deterministic hash-based split: the same chip always lands in the same split."""
-    h = int.from_bytes(hashlib.sha256(f"{salt}:{chip_id}".encode()).digest()[:8], "big") / 2**64
-    if h < fractions[0]:
-        return "train"
-    if h < fractions[0] + fractions[1]:
-        return "val"
-    return "test"
+    return assign_split(chip_id, fractions, salt)
 
 
 class Store:
@@ -135,12 +131,10 @@ class Store:
             return
         path = Path(self._key(rel))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        tmp.replace(path)
 
     def list_files(self, pattern: str) -> list[str]:
         """Paths (relative to the root) of the files matching a glob ``pattern``."""
@@ -164,7 +158,7 @@ class Store:
             fs, root = fsspec.core.url_to_fs(p)
             exists, has_meta = fs.exists(root), fs.exists(f"{root.rstrip('/')}/zarr.json")
         except (OSError, ValueError, ImportError) as e:
-            raise StoreError(f"cannot reach store {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise StoreError(f"cannot reach store {p}: {first_line(e)}") from None
         if not exists:
             raise StoreError(f"no store at {p}")
         if not has_meta:
@@ -172,7 +166,7 @@ class Store:
         try:
             g = zarr.open_group(p, mode=mode, zarr_format=3, use_consolidated=False)
         except Exception as e:
-            raise StoreError(f"cannot open store {p}: {str(e).splitlines()[0]}") from None
+            raise StoreError(f"cannot open store {p}: {first_line(e)}") from None
         meta = g.attrs.get("msc_france")
         if not isinstance(meta, dict) or "format_version" not in meta:
             raise StoreError(f"{p} is a Zarr group but not an msc-france store")

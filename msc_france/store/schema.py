@@ -17,6 +17,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from msc_france.crs import L93
+from msc_france.grid import pixels_per_chip
 
 #: Version 2 added per-chip x/y coordinates and transforms, and dropped ``_FillValue``.
 FORMAT_VERSION = 2
@@ -54,7 +55,7 @@ class Layer:
 
     def pixels(self, chip_size_m: int) -> int:
         """Pixels along a chip side."""
-        return int(round(chip_size_m / self.gsd))
+        return pixels_per_chip(chip_size_m, self.gsd)
 
     def record(self) -> dict[str, Any]:
         """The layer as stored in the root attributes."""
