@@ -1,37 +1,19 @@
-"""Pydantic models for sensor catalogs and build recipes, and their YAML loaders.
-
-Every model forbids unknown keys: a misspelt option is an error, never silently ignored.
+"""Sensor catalogs: what each sensor is (bands, product rules, store encoding) and where its items
+come from (the source), one YAML per sensor in a catalog directory; the demo world's spec.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, model_validator
 
+from msc_france.config.base import StrictModel, load_yaml, parse_model
 from msc_france.errors import BadInputError
-from msc_france.paths import catalogs_dir, pipelines_dir
-
-
-class StrictModel(BaseModel):
-    """Base model: unknown keys are errors, instances are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# --------------------------------------------------------------------------- sensors
+from msc_france.paths import catalogs_dir
 
 
 class BandSpec(StrictModel):
@@ -213,150 +195,6 @@ class Catalog(StrictModel):
         return self.sensors[name]
 
 
-# --------------------------------------------------------------------------- recipes
-
-
-class SensorRecipe(StrictModel):
-    """How one sensor is built into the store."""
-
-    gsd: float | None = Field(None, gt=0, description="store GSD in metres; default: the sensor's default_gsd")
-    max_cloud_cover: float = Field(60.0, ge=0, le=100, description="item-level cloud cover filter, percent")
-    min_valid_fraction: float = Field(0.7, ge=0, le=1)
-    max_candidates: int = Field(3, ge=1, description="acquisitions tried per chip, best first")
-
-
-class TimeWindow(StrictModel):
-    """Acquisition time window; ``target`` (default: the middle) ranks acquisitions by distance."""
-
-    start: dt.date
-    end: dt.date
-    target: dt.date | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> TimeWindow:
-        if self.end < self.start:
-            raise ValueError(f"time window ends ({self.end}) before it starts ({self.start})")
-        if self.target is not None and not self.start <= self.target <= self.end:
-            raise ValueError("time.target must lie inside the window")
-        return self
-
-    @property
-    def target_date(self) -> dt.date:
-        """The date acquisitions are ranked against."""
-        return self.target or self.start + (self.end - self.start) / 2
-
-
-class LabelRecipe(StrictModel):
-    """The label source rasterised onto each chip (nearest resampling)."""
-
-    sensor: str
-    gsd: float | None = Field(None, gt=0)
-    time: TimeWindow | None = None
-
-
-class SplitSpec(StrictModel):
-    """Deterministic hash-based train/val/test split."""
-
-    train: float = Field(0.8, ge=0, le=1)
-    val: float = Field(0.1, ge=0, le=1)
-    test: float = Field(0.1, ge=0, le=1)
-    salt: str = "msc-france"
-
-    @model_validator(mode="after")
-    def _check(self) -> SplitSpec:
-        if not math.isclose(self.train + self.val + self.test, 1.0, abs_tol=1e-9):
-            raise ValueError("split fractions must sum to 1")
-        return self
-
-
-class Recipe(StrictModel):
-    """A build recipe (``pipelines/*.yaml``)."""
-
-    name: str
-    catalog: str = "default"
-    sensors: dict[str, SensorRecipe] = Field(min_length=1)
-    labels: LabelRecipe | None = None
-    time: TimeWindow
-    chip_size_m: int = Field(1920, gt=0)
-    invalid_policy: Literal["flag", "drop"] = "flag"
-    chips_per_shard: int = Field(16, ge=1, le=4096)
-    split: SplitSpec = SplitSpec()
-
-    @field_validator("chip_size_m", mode="before")
-    @classmethod
-    def _integral_size(cls, v: Any) -> Any:
-        if isinstance(v, float) and not v.is_integer():
-            raise ValueError("chip_size_m must be a whole number of metres")
-        return v
-
-
-def check_chip_size(chip_size_m: int, gsds: dict[str, float]) -> None:
-    """Refuse a chip size that is not an integer multiple of every GSD.
-
-    Raises:
-        BadInputError: naming the first offending sensor.
-    """
-    from msc_france.grid import pixels_per_chip  # the one home of the rule
-
-    for name, gsd in gsds.items():
-        try:
-            pixels_per_chip(chip_size_m, gsd)
-        except BadInputError:
-            raise BadInputError(f"chip size {chip_size_m} m is not an integer multiple of {name}'s GSD {gsd:g} m "
-                                f"({chip_size_m / gsd:.4g} pixels)") from None
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _format_validation_error(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors()[:3]:
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        parts.append(f"{loc}: {msg}")
-    more = f" (+{err.error_count() - 3} more)" if err.error_count() > 3 else ""
-    return "; ".join(parts) + more
-
-
-def load_yaml(path: Path) -> Any:
-    """Read a YAML file, turning I/O and syntax errors into one-line BadInputErrors."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
-    except FileNotFoundError:
-        raise BadInputError(f"file not found: {path}") from None
-    except IsADirectoryError:
-        raise BadInputError(f"expected a file, got a directory: {path}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise BadInputError(f"{path}:{where} invalid YAML") from None
-
-
-def parse_model(model: type[StrictModel], data: Any, what: str) -> Any:
-    """Validate ``data`` against ``model``, raising a one-line BadInputError on failure."""
-    if not isinstance(data, dict):
-        raise BadInputError(f"{what}: expected a mapping at the top level")
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise BadInputError(f"{what}: {_format_validation_error(e)}") from None
-
-
-def load_config_mapping(name_or_path: str) -> tuple[Path, dict[str, Any]]:
-    """A config given as a YAML path or a name under ``pipelines/``: its path and its mapping."""
-    p = Path(name_or_path)
-    if not p.suffix and not p.exists():
-        p = pipelines_dir() / f"{name_or_path}.yaml"
-    data = load_yaml(p)
-    if not isinstance(data, dict):
-        raise BadInputError(f"config {p}: expected a mapping at the top level")
-    return p, data
-
-
 def resolve_catalog_dir(name_or_path: str) -> Path:
     """A catalog is a directory name under ``catalogs/`` or a path to a directory of sensor YAMLs."""
     p = Path(name_or_path).expanduser()
@@ -386,32 +224,3 @@ def load_catalog(name_or_path: str) -> Catalog:
     if (d / "_world.yaml").exists():
         world = parse_model(DemoWorldSpec, load_yaml(d / "_world.yaml"), f"demo world {d / '_world.yaml'}")
     return Catalog(name=d.name, path=d, sensors=sensors, world=world)
-
-
-def resolve_recipe_path(name_or_path: str) -> Path:
-    """A recipe is a YAML path or a name under ``pipelines/`` (``demo`` -> pipelines/demo.yaml)."""
-    p = Path(name_or_path).expanduser()
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        return p
-    return pipelines_dir() / f"{name_or_path}.yaml"
-
-
-def load_recipe(name_or_path: str) -> Recipe:
-    """Load and strictly validate a build recipe."""
-    path = resolve_recipe_path(name_or_path)
-    return parse_model(Recipe, load_yaml(path), f"recipe {path}")
-
-
-def sensor_gsds(recipe: Recipe, catalog: Catalog) -> dict[str, float]:
-    """Store GSD of every sensor of the recipe (and of its labels), checked against the chip size."""
-    gsds = {name: (sr.gsd or catalog.sensor(name).default_gsd) for name, sr in recipe.sensors.items()}
-    if recipe.labels is not None:
-        lab = catalog.sensor(recipe.labels.sensor)
-        if lab.kind != "labels":
-            raise BadInputError(f"label source '{lab.name}' is not a labels sensor")
-        gsds[recipe.labels.sensor] = recipe.labels.gsd or lab.default_gsd
-    for name in recipe.sensors:
-        if catalog.sensor(name).kind != "reflectance":
-            raise BadInputError(f"sensor '{name}' is a labels source; put it under 'labels:'")
-    check_chip_size(recipe.chip_size_m, gsds)
-    return gsds
