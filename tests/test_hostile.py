@@ -452,7 +452,7 @@ def test_credentials_are_redacted(tmp_path: Path, capsys: pytest.CaptureFixture)
 
 
 def test_local_build_opens_no_listener() -> None:
-    from msc_france.builder.run import dask_client
+    from msc_france.builder.scheduler import dask_client
 
     with dask_client(None, 2):
         out = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout

@@ -1,4 +1,6 @@
-"""Building stores: reading and warping chips (``read``) and running shard tasks on dask (``run``)."""
+"""Building stores: warping one asset (``warp``), reading one chip of one sensor (``read``), running
+shard tasks (``run``) where the scheduler says (``scheduler``).
+"""
 
 from msc_france.builder.run import BuildSummary, run_build
 

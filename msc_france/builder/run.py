@@ -13,9 +13,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +22,10 @@ import numpy as np
 import rasterio
 
 from msc_france.builder.read import ChipRead, read_candidate
+from msc_france.builder.scheduler import Completed, ThreadClient, check_scheduler, dask_client
 from msc_france.builder.warp import clear_http_cache, gdal_env
 from msc_france.config import Catalog, Recipe, SensorSpec
-from msc_france.errors import BadInputError, SourceError, first_line
+from msc_france.errors import SourceError, first_line
 from msc_france.grid import Chip
 from msc_france.plan import Plan
 from msc_france.products import SourceItem, rules_for
@@ -194,111 +193,6 @@ def _worker_name() -> str:
         return "local"
 
 
-# --------------------------------------------------------------------------- scheduling
-
-
-class ThreadClient:
-    """The local default: shard tasks on a thread pool in this process.
-
-    A dask LocalCluster, even with threads and ``dashboard_address=None``, opens HTTP servers
-    on every interface (0.0.0.0:8787); a local build needs no network listener at all. This
-    offers the part of the ``distributed.Client`` API the build uses.
-    """
-
-    def __init__(self, threads: int) -> None:
-        self.threads = max(1, threads)
-        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="msc-build")
-
-    def nthreads(self) -> dict[str, int]:
-        """Threads per worker (one worker: this process)."""
-        return {"local": self.threads}
-
-    def submit(self, fn: Callable[..., Any], *args: Any, key: str, **_: Any) -> Future:
-        """Run ``fn(*args)`` on the pool; the future carries ``key`` like a dask future."""
-        fut = self.pool.submit(fn, *args)
-        fut.key = key  # type: ignore[attr-defined]
-        return fut
-
-    def close(self) -> None:
-        """Wait for running tasks and stop the pool."""
-        self.pool.shutdown(wait=True)
-
-
-class _Completed:
-    """``distributed.as_completed`` for concurrent.futures: iterate in completion order, ``add`` more."""
-
-    def __init__(self, futures: list[Future]) -> None:
-        self.pending = set(futures)
-
-    def add(self, fut: Future) -> None:
-        self.pending.add(fut)
-
-    def __iter__(self) -> Iterator[Future]:
-        while self.pending:
-            done, _ = wait(self.pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                self.pending.discard(f)
-                yield f
-
-
-@contextmanager
-def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
-    """Where shard tasks run: local threads (default, no listener), a process LocalCluster bound
-    to 127.0.0.1, or a remote dask.distributed scheduler.
-
-    Args:
-        scheduler: None or "threads" (local threads), "processes" (a LocalCluster of ``workers``
-            single-threaded processes), or a ``tcp://host:port`` scheduler address.
-        workers: threads or processes for local schedulers.
-    """
-    if scheduler not in (None, "threads", "processes") and not str(scheduler).startswith(("tcp://", "tls://",
-                                                                                         "inproc://")):
-        raise BadInputError(f"unknown scheduler '{scheduler}': use threads, processes or tcp://HOST:PORT")
-    if scheduler in (None, "threads"):
-        client = ThreadClient(workers)
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    from distributed import Client, LocalCluster
-
-    logging.getLogger("distributed").setLevel(logging.ERROR)
-    if scheduler != "processes":
-        try:
-            remote = Client(scheduler, timeout="10s")
-        except (OSError, TimeoutError) as e:
-            raise BadInputError(f"cannot reach dask scheduler {scheduler}: {first_line(e)}") from None
-        try:
-            yield remote
-        finally:
-            remote.close()
-        return
-    # Workers must talk to the scheduler: bind everything to loopback, never 0.0.0.0.
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None, silence_logs=logging.ERROR)
-    dclient = Client(cluster)
-    try:
-        yield dclient
-    finally:
-        dclient.close()
-        cluster.close()
-
-
-def check_scheduler(scheduler: str | None) -> None:
-    """Refuse an unknown scheduler, or an unreachable cluster, before anything is written."""
-    if scheduler in (None, "threads", "processes"):
-        return
-    if not scheduler.startswith(("tcp://", "tls://")):
-        raise BadInputError(f"unknown scheduler '{scheduler}': use threads, processes or tcp://HOST:PORT")
-    from distributed import Client
-
-    try:
-        Client(scheduler, timeout="5s").close()
-    except (OSError, TimeoutError) as e:
-        raise BadInputError(f"cannot reach dask scheduler {scheduler}: {first_line(e)}") from None
-
-
 def plan_tasks(plan: Plan, index_of: dict[str, int], commits: dict[str, Any], chips_per_shard: int,
                group_sensor: dict[str, str], retry_failed: bool, n_chips: int) -> tuple[list[ShardTask], int]:
     """Shard tasks for every planned chip that is not done; returns (tasks, chips skipped).
@@ -412,8 +306,11 @@ def run_build(
         group_sensor = {L.group: L.sensor for L in layers}
         tasks, summary.skipped = plan_tasks(plan, index_of, store.read_commits(tolerant=True), store.chips_per_shard,
                                             group_sensor, retry_failed, store.n_chips)
+        todo = sum(len(t.jobs) for t in tasks)
+        log.info(f"{todo} chip(s) to build in {len(tasks)} shard task(s), {summary.skipped} already done; "
+                 f"scheduler {scheduler or 'threads'} x {workers}")
         if progress is not None:
-            progress.start(sum(len(t.jobs) for t in tasks))  # chips; done ones are not counted
+            progress.start(todo)  # chips; done ones are not counted
         if tasks:
             memo: dict[tuple[str, str], SourceItem | str] = {}
             with dask_client(scheduler, workers) as client:
@@ -430,7 +327,7 @@ def _run_tasks(client: Any, tasks: list[ShardTask], prepare: Callable[[ShardTask
                progress: Progress | None) -> None:
     local = isinstance(client, ThreadClient)
     if local:
-        as_completed: Callable[[list[Any]], Any] = _Completed
+        as_completed: Callable[[list[Any]], Any] = Completed
     else:
         from distributed import as_completed
     reported: dict[int, float] = {}  # shard -> chips reported by ticks (local threads)
@@ -467,6 +364,8 @@ def _run_tasks(client: Any, tasks: list[ShardTask], prepare: Callable[[ShardTask
         except Exception as e:  # the whole task died (worker lost twice, store write failed)
             reason = f"shard task failed: {type(e).__name__}: {first_line(e)}"
             records = {j.chip_id: {"sensors": {"*": {"status": "failed", "reason": reason}}} for j in task.jobs}
+            log.warning(f"shard {task.shard}: {reason}")
+        log.debug(f"shard {task.shard} done: {len(task.jobs)} chip(s)")
         _tally(records, summary)
         if progress is not None:
             with lock:
