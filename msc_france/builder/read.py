@@ -10,7 +10,6 @@ and counted, or refused, as the sensor declares: nothing is ever cast silently.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +21,7 @@ from msc_france.errors import SourceError
 from msc_france.grid import PixelGrid
 from msc_france.products import SourceItem, rules_for
 from msc_france.sources.signing import Signer
+from msc_france.store.schema import chip_checksum
 
 
 @dataclass
@@ -40,10 +40,8 @@ class ChipRead:
     errors: list[str] = field(default_factory=list)
 
     def checksum(self) -> str:
-        """sha256 of the stored bytes (image then mask)."""
-        h = hashlib.sha256(np.ascontiguousarray(self.data).tobytes())
-        h.update(np.ascontiguousarray(self.valid).tobytes())
-        return h.hexdigest()
+        """sha256 of the stored bytes (image then mask), as ``validate`` checks it."""
+        return chip_checksum(self.data, self.valid)
 
     def stats(self) -> dict[str, Any]:
         """Per-band sum, sum of squares and count over valid pixels (stored units)."""

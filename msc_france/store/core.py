@@ -24,14 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import io
 import json
 import os
 import shutil
-import socket
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +52,6 @@ from msc_france.store.schema import (
 if TYPE_CHECKING:
     import geopandas as gpd
 
-REMOTE_LOCK_TTL_S = 6 * 3600
 
 
 def is_remote(path: str) -> bool:
@@ -402,56 +397,13 @@ class Store:
 
     # ------------------------------------------------------------------ the build lock
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive build lock; a second concurrent build is refused with who holds it.
-
-        Local stores: an ``flock`` (released by the kernel if the holder dies). Object stores: a
-        lock object naming its holder, ignored once older than ``REMOTE_LOCK_TTL_S``.
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Exclusive build lock; a second concurrent build is refused with who holds it
+        (see :mod:`msc_france.store.lock`).
         """
-        if self.remote:
-            with self._remote_lock():
-                yield
-            return
-        path = self.path / ".build.lock"
-        f = open(path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise StoreError(f"store {self.path} is being built by {holder}; wait for it or stop it") from None
-        try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                    f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}")
-            f.flush()
-            yield
-        finally:
-            f.seek(0)
-            f.truncate()
-            fcntl.flock(f, fcntl.LOCK_UN)
-            f.close()
+        from msc_france.store.lock import build_lock
 
-    @contextlib.contextmanager
-    def _remote_lock(self) -> Iterator[None]:
-        name = ".build.lock"
-        if self.exists(name):
-            try:
-                held = json.loads(self.read_bytes(name))
-            except json.JSONDecodeError:
-                held = {}
-            if time.time() - float(held.get("time", 0)) < REMOTE_LOCK_TTL_S:
-                raise StoreError(f"store {self.url} is being built by {held.get('holder', 'another process')}; "
-                                 f"wait for it or stop it")
-        me = f"pid {os.getpid()} on {socket.gethostname()}"
-        self.write_bytes_atomic(name, json.dumps({"holder": me, "time": time.time()}).encode())
-        try:
-            yield
-        finally:
-            self.fs.rm_file(self._key(name))
+        return build_lock(self)
 
     # ------------------------------------------------------------------ consolidation
 

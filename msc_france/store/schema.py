@@ -9,6 +9,7 @@ machine-readable per-chip affine transform ``spatial_transform (chip, 6)``.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,15 @@ class StoreSchema:
     layers: tuple[Layer, ...]
     rules: dict[str, Any] = field(default_factory=dict)
     classes: dict[int, str] | None = None
+
+
+def chip_checksum(data: np.ndarray, valid: np.ndarray) -> str:
+    """sha256 of a chip's stored bytes, image (bands, y, x) then valid mask: recorded in its done mark
+    by the build and checked by ``validate``.
+    """
+    h = hashlib.sha256(np.ascontiguousarray(data).tobytes())
+    h.update(np.ascontiguousarray(valid).tobytes())
+    return h.hexdigest()
 
 
 def column(group: str) -> str:

@@ -18,7 +18,7 @@ from msc_france.store import (
     Layer,
     Store,
 )
-from msc_france.store.schema import column
+from msc_france.store.schema import chip_checksum, column
 
 
 def info(store: Store) -> dict[str, Any]:
@@ -112,10 +112,6 @@ def validate(store: Store, checksums: bool = True, progress: Progress | None = N
 
     ``progress`` counts chip-sensor checksums as they are verified.
     """
-    from msc_france.builder.read import (
-        ChipRead,  # checksum definition lives with the reader
-    )
-
     rep = ValidationReport()
     m = store.meta
     if int(m["format_version"]) != FORMAT_VERSION:
@@ -230,8 +226,7 @@ def validate(store: Store, checksums: bool = True, progress: Progress | None = N
                     if not rec or rec.get("status") not in DONE or "checksum" not in rec:
                         continue
                     d = data[i - start][None] if L.is_label else data[i - start]
-                    cr = ChipRead(d, valid[i - start], [], 0, "", 0, None, 0)
-                    if cr.checksum() != rec["checksum"]:
+                    if chip_checksum(d, valid[i - start]) != rec["checksum"]:
                         rep.corrupt.append(f"{L.group}: checksum mismatch for chip {ids[i]}")
                     rep.checked_chips += 1
     return rep
