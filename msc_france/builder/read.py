@@ -66,32 +66,56 @@ def _transient(e: Exception) -> bool:
     return any(k in s for k in ("timed out", "timeout", "connection", "transfer closed", "curl error", "http"))
 
 
-def pack(spec: SensorSpec, physical: np.ndarray, covered: np.ndarray, item_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """Physical values -> the store's declared encoding; (stored array, values clipped per pixel).
+def stored_units(values: np.ndarray, scale: float, offset: float, spec: SensorSpec) -> np.ndarray:
+    """Source values (physical = value * scale + offset) in the store's units, rounded.
+
+    When the two encodings differ by a whole number of steps (the same scale: aerial DN, Sentinel-2
+    DN with its -1000 offset) this is one float32 addition, with no float64 round trip through
+    physical units; otherwise ``rint((value * scale + offset - store offset) / store scale)``.
+    """
+    mult = scale / spec.scale
+    add = (offset - spec.offset) / spec.scale
+    if abs(mult - 1) < 1e-9 and abs(add - round(add)) < 1e-6:
+        out = values.astype(np.float32, copy=True)
+        if round(add):
+            out += np.float32(round(add))
+        return np.rint(out, out=out)
+    return np.rint((values * scale + offset - spec.offset) / spec.scale)
+
+
+def pack(spec: SensorSpec, q: np.ndarray, covered: np.ndarray, item_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """Values in store units (:func:`stored_units`) -> the store's declared encoding; (stored array,
+    values clipped per pixel).
 
     Fill (not covered) is stored as 0. Raises SourceError when the sensor refuses out-of-range
     values (``out_of_range: error``).
     """
     lo, hi = spec.stored_range
-    q = np.rint((physical - spec.offset) / spec.scale)
     out = covered[None] & ((q < lo) | (q > hi))
     n = int(out.sum())
     per_pixel = out.sum(axis=0, dtype=np.int32)
     if n and spec.out_of_range == "error":
         lo_v, hi_v = lo * spec.scale + spec.offset, hi * spec.scale + spec.offset
         raise SourceError(f"item {item_id}: {n} value(s) outside the declared range [{lo_v:g}, {hi_v:g}] of {spec.name}")
-    q = np.clip(q, lo, hi)
-    return np.where(covered[None], q, 0).astype(spec.dtype), per_pixel
+    np.clip(q, lo, hi, out=q)
+    q[:, ~covered] = 0
+    return q.astype(spec.dtype), per_pixel
 
 
 def read_item(spec: SensorSpec, item: SourceItem, grid: PixelGrid, signer: Signer) -> ItemRead:
     """One item on the chip grid (see module docstring)."""
-    physical = np.zeros((len(spec.bands), grid.height, grid.width), np.float64)
+    q: np.ndarray | None = None
     covered = np.ones(grid.shape, bool)
     for a in item.assets:
         w = warp_asset(a.href, signer, grid, a.indexes, spec.resampling, a.nodata, a.proj_shape, a.proj_transform)
         covered &= w.covered
-        physical[list(a.targets)] = w.values * a.scale + a.offset
+        part = stored_units(w.values, a.scale, a.offset, spec)
+        if q is None:
+            q = np.zeros((len(spec.bands), grid.height, grid.width), part.dtype)
+        elif part.dtype != q.dtype:
+            q = q.astype(np.float64)
+        q[list(a.targets)] = part
+    assert q is not None  # an item has at least one asset (products refuse others)
     clear = np.ones(grid.shape, bool)
     rules = rules_for(item.product)
     for m in item.masks:
@@ -99,7 +123,7 @@ def read_item(spec: SensorSpec, item: SourceItem, grid: PixelGrid, signer: Signe
         nodata, not_clear = rules.decode_mask(m.type, w.values[0])
         covered &= w.covered & ~nodata
         clear &= ~not_clear
-    stored, clipped = pack(spec, physical, covered, item.id)
+    stored, clipped = pack(spec, q, covered, item.id)
     if spec.kind == "labels":
         covered &= stored[0] != 0  # class 0 is "no data" in label products
     return ItemRead(stored, covered, clear, clipped)

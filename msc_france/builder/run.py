@@ -148,8 +148,8 @@ def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_s
     records: dict[str, Any] = {j.chip_id: {"index": j.index, "worker": worker, "sensors": {}} for j in task.jobs}
     n = task.stop - task.start
     clear_http_cache()  # a long-lived worker must not remember an earlier task's failed opens
-    with rasterio.Env(**gdal_env()):
-        for rule in rules:
+    for rule in rules:
+        with rasterio.Env(**gdal_env(rule.spec.source.gdal)):
             L = rule.layer
             g = store.root[L.group]
             data_arr, valid_arr = g[L.data_name], g["valid"]

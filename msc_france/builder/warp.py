@@ -33,11 +33,14 @@ RESAMPLING = {"nearest": Resampling.nearest, "bilinear": Resampling.bilinear, "c
               "average": Resampling.average}
 #: Source data types the warper reads (complex and 64-bit integers are refused).
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
-# Bounded HTTP retries inside GDAL (429 honours Retry-After), and explicit timeouts.
+# Bounded HTTP retries inside GDAL (429 honours Retry-After), and explicit timeouts. HEAD stays on
+# (GDAL's default): without it GDAL learns a remote file's size by starting a GET of the whole
+# file and aborting it, 1.2-1.5x the bytes a chip needs (docs/benchmarks.md); a source whose signed
+# URLs allow GET only sets ``gdal: {CPL_VSIL_CURL_USE_HEAD: "NO"}``.
 GDAL_ENV = dict(
     GDAL_HTTP_MAX_RETRY=3, GDAL_HTTP_RETRY_DELAY=0.5, GDAL_HTTP_RETRY_CODES="429,500,502,503,504",
     GDAL_HTTP_TIMEOUT=30, GDAL_HTTP_CONNECTTIMEOUT=10,
-    GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", CPL_VSIL_CURL_USE_HEAD="NO", GDAL_CACHEMAX=256,
+    GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", CPL_VSIL_CURL_USE_HEAD="YES", GDAL_CACHEMAX=256,
     VSI_CACHE=True,
 )
 
@@ -50,11 +53,14 @@ class Warped:
     covered: np.ndarray
 
 
-def gdal_env() -> dict[str, object]:
-    """GDAL settings for reads; any of them set in the environment wins (e.g. shorter timeouts)."""
+def gdal_env(source: dict[str, str] | None = None) -> dict[str, object]:
+    """GDAL settings for reads: the build's, then the source's (``source.gdal``); any of them set in
+    the environment wins (e.g. shorter timeouts in tests).
+    """
     import os
 
-    return {k: os.environ.get(k, v) for k, v in GDAL_ENV.items()}
+    merged: dict[str, object] = {**GDAL_ENV, **(source or {})}
+    return {k: os.environ.get(k, v) for k, v in merged.items()}
 
 
 def clear_http_cache() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from msc_france.config.base import StrictModel, load_yaml, parse_model
 from msc_france.errors import BadInputError
@@ -51,6 +51,17 @@ class SourceSpec(StrictModel):
         None, description="asset hosts the source may point at (None: any public host)")
     allow_private_hosts: bool = Field(
         False, description="accept asset hrefs on loopback/private addresses (local servers, tests)")
+    gdal: dict[str, str] = Field(
+        default_factory=dict, description="GDAL settings for this source's reads (GDAL_*, CPL_*, VSI_*), on top of "
+        "the build's; e.g. CPL_VSIL_CURL_USE_HEAD: 'NO' for a service whose signed URLs allow GET only")
+
+    @field_validator("gdal")
+    @classmethod
+    def _gdal_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not k.startswith(("GDAL_", "CPL_", "VSI_", "AWS_", "AZURE_", "GS_"))]
+        if bad:
+            raise ValueError(f"not a GDAL setting: {', '.join(bad)}")
+        return v
 
     @model_validator(mode="after")
     def _check_location(self) -> SourceSpec:

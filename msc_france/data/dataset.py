@@ -55,7 +55,8 @@ class MSCFranceDataset(Dataset):
     Args:
         store: path of the store.
         sensors: store groups to return (default: every reflectance sensor).
-        split: ``train``, ``val``, ``test`` or None for all chips.
+        split: ``train``, ``val``, ``test``, several of them (e.g. ``["val", "test"]``), or None for
+            all chips.
         bands: band names to keep (same for every sensor, e.g. ``["red", "green", "blue"]``);
             None keeps each sensor's bands.
         transform: applied to each sample dict.
@@ -78,7 +79,7 @@ class MSCFranceDataset(Dataset):
         self,
         store: str | Path,
         sensors: Sequence[str] | None = None,
-        split: str | None = "train",
+        split: str | Sequence[str] | None = "train",
         bands: Sequence[str] | None = None,
         transform: Callable[[Sample], Sample] | None = None,
         statuses: Sequence[str] = ("ok",),
@@ -139,9 +140,11 @@ class MSCFranceDataset(Dataset):
         idx = s.index()
         keep = np.ones(len(idx), bool)
         if split is not None:
-            if split not in ("train", "val", "test"):
-                raise BadInputError(f"unknown split '{split}' (train, val, test)")
-            keep &= (idx["split"] == split).to_numpy()
+            wanted = [split] if isinstance(split, str) else list(split)
+            for s_ in wanted:
+                if s_ not in ("train", "val", "test"):
+                    raise BadInputError(f"unknown split '{s_}' (train, val, test)")
+            keep &= idx["split"].isin(wanted).to_numpy()
         for name in self.sensors:
             keep &= idx[f"status_{column(name)}"].isin(list(statuses)).to_numpy()
         rows = idx[keep]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -127,20 +128,12 @@ def _datasets(cfg: EvalConfig, size: int) -> tuple[MSCFranceDataset, MSCFranceDa
     labels = "labels" in {L.group for L in store.layers}
     if not labels:
         raise BadInputError(f"store {cfg.store} has no labels group; build it with a label source")
-    def dataset(split: str) -> MSCFranceDataset:
+    def dataset(split: str | Sequence[str]) -> MSCFranceDataset:
         return MSCFranceDataset(cfg.store, sensors=cfg.sensors, split=split, bands=cfg.bands, size=size,
                                 labels=True, cache=False)
 
     train = dataset(cfg.train_split)
-    held: MSCFranceDataset | None = None
-    for s in cfg.test_splits:
-        d = dataset(s)
-        if held is None:
-            held = d
-        else:
-            held.chip_ids += d.chip_ids
-            held.chip_index += d.chip_index
-    assert held is not None
+    held = dataset(cfg.test_splits)
     if len(train) == 0 or len(held) == 0:
         raise BadInputError(f"store {cfg.store}: {len(train)} train and {len(held)} held-out chips; need both")
     present: set[int] = set()  # the store's class indices that occur: the probes' classes
