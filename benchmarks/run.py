@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", default=str(ROOT / "data" / "demo.zarr"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
-    ap.add_argument("--only", nargs="*", default=None, help="subset: build loader msad training")
+    ap.add_argument("--only", nargs="*", default=None, help="subset: build readers plan loader msad training")
     ap.add_argument("--recipe", default="demo", help="recipe of the build benchmark")
     ap.add_argument("--region", default="demo", help="region of the build benchmark")
     a = ap.parse_args(argv)
@@ -368,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (store / "zarr.json").exists():
         print(f"error: store {store} not found; run 'make demo' first", file=sys.stderr)
         return 2
-    which = a.only or ["build", "loader", "msad", "training"]
+    which = a.only or ["build", "readers", "plan", "loader", "msad", "training"]
+    details: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     if "msad" in which:
@@ -379,8 +380,18 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_training(store, a.quick)
     if "build" in which:
         rows += bench_build(a.quick, reps, a.recipe, a.region)
+    if "readers" in which:
+        from benchmarks.readers import bench_readers
+
+        more, details["readers"] = bench_readers(a.quick)
+        rows += more
+    if "plan" in which:
+        from benchmarks.plan_france import bench_plan_france
+
+        more, details["plan_france"] = bench_plan_france(a.quick)
+        rows += more
     results = {
-        "quick": a.quick, "rows": rows, "elapsed_s": round(time.perf_counter() - t0, 1),
+        "quick": a.quick, "rows": rows, "details": details, "elapsed_s": round(time.perf_counter() - t0, 1),
         "environment": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                         "torch": torch.__version__, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                         "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},

@@ -232,53 +232,67 @@ def rank_candidates(
     chips: list[Chip], items: list[pystac.Item], sensor: str, target: dt.date,
     cloud_property: str | None, max_candidates: int,
 ) -> dict[tuple[str, str], list[Candidate]]:
-    """Rank the acquisitions of ``items`` for each chip (see module docstring)."""
+    """Rank the acquisitions of ``items`` for each chip (see module docstring).
+
+    Vectorised over (chip, item) pairs with shapely 2: one STRtree query and one batch of
+    intersections for the whole region; mosaics (an acquisition with several items over a chip)
+    are resolved in Python, and only the ``max_candidates`` best per chip become objects. For all
+    of France (about 166,000 chips) this is what keeps planning to minutes (docs/benchmarks.md).
+    """
     if not items or not chips:
         return {}
     groups: dict[tuple[str, str, str], list[pystac.Item]] = defaultdict(list)
     for it in items:
         groups[_acquisition_key(it)].append(it)
-    acq_keys = sorted(groups)
-    item_fp = {it.id: _item_footprint_l93(it) for it in items}
-    acq_fp = [shapely.union_all([item_fp[i.id] for i in groups[k]]) for k in acq_keys]
-    chip_polys = np.array([c.polygon for c in chips])
-    tree = shapely.STRtree(acq_fp)
-    ci, ai = tree.query(chip_polys, predicate="intersects")
-    cover = shapely.area(shapely.intersection(chip_polys[ci], np.array(acq_fp, dtype=object)[ai]))
-    per_chip: dict[int, list[Candidate]] = defaultdict(list)
-    for c_idx, a_idx, area in zip(ci, ai, cover, strict=True):
-        chip = chips[c_idx]
-        frac = float(area) / chip.polygon.area
-        if frac <= 1e-6:
-            continue
-        members = groups[acq_keys[a_idx]]
-        poly = chip.polygon
-        used = sorted(
-            (it for it in members if item_fp[it.id].intersects(poly)),
-            key=lambda it: (-item_fp[it.id].intersection(poly).area, it.id),
-        )
-        # Drop items whose contribution is already covered by better ones.
-        chosen: list[pystac.Item] = []
-        union = None
-        for it in used:
-            if union is not None and union.contains(poly.intersection(item_fp[it.id]).buffer(-0.01)):
+    ordered = [it for k in sorted(groups) for it in sorted(groups[k], key=lambda i: i.id)]
+    acq_of = np.array([a for a, k in enumerate(sorted(groups)) for _ in groups[k]])
+    fps = np.array([_item_footprint_l93(it) for it in ordered], dtype=object)
+    cloud = np.array([float(it.properties[cloud_property]) if cloud_property and cloud_property in it.properties
+                      else np.nan for it in ordered])
+    chip_polys = np.array([c.polygon for c in chips], dtype=object)
+    chip_area = float(chips[0].size_m) ** 2
+    ci, ii = shapely.STRtree(fps).query(chip_polys, predicate="intersects")
+    inter = shapely.intersection(chip_polys[ci], fps[ii])
+    area = shapely.area(inter)
+    keep = area > 1e-6 * chip_area
+    ci, ii, inter, area = ci[keep], ii[keep], inter[keep], area[keep]
+    ai = acq_of[ii]
+    # Pairs sorted by chip, acquisition, then the item covering most of the chip first.
+    order = np.lexsort((ii, -area, ai, ci))
+    ci, ii, inter, area, ai = ci[order], ii[order], inter[order], area[order], ai[order]
+    starts = np.flatnonzero(np.r_[True, (ci[1:] != ci[:-1]) | (ai[1:] != ai[:-1])])
+    sizes = np.diff(np.r_[starts, len(ci)])
+    g_chip, coverage = ci[starts], area[starts] / chip_area
+    g_cloud = cloud[ii[starts]]
+    members: dict[int, list[int]] = {}
+    for g in np.flatnonzero(sizes > 1):  # mosaics: drop items whose part is already covered
+        first = starts[g]
+        chosen, union = [ii[first]], inter[first]
+        for k in range(first + 1, first + sizes[g]):
+            if union.contains(inter[k].buffer(-0.01)):
                 continue
-            chosen.append(it)
-            union = item_fp[it.id] if union is None else union.union(item_fp[it.id])
-        ccs = [float(it.properties[cloud_property]) for it in chosen if cloud_property and cloud_property in it.properties]
-        when = chosen[0].datetime or chosen[0].common_metadata.start_datetime
-        assert when is not None
-        per_chip[c_idx].append(Candidate(
-            chip_id=chip.id, sensor=sensor, rank=0, items=tuple(chosen), acquired=when,
-            cloud_cover=max(ccs) if ccs else None, coverage=min(1.0, frac),
-            days_from_target=abs((when.date() - target).days),
-        ))
-    out = {}
-    for c_idx, cands in per_chip.items():
-        cands.sort(key=lambda c: (-round(c.expected_valid, 3), c.days_from_target, c.acquired))
-        out[(chips[c_idx].id, sensor)] = [
-            Candidate(**{**c.__dict__, "rank": r}) for r, c in enumerate(cands[:max_candidates], start=1)
-        ]
+            chosen.append(ii[k])
+            union = union.union(inter[k])
+        members[int(g)] = chosen
+        coverage[g] = union.area / chip_area
+        ccs = cloud[chosen]
+        g_cloud[g] = np.nan if np.isnan(ccs).all() else np.nanmax(ccs)
+    when = [ordered[ii[s]].datetime or ordered[ii[s]].common_metadata.start_datetime for s in starts]
+    days = np.array([abs((w.date() - target).days) for w in when])
+    stamp = np.array([w.timestamp() for w in when])
+    coverage = np.minimum(coverage, 1.0)
+    expected = coverage * np.where(np.isnan(g_cloud), 1.0, np.maximum(0.0, 1 - g_cloud / 100))
+    rank_order = np.lexsort((stamp, days, -np.round(expected, 3), g_chip))
+    out: dict[tuple[str, str], list[Candidate]] = {}
+    for g in rank_order:
+        key = (chips[g_chip[g]].id, sensor)
+        cands = out.setdefault(key, [])
+        if len(cands) >= max_candidates:
+            continue
+        its = tuple(ordered[i] for i in members.get(int(g), [ii[starts[g]]]))
+        cands.append(Candidate(chip_id=key[0], sensor=sensor, rank=len(cands) + 1, items=its, acquired=when[g],
+                               cloud_cover=None if np.isnan(g_cloud[g]) else float(g_cloud[g]),
+                               coverage=float(coverage[g]), days_from_target=int(days[g])))
     return out
 
 

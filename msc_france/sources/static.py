@@ -47,13 +47,13 @@ def load_items(path: Path | str) -> list[pystac.Item]:
     try:
         text = FsspecStacIO().read_text(href)
         if href.endswith(".ndjson"):
-            return _resolved([pystac.Item.from_dict(json.loads(line)) for line in text.splitlines() if line.strip()],
-                             href)
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            return _resolved([pystac.Item.from_dict(json.loads(ln), preserve_dict=False) for ln in lines], href)
         d = json.loads(text)
         if not isinstance(d, dict):
             raise ValueError("not a JSON object")
         if d.get("type") == "FeatureCollection":
-            return _resolved(list(pystac.ItemCollection.from_dict(d)), href)
+            return _resolved(list(pystac.ItemCollection.from_dict(d, preserve_dict=False)), href)
         obj = pystac.read_file(href, stac_io=FsspecStacIO())
         if isinstance(obj, pystac.Item):
             return [obj]
