@@ -249,9 +249,26 @@ def rank_candidates(
     fps = np.array([_item_footprint_l93(it) for it in ordered], dtype=object)
     cloud = np.array([float(it.properties[cloud_property]) if cloud_property and cloud_property in it.properties
                       else np.nan for it in ordered])
+    tree = shapely.STRtree(fps)
+    out: dict[tuple[str, str], list[Candidate]] = {}
+    for b in range(0, len(chips), CHIP_BLOCK):  # blocks of chips: the pair geometries stay bounded
+        out.update(_rank_block(chips[b : b + CHIP_BLOCK], ordered, acq_of, fps, cloud, tree, sensor, target,
+                               max_candidates))
+    return out
+
+
+#: Chips ranked together: bounds the (chip, item) intersection geometries held at once.
+CHIP_BLOCK = 8192
+
+
+def _rank_block(chips: list[Chip], ordered: list[pystac.Item], acq_of: np.ndarray, fps: np.ndarray,
+                cloud: np.ndarray, tree: shapely.STRtree, sensor: str, target: dt.date,
+                max_candidates: int) -> dict[tuple[str, str], list[Candidate]]:
     chip_polys = np.array([c.polygon for c in chips], dtype=object)
     chip_area = float(chips[0].size_m) ** 2
-    ci, ii = shapely.STRtree(fps).query(chip_polys, predicate="intersects")
+    ci, ii = tree.query(chip_polys, predicate="intersects")
+    if len(ci) == 0:
+        return {}
     inter = shapely.intersection(chip_polys[ci], fps[ii])
     area = shapely.area(inter)
     keep = area > 1e-6 * chip_area
