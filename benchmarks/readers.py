@@ -46,10 +46,10 @@ SENSORS = ("sentinel-2-l2a", "landsat-8-c2-l2", "aerial")
 # --------------------------------------------------------------------------- inputs
 
 
-def demo_plan() -> Plan:
+def demo_plan(recipe: str = "demo", region: str = "demo") -> Plan:
     """The plan of the demo region (the world is generated once into the cache)."""
-    rec = load_recipe("demo")
-    return make_plan(parse_region("demo"), rec, load_catalog(rec.catalog))
+    rec = load_recipe(recipe)
+    return make_plan(parse_region(region), rec, load_catalog(rec.catalog))
 
 
 def chip_inputs(plan: Plan, sensor: str, n: int) -> list[tuple[Chip, list[SourceItem], list[Any]]]:
@@ -250,10 +250,10 @@ def _over_http(parsed: list[SourceItem], root: Path, url: str) -> list[SourceIte
 # --------------------------------------------------------------------------- the benchmark
 
 
-def bench_readers(quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def bench_readers(quick: bool, recipe: str = "demo", region: str = "demo") -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows for docs/benchmarks.md and the raw per-sensor figures."""
     os.environ["GDAL_NUM_THREADS"] = "1"
-    plan = demo_plan()
+    plan = demo_plan(recipe, region)
     world = _world_dir(plan) if plan.catalog.world else None
     raw: dict[str, Any] = {}
     server = CountingServer(world) if world else None

@@ -14,7 +14,8 @@ def test_quick_benchmarks_run(tiny_store: Path, tiny_recipe: Path, tiny_region: 
     assert rc == 0
     res = json.loads((tmp_path / "quick.json").read_text())
     names = [r["name"] for r in res["rows"]]
-    assert len(names) == 7 and any("MSAD" in n for n in names) and any("RSS" in n for n in names)
+    assert len(names) >= 15 and any("MSAD" in n for n in names) and any("RSS" in n for n in names)
+    assert any("odc-stac" in n for n in names) and any("of France" in n for n in names) and any("configured" in n for n in names)
     for r in res["rows"]:
         assert r["figure"] > 0 or "overhead" in r["name"]
         assert r["baseline"] is None or r["baseline"] > 0
