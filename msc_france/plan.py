@@ -250,26 +250,50 @@ def rank_candidates(
     cloud = np.array([float(it.properties[cloud_property]) if cloud_property and cloud_property in it.properties
                       else np.nan for it in ordered])
     tree = shapely.STRtree(fps)
+    shapely.prepare(fps)  # "is this chip inside the footprint" is then a fast test
+    when: list[dt.datetime] = []
+    for it in ordered:
+        w = it.datetime or it.common_metadata.start_datetime
+        assert w is not None  # searches keep only items with a time
+        when.append(w)
+    days = np.array([abs((w.date() - target).days) for w in when])
+    stamp = np.array([w.timestamp() for w in when])
+    items_by = ItemTable(ordered, acq_of, fps, cloud, when, days, stamp)
     out: dict[tuple[str, str], list[Candidate]] = {}
     for b in range(0, len(chips), CHIP_BLOCK):  # blocks of chips: the pair geometries stay bounded
-        out.update(_rank_block(chips[b : b + CHIP_BLOCK], ordered, acq_of, fps, cloud, tree, sensor, target,
-                               max_candidates))
+        out.update(_rank_block(chips[b : b + CHIP_BLOCK], items_by, tree, sensor, max_candidates))
     return out
+
+
+@dataclass(frozen=True)
+class ItemTable:
+    """The items of one sensor as arrays, in acquisition order (what ranking looks up per pair)."""
+
+    items: list[pystac.Item]
+    acquisition: np.ndarray
+    footprint: np.ndarray
+    cloud: np.ndarray
+    when: list[dt.datetime]
+    days: np.ndarray
+    stamp: np.ndarray
 
 
 #: Chips ranked together: bounds the (chip, item) intersection geometries held at once.
 CHIP_BLOCK = 8192
 
 
-def _rank_block(chips: list[Chip], ordered: list[pystac.Item], acq_of: np.ndarray, fps: np.ndarray,
-                cloud: np.ndarray, tree: shapely.STRtree, sensor: str, target: dt.date,
+def _rank_block(chips: list[Chip], t: ItemTable, tree: shapely.STRtree, sensor: str,
                 max_candidates: int) -> dict[tuple[str, str], list[Candidate]]:
+    ordered, acq_of, fps, cloud = t.items, t.acquisition, t.footprint, t.cloud
     chip_polys = np.array([c.polygon for c in chips], dtype=object)
     chip_area = float(chips[0].size_m) ** 2
     ci, ii = tree.query(chip_polys, predicate="intersects")
     if len(ci) == 0:
         return {}
-    inter = shapely.intersection(chip_polys[ci], fps[ii])
+    # Most chips lie inside an item's footprint: only the others need an intersection.
+    inter = chip_polys[ci].copy()
+    edge = ~shapely.contains_properly(fps[ii], chip_polys[ci])
+    inter[edge] = shapely.intersection(chip_polys[ci[edge]], fps[ii[edge]])
     area = shapely.area(inter)
     keep = area > 1e-6 * chip_area
     ci, ii, inter, area = ci[keep], ii[keep], inter[keep], area[keep]
@@ -294,20 +318,22 @@ def _rank_block(chips: list[Chip], ordered: list[pystac.Item], acq_of: np.ndarra
         coverage[g] = union.area / chip_area
         ccs = cloud[chosen]
         g_cloud[g] = np.nan if np.isnan(ccs).all() else np.nanmax(ccs)
-    when = [ordered[ii[s]].datetime or ordered[ii[s]].common_metadata.start_datetime for s in starts]
-    days = np.array([abs((w.date() - target).days) for w in when])
-    stamp = np.array([w.timestamp() for w in when])
+    first_item = ii[starts]
+    days, stamp = t.days[first_item], t.stamp[first_item]
     coverage = np.minimum(coverage, 1.0)
     expected = coverage * np.where(np.isnan(g_cloud), 1.0, np.maximum(0.0, 1 - g_cloud / 100))
     rank_order = np.lexsort((stamp, days, -np.round(expected, 3), g_chip))
+    # The first max_candidates groups of each chip in rank order: only they become objects.
+    ranked_chip = g_chip[rank_order]
+    pos = np.arange(len(rank_order)) - np.searchsorted(ranked_chip, ranked_chip, side="left")
+    ids = [c.id for c in chips]
     out: dict[tuple[str, str], list[Candidate]] = {}
-    for g in rank_order:
-        key = (chips[g_chip[g]].id, sensor)
+    for g in rank_order[pos < max_candidates]:
+        key = (ids[g_chip[g]], sensor)
         cands = out.setdefault(key, [])
-        if len(cands) >= max_candidates:
-            continue
         its = tuple(ordered[i] for i in members.get(int(g), [ii[starts[g]]]))
-        cands.append(Candidate(chip_id=key[0], sensor=sensor, rank=len(cands) + 1, items=its, acquired=when[g],
+        cands.append(Candidate(chip_id=key[0], sensor=sensor, rank=len(cands) + 1, items=its,
+                               acquired=t.when[first_item[g]],
                                cloud_cover=None if np.isnan(g_cloud[g]) else float(g_cloud[g]),
                                coverage=float(coverage[g]), days_from_target=int(days[g])))
     return out
