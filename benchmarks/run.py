@@ -124,10 +124,11 @@ def bench_build(quick: bool, reps: int, recipe: str, region_name: str) -> list[d
 
 def _rss_of_build(region: str, recipe: str, out: Path) -> int:
     code = (
-        "import resource, sys\n"
+        "import sys\n"
         "from msc_france.cli import main\n"
         f"rc = main(['build', '--region', {region!r}, '--recipe', {recipe!r}, '--out', {str(out)!r}, '--quiet'])\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        # VmHWM, not ru_maxrss: the latter keeps the forking parent's high-water mark across exec.
+        "print(next(int(ln.split()[1]) for ln in open('/proc/self/status') if ln.startswith('VmHWM:')))\n"
         "sys.exit(rc)\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -363,29 +364,64 @@ def bench_training(store: Path, quick: bool) -> list[dict[str, Any]]:
 
 COMMENTARY = """## Reading the table
 
+- **Read path vs odc-stac** (`benchmarks/readers.py`): for the same chips, items and chip grids,
+  `builder.read.read_candidate` (every band asset and the product's mask warped onto the chip grid,
+  harmonised, packed) against `odc.stac.load` of the same items and bands onto the chip's GeoBox with
+  the same resampling (its mask band not loaded: odc-stac does less work), one thread each. Pixels
+  are converted with the items' scale/offset and compared where both are valid. Landsat-8 and aerial
+  agree on 100 % of pixels within 1 DN. Sentinel-2 agrees on 86 %: the demo's S2 tiles are shifted
+  by 2-3 m and mosaicked, and odc-stac warps with GDAL's default kernel, which widens bilinear when
+  the source and destination grids are offset (the effect measured in session 2: mean 17 DN); ours
+  warps with `XSCALE=YSCALE=1`, within 1 DN of the exact bilinear reference (tests/builder). For
+  aerial, both read the 1.5 m overview and agree exactly; against the exact area mean of the 0.75 m
+  pixels computed with numpy (a third reference), both are 1.4 DN off on average (the overview
+  grid is offset from the chip grid by a fraction of a pixel, and JPEG re-encodes the overview).
+  Ours is 1.6x odc-stac on S2, 1.9x on Landsat and 2.1x on aerial. What would close the 2x target
+  for S2 and Landsat: for a 192 x 192 px chip the fixed cost of opening 5 files (4 bands + SCL) and
+  setting up 5 warps is most of the 38 ms (the ceiling, which only opens and reads, takes 33 ms);
+  keeping the files of an item open across the chips of a shard would remove most of it.
+- **Read path vs its ceiling**: the ceiling reads and decodes only the source windows under the
+  chip with rasterio (at the overview level the warper uses), warping and packing nothing. S2 is at
+  87 % of it and Landsat above it (the ceiling reads whole windows); aerial is at 39 %: the warp
+  of four 1.5 m tiles per chip with `average` and the alpha band costs as much as decoding them
+  (profile: `reproject` 29 %, the opens and the overview lookup 25 %, packing 29 % before this
+  session's fast path for whole-step encodings). What would close it: keep the overview dataset
+  open across the chips of a shard (the same aerial tile serves 4-9 chips) and read the overview
+  window directly when source and chip grids share a CRS and a pixel size (no warp, a shift).
+- **Bytes and requests over HTTP**: ours reading from a local HTTP server that counts requests and
+  the bytes it sends, against the compressed bytes of the source blocks that intersect the chip
+  (from the files' tile byte counts). With HEAD disabled (the previous build setting) GDAL learns a
+  file's size by starting a GET of the whole file and aborting it: 1.7-2.3x the needed bytes. With
+  HEAD on (now the default; a source whose signed URLs allow GET only sets
+  `gdal: {CPL_VSIL_CURL_USE_HEAD: "NO"}` in its YAML) S2 reads 1.22x, Landsat 1.34x and aerial
+  1.32x: the rest is GDAL's 16 KB header read per file and whole blocks read for partial overlaps.
+- **Plan all of France**: a generated static catalog of a season (3,440 Sentinel-2 items on the
+  MGRS tile grid every 5 days, 462 Landsat-8 scenes every 16 days) planned over all 165,721 chips
+  of 1,920 m in a fresh process. Before this session: 161 s and 2.07 GB (every chip x item pair
+  intersected and held as geometry, every candidate made an object). Now chips inside an item's
+  footprint skip the intersection (prepared `contains_properly`), chips are ranked in blocks of
+  8,192, and only the best `max_candidates` per chip become objects.
 - **Build throughput** compares `msc-france build` (threads, warping straight onto the chip grid,
   aerial read from overviews, plus masks, harmonisation, Zarr writes and the index) with a naive
-  per-chip, per-sensor `rasterio.warp.reproject` into one GeoTIFF each, on the same plan.
-- **Peak RSS** stays flat when the region grows 4x: work is submitted a few shards at a time and
-  items are serialised per task, so memory follows the shards in flight, not the region.
+  per-chip, per-sensor `rasterio.warp.reproject` into one GeoTIFF each, on the same plan; the
+  scaling row is the same build with one worker thread.
+- **Peak RSS** stays flat as the region grows 16x: work is submitted a few shards at a time and
+  items are parsed per task, so memory follows the shards in flight, not the region.
 - **MSAD vectorised vs loop**: on 2 CPU cores the vectorised loss is compute-bound (about 20
   batched matrix products of 197 x 64 x 64 x 192 for three sensors, fwd + bwd, ~6 GFLOP); the loop
   does the same arithmetic plus ~200 x 3 small-op overheads, so the ratio is capped near 6x here. The
   20x target assumes launch-bound hardware (a GPU), where the per-position loop pays a kernel launch
-  per op; no GPU was available to this run. What would close it on CPU: nothing in the loss itself
-  (the arithmetic is the minimum); fewer positions (a smaller MSAD input) or bf16 matmuls.
-- **MSAD overhead per step**: the method needs every sensor's co-located view through the student
-  (3 sensors x batch extra forward and backward passes at 64 px) on top of DINO's crops of one
-  sensor, which is about as much compute as DINO itself; 15% is out of reach without changing the
-  method. What would close it: a smaller MSAD input size (`msad.size: 32` quarters its tokens), one
-  sensor pair per step in rotation instead of all pairs, or reusing the DINO sensor's first global
-  crop as its co-located view.
-- **Loader vs decode ceiling**: a sample is three full-resolution sensors (the aerial chip alone is
-  1280 x 1280 x 4), converted to float32 and standardised in the worker, then sent to the main
-  process (26 MB of float32 for the aerial chip); the ceiling only decodes the compressed bytes. The
-  gap is float conversion, standardisation, inter-process transfer and zarr-python's per-chunk
-  overhead (~13 ms per sample of sharded reads). What would close it: return native integer tensors
-  and standardise on the device, or `size=` to resize in the worker (as the training configs do).
+  per op; this task was not lent a GPU machine, so the GPU rows could not be measured.
+- **MSAD overhead per step** (the shipped config): the method needs every sensor's co-located view
+  through the student (3 sensors x batch extra forward and backward passes at 64 px) on top of
+  DINO's crops of one sensor, which is about as much compute as DINO itself. What would close it:
+  reusing the DINO sensor's first global crop as its co-located view (needs the same window and no
+  flip in the other sensors: one of three MSAD forwards saved), a smaller `msad.size`, or one sensor
+  pair per step in rotation.
+- **Loader as configured**: `pretrain-xstars.yaml`'s dataset (480 m tiles at 64 px cut from each
+  chip decoded once per worker) for one epoch with fresh workers, against decoding each chip's
+  compressed chunks once per worker. The full-resolution row below it is kept for comparison with
+  session 1 (three full-resolution sensors per sample, float32 across processes).
 """
 
 
