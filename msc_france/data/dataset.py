@@ -221,13 +221,13 @@ class MSCFranceDataset(Dataset):
             out = (lab, lab != IGNORE_INDEX)
         else:
             img = torch.from_numpy(self._array(store, name, "image", ci)[self.band_index[name]].astype(np.float32))
-            if self.normalize:
-                img = (img - self.mean[name]) / self.std[name]
             mask = torch.from_numpy(self._array(store, name, "valid", ci).astype(bool))
             if side is not None and img.shape[-1] != side:
                 img = F.interpolate(img[None], size=(side, side), mode="bilinear", align_corners=False,
                                     antialias=img.shape[-1] > side)[0]
                 mask = F.interpolate(mask[None, None].float(), size=(side, side), mode="nearest")[0, 0] > 0.5
+            if self.normalize:  # after the resize (its weights sum to 1, so the result is the same): fewer pixels
+                img = (img - self.mean[name]) / self.std[name]
             out = (img, mask)
         if self.cache:
             self._chips[key] = out

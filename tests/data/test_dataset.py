@@ -182,3 +182,16 @@ def test_tiles_are_co_located_sub_chips(tiny_store: Path) -> None:
         MSCFranceDataset(tiny_store, split=None, tiles=3)
     sampler = SensorBalancedSampler.from_dataset(tiled, num_samples=50)
     assert all(0 <= i < len(tiled) for i, _ in sampler)
+
+
+def test_resized_samples_match_an_independent_resize(tiny_store: Path) -> None:
+    """size= resizes the stored chip (antialiased bilinear) and standardises it with the store's
+    statistics: recomputed here from the zarr array and its group attributes."""
+    ds = MSCFranceDataset(tiny_store, split=None, sensors=["aerial"], size=40)
+    g = zarr.open_group(str(tiny_store), mode="r")["aerial"]
+    stats = g.attrs["stats"]
+    raw = torch.from_numpy(g["image"][ds.chip_index[0]].astype(np.float32))
+    want = torch.nn.functional.interpolate(raw[None], size=(40, 40), mode="bilinear", align_corners=False,
+                                           antialias=True)[0]
+    want = (want - torch.tensor(stats["mean"])[:, None, None]) / torch.tensor(stats["std"])[:, None, None]
+    assert torch.allclose(ds[0]["aerial"]["image"], want, atol=1e-4)
