@@ -247,6 +247,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 return self._send(200, truncated, {"Content-Type": "application/json"})
         headers = {k: v for k, v in self.headers.items() if k.lower() in ("range", "content-type", "accept")}
         r = requests.request(method, proxy.upstream + self.path, data=body, headers=headers, timeout=30)
+        if method == "HEAD":  # the file's size, as the upstream says it (the body is empty)
+            self.send_response(r.status_code)
+            for k, v in r.headers.items():
+                if k.lower() in ("content-type", "content-length", "accept-ranges"):
+                    self.send_header(k, v)
+            self.end_headers()
+            return None
         payload = r.content.replace(proxy.upstream.encode(), proxy.url.encode()) if proxy.rewrite else r.content
         out_headers = {k: v for k, v in r.headers.items()
                        if k.lower() in ("content-type", "content-range", "accept-ranges")}
