@@ -32,7 +32,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
 from msc_france.builder.read import read_candidate
-from msc_france.builder.warp import clear_http_cache, gdal_env
+from msc_france.builder.warp import clear_http_cache, gdal_env, overview_level
 from msc_france.config import load_catalog, load_recipe
 from msc_france.grid import Chip, PixelGrid
 from msc_france.plan import Plan, make_plan
@@ -115,16 +115,6 @@ def _describe_bands(item: Any) -> Any:
 # --------------------------------------------------------------------------- the ceiling
 
 
-def _overview_for(src: rasterio.io.DatasetReader, target_res: float) -> int | None:
-    """The overview level GDAL's warper reads for a target resolution (the coarsest not coarser)."""
-    native = abs(src.transform.a)
-    best = None
-    for level, factor in enumerate(src.overviews(1)):
-        if native * factor <= target_res * (1 + 1e-6):
-            best = level
-    return best
-
-
 def _window(src: rasterio.io.DatasetReader, grid: PixelGrid) -> Window:
     b = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=21)
     w = from_bounds(*b, transform=src.transform)
@@ -146,7 +136,7 @@ def ceiling_read(parsed: list[SourceItem], grid: PixelGrid) -> None:
     """Read and decode only the source windows under the chip, at the level the warper uses."""
     for href, indexes in _assets(parsed):
         with rasterio.open(href) as src:
-            level = _overview_for(src, grid.res)
+            level = overview_level(src, grid.res)
         with rasterio.open(href, overview_level=level) if level is not None else rasterio.open(href) as src:
             w = _window(src, grid)
             if w.width and w.height:
@@ -158,7 +148,7 @@ def intersecting_bytes(parsed: list[SourceItem], grid: PixelGrid) -> int:
     total = 0
     for href, _ in _assets(parsed):
         with rasterio.open(href) as src:
-            level = _overview_for(src, grid.res)
+            level = overview_level(src, grid.res)
         with rasterio.open(href, overview_level=level) if level is not None else rasterio.open(href) as src:
             w = _window(src, grid)
             bh, bw = src.block_shapes[0]

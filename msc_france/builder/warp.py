@@ -114,7 +114,7 @@ def check_proj(shape: tuple[int, int] | None, transform: tuple[float, ...] | Non
             raise SourceError(f"{href}: proj:transform {list(transform[:6])} disagrees with the file {have}")
 
 
-def _overview_level(src: rasterio.io.DatasetReader, target_res: float) -> int | None:
+def overview_level(src: rasterio.io.DatasetReader, target_res: float) -> int | None:
     """The coarsest overview whose pixels are still no larger than ``target_res`` (None: full res)."""
     native = abs(src.transform.a)
     level = None
@@ -156,7 +156,7 @@ def warp_asset(href: str, signer: Signer, grid: PixelGrid, indexes: tuple[int, .
         # When area-averaging down to a coarser grid in the same CRS (aerial 0.2 m -> 1.5 m), start
         # from the file's overviews: fewer pixels to decode (JPEG / JPEG 2000 decoding dominates).
         if resampling == "average" and src.crs == rasterio.crs.CRS.from_user_input(grid.crs):
-            level = _overview_level(src, grid.res)
+            level = overview_level(src, grid.res)
             if level is not None:
                 with rasterio.open(src.name, OVERVIEW_LEVEL=level) as ov:
                     return _warp(ov, href, grid, indexes, resampling, nodata, dtypes)
