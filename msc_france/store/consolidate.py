@@ -92,7 +92,7 @@ def consolidate(store: Store) -> dict[str, Any]:
     summary: dict[str, Any] = {"n_chips": n, "layers": {}}
     complete = n > 0
     table: dict[str, Any] = {"chip_id": ids, "chip_index": np.arange(n, dtype=np.int64)}
-    regions = store._chip_regions()
+    regions = store.chip_regions()
     table["region"] = [",".join(regions.get(c, [])) for c in ids]
     table["split"] = pd.Categorical([str(x) for x in store.root["split"][:n]] if n else [],
                                     categories=["train", "val", "test"])

@@ -131,6 +131,10 @@ class Store:
             f.flush()
             os.fsync(f.fileno())
 
+    def remove(self, rel: str) -> None:
+        """Delete the side file ``rel``."""
+        self.fs.rm_file(self._key(rel))
+
     def list_files(self, pattern: str) -> list[str]:
         """Paths (relative to the root) of the files matching a glob ``pattern``."""
         root = self.fs_root.rstrip("/") + "/"
@@ -346,7 +350,7 @@ class Store:
         meta["n_chips"] = self.n_chips
         meta["complete"] = False
         self.root.attrs["msc_france"] = meta
-        regions = self._chip_regions()
+        regions = self.chip_regions()
         for c in chips:
             regions.setdefault(c.id, [])
             if region not in regions[c.id]:
@@ -354,7 +358,8 @@ class Store:
         self.write_bytes_atomic("_regions.json", json.dumps(regions).encode())
         return {c.id: existing[c.id] for c in chips}
 
-    def _chip_regions(self) -> dict[str, list[str]]:
+    def chip_regions(self) -> dict[str, list[str]]:
+        """Region names of every chip (``_regions.json``)."""
         return json.loads(self.read_bytes("_regions.json")) if self.exists("_regions.json") else {}
 
     # ------------------------------------------------------------------ commits (done marks)

@@ -71,4 +71,4 @@ def _remote_lock(store: Store) -> Iterator[None]:
     try:
         yield
     finally:
-        store.fs.rm_file(store._key(LOCK_NAME))
+        store.remove(LOCK_NAME)

@@ -126,7 +126,7 @@ def write(store: Store, index: gpd.GeoDataFrame) -> None:
     collection, items = describe(store, index)
     for old in store.list_files(f"{STAC_DIR}/*.json"):  # regions are only ever added, but stay exact
         if old != f"{STAC_DIR}/collection.json" and old not in {f"{STAC_DIR}/{i.id}.json" for i in items}:
-            store.fs.rm_file(store._key(old))
+            store.remove(old)
     links_c = [{"rel": "item", "href": f"./{i.id}.json", "type": "application/geo+json"} for i in items]
     c = collection.to_dict(include_self_link=False, transform_hrefs=False)
     c["links"] = [{"rel": "root", "href": "./collection.json", "type": "application/json"}, *links_c]
