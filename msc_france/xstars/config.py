@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from msc_france.config import StrictModel, load_config_mapping, parse_model
 from msc_france.errors import BadInputError
+from msc_france.xstars.msad import Targets
 
 
 class DataConfig(StrictModel):
@@ -62,7 +63,8 @@ class MSADConfig(StrictModel):
         "shared", description="shared projection head (aligns the backbone), or one more head per sensor")
     proj_dim: int = 256
     tau: float = Field(0.1, gt=0)
-    smoothing: float = Field(0.3, ge=0, lt=1)
+    smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the targets")
+    targets: Targets = Field("hard", description="hard (each place its own match) or soft (the reference code's)")
     dropout: float = Field(0.2, ge=0, lt=1)
     size: int = Field(64, description="input size of the co-located views")
     scale: tuple[float, float] = (0.5, 1.0)

@@ -268,7 +268,7 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             if cfg.msad.alpha > 0:
                 gathered = {s: gather_batch(e.float()) for s, e in emb.items()}
                 pairs = [(cfg.continual.target_sensor, cfg.continual.source_sensor)] if cfg.continual else None
-                l_msad = msad_loss(gathered, cfg.msad.tau, cfg.msad.smoothing, pairs=pairs)
+                l_msad = msad_loss(gathered, cfg.msad.tau, cfg.msad.smoothing, pairs=pairs, targets=cfg.msad.targets)
             loss = l_dino + cfg.msad.alpha * l_msad
         if not torch.isfinite(loss):
             raise TrainingError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data "

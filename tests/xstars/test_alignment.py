@@ -41,5 +41,5 @@ def test_msad_moves_retrieval_from_chance(tiny_store: Path, tmp_path: Path, alph
     chance = 1 / 64
     if alpha == 0:  # DINO alone: per-sensor embeddings keep sensors apart (measured 0.013 / 0.010)
         assert r1["mean"] < 3 * chance and r1["dense"] < 3 * chance, r1
-    else:  # measured 0.117 / 0.54
+    else:  # hard targets (the default): measured 0.200 / 0.74 (soft targets: 0.188 / 0.72)
         assert r1["mean"] > 4 * chance and r1["dense"] > 0.3, r1

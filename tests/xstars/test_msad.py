@@ -1,8 +1,12 @@
-"""MSAD: vectorised == per-position loop; gradients reach backbone and heads; alpha matters."""
+"""MSAD: vectorised == per-position loop; hard targets are CLIP's InfoNCE; gradients reach backbone and heads."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
+import torch.nn.functional as F
 
 from msc_france.xstars.msad import MSADHeads, msad_loss, msad_pair, msad_pair_loop
 from msc_france.xstars.vit import ViT
@@ -17,8 +21,51 @@ def _emb(b: int = 6, p: int = 5, d: int = 16, seed: int = 0) -> tuple[torch.Tens
 
 def test_vectorised_equals_loop() -> None:
     for seed, tau, eps in [(0, 0.1, 0.3), (1, 0.07, 0.0), (2, 1.0, 0.1)]:
-        e1, e2 = _emb(seed=seed)
-        assert torch.allclose(msad_pair(e1, e2, tau, eps), msad_pair_loop(e1, e2, tau, eps), atol=1e-5)
+        for targets in ("hard", "soft"):
+            e1, e2 = _emb(seed=seed)
+            assert torch.allclose(msad_pair(e1, e2, tau, eps, targets), msad_pair_loop(e1, e2, tau, eps, targets),
+                                  atol=1e-5), (seed, targets)
+
+
+def test_hard_targets_are_symmetric_infonce() -> None:
+    """Hard targets: per position, CLIP's loss written with torch's own cross-entropy (labels = the
+    matching index), averaged over both directions and positions.
+    """
+    e1, e2 = _emb(b=7, p=4, seed=5)
+    tau = 0.1
+    labels = torch.arange(7)
+    per_position = []
+    for i in range(4):
+        logits = e2[:, i] @ e1[:, i].T / tau
+        per_position.append((F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2)
+    assert torch.allclose(msad_pair(e1, e2, tau, 0.0, "hard"), torch.stack(per_position).mean(), atol=1e-6)
+    assert torch.allclose(msad_pair(e1, e2, tau, 0.2, "hard"), torch.stack([
+        (F.cross_entropy(e2[:, i] @ e1[:, i].T / tau, labels, label_smoothing=0.2)
+         + F.cross_entropy(e1[:, i] @ e2[:, i].T / tau, labels, label_smoothing=0.2)) / 2 for i in range(4)]).mean(),
+        atol=1e-6)
+
+
+def test_soft_targets_ask_nothing_of_agreeing_sensors() -> None:
+    """Why hard targets are the default: once two sensors agree (e1 == e2), the soft targets equal
+    the softmax of the logits (KL = 0), however alike the places are, so the loss is already at
+    its minimum for those targets; hard targets still charge ~ln(B) for places that look alike.
+    """
+    b, tau = 8, 0.1
+    g = torch.Generator().manual_seed(0)
+    e = F.normalize(torch.randn(1, 1, 16, generator=g) + 0.05 * torch.randn(b, 1, 16, generator=g), dim=-1)
+    t = F.softmax(e[:, 0] @ e[:, 0].T / tau, dim=-1)  # the reference code's targets, written out
+    entropy = -(t * t.log()).sum(-1).mean()
+    assert entropy > 0.9 * math.log(b)  # nearly uniform: the places are hardly told apart
+    assert torch.allclose(msad_pair(e, e, tau, targets="soft"), entropy, atol=1e-5)  # KL = 0
+    assert msad_pair(e, e, tau, targets="hard") > 0.9 * math.log(b)
+    distinct = F.normalize(torch.eye(b, 16)[:, None], dim=-1)  # b different places, perfectly aligned
+    assert msad_pair(distinct, distinct, tau, targets="hard") < 0.01
+
+
+def test_unknown_targets_are_refused() -> None:
+    e1, e2 = _emb()
+    with pytest.raises(ValueError, match="hard' or 'soft"):
+        msad_pair(e1, e2, targets="uniform")  # type: ignore[arg-type]
 
 
 def test_vectorised_gradients_equal_loop_gradients() -> None:
