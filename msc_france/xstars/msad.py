@@ -93,23 +93,24 @@ def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean(dim=-1)
 
 
-def _targets(saa: torch.Tensor, sbb: torch.Tensor, tau: float, smoothing: float, kind: Targets) -> torch.Tensor:
-    """(..., B, B) target distributions from the two sensors' intra-batch similarities."""
-    n = saa.shape[-1]
-    if kind == "hard":
-        t = torch.eye(n, dtype=saa.dtype, device=saa.device).expand_as(saa)
-    elif kind == "soft":
-        t = F.softmax((saa + sbb) / (2 * tau), dim=-1)
-    else:
-        raise ValueError(f"MSAD targets must be 'hard' or 'soft', not {kind!r}")
-    return (1 - smoothing) * t + smoothing / n
+def _check(targets: str) -> None:
+    if targets not in ("hard", "soft"):
+        raise ValueError(f"MSAD targets must be 'hard' or 'soft', not {targets!r}")
 
 
-def _pair(a: torch.Tensor, b: torch.Tensor, saa: torch.Tensor, sbb: torch.Tensor, tau: float,
-          smoothing: float, kind: Targets) -> torch.Tensor:
-    """MSAD of one pair from position-major embeddings (P, B, d) and their self-similarities."""
+def _pair(a: torch.Tensor, b: torch.Tensor, tau: float, smoothing: float,
+          self_sim: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """MSAD of one pair from position-major embeddings (P, B, d); soft targets when the two
+    sensors' intra-batch similarities ``self_sim`` are given, hard targets otherwise.
+    """
     logits = torch.bmm(b, a.transpose(1, 2)) / tau  # (P, B, B)
-    targets = _targets(saa, sbb, tau, smoothing, kind)
+    p, n = logits.shape[:2]
+    if self_sim is None:  # hard: the matching index, with torch's fused (smoothed) cross-entropy
+        labels = torch.arange(n, device=logits.device).repeat(p)
+        return (F.cross_entropy(logits.reshape(p * n, n), labels, label_smoothing=smoothing)
+                + F.cross_entropy(logits.transpose(1, 2).reshape(p * n, n), labels, label_smoothing=smoothing)) / 2
+    targets = F.softmax((self_sim[0] + self_sim[1]) / (2 * tau), dim=-1)
+    targets = (1 - smoothing) * targets + smoothing / n
     loss = (_soft_ce(logits, targets) + _soft_ce(logits.transpose(1, 2), targets.transpose(1, 2))) / 2
     return loss.mean()
 
@@ -128,24 +129,27 @@ def msad_pair(e1: torch.Tensor, e2: torch.Tensor, tau: float = 0.1, smoothing: f
     Returns:
         The loss averaged over positions (a scalar with gradient).
     """
-    a, b = e1.transpose(0, 1), e2.transpose(0, 1)  # (P, B, d)
-    return _pair(a, b, torch.bmm(a, a.transpose(1, 2)), torch.bmm(b, b.transpose(1, 2)), tau, smoothing, targets)
+    return msad_loss({"1": e1, "2": e2}, tau, smoothing, targets=targets)
 
 
 def msad_loss(embeddings: dict[str, torch.Tensor], tau: float = 0.1, smoothing: float = 0.0,
               pairs: list[tuple[str, str]] | None = None, targets: Targets = "hard") -> torch.Tensor:
     """Sum of :func:`msad_pair` over sensor pairs (default: every unordered pair).
 
-    Each sensor's intra-batch similarity is computed once and shared by all its pairs.
+    With soft targets, each sensor's intra-batch similarity is computed once and shared by all its
+    pairs.
     """
+    _check(targets)
     names = list(embeddings)
     pairs = pairs or list(itertools.combinations(names, 2))
     if not pairs:
         raise ValueError("MSAD needs at least two sensors")
     used = {s for p in pairs for s in p}
     pm = {s: embeddings[s].transpose(0, 1) for s in used}
-    self_sim = {s: torch.bmm(x, x.transpose(1, 2)) for s, x in pm.items()}
-    return sum(_pair(pm[a], pm[b], self_sim[a], self_sim[b], tau, smoothing, targets) for a, b in pairs)  # type: ignore[return-value]
+    if targets == "hard":
+        return sum(_pair(pm[a], pm[b], tau, smoothing, None) for a, b in pairs)  # type: ignore[return-value]
+    sim = {s: torch.bmm(x, x.transpose(1, 2)) for s, x in pm.items()}
+    return sum(_pair(pm[a], pm[b], tau, smoothing, (sim[a], sim[b])) for a, b in pairs)  # type: ignore[return-value]
 
 
 def msad_pair_loop(e1: torch.Tensor, e2: torch.Tensor, tau: float = 0.1, smoothing: float = 0.0,
@@ -160,7 +164,7 @@ def msad_pair_loop(e1: torch.Tensor, e2: torch.Tensor, tau: float = 0.1, smoothi
         a, b = e1[:, i], e2[:, i]
         logits = b @ a.T / tau
         if targets == "hard":
-            t = torch.eye(a.shape[0])
+            t = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
         else:
             t = F.softmax(((a @ a.T + b @ b.T) / 2) / tau, dim=-1)
         t = (1 - smoothing) * t + smoothing / t.shape[-1]
