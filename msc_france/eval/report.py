@@ -232,14 +232,14 @@ def _summary_figure(report: dict[str, Any], out: Path) -> Path:
     for i, k in enumerate(("cls", "mean", "dense")):
         axes[0].bar(x + (i - 1) * 0.27, [r[f"R@1 {k}"] or 0 for r in rows], 0.27, label=k)
     axes[0].axhline(report["chance_R@1"], color="k", ls="--", lw=0.8, label="chance")
-    axes[0].set_xticks(x, [r["model"] for r in rows], fontsize=8)
+    axes[0].set_xticks(x, [r["model"] for r in rows], fontsize=8, rotation=20, ha="right")
     axes[0].set_ylabel("held-out cross-sensor R@1 (mean over pairs)")
     axes[0].set_ylim(0, 1)
     axes[0].legend(fontsize=7)
     for i, k in enumerate(("same", "cross")):
         axes[1].bar(x + (i - 0.5) * 0.4, [r[f"fractions R2 {k}"] or 0 for r in rows], 0.4, label=f"{k}-sensor")
     axes[1].axhline(0, color="k", lw=0.8, label="predicting the mean")
-    axes[1].set_xticks(x, [r["model"] for r in rows], fontsize=8)
+    axes[1].set_xticks(x, [r["model"] for r in rows], fontsize=8, rotation=20, ha="right")
     axes[1].set_ylabel("class-fraction probe, held-out R2")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
