@@ -5,6 +5,7 @@ Every error the project knows about becomes one line on stderr and a non-zero ex
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -448,8 +449,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point: run the command, then leave without interpreter finalisation.
+
+    Native thread pools (Arrow's, behind every GeoParquet read and write) can abort CPython's
+    finalisation with "terminate called without an active exception" (SIGABRT, exit -6) after a
+    command that succeeded and wrote everything (apache/arrow#34314; seen once here on ``plan``).
+    Every file, client and cluster a command opens is closed before :func:`main` returns, so once
+    Python-level garbage is collected and the streams are flushed, ``os._exit`` ends the process with
+    the command's own exit code.
+    """
+    code = main()
+    gc.collect()  # release native objects while their libraries are still alive
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (``| head``) or a closed stream
+            pass
+    os._exit(code)
 
 
 __all__ = ["cli", "main", "entry", "BadInputError"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,28 @@ def test_unreachable_stac_api_fails_within_seconds(tmp_path: Path) -> None:
     assert lines[-1].startswith("error: STAC API http://127.0.0.1:") and "unreachable" in lines[-1]
     assert sum(ln.startswith("error") for ln in lines) == 1 and "Traceback" not in p.stderr
     assert not (tmp_path / "p.parquet").exists()
+
+
+def test_console_script_flushes_output_and_keeps_exit_codes(tiny_world: Path, tiny_recipe: Path,
+                                                            tiny_region: Path, tmp_path: Path) -> None:
+    """The console script leaves with ``os._exit`` (no interpreter finalisation, where Arrow's
+    thread pools can abort a finished run): what went to a pipe must still arrive whole, the plan
+    file must be complete, and the command's exit code must pass through.
+    """
+    import json
+
+    exe = Path(sys.executable).parent / "msc-france"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered, as usual
+    big = subprocess.run([str(exe), "regions", "--json"], capture_output=True, text=True, env=env)
+    assert big.returncode == 0, big.stderr
+    # ~4 KB to a pipe, with PYTHONUNBUFFERED unset: all of it must leave the process before os._exit.
+    assert {r["name"] for r in json.loads(big.stdout)} >= {"demo", "toulouse"}
+    plan = subprocess.run([str(exe), "plan", "--region", str(tiny_region), "--recipe", str(tiny_recipe),
+                           "--out", str(tmp_path / "p.parquet")], capture_output=True, text=True, env=env)
+    assert plan.returncode == 0, plan.stderr
+    assert len(gpd.read_parquet(tmp_path / "p.parquet")) > 0
+    bad = subprocess.run([str(exe), "info", str(tmp_path / "missing.zarr")], capture_output=True, text=True, env=env)
+    assert bad.returncode == 4 and bad.stderr.strip().splitlines()[-1].startswith("error: no store at ")
 
 
 def test_demo_region_without_the_demo_recipe_gives_a_hint(tmp_path, capsys) -> None:  # noqa: ANN001
