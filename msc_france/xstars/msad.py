@@ -14,12 +14,12 @@ summed over sensor pairs and averaged over positions. All positions are computed
 matrix product (P, B, d) x (P, d, B): no Python loop over tokens.
 
 Targets: the reference code takes its soft targets from the embeddings' own intra-sensor
-similarity. When the embeddings of different places grow alike, those targets grow uniform and
-ask the logits for nothing more: a batch that collapses to one vector is an exact minimiser of
-the loss for its own targets (KL = 0; what keeps soft MSAD from collapsing is only the gradient
-that flows into the targets). Hard targets require every place to be told apart from the other
-places in the batch. Measured on the demo store (docs/training.md): held-out mean-pooled
-cross-sensor R@1 0.267 with soft targets and label smoothing 0.3, 0.491 with hard targets.
+similarity. Once the two sensors agree (e1 = e2), those targets equal the softmax of the logits
+(KL = 0) however alike the places are, so the loss asks nothing more than agreement; the only push
+to tell places apart is the gradient that flows into the targets (detached, training collapsed).
+Hard targets require every place to be told apart from the other places in the batch. Measured
+on the demo store (docs/training.md): held-out mean-pooled cross-sensor R@1 0.267 with soft
+targets and label smoothing 0.3, 0.491 with hard targets.
 
 Normalisation and temperature: the reference code feeds unnormalised features with tau = 1.0, so
 logit magnitudes follow the features' scale (exploding or vanishing softmaxes). Here embeddings
