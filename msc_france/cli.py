@@ -18,6 +18,7 @@ import click
 
 from msc_france.errors import BadInputError, MscFranceError
 from msc_france.progress import Bar
+from msc_france.splits import ALL_SPLITS
 
 EXIT_INTERNAL = 70
 log = logging.getLogger("msc_france.cli")
@@ -266,7 +267,7 @@ def info(store: str, as_json: bool) -> None:
 @click.argument("store", type=_STORE)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="write the index to a file instead: .parquet (GeoParquet), .csv (WKT geometry) or .geojson (WGS84)")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None, help="only chips of this split")
+@click.option("--split", type=click.Choice(ALL_SPLITS), default=None, help="only chips of this split")
 def index_cmd(store: str, out: Path | None, split: str | None) -> None:
     """Print or export the chip index (one row per chip: footprint, split, per-sensor status and dates)."""
     from msc_france.store import Store
@@ -329,7 +330,7 @@ def preview(store: str, out: Path, n_chips: int) -> None:
 @click.argument("store", type=_STORE)
 @click.option("--format", "fmt", type=click.Choice(["xstars-folders"]), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None)
+@click.option("--split", type=click.Choice(ALL_SPLITS), default=None)
 def export(store: str, fmt: str, out: Path, split: str | None) -> None:
     """Export a store to another layout (the X-STARS reference code's PNG folders)."""
     from msc_france.render import export_xstars

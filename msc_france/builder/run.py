@@ -260,8 +260,12 @@ def store_schema(recipe: Recipe, specs: dict[str, SensorSpec], gsds: dict[str, f
         s = specs[recipe.labels.sensor]
         layers.append(Layer(LABELS_GROUP, s.name, gsds[s.name], ("class",), s.dtype, True, units="class"))
         classes = s.classes
-    return StoreSchema(recipe.chip_size_m, recipe.chips_per_shard, tuple(layers), recipe.model_dump(mode="json"),
-                       classes)
+    rules = recipe.model_dump(mode="json")
+    if recipe.split.block_chips == 1 and recipe.split.buffer_chips == 0:
+        # The per-chip rule is stored as it was before blocks existed, so older stores still append.
+        for key in ("block_chips", "buffer_chips"):
+            rules["split"].pop(key)
+    return StoreSchema(recipe.chip_size_m, recipe.chips_per_shard, tuple(layers), rules, classes)
 
 
 def run_build(
@@ -301,8 +305,7 @@ def run_build(
         minv = 0.0 if L.is_label else recipe.sensors[L.sensor].min_valid_fraction
         rules.append(LayerRule(L, specs[L.sensor], minv))
     with store.lock():
-        index_of = store.register(plan.chips, plan.region.name,
-                                  (recipe.split.train, recipe.split.val, recipe.split.test), recipe.split.salt)
+        index_of = store.register(plan.chips, plan.region.name, recipe.split.rule())
         group_sensor = {L.group: L.sensor for L in layers}
         tasks, summary.skipped = plan_tasks(plan, index_of, store.read_commits(tolerant=True), store.chips_per_shard,
                                             group_sensor, retry_failed, store.n_chips)

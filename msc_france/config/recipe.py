@@ -13,6 +13,7 @@ from msc_france.config.base import StrictModel, load_yaml, parse_model
 from msc_france.config.sensors import Catalog
 from msc_france.errors import BadInputError
 from msc_france.paths import pipelines_dir
+from msc_france.splits import SplitRule
 
 
 class SensorRecipe(StrictModel):
@@ -54,12 +55,20 @@ class LabelRecipe(StrictModel):
 
 
 class SplitSpec(StrictModel):
-    """Deterministic hash-based train/val/test split."""
+    """Deterministic train/val/test split: per chip, or in spatial blocks with a buffer
+    (:mod:`msc_france.splits`).
+    """
 
     train: float = Field(0.8, ge=0, le=1)
     val: float = Field(0.1, ge=0, le=1)
     test: float = Field(0.1, ge=0, le=1)
     salt: str = "msc-france"
+    block_chips: int = Field(1, ge=1, le=1000, description="block side in chips; 1 splits chip by chip")
+    buffer_chips: int = Field(0, ge=0, le=100, description="chips between splits that belong to none")
+
+    def rule(self) -> SplitRule:
+        """The split rule this spec describes."""
+        return SplitRule((self.train, self.val, self.test), self.salt, self.block_chips, self.buffer_chips)
 
     @model_validator(mode="after")
     def _check(self) -> SplitSpec:

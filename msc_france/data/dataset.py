@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from msc_france.errors import BadInputError, StoreError
 from msc_france.grid import Chip
+from msc_france.splits import ALL_SPLITS
 from msc_france.store import ChipReader, Store
 from msc_france.store.schema import column
 
@@ -55,8 +56,8 @@ class MSCFranceDataset(Dataset):
     Args:
         store: path of the store.
         sensors: store groups to return (default: every reflectance sensor).
-        split: ``train``, ``val``, ``test``, several of them (e.g. ``["val", "test"]``), or None for
-            all chips.
+        split: ``train``, ``val``, ``test`` (or ``buffer``, the chips between blocked splits),
+            several of them (e.g. ``["val", "test"]``), or None for all chips.
         bands: band names to keep (same for every sensor, e.g. ``["red", "green", "blue"]``);
             None keeps each sensor's bands.
         transform: applied to each sample dict.
@@ -142,8 +143,8 @@ class MSCFranceDataset(Dataset):
         if split is not None:
             wanted = [split] if isinstance(split, str) else list(split)
             for s_ in wanted:
-                if s_ not in ("train", "val", "test"):
-                    raise BadInputError(f"unknown split '{s_}' (train, val, test)")
+                if s_ not in ALL_SPLITS:
+                    raise BadInputError(f"unknown split '{s_}' ({', '.join(ALL_SPLITS)})")
             keep &= idx["split"].isin(wanted).to_numpy()
         for name in self.sensors:
             keep &= idx[f"status_{column(name)}"].isin(list(statuses)).to_numpy()

@@ -16,6 +16,7 @@ import zarr
 
 from msc_france.crs import L93, WGS84, reproject_geometry
 from msc_france.grid import Chip
+from msc_france.splits import ALL_SPLITS
 from msc_france.store import stac
 from msc_france.store.schema import STATUS, STATUS_NAMES, Layer, column
 
@@ -26,8 +27,13 @@ if TYPE_CHECKING:
 NOT_OK = ("failed", "flagged", "dropped", "nodata")
 
 
-def _fold_layer(store: Store, L: Layer, ids: list[str], commits: dict[str, Any]) -> dict[str, Any]:
-    """Write one group's per-chip metadata arrays and statistics; return its columns and counts."""
+def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commits: dict[str, Any]) -> dict[str, Any]:
+    """Write one group's per-chip metadata arrays and statistics; return its columns and counts.
+
+    The normalisation statistics come from training chips only (held-out pixels must not shape
+    what a model sees); a store without a usable training chip falls back to every chip, and says
+    so in the statistics' ``over``.
+    """
     g = store.root[L.group]
     n = len(ids)
     status = np.zeros(n, np.uint8)
@@ -37,7 +43,7 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], commits: dict[str, Any])
     valid = np.full(n, np.nan, np.float32)
     harm = np.full(n, "", dtype=object)
     nb = 1 if L.is_label else len(L.bands)
-    s1, s2, cnt = np.zeros(nb), np.zeros(nb), 0.0
+    acc = {True: [np.zeros(nb), np.zeros(nb), 0.0], False: [np.zeros(nb), np.zeros(nb), 0.0]}  # by "is train"
     for i, cid in enumerate(ids):
         rec = commits.get(cid, {}).get("sensors", {}).get(L.group)
         if rec is None:
@@ -50,20 +56,26 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], commits: dict[str, Any])
         harm[i] = rec.get("harmonization", "")
         st = rec.get("stats")
         if st and rec["status"] == "ok":
-            s1 += np.array(st["sum"])
-            s2 += np.array(st["sumsq"])
-            cnt += st["count"]
+            a = acc[splits[i] == "train"]
+            a[0] = a[0] + np.array(st["sum"])
+            a[1] = a[1] + np.array(st["sumsq"])
+            a[2] += st["count"]
     for name, arr in (("status", status), ("datetime", when), ("cloud_fraction", cloud), ("valid_fraction", valid)):
         g[name][:] = arr
     g["item_ids"][:] = items.astype(str)
     g["harmonization"][:] = harm.astype(str)
     counts = {k: int((status == v).sum()) for k, v in STATUS.items()}
     stats = None
+    s1, s2, cnt = acc[True]
+    over = "valid pixels of training chips with status ok"
+    if cnt == 0:
+        s1, s2, cnt = s1 + acc[False][0], s2 + acc[False][1], acc[False][2]
+        over = "valid pixels of chips with status ok (the store has no training chip with data)"
     if cnt > 0:
         mean = s1 / cnt
         std = np.sqrt(np.maximum(s2 / cnt - mean**2, 0))
         stats = {"mean": mean.round(4).tolist(), "std": std.round(4).tolist(), "count": int(cnt),
-                 "units": g.attrs["units"], "over": "valid pixels of chips with status ok"}
+                 "units": g.attrs["units"], "over": over}
         g.attrs["stats"] = stats
     c = column(L.group)
     columns = {
@@ -94,14 +106,14 @@ def consolidate(store: Store) -> dict[str, Any]:
     table: dict[str, Any] = {"chip_id": ids, "chip_index": np.arange(n, dtype=np.int64)}
     regions = store.chip_regions()
     table["region"] = [",".join(regions.get(c, [])) for c in ids]
-    table["split"] = pd.Categorical([str(x) for x in store.root["split"][:n]] if n else [],
-                                    categories=["train", "val", "test"])
+    splits = [str(x) for x in store.root["split"][:n]] if n else []
+    table["split"] = pd.Categorical(splits, categories=list(ALL_SPLITS))
     geoms = [box(*Chip.from_id(c).bounds) for c in ids]
     wgs = [reproject_geometry(g, L93, WGS84).bounds for g in geoms]
     for j, name in enumerate(("lon_min", "lat_min", "lon_max", "lat_max")):
         table[name] = [b[j] for b in wgs]
     for L in store.layers:
-        folded = _fold_layer(store, L, ids, commits)
+        folded = _fold_layer(store, L, ids, splits, commits)
         summary["layers"][L.group] = {"counts": folded["counts"], "stats": folded["stats"]}
         complete = complete and folded["counts"]["pending"] == 0 and folded["counts"]["failed"] == 0
         table.update(folded["columns"])

@@ -38,7 +38,7 @@ import zarr
 from msc_france.errors import BadInputError, StoreError, first_line
 from msc_france.fsutil import atomic_path
 from msc_france.grid import Chip
-from msc_france.splits import assign_split
+from msc_france.splits import SplitRule
 from msc_france.store.schema import (
     FORMAT_VERSION,
     ROOT_KEYS,
@@ -85,11 +85,6 @@ def recipe_differences(stored: dict[str, Any], new: dict[str, Any], prefix: str 
         elif a != b:
             out.append(f"{prefix}{k}: {a!r} -> {b!r}")
     return out
-
-
-def chip_split(chip_id: str, fractions: tuple[float, float, float], salt: str) -> str:
-    """Deterministic hash-based split: the same chip always lands in the same split."""
-    return assign_split(chip_id, fractions, salt)
 
 
 class Store:
@@ -312,9 +307,10 @@ class Store:
 
     # ------------------------------------------------------------------ registering chips
 
-    def register(self, chips: list[Chip], region: str, split_fractions: tuple[float, float, float],
-                 salt: str) -> dict[str, int]:
-        """Give new chips the next indices (existing ones keep theirs); returns chip id -> index."""
+    def register(self, chips: list[Chip], region: str, split: SplitRule) -> dict[str, int]:
+        """Give new chips the next indices and their split (existing ones keep both); returns
+        chip id -> index.
+        """
         existing = {cid: i for i, cid in enumerate(self.chip_ids())}
         new = [c for c in chips if c.id not in existing]
         if new:
@@ -322,7 +318,7 @@ class Store:
             ids = np.array([c.id for c in new])
             xmin = np.array([c.bounds[0] for c in new], np.float64)
             ymax = np.array([c.bounds[3] for c in new], np.float64)
-            split = np.array([chip_split(c.id, split_fractions, salt) for c in new])
+            splits = np.array([split.split(c.size_m, c.col, c.row) for c in new])
             # Resize every array first, then fill the coordinates; a crash in between leaves
             # empty chip ids, which the next build re-registers.
             for L in self.layers:
@@ -338,7 +334,7 @@ class Store:
                 g["x"][n0:n1] = pixel_centres(xmin, n, L.gsd)
                 g["y"][n0:n1] = pixel_centres(ymax, n, -L.gsd)
                 g["spatial_transform"][n0:n1] = chip_transforms(xmin, ymax, L.gsd)
-            for name, values in (("split", split), ("chip_xmin", xmin), ("chip_ymax", ymax), ("chip_id", ids)):
+            for name, values in (("split", splits), ("chip_xmin", xmin), ("chip_ymax", ymax), ("chip_id", ids)):
                 a = self.root[name]
                 a.resize((n1,))
                 a[n0:n1] = values

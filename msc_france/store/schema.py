@@ -26,7 +26,6 @@ LABELS_GROUP = "labels"
 STATUS = {"pending": 0, "ok": 1, "flagged": 2, "dropped": 3, "failed": 4, "nodata": 5}
 STATUS_NAMES = {v: k for k, v in STATUS.items()}
 DONE = {"ok", "flagged", "dropped", "nodata"}  # statuses a rerun does not rebuild
-SPLITS = ("train", "val", "test")
 META_ARRAYS = ("status", "datetime", "item_ids", "cloud_fraction", "valid_fraction", "harmonization")
 COMPRESSOR = ZstdCodec(level=3)
 #: Root attributes every reader relies on.

@@ -19,6 +19,7 @@ from shapely.geometry import box, mapping
 from shapely.ops import unary_union
 
 from msc_france.crs import L93, WGS84, reproject_geometry
+from msc_france.splits import ALL_SPLITS
 from msc_france.store.schema import column
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def describe(store: Store, index: gpd.GeoDataFrame) -> tuple[pystac.Collection, 
         r_start, r_end = _time_range(rows)
         props: dict[str, Any] = {
             "proj:code": L93, "proj:bbox": list(footprint_l93.bounds), "msc_france:chips": len(rows),
-            "msc_france:splits": {s: int((rows["split"] == s).sum()) for s in ("train", "val", "test")},
+            "msc_france:splits": {s: int((rows["split"] == s).sum()) for s in ALL_SPLITS},
         }
         for L in store.layers:
             col = f"status_{column(L.group)}"

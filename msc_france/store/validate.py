@@ -9,6 +9,7 @@ import numpy as np
 
 from msc_france.errors import StoreError, first_line
 from msc_france.progress import Progress
+from msc_france.splits import ALL_SPLITS
 from msc_france.store import (
     DONE,
     FORMAT_VERSION,
@@ -32,7 +33,7 @@ def info(store: Store) -> dict[str, Any]:
     out["problems"] = cheap_problems(store)
     n = store.n_chips
     splits = [str(s) for s in store.root["split"][:n]] if n else []
-    out["splits"] = {s: splits.count(s) for s in ("train", "val", "test")}
+    out["splits"] = {s: splits.count(s) for s in ALL_SPLITS}
     for L in store.layers:
         g = store.root[L.group]
         status = g["status"][:n] if n else np.zeros(0, np.uint8)

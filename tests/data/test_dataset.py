@@ -64,8 +64,9 @@ def test_collate_follows_stack_samples(tiny_store: Path) -> None:
 
 
 def test_normalisation_uses_store_statistics(tiny_store: Path) -> None:
-    ds = MSCFranceDataset(tiny_store, split=None, sensors=["sentinel-2-l2a"])
-    raw = MSCFranceDataset(tiny_store, split=None, sensors=["sentinel-2-l2a"], normalize=False)
+    # The statistics are the training chips' (held-out pixels never shape the normalisation).
+    ds = MSCFranceDataset(tiny_store, split="train", sensors=["sentinel-2-l2a"])
+    raw = MSCFranceDataset(tiny_store, split="train", sensors=["sentinel-2-l2a"], normalize=False)
     vals, rvals = [], []
     for i in range(len(ds)):
         m = ds[i]["sentinel-2-l2a"]["valid"]
