@@ -187,9 +187,9 @@ def _msad_heads(ckpt: dict[str, Any]) -> MSADHeads | None:
     keys = {k[len("msad_heads."):]: v for k, v in ckpt["student"].items() if k.startswith("msad_heads.")}
     if not keys or float(c.get("alpha", 0)) == 0:
         return None
-    per = any(k.startswith("per_sensor.") for k in keys)
     dim = ckpt["student"]["backbone.pos_embed"].shape[-1]
-    heads = MSADHeads(dim, list(ckpt["sensors"]), c["proj_dim"], c["dropout"], per_sensor=per)
+    heads = MSADHeads(dim, list(ckpt["sensors"]), c["proj_dim"], c["dropout"], layout=c.get("heads", "shared"),
+                      normalize=c.get("normalize", True))
     heads.load_state_dict(keys)
     return heads.eval()
 

@@ -55,12 +55,26 @@ class DinoConfig(StrictModel):
     freeze_last_layer_steps: int = 0
 
 
-class MSADConfig(StrictModel):
-    """The Multi-Sensor Alignment Dense loss; ``alpha = 0`` trains DINO alone."""
+#: The reference code's MSAD (its bugs fixed: gradient kept, heads trained), as ``msad.preset``.
+MSAD_PRESETS: dict[str, dict[str, Any]] = {
+    "reference": {"heads": "per-argument", "normalize": False, "proj_dim": 1024, "tau": 1.0, "targets": "soft",
+                  "smoothing": 0.3, "alpha": 0.1, "dropout": 0.2},
+}
 
+
+class MSADConfig(StrictModel):
+    """The Multi-Sensor Alignment Dense loss; ``alpha = 0`` trains DINO alone.
+
+    ``preset: reference`` sets the reference code's settings (:data:`MSAD_PRESETS`); keys given
+    next to a preset override it.
+    """
+
+    preset: Literal["reference"] | None = None
     alpha: float = Field(0.1, ge=0)
-    heads: Literal["shared", "per-sensor"] = Field(
-        "shared", description="shared projection head (aligns the backbone), or one more head per sensor")
+    heads: Literal["shared", "per-sensor", "per-argument"] = Field(
+        "shared", description="shared projection head (aligns the backbone), then optionally one more head "
+        "per sensor or per argument of the loss (the reference code's)")
+    normalize: bool = Field(True, description="L2-normalise the embeddings (the reference code does not)")
     proj_dim: int = 256
     tau: float = Field(0.1, gt=0)
     smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the targets")
@@ -68,6 +82,13 @@ class MSADConfig(StrictModel):
     dropout: float = Field(0.2, ge=0, lt=1)
     size: int = Field(64, description="input size of the co-located views")
     scale: tuple[float, float] = (0.5, 1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") in MSAD_PRESETS:
+            return {**MSAD_PRESETS[data["preset"]], **data}
+        return data
 
 
 class OptimConfig(StrictModel):

@@ -26,6 +26,15 @@ logit magnitudes follow the features' scale (exploding or vanishing softmaxes). 
 are unit vectors, so every logit is a cosine similarity in [-1, 1] divided by tau; tau = 0.1 gives
 logits in [-10, 10], a softmax that can be confident yet keeps gradients for all negatives (the
 range CLIP's learned temperature settles around).
+
+The default is therefore the *InfoNCE form of MSAD*: one shared projection head, unit vectors,
+tau 0.1, hard targets. The reference code's form is the ``reference`` preset of
+:class:`~msc_france.xstars.config.MSADConfig`: a shared head followed by one head per argument of
+the loss (``e1`` through one, ``e2`` through the other, CLIP's image and text projections), no
+normalisation, width 1024, tau 1, soft targets, label smoothing 0.3, alpha 0.1, with the
+reference code's bugs fixed (the loss keeps its gradient and the heads are trained). The reference
+writes its soft targets as ``softmax((e1 e1^T + e2 e2^T) / 2 * tau)``; here the similarity is
+divided by tau, the same at the preset's tau of 1.
 """
 
 from __future__ import annotations
@@ -57,23 +66,47 @@ class ProjectionHead(nn.Module):
         return self.norm(p + self.drop(self.fc(F.gelu(p))))
 
 
+Heads = Literal["shared", "per-sensor", "per-argument"]
+"""MSAD head layouts: see :class:`MSADHeads`."""
+
+
 class MSADHeads(nn.Module):
-    """The MSAD projection: one head shared by every sensor, optionally followed by one per sensor.
+    """The MSAD projection: one head shared by every sensor, optionally followed by one per sensor
+    (``per-sensor``) or one per argument of the loss (``per-argument``, the reference code's).
 
     Shared heads are the default. With a head per sensor, the loss can be minimised by those heads
     alone (each maps its sensor's features onto a common space) while the backbone stays as
     sensor-specific as DINO's: measured on the demo store, held-out retrieval from the backbone's
     mean-pooled tokens was 0.010 with per-sensor heads and 0.149 with shared ones, while the
     projections themselves retrieved at 0.95 (docs/training.md). All heads are trained and saved.
+
+    Args:
+        dim: backbone token width.
+        sensors: sensors that get a head of their own (``per-sensor`` only).
+        proj_dim: projection width.
+        dropout: dropout of every head.
+        per_sensor: ``True`` for ``per-sensor`` heads (kept for older callers; see ``layout``).
+        layout: the head layout; overrides ``per_sensor`` when given.
+        normalize: L2-normalise the embeddings (the InfoNCE form); the reference form does not.
     """
 
     def __init__(self, dim: int, sensors: list[str], proj_dim: int = 256, dropout: float = 0.2,
-                 per_sensor: bool = False) -> None:
+                 per_sensor: bool = False, layout: Heads | None = None, normalize: bool = True) -> None:
         super().__init__()
+        self.layout: Heads = layout or ("per-sensor" if per_sensor else "shared")
+        self.normalize = normalize
         self.shared = ProjectionHead(dim, proj_dim, dropout)
         self.per_sensor = nn.ModuleDict(
-            {s: ProjectionHead(proj_dim, proj_dim, dropout) for s in sensors} if per_sensor else {})
-        self.has_per_sensor = per_sensor
+            {s: ProjectionHead(proj_dim, proj_dim, dropout) for s in sensors}
+            if self.layout == "per-sensor" else {})
+        self.per_argument = nn.ModuleList(
+            [ProjectionHead(proj_dim, proj_dim, dropout) for _ in range(2)] if self.layout == "per-argument" else [])
+        self.has_per_sensor = self.layout == "per-sensor"
+
+    @property
+    def n_arguments(self) -> int:
+        """Embeddings per input: 2 with per-argument heads (one for each side of a pair), else 1."""
+        return 2 if self.layout == "per-argument" else 1
 
     def add_sensor(self, name: str) -> None:
         """A head for a new sensor (per-sensor heads only)."""
@@ -81,12 +114,30 @@ class MSADHeads(nn.Module):
             d = self.shared.proj.out_features
             self.per_sensor[name] = ProjectionHead(d, d, self.shared.drop.p).to(self.shared.proj.weight.device)
 
-    def forward(self, tokens: torch.Tensor, sensor: str) -> torch.Tensor:
-        """(B, P, D) tokens -> (B, P, proj_dim) unit vectors."""
+    def forward(self, tokens: torch.Tensor, sensor: str, argument: int = 0) -> torch.Tensor:
+        """(B, P, D) tokens -> (B, P, proj_dim) embeddings (unit vectors unless ``normalize`` is off);
+        ``argument`` picks the side of the pair with per-argument heads.
+        """
         z = self.shared(tokens)
         if self.has_per_sensor:
             z = self.per_sensor[sensor](z)
-        return F.normalize(z, dim=-1)
+        elif self.layout == "per-argument":
+            z = self.per_argument[argument](z)
+        return F.normalize(z, dim=-1) if self.normalize else z
+
+    def arguments(self, tokens: torch.Tensor, sensor: str) -> torch.Tensor:
+        """(B, P, D) tokens -> (B, A, P, proj_dim): the embedding for each argument of the loss
+        (A = :attr:`n_arguments`), the shared head computed once.
+        """
+        z = self.shared(tokens)
+        if self.has_per_sensor:
+            outs = [self.per_sensor[sensor](z)]
+        elif self.layout == "per-argument":
+            outs = [h(z) for h in self.per_argument]
+        else:
+            outs = [z]
+        out = torch.stack(outs, dim=1)
+        return F.normalize(out, dim=-1) if self.normalize else out
 
 
 def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -133,23 +184,36 @@ def msad_pair(e1: torch.Tensor, e2: torch.Tensor, tau: float = 0.1, smoothing: f
 
 
 def msad_loss(embeddings: dict[str, torch.Tensor], tau: float = 0.1, smoothing: float = 0.0,
-              pairs: list[tuple[str, str]] | None = None, targets: Targets = "hard") -> torch.Tensor:
+              pairs: list[tuple[str, str]] | None = None, targets: Targets = "hard",
+              second: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Sum of :func:`msad_pair` over sensor pairs (default: every unordered pair).
 
     With soft targets, each sensor's intra-batch similarity is computed once and shared by all its
     pairs.
+
+    Args:
+        embeddings: (B, P, d) embeddings per sensor, as the first argument (``e1``) of a pair.
+        tau: temperature.
+        smoothing: label smoothing.
+        pairs: (first, second) sensor pairs.
+        targets: ``hard`` or ``soft``.
+        second: with per-argument heads, each sensor's embeddings as the second argument (``e2``);
+            None uses ``embeddings`` for both sides.
     """
     _check(targets)
     names = list(embeddings)
     pairs = pairs or list(itertools.combinations(names, 2))
     if not pairs:
         raise ValueError("MSAD needs at least two sensors")
-    used = {s for p in pairs for s in p}
-    pm = {s: embeddings[s].transpose(0, 1) for s in used}
+    src2 = embeddings if second is None else second
+    pm1 = {s: embeddings[s].transpose(0, 1) for s in {a for a, _ in pairs}}
+    pm2 = {s: src2[s].transpose(0, 1) for s in {b for _, b in pairs}}
     if targets == "hard":
-        return sum(_pair(pm[a], pm[b], tau, smoothing, None) for a, b in pairs)  # type: ignore[return-value]
-    sim = {s: torch.bmm(x, x.transpose(1, 2)) for s, x in pm.items()}
-    return sum(_pair(pm[a], pm[b], tau, smoothing, (sim[a], sim[b])) for a, b in pairs)  # type: ignore[return-value]
+        return sum(_pair(pm1[a], pm2[b], tau, smoothing, None) for a, b in pairs)  # type: ignore[return-value]
+    sim1 = {s: torch.bmm(x, x.transpose(1, 2)) for s, x in pm1.items()}
+    shared = sim1 if second is None else {}  # one embedding per sensor: its similarity serves both sides
+    sim2 = {s: shared[s] if s in shared else torch.bmm(x, x.transpose(1, 2)) for s, x in pm2.items()}
+    return sum(_pair(pm1[a], pm2[b], tau, smoothing, (sim1[a], sim2[b])) for a, b in pairs)  # type: ignore[return-value]
 
 
 def msad_pair_loop(e1: torch.Tensor, e2: torch.Tensor, tau: float = 0.1, smoothing: float = 0.0,

@@ -71,14 +71,15 @@ class Student(nn.Module):
         """Everything a step needs, in one call (DDP allows one forward per backward).
 
         Returns the DINO outputs of the global and local crops of ``sensor``, and the MSAD
-        embeddings of ``msad_views`` (through the backbone) and ``msad_tokens`` (tokens computed
-        elsewhere, e.g. by the frozen model, through the projection heads only).
+        embeddings (B, A, P, d) (A: one per argument of the loss, see
+        :meth:`MSADHeads.arguments`) of ``msad_views`` (through the backbone) and ``msad_tokens``
+        (tokens computed elsewhere, e.g. by the frozen model, through the projection heads only).
         """
         s_glob = self.dino_head(self.backbone(global_views, sensor)[:, 0])
         s_loc = self.dino_head(self.backbone(local_views, sensor)[:, 0]) if local_views is not None else None
-        emb = {s: self.msad_heads(self.backbone(v, s), s) for s, v in msad_views.items()}
+        emb = {s: self.msad_heads.arguments(self.backbone(v, s), s) for s, v in msad_views.items()}
         for s, tok in (msad_tokens or {}).items():
-            emb[s] = self.msad_heads(tok, s)
+            emb[s] = self.msad_heads.arguments(tok, s)
         return s_glob, s_loc, emb
 
 
@@ -190,7 +191,7 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     student = Student(backbone, DINOHead(backbone.dim, cfg.dino.out_dim, cfg.dino.hidden_dim, cfg.dino.bottleneck_dim),
                       MSADHeads(backbone.dim, list(cfg.data.sensors), cfg.msad.proj_dim, cfg.msad.dropout,
-                                per_sensor=cfg.msad.heads == "per-sensor")).to(device)
+                                layout=cfg.msad.heads, normalize=cfg.msad.normalize)).to(device)
     teacher = Teacher(copy.deepcopy(student.backbone), copy.deepcopy(student.dino_head)).to(device)
     teacher.requires_grad_(False)
     n_crops = cfg.dino.global_crops + cfg.dino.local_crops
@@ -268,7 +269,9 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             if cfg.msad.alpha > 0:
                 gathered = {s: gather_batch(e.float()) for s, e in emb.items()}
                 pairs = [(cfg.continual.target_sensor, cfg.continual.source_sensor)] if cfg.continual else None
-                l_msad = msad_loss(gathered, cfg.msad.tau, cfg.msad.smoothing, pairs=pairs, targets=cfg.msad.targets)
+                second = {s: e[:, 1] for s, e in gathered.items()} if cfg.msad.heads == "per-argument" else None
+                l_msad = msad_loss({s: e[:, 0] for s, e in gathered.items()}, cfg.msad.tau, cfg.msad.smoothing,
+                                   pairs=pairs, targets=cfg.msad.targets, second=second)
             loss = l_dino + cfg.msad.alpha * l_msad
         if not torch.isfinite(loss):
             raise TrainingError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data "

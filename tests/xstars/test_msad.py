@@ -117,3 +117,63 @@ def test_shared_heads_have_no_per_sensor_parameters() -> None:
     assert torch.equal(heads(t, "s2"), heads(t, "l8"))
     per = MSADHeads(16, ["s2", "l8"], proj_dim=8, dropout=0.0, per_sensor=True).eval()
     assert not torch.equal(per(t, "s2"), per(t, "l8"))
+
+
+def _reference_transcription(x1: torch.Tensor, x2: torch.Tensor, shared: torch.nn.Module, head1: torch.nn.Module,
+                             head2: torch.nn.Module, tau: float = 1.0, smoothing: float = 0.3) -> torch.Tensor:
+    """The reference code's MSAD written out directly, one position at a time, as its CLIP-style
+    loss reads: project each side (shared head, then that side's head; no normalisation), logits
+    e2 e1^T / tau, targets softmax((e1 e1^T + e2 e2^T) / 2 * tau), torch's cross-entropy with
+    label smoothing in both directions, mean over the batch, then over positions (with the
+    gradient kept, the one fix).
+    """
+    losses = []
+    for i in range(x1.shape[1]):
+        e1 = head1(shared(x1[:, i]))
+        e2 = head2(shared(x2[:, i]))
+        logits = (e2 @ e1.T) / tau
+        targets = F.softmax((e1 @ e1.T + e2 @ e2.T) / 2 * tau, dim=-1)
+        texts = F.cross_entropy(logits, targets, reduction="none", label_smoothing=smoothing)
+        images = F.cross_entropy(logits.T, targets.T, reduction="none", label_smoothing=smoothing)
+        losses.append(((images + texts) / 2.0).mean())
+    return torch.stack(losses).mean()
+
+
+def test_reference_preset_equals_a_transcription_of_the_reference_loss() -> None:
+    from msc_france.xstars.config import MSADConfig
+
+    cfg = MSADConfig(preset="reference")
+    assert (cfg.heads, cfg.normalize, cfg.proj_dim, cfg.tau, cfg.targets, cfg.smoothing, cfg.alpha) == (
+        "per-argument", False, 1024, 1.0, "soft", 0.3, 0.1)
+    assert MSADConfig(preset="reference", tau=0.5).tau == 0.5  # explicit keys override the preset
+    torch.manual_seed(0)
+    heads = MSADHeads(24, ["a", "b"], proj_dim=cfg.proj_dim, dropout=0.0, layout=cfg.heads,
+                      normalize=cfg.normalize).double()  # float64: logits of unnormalised 1024-d vectors
+    g = torch.Generator().manual_seed(3)
+    x1 = (0.2 * torch.randn(6, 4, 24, generator=g, dtype=torch.float64)).requires_grad_()
+    x2 = (x1.detach() + 0.2 * torch.randn(6, 4, 24, generator=g, dtype=torch.float64)).requires_grad_()
+    ea, eb = heads.arguments(x1, "a"), heads.arguments(x2, "b")
+    ours = msad_loss({"a": ea[:, 0], "b": eb[:, 0]}, cfg.tau, cfg.smoothing, targets=cfg.targets,
+                     second={"a": ea[:, 1], "b": eb[:, 1]})
+    ref = _reference_transcription(x1, x2, heads.shared, heads.per_argument[0], heads.per_argument[1])
+    assert torch.isfinite(ref) and torch.allclose(ours, ref, rtol=1e-9, atol=1e-9)
+    params = [x1, x2, *heads.parameters()]
+    g_ours = torch.autograd.grad(ours, params, allow_unused=True)
+    g_ref = torch.autograd.grad(ref, params, allow_unused=True)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        assert a is not None and b is not None  # every head is trained, the inputs get a gradient
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-9)
+    assert float(g_ours[0].abs().sum()) > 0
+
+
+def test_reference_preset_trains_end_to_end(tiny_store, tmp_path) -> None:  # noqa: ANN001
+    from msc_france.xstars.checkpoint import load_checkpoint
+    from msc_france.xstars.train import pretrain
+    from tests.helpers import train_config
+
+    cfg = train_config(tiny_store, tmp_path / "run", optim__steps=2, msad__preset="reference", msad__alpha=1.0)
+    summary = pretrain(cfg, progress=False)
+    assert len(summary["losses"]) == 2 and all(math.isfinite(v) for v in summary["losses"])
+    ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    keys = [k for k in ck["student"] if k.startswith("msad_heads.per_argument.")]
+    assert keys and not cfg.msad.normalize and cfg.msad.targets == "soft"  # the preset under the helper's width
