@@ -43,7 +43,8 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
     valid = np.full(n, np.nan, np.float32)
     harm = np.full(n, "", dtype=object)
     nb = 1 if L.is_label else len(L.bands)
-    acc = {True: [np.zeros(nb), np.zeros(nb), 0.0], False: [np.zeros(nb), np.zeros(nb), 0.0]}  # by "is train"
+    # Sums, sums of squares and counts of valid pixels; row 1: training chips, row 0: the others.
+    s1, s2, cnt = np.zeros((2, nb)), np.zeros((2, nb)), np.zeros(2)
     for i, cid in enumerate(ids):
         rec = commits.get(cid, {}).get("sensors", {}).get(L.group)
         if rec is None:
@@ -56,25 +57,26 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
         harm[i] = rec.get("harmonization", "")
         st = rec.get("stats")
         if st and rec["status"] == "ok":
-            a = acc[splits[i] == "train"]
-            a[0] = a[0] + np.array(st["sum"])
-            a[1] = a[1] + np.array(st["sumsq"])
-            a[2] += st["count"]
+            t = int(splits[i] == "train")
+            s1[t] += st["sum"]
+            s2[t] += st["sumsq"]
+            cnt[t] += st["count"]
     for name, arr in (("status", status), ("datetime", when), ("cloud_fraction", cloud), ("valid_fraction", valid)):
         g[name][:] = arr
     g["item_ids"][:] = items.astype(str)
     g["harmonization"][:] = harm.astype(str)
     counts = {k: int((status == v).sum()) for k, v in STATUS.items()}
     stats = None
-    s1, s2, cnt = acc[True]
     over = "valid pixels of training chips with status ok"
-    if cnt == 0:
-        s1, s2, cnt = s1 + acc[False][0], s2 + acc[False][1], acc[False][2]
+    rows = slice(1, 2)
+    if cnt[1] == 0:
+        rows = slice(0, 2)
         over = "valid pixels of chips with status ok (the store has no training chip with data)"
-    if cnt > 0:
-        mean = s1 / cnt
-        std = np.sqrt(np.maximum(s2 / cnt - mean**2, 0))
-        stats = {"mean": mean.round(4).tolist(), "std": std.round(4).tolist(), "count": int(cnt),
+    n_px = float(cnt[rows].sum())
+    if n_px > 0:
+        mean = s1[rows].sum(0) / n_px
+        std = np.sqrt(np.maximum(s2[rows].sum(0) / n_px - mean**2, 0))
+        stats = {"mean": mean.round(4).tolist(), "std": std.round(4).tolist(), "count": int(n_px),
                  "units": g.attrs["units"], "over": over}
         g.attrs["stats"] = stats
     c = column(L.group)
