@@ -5,18 +5,39 @@ co-located tiles of ``input_size`` pixels, so tile ``t`` of every sensor covers 
 Tiles of one chip share the chip's split. For every tile and sensor we keep the CLS token, the
 mean patch token, the patch tokens, and the label raster (dominant class, class fractions and
 per-patch classes). An *encoder* is anything that maps (N, C, S, S) images of a sensor to tokens
-(N, 1 + P, D), CLS first: a ViT, or :class:`PooledPixels`, the raw-pixel baseline.
+(N, 1 + P, D), CLS first: a ViT, or a learning-free baseline (:mod:`msc_france.eval.baselines`,
+whose tile vector, the CLS token, also stands for its mean-pooled feature).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from msc_france.data import MSCFranceDataset
 from msc_france.xstars.vit import ViT
+
+
+
+class Encoder(Protocol):
+    """What the evaluation needs of an encoder: a ViT, or a learning-free baseline module."""
+
+    patch_size: int
+
+    def has_sensor(self, name: str) -> bool:
+        """Whether it can read images of ``name``."""
+
+    def __call__(self, x: torch.Tensor, sensor: str) -> torch.Tensor:
+        """(N, C, S, S) images -> (N, 1 + P, D) tokens, CLS first."""
+
+    def eval(self) -> Any:
+        """Inference mode (torch.nn.Module.eval)."""
+
+    def to(self, device: torch.device) -> Any:
+        """Moved to ``device`` (torch.nn.Module.to)."""
 
 
 @dataclass
@@ -41,33 +62,6 @@ class Features:
         return getattr(self, name)[sensor]
 
 
-class PooledPixels(torch.nn.Module):
-    """The raw-pixel baseline: no training, so it bounds what any encoder should at least reach.
-
-    CLS is the ``grid x grid`` average-pooled input pixels concatenated (C * grid^2 values);
-    patch tokens are the mean pixel of each ``patch_size`` block (as many as a ViT's), zero-padded
-    to the CLS width.
-    """
-
-    patch_size = 16
-
-    def __init__(self, grid: int = 4) -> None:
-        super().__init__()
-        self.grid = grid
-
-    def has_sensor(self, name: str) -> bool:
-        """Every sensor: pixels need no embedding."""
-        return True
-
-    def forward(self, x: torch.Tensor, sensor: str) -> torch.Tensor:
-        """(N, C, S, S) -> (N, 1 + (S / 16)^2, C * grid^2)."""
-        x = x.float()
-        cls = F.adaptive_avg_pool2d(x, self.grid).flatten(1)[:, None]
-        p = F.avg_pool2d(x, self.patch_size).flatten(2).transpose(1, 2)  # (N, P, C)
-        pad = torch.zeros(p.shape[0], p.shape[1], cls.shape[-1] - p.shape[-1])
-        return torch.cat([cls, torch.cat([p, pad], dim=-1)], dim=1)
-
-
 def tile(x: torch.Tensor, k: int) -> torch.Tensor:
     """(C, kS, kS) -> (k*k, C, S, S), row-major."""
     c, h, w = x.shape
@@ -75,11 +69,46 @@ def tile(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.reshape(c, k, s, k, s).permute(1, 3, 0, 2, 4).reshape(k * k, c, s, s)
 
 
+def shifted_tiles(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(C, kS, kS) -> ((k-1)^2, C, S, S): the tiles of a grid offset by a quarter tile in x and y,
+    row-major. Tile (r, c) of this grid overlaps tile (r, c) of :func:`tile` by 9/16, its largest
+    overlap with any tile of that grid.
+    """
+    s = x.shape[-1] // k
+    q = s // 4
+    return tile(x[:, q : q + (k - 1) * s, q : q + (k - 1) * s], k - 1)
+
+
+def dihedral(x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Each (C, S, S) image of ``x`` rotated by ``code % 4`` quarter turns, then flipped left-right
+    when ``code >= 4``: the eight symmetries of a square.
+    """
+    out = []
+    for img, c in zip(x, codes.tolist(), strict=True):
+        img = torch.rot90(img, c % 4, dims=(-2, -1))
+        out.append(img.flip(-1) if c >= 4 else img)
+    return torch.stack(out)
+
+
+def query_tiles(tiles: int) -> torch.Tensor:
+    """Indices, within one chip's ``tiles x tiles`` grid, of the tiles that have a counterpart in
+    the shifted grid (the first ``tiles - 1`` rows and columns), in that grid's order.
+    """
+    return torch.tensor([r * tiles + c for r in range(tiles - 1) for c in range(tiles - 1)], dtype=torch.long)
+
+
 @torch.no_grad()
-def extract(vit: ViT | PooledPixels, ds: MSCFranceDataset, tiles: int, input_size: int, class_index: dict[int, int],
-            device: torch.device, batch: int = 64) -> Features:
-    """Features of every tile of every chip of ``ds`` (whose ``size`` must be tiles x input_size)."""
+def extract(vit: Encoder, ds: MSCFranceDataset, tiles: int, input_size: int, class_index: dict[int, int],
+            device: torch.device, batch: int = 64, shifted: bool = False, seed: int = 0) -> Features:
+    """Features of every tile of every chip of ``ds`` (whose ``size`` must be tiles x input_size).
+
+    With ``shifted``, the tiles are those of :func:`shifted_tiles`, each turned by a random
+    symmetry of the square (:func:`dihedral`, drawn from ``seed`` and the chip's position in
+    ``ds``, the same for every encoder and sensor): a gallery that co-location on a fixed layout
+    cannot match. Labels are not kept for shifted tiles.
+    """
     vit.eval().to(device)
+    pooled_is_cls = bool(getattr(vit, "pooled_is_cls", False))
     f = Features(list(ds.sensors))
     acc: dict[str, dict[str, list[torch.Tensor]]] = {s: {"cls": [], "mean": [], "patches": [], "images": []}
                                                      for s in ds.sensors}
@@ -90,18 +119,19 @@ def extract(vit: ViT | PooledPixels, ds: MSCFranceDataset, tiles: int, input_siz
         lut[store_index] = i
     for n in range(len(ds)):
         sample = ds[n]
+        codes = torch.randint(0, 8, ((tiles - 1) ** 2,), generator=torch.Generator().manual_seed(seed * 7919 + n))
         for s in ds.sensors:
-            t = tile(sample[s]["image"], tiles)
+            t = dihedral(shifted_tiles(sample[s]["image"], tiles), codes) if shifted else tile(sample[s]["image"], tiles)
             for b in range(0, t.shape[0], batch):
                 tokens = vit(t[b : b + batch].to(device), s).float().cpu()
                 acc[s]["cls"].append(tokens[:, 0])
-                acc[s]["mean"].append(tokens[:, 1:].mean(1))
+                acc[s]["mean"].append(tokens[:, 0] if pooled_is_cls else tokens[:, 1:].mean(1))
                 acc[s]["patches"].append(tokens[:, 1:])
             acc[s]["images"].append(t[:, :3])
-        if "mask" in sample:
+        if "mask" in sample and not shifted:
             m = sample["mask"]
             labels.append(tile(torch.where(m >= 0, lut[m.clamp(0, len(lut) - 1)], -1)[None], tiles)[:, 0])
-        chips.append(torch.full((tiles * tiles,), n))
+        chips.append(torch.full(((tiles - 1) ** 2 if shifted else tiles * tiles,), n))
     for s in ds.sensors:
         for k in ("cls", "mean", "patches", "images"):
             getattr(f, k)[s] = torch.cat(acc[s][k])

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from msc_france.eval import metrics as M
-from msc_france.eval.features import Features, fractions, patch_labels
+from msc_france.eval.features import Features, fractions, patch_labels, query_tiles
 
 KINDS = ("cls", "mean", "dense")
 
@@ -44,6 +44,32 @@ def retrieval(tr: Features, te: Features, sensors: list[str], center: bool) -> t
             res["mean_R@1"] = sum(v["R@1"] for v in res.values()) / len(res)  # before the key exists
         out[kind], ranks[kind] = res, rk
     return out, ranks
+
+
+def shifted_retrieval(te: Features, gallery: Features, sensors: list[str], tiles: int) -> dict[str, Any]:
+    """Cross-sensor retrieval against a gallery that layout cannot solve: the queries are the
+    held-out tiles with a counterpart in ``gallery`` (:func:`~msc_france.eval.features.query_tiles`),
+    the gallery the quarter-tile-shifted, randomly rotated or flipped tiles of every held-out chip;
+    a query's positive is the gallery tile it overlaps most (9/16 of its ground).
+
+    Returns metrics by kind then ordered pair, with ``mean_R@1`` per kind.
+    """
+    assert te.chip is not None
+    per_chip = tiles * tiles
+    n_chips = te.chip.shape[0] // per_chip
+    q = (torch.arange(n_chips)[:, None] * per_chip + query_tiles(tiles)[None]).flatten()
+    out: dict[str, Any] = {}
+    for kind in KINDS:
+        res: dict[str, Any] = {}
+        for a in sensors:
+            for b in sensors:
+                if a != b:
+                    res[f"{a}->{b}"] = M.retrieval_metrics(M.retrieval_ranks(te.kind(kind, a)[q],
+                                                                             gallery.kind(kind, b)))
+        if res:
+            res["mean_R@1"] = sum(v["R@1"] for v in res.values()) / len(res)
+        out[kind] = res
+    return out
 
 
 def pair_retrieval(queries: torch.Tensor, gallery: torch.Tensor) -> dict[str, float]:
@@ -108,7 +134,10 @@ def fraction_probe(tr: Features, te: Features, n_classes: int, sensors: list[str
 
 def segmentation(tr: Features, te: Features, patch: int, n_classes: int, sensors: list[str],
                  names: dict[int, str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Patch-level linear segmentation scored per pixel (mIoU, per-class IoU, pixel accuracy)."""
+    """Patch-level linear segmentation scored per pixel (mIoU, per-class IoU, pixel accuracy), and
+    its cross-sensor transfer: the probe fitted on one sensor's training tokens applied to every
+    other sensor's held-out tokens (``transfer_mIoU`` by test sensor).
+    """
     assert tr.labels is not None and te.labels is not None
     ptr = patch_labels(tr.labels, patch)
     out, preds = {}, {}
@@ -121,13 +150,21 @@ def segmentation(tr: Features, te: Features, patch: int, n_classes: int, sensors
         sel = torch.nonzero(ytr >= 0).flatten()
         sel = sel[torch.randperm(len(sel), generator=g)[:20000]]  # bounded probe cost
         probe = M.linear_probe(xtr[sel], ytr[sel], n_classes, steps=200)
-        with torch.no_grad():
-            logits = probe(te.patches[s].reshape(-1, te.patches[s].shape[-1]))
-        logits = logits.reshape(-1, side, side, n_classes).permute(0, 3, 1, 2)
-        up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False).argmax(1)
+
+        def predict(sensor: str, probe: torch.nn.Module = probe) -> torch.Tensor:
+            with torch.no_grad():
+                logits = probe(te.patches[sensor].reshape(-1, te.patches[sensor].shape[-1]))
+            logits = logits.reshape(-1, side, side, n_classes).permute(0, 3, 1, 2)
+            return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False).argmax(1)
+
+        assert te.labels is not None
+        up = predict(s)
         cm = M.confusion(up.flatten(), te.labels.flatten(), n_classes)
         ious, miou = M.iou_from_confusion(cm)
         out[s] = {"mIoU": miou, "per_class": {names[i]: v for i, v in enumerate(ious)},
-                  "pixel_acc": float(cm.diagonal().sum() / cm.sum().clamp_min(1))}
+                  "pixel_acc": float(cm.diagonal().sum() / cm.sum().clamp_min(1)),
+                  "transfer_mIoU": {b: M.iou_from_confusion(M.confusion(predict(b).flatten(), te.labels.flatten(),
+                                                                         n_classes))[1]
+                                    for b in sensors if b != s}}
         preds[s] = up
     return out, preds

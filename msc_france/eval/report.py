@@ -25,17 +25,26 @@ def _mean(values: list[float]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+#: The headline numbers, the semantic transfers first: what no learning-free feature should reach.
+HEADLINE = ("fractions R2 cross", "transfer bal. acc cross", "seg. transfer mIoU", "R@1 mean shifted", "R@1 mean")
+
+
 def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per model: the headline numbers (means over sensors and sensor pairs)."""
+    """One row per model of a split view: the headline numbers (means over sensors and pairs)."""
     rows = []
     for name, m in report["models"].items():
         ss = m["sensors"]
         fr = m["fractions_r2"]
+        cross = [(a, b) for a in ss for b in ss if a != b]
+        shifted = m.get("retrieval_shifted", {})
         rows.append({
             "model": name,
-            **{f"R@1 {k}": m["retrieval"][k].get("mean_R@1") for k in ("cls", "mean", "dense")},
+            "fractions R2 cross": _mean([fr[f"{a}->{b}"] for a, b in cross]),
+            "transfer bal. acc cross": _mean([m["transfer"][f"{a}->{b}"]["balanced_acc"] for a, b in cross]),
+            "seg. transfer mIoU": _mean([m["segmentation"][a].get("transfer_mIoU", {}).get(b) for a, b in cross]),
+            "R@1 mean shifted": shifted.get("mean", {}).get("mean_R@1"),
+            **{f"R@1 {k}": m["retrieval"][k].get("mean_R@1") for k in ("mean", "cls", "dense")},
             "fractions R2 same": _mean([fr[f"{s}->{s}"] for s in ss]),
-            "fractions R2 cross": _mean([fr[f"{a}->{b}"] for a in ss for b in ss if a != b]),
             "linear acc": _mean([m["classification"][s]["linear_acc"] for s in ss]),
             "linear bal. acc": _mean([m["classification"][s]["linear_balanced_acc"] for s in ss]),
             "mIoU": _mean([m["segmentation"][s]["mIoU"] for s in ss]),
@@ -43,11 +52,83 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def split_view(report: dict[str, Any], split: str) -> dict[str, Any]:
+    """One held-out split of a report, shaped as a single-split report (what the tables read)."""
+    sub = report["splits"][split]
+    return {"config": report["config"], "classes": report["classes"], "split": split,
+            "roles": report.get("roles", {}), "groups": report.get("groups", {}),
+            "models": {n: {**m, "external": report.get("external", {}).get(n, {})} for n, m in sub["models"].items()},
+            "majority": sub["majority"], "chance_R@1": sub["chance_R@1"],
+            "n_chips": {"train": report["n_chips"]["train"], "held_out": report["n_chips"][split]},
+            "n_tiles": {"train": report["n_tiles"]["train"], "held_out": report["n_tiles"][split]}}
+
+
+def interval95(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the two-sided 95 % Student-t interval of the mean (0 for one value)."""
+    from scipy import stats
+
+    v = np.asarray([x for x in values if x is not None and x == x], np.float64)
+    if len(v) < 2:
+        return (float(v.mean()) if len(v) else float("nan")), 0.0
+    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+
+
+def group_rows(view: dict[str, Any]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Headline numbers aggregated by group (e.g. seeds): metric -> (mean, 95 % half-width, runs)."""
+    rows = summary_rows(view)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(view["groups"].get(r["model"], r["model"]), []).append(r)
+    return {g: {k: (*interval95([r[k] for r in rs]), len(rs)) for k in HEADLINE} for g, rs in groups.items()}
+
+
+def claims(view: dict[str, Any]) -> list[str]:
+    """For every headline number: the best baseline, and whether each model group's 95 % interval
+    lies above it (groups of one run: its value).
+    """
+    agg = group_rows(view)
+    roles = view["roles"]
+    base = {g for n, g in view["groups"].items() if roles.get(n) == "baseline"}
+    models = [g for g in agg if g not in base]
+    lines = ["| metric | best baseline | " + " | ".join(models) + " |", "|---" * (len(models) + 2) + "|"]
+    for k in HEADLINE:
+        scored = [(agg[g][k][0], g) for g in base if agg[g][k][0] == agg[g][k][0]]
+        if not scored:
+            continue
+        best, who = max(scored)
+        _, best_hw, _ = agg[who][k]
+        cells = []
+        for g in models:
+            mean, hw, n = agg[g][k]
+            if mean != mean:
+                cells.append("-")
+                continue
+            beats = mean - hw > best + best_hw
+            spread = f" ± {hw:.3f} (n={n})" if n > 1 else ""
+            cells.append(f"{mean:.3f}{spread}: {'yes' if beats else 'no'} ({mean - best:+.3f})")
+        lines.append(f"| {k} | {who} {best:.3f}" + (f" ± {best_hw:.3f}" if best_hw else "") + " | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
-    """Tables: headline summary, retrieval, diagnostics, classification, transfer, fractions, segmentation."""
+    """Every held-out split in turn (val first: where choices are made; test: the report)."""
+    cfg = report["config"]
+    splits = list(report["splits"])
+    parts = [f"# Evaluation: {cfg['name']}", "",
+             f"Held-out splits, each scored on its own: {', '.join(splits)}. Choices (steps, learning rate, "
+             "loss settings) are made on val; test is read for the report. 'beats' means the model's value "
+             "(its 95 % interval over runs, when it has several) lies above the best baseline's.", ""]
+    for h in splits:
+        parts.append(_split_markdown(split_view(report, h)))
+    return "\n".join(parts)
+
+
+def _split_markdown(report: dict[str, Any]) -> str:
+    """The tables of one split view."""
     cfg = report["config"]
     maj = report["majority"]
-    lines = [f"# Evaluation: {cfg['name']}", "",
+    lines = [f"## Split: {report['split']}", "",
              f"Store `{cfg['store']}`: {report['n_chips']['train']} training chips "
              f"({report['n_tiles']['train']} tiles), {report['n_chips']['held_out']} held-out chips "
              f"({report['n_tiles']['held_out']} tiles). Classes: {', '.join(report['classes'])}. "
@@ -56,7 +137,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"Chance: retrieval R@1 = {report['chance_R@1']:.4f}; majority class ({maj['class']}): accuracy "
              f"{maj['acc']:.3f}, balanced accuracy {maj['balanced_acc']:.3f}, macro-F1 {maj['macro_f1']:.3f}; "
              "fraction R2 = 0 for predicting the mean.", "",
-             "## Summary (means over sensors / ordered sensor pairs)", ""]
+             f"### Against the best baseline ({report['split']})", "", *claims(report), "",
+             "### Summary (means over sensors / ordered sensor pairs)", ""]
     rows = summary_rows(report)
     keys = [k for k in rows[0] if k != "model"]
     lines += ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
@@ -64,7 +146,7 @@ def markdown(report: dict[str, Any]) -> str:
     models = report["models"]
     for kind in ("mean", "cls", "dense"):
         pairs = sorted({p for m in models.values() for p in m["retrieval"][kind] if "->" in p})
-        lines += ["", f"## Cross-sensor retrieval, {kind} features (R@1 / R@5 / median rank)", "",
+        lines += ["", f"### Cross-sensor retrieval, {kind} features (R@1 / R@5 / median rank)", "",
                   "| model | " + " | ".join(f"{_s(p.split('->')[0])}->{_s(p.split('->')[1])}" for p in pairs) + " |",
                   "|---" * (len(pairs) + 1) + "|"]
         for name, m in models.items():
@@ -73,9 +155,25 @@ def markdown(report: dict[str, Any]) -> str:
                 r = m["retrieval"][kind].get(p)
                 cells.append("-" if r is None else f"{r['R@1']:.2f} / {r['R@5']:.2f} / {r['median_rank']:.0f}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    shifted = {n: m["retrieval_shifted"] for n, m in models.items() if "retrieval_shifted" in m}
+    if shifted:
+        pairs = sorted({p for m in shifted.values() for p in m["mean"] if "->" in p})
+        lines += ["", "### Retrieval that layout cannot solve (gallery shifted by a quarter tile, each tile rotated "
+                  "or flipped; positive: the tile of largest overlap; R@1 mean / cls / dense)", "",
+                  "| model | " + " | ".join(f"{_s(p.split('->')[0])}->{_s(p.split('->')[1])}" for p in pairs) + " |",
+                  "|---" * (len(pairs) + 1) + "|"]
+        for name, m in shifted.items():
+            lines.append(f"| {name} | " + " | ".join(
+                " / ".join(f"{m[k][p]['R@1']:.2f}" for k in ("mean", "cls", "dense")) for p in pairs) + " |")
+    agg = group_rows(report)
+    if any(v[HEADLINE[0]][2] > 1 for v in agg.values()):
+        lines += ["", "### Runs of one configuration aggregated (mean ± 95 % interval, n runs)", "",
+                  "| group | " + " | ".join(HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
+        for g, v in agg.items():
+            lines.append(f"| {g} | " + " | ".join(f"{v[k][0]:.3f} ± {v[k][1]:.3f} ({v[k][2]})" for k in HEADLINE) + " |")
     diag = {n: m["diagnostics"] for n, m in models.items() if m.get("diagnostics")}
     if diag:
-        lines += ["", "## Training diagnostics", "",
+        lines += ["", "### Training diagnostics", "",
                   "MSAD projection: retrieval with the student's dense tokens through the MSAD projection heads "
                   "(what the loss aligns; not a property of the backbone). Continual: the adapted student's "
                   "target-sensor features retrieving the frozen source model's features.", ""]
@@ -88,7 +186,7 @@ def markdown(report: dict[str, Any]) -> str:
                 c = d["continual"]
                 lines.append(f"- {n}, {c['pair']} R@1: " + ", ".join(f"{k} {c[k]['R@1']:.3f}" for k in ("cls", "mean", "dense")))
     sensors = sorted({s for m in models.values() for s in m["classification"]})
-    lines += ["", "## Tile classification, dominant land-cover class (linear probe: accuracy / balanced accuracy / "
+    lines += ["", "### Tile classification, dominant land-cover class (linear probe: accuracy / balanced accuracy / "
               "macro-F1; kNN accuracy)", "",
               "| model | " + " | ".join(_s(s) for s in sensors) + " |", "|---" * (len(sensors) + 1) + "|"]
     for name, m in models.items():
@@ -104,7 +202,7 @@ def markdown(report: dict[str, Any]) -> str:
                              "balanced accuracy)", "transfer", lambda v: _f(v["balanced_acc"])),
                             ("Class-fraction probe (ridge trained on row sensor, tested on column sensor; held-out R2)",
                              "fractions_r2", _f)):
-        lines += ["", f"## {title}", ""]
+        lines += ["", f"### {title}", ""]
         for name, m in models.items():
             ss = m["sensors"]
             lines += [f"**{name}**", "", "| train \\ test | " + " | ".join(_s(s) for s in ss) + " |",
@@ -112,7 +210,7 @@ def markdown(report: dict[str, Any]) -> str:
             for a in ss:
                 lines.append(f"| {_s(a)} | " + " | ".join(fmt(m[key][f"{a}->{b}"]) for b in ss) + " |")
             lines.append("")
-    lines += ["## Patch-level linear segmentation (mIoU / pixel accuracy)", "",
+    lines += ["### Patch-level linear segmentation (mIoU / pixel accuracy)", "",
               "| model | " + " | ".join(_s(s) for s in sensors) + " |", "|---" * (len(sensors) + 1) + "|"]
     for name, m in models.items():
         cells = [f"{m['segmentation'][s]['mIoU']:.3f} / {m['segmentation'][s]['pixel_acc']:.3f}"
@@ -120,7 +218,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     ext = {k for m in models.values() for k in m.get("external", {})}
     if ext:
-        lines += ["", "## External datasets", ""]
+        lines += ["", "### External datasets", ""]
         for name, m in models.items():
             for k, v in m.get("external", {}).items():
                 lines.append(f"- {name} / {k}: " + "; ".join(
@@ -249,4 +347,4 @@ def _summary_figure(report: dict[str, Any], out: Path) -> Path:
     return path
 
 
-__all__ = ["figures", "markdown", "summary_rows"]
+__all__ = ["HEADLINE", "claims", "figures", "group_rows", "interval95", "markdown", "split_view", "summary_rows"]

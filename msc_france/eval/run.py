@@ -16,8 +16,16 @@ On the store's held-out chips (cut into co-located tiles, see :mod:`msc_france.e
 * patch-level linear segmentation of the label raster (mIoU and per-class IoU);
 * external datasets (EuroSAT, UC Merced, RESISC45, GeoTIFF segmentation) when configured.
 
-Baselines bound the metrics from both sides: raw pooled pixels, and a randomly initialised
-encoder of the same architecture and patch-embedding scheme as the models.
+Each held-out split is scored on its own (``test_splits``, by default ``val`` then ``test``):
+every choice is made on ``val``; ``test`` is read for the report. Cross-sensor retrieval is also
+scored against a gallery that layout cannot solve (quarter-tile shifted, rotated or flipped tiles,
+:func:`~msc_france.eval.probes.shifted_retrieval`).
+
+Every table has the baselines in it (:mod:`msc_france.eval.baselines`): learning-free features
+(pooled pixels, z-scored thumbnails, a colour histogram), random ViTs with a shared and with
+per-sensor patch embeddings, and the models marked ``baseline`` (DINO only, with and without a
+ridge alignment fitted on co-located training tiles; a global InfoNCE model; the reference MSAD).
+The report states, for every headline number, the best baseline and whether each model beats it.
 """
 
 from __future__ import annotations
@@ -32,20 +40,21 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from msc_france.config import StrictModel, load_config_mapping, parse_model
 from msc_france.data import MSCFranceDataset
 from msc_france.errors import BadInputError
 from msc_france.eval import metrics as M
+from msc_france.eval.baselines import FIXED, NAMES, ridge_aligned
 from msc_france.eval.external import (
     label_fraction,
     load_classification,
     load_segmentation,
 )
 from msc_france.eval.features import (
+    Encoder,
     Features,
-    PooledPixels,
     dominant,
     extract,
     patch_labels,
@@ -58,6 +67,7 @@ from msc_france.eval.probes import (
     pair_retrieval,
     retrieval,
     segmentation,
+    shifted_retrieval,
 )
 from msc_france.store import Store
 from msc_france.xstars.checkpoint import build_backbone, load_checkpoint
@@ -72,6 +82,11 @@ class ModelEntry(StrictModel):
     name: str
     checkpoint: str
     optional: bool = False
+    baseline: bool = Field(False, description="a baseline to beat (e.g. DINO only), not a model to judge")
+    ridge: bool = Field(False, description="also score it with a ridge alignment onto the first sensor, fitted on "
+                        "co-located training tiles (row '<name>+ridge')")
+    group: str | None = Field(None, description="runs of one configuration (e.g. seeds): aggregated with a 95 % "
+                              "interval")
 
 
 class ExternalEntry(StrictModel):
@@ -94,10 +109,12 @@ class EvalConfig(StrictModel):
     input_size: int = 64
     tiles: int = Field(4, ge=1, description="tiles per chip side")
     train_split: Literal["train", "val", "test"] = "train"
-    test_splits: list[Literal["train", "val", "test"]] = ["val", "test"]  # pydantic copies mutable defaults
+    test_splits: list[Literal["train", "val", "test"]] = Field(
+        ["val", "test"], description="held-out splits, each scored on its own")
     models: list[ModelEntry] = Field(default_factory=list)
-    random_baseline: bool = True
-    pixel_baseline: bool = Field(True, description="the raw-pixel baseline (4 x 4 pooled pixels per tile)")
+    baselines: list[str] = Field(default_factory=lambda: list(NAMES),
+                                 description="learning-free and random baselines to score (see NAMES)")
+    shifted_gallery: bool = Field(True, description="also score retrieval against shifted, rotated tiles")
     features: Literal["student", "teacher"] = Field(
         "student", description="which backbone of each checkpoint is evaluated (MSAD trains the student)")
     center: bool = Field(False, description="subtract each sensor's mean feature before retrieval")
@@ -108,6 +125,14 @@ class EvalConfig(StrictModel):
     out: str = "runs/eval"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
+
+    @field_validator("baselines")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [b for b in v if b not in NAMES]
+        if unknown:
+            raise ValueError(f"unknown baseline(s) {unknown}; known: {', '.join(NAMES)}")
+        return v
 
 
 def load_eval_config(path: str, store: str | None = None, out: str | None = None,
@@ -123,21 +148,26 @@ def load_eval_config(path: str, store: str | None = None, out: str | None = None
     return parse_model(EvalConfig, data, f"config {p}")
 
 
-def _datasets(cfg: EvalConfig, size: int) -> tuple[MSCFranceDataset, MSCFranceDataset, dict[int, int], dict[int, str]]:
+def _datasets(cfg: EvalConfig, size: int) -> tuple[MSCFranceDataset, dict[str, MSCFranceDataset], dict[int, int],
+                                                   dict[int, str]]:
+    """The training chips, each held-out split's chips, and the classes that occur in them."""
     store = Store.open(cfg.store)
     labels = "labels" in {L.group for L in store.layers}
     if not labels:
         raise BadInputError(f"store {cfg.store} has no labels group; build it with a label source")
+
     def dataset(split: str | Sequence[str]) -> MSCFranceDataset:
         return MSCFranceDataset(cfg.store, sensors=cfg.sensors, split=split, bands=cfg.bands, size=size,
                                 labels=True, cache=False)
 
     train = dataset(cfg.train_split)
-    held = dataset(cfg.test_splits)
-    if len(train) == 0 or len(held) == 0:
-        raise BadInputError(f"store {cfg.store}: {len(train)} train and {len(held)} held-out chips; need both")
+    held: dict[str, MSCFranceDataset] = {h: dataset(h) for h in dict.fromkeys(cfg.test_splits)}
+    empty = [h for h, d in held.items() if len(d) == 0]
+    if len(train) == 0 or empty:
+        raise BadInputError(f"store {cfg.store}: {len(train)} {cfg.train_split} chips, no chips in "
+                            f"{', '.join(empty) or '-'}; need chips in every split evaluated")
     present: set[int] = set()  # the store's class indices that occur: the probes' classes
-    for ds in (train, held):
+    for ds in (train, *held.values()):
         for i in range(len(ds)):
             present |= set(int(c) for c in np.unique(ds.read(i, [])["mask"].numpy()) if c >= 0)
     class_index = {c: i for i, c in enumerate(sorted(present))}
@@ -150,9 +180,12 @@ class Model:
     """An encoder to evaluate, and what its checkpoint offers beyond the backbone."""
 
     name: str
-    encoder: ViT | PooledPixels
+    encoder: Encoder
     meta: dict[str, Any]
     ckpt: dict[str, Any] | None = None
+    baseline: bool = False
+    ridge: bool = False
+    group: str | None = None
 
 
 def _models(cfg: EvalConfig) -> list[Model]:
@@ -164,20 +197,24 @@ def _models(cfg: EvalConfig) -> list[Model]:
                 continue
             raise BadInputError(f"checkpoint not found: {m.checkpoint} (run make pretrain first)")
         ckpt = load_checkpoint(m.checkpoint)
-        out.append(Model(m.name, build_backbone(ckpt, cfg.features), ckpt["model"], ckpt))
+        out.append(Model(m.name, build_backbone(ckpt, cfg.features), ckpt["model"], ckpt, m.baseline, m.ridge,
+                         m.group))
         arch = arch or ckpt["model"]
-    if cfg.random_baseline:
-        # The same architecture and patch-embedding scheme as the models: a shared embedding alone
-        # makes a random ViT retrieve well when sensors look alike.
-        a = arch or {"arch": "vit_tiny", "patch_size": 16, "img_size": cfg.input_size}
+    fixed = [Model(b, FIXED[b](), {"arch": b}, baseline=True) for b in cfg.baselines if b in FIXED]
+    a = arch or {"arch": "vit_tiny", "patch_size": 16, "img_size": cfg.input_size}
+    for b in cfg.baselines:
+        if b in FIXED:
+            continue
+        # The models' architecture, untrained; a shared embedding alone makes a random ViT retrieve
+        # well when sensors look alike.
         torch.manual_seed(cfg.seed)
+        embed = "shared" if b == "random-shared" else "per-sensor"
         vit = ViT({s: len(cfg.bands) for s in cfg.sensors}, a["arch"], a["patch_size"], a["img_size"], drop_path=0.0,
-                  patch_embed=a.get("patch_embed", "per-sensor"))
-        out.insert(0, Model("random", vit, dict(a)))
-    if cfg.pixel_baseline:
-        out.insert(0, Model("pixels", PooledPixels(), {"arch": "pooled pixels 4x4"}))
+                  patch_embed=embed)
+        fixed.append(Model(b, vit, {**a, "patch_embed": embed}, baseline=True))
+    out = fixed + out
     if not out:
-        raise BadInputError("no model to evaluate (no checkpoint found and both baselines are off)")
+        raise BadInputError("no model to evaluate (no checkpoint found and no baseline configured)")
     return out
 
 
@@ -264,8 +301,62 @@ def _external(cfg: EvalConfig, vit: ViT, device: torch.device, bands: list[str])
     return res
 
 
+@dataclass
+class _Scored:
+    """One row of the report: an encoder's (or an aligned encoder's) features on every split."""
+
+    name: str
+    train: Features
+    held: dict[str, Features]
+    gallery: dict[str, Features]
+    model: Model
+
+
+def _rows(m: Model, cfg: EvalConfig, train_ds: MSCFranceDataset, held_ds: dict[str, MSCFranceDataset],
+          class_index: dict[int, int], device: torch.device) -> list[_Scored]:
+    """Features of one model on every split (and its ridge-aligned row when asked for)."""
+    sensors = [s for s in cfg.sensors if m.encoder.has_sensor(s)]
+    tr = extract(m.encoder, _subset(train_ds, sensors), cfg.tiles, cfg.input_size, class_index, device)
+    held = {h: extract(m.encoder, _subset(d, sensors), cfg.tiles, cfg.input_size, class_index, device)
+            for h, d in held_ds.items()}
+    gallery = {}
+    if cfg.shifted_gallery and cfg.tiles > 1:
+        gallery = {h: extract(m.encoder, _subset(d, sensors), cfg.tiles, cfg.input_size, class_index, device,
+                              shifted=True, seed=cfg.seed) for h, d in held_ds.items()}
+    rows = [_Scored(m.name, tr, held, gallery, m)]
+    if m.ridge and len(sensors) > 1:
+        splits = list(held)
+        mapped = ridge_aligned(tr, [held[h] for h in splits] + [gallery[h] for h in splits if h in gallery],
+                               sensors[0], cfg.ridge_lambda)
+        rows.append(_Scored(f"{m.name}+ridge", mapped[0], dict(zip(splits, mapped[1:1 + len(splits)], strict=True)),
+                            dict(zip([h for h in splits if h in gallery], mapped[1 + len(splits):], strict=True)), m))
+    return rows
+
+
+def _score(row: _Scored, split: str, cfg: EvalConfig, n_classes: int, names: dict[int, str],
+           ) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+    """Every probe of one row on one held-out split: (report entry, retrieval ranks, segmentation)."""
+    tr, te = row.train, row.held[split]
+    sensors = tr.sensors
+    assert tr.labels is not None and te.labels is not None
+    ytr, yte = dominant(tr.labels, n_classes), dominant(te.labels, n_classes)
+    m = row.model
+    entry: dict[str, Any] = {"arch": m.meta.get("arch"), "patch_embed": m.meta.get("patch_embed"),
+                             "features": cfg.features if m.ckpt else None, "sensors": sensors}
+    entry["retrieval"], ranks = retrieval(tr, te, sensors, cfg.center)
+    if split in row.gallery:
+        entry["retrieval_shifted"] = shifted_retrieval(te, row.gallery[split], sensors, cfg.tiles)
+    entry["classification"], entry["transfer"] = classification(
+        tr, te, ytr, yte, n_classes, sensors, cfg.knn_k, cfg.probe_features)
+    entry["fractions_r2"] = fraction_probe(tr, te, n_classes, sensors, cfg.probe_features, cfg.ridge_lambda)
+    entry["segmentation"], preds = segmentation(tr, te, m.encoder.patch_size, n_classes, sensors, names)
+    return entry, ranks, preds
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Run every evaluation for every model; write report.json, report.md and figures."""
+    """Run every evaluation for every model on every held-out split; write report.json, report.md
+    and figures (of the last split, ``test`` by default).
+    """
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     models = _models(cfg)
@@ -274,46 +365,44 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     n_classes = len(class_index)
     report: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"), "classes": {names[i]: c for c, i in class_index.items()},
-        "n_chips": {"train": len(train_ds), "held_out": len(held_ds)}, "models": {},
+        "n_chips": {"train": len(train_ds), **{h: len(d) for h, d in held_ds.items()}},
+        "n_tiles": {"train": len(train_ds) * cfg.tiles**2, **{h: len(d) * cfg.tiles**2 for h, d in held_ds.items()}},
+        "roles": {}, "groups": {}, "splits": {h: {"models": {}} for h in held_ds}, "external": {},
     }
     figures: dict[str, Any] = {"seg": {}, "ranks": {}}
-    held_feats: Features | None = None
+    shown = list(held_ds)[-1]
+    shown_feats: Features | None = None
     for m in models:
-        sensors = [s for s in cfg.sensors if m.encoder.has_sensor(s)]
-        tr = extract(m.encoder, _subset(train_ds, sensors), cfg.tiles, cfg.input_size, class_index, device)
-        te = extract(m.encoder, _subset(held_ds, sensors), cfg.tiles, cfg.input_size, class_index, device)
-        held_feats = te
-        assert tr.labels is not None and te.labels is not None
-        ytr, yte = dominant(tr.labels, n_classes), dominant(te.labels, n_classes)
-        if "majority" not in report:
-            report["majority"] = majority_baseline(ytr, yte, n_classes)
-            report["chance_R@1"] = 1.0 / len(te.chip)  # type: ignore[arg-type]
-        entry: dict[str, Any] = {"arch": m.meta.get("arch"), "patch_embed": m.meta.get("patch_embed"),
-                                 "features": cfg.features if m.ckpt else None, "sensors": sensors}
-        entry["retrieval"], ranks = retrieval(tr, te, sensors, cfg.center)
-        for p, r in ranks["mean"].items():
-            figures["ranks"].setdefault(p, {})[m.name] = r
-        entry["classification"], entry["transfer"] = classification(
-            tr, te, ytr, yte, n_classes, sensors, cfg.knn_k, cfg.probe_features)
-        entry["fractions_r2"] = fraction_probe(tr, te, n_classes, sensors, cfg.probe_features, cfg.ridge_lambda)
-        entry["segmentation"], preds = segmentation(tr, te, m.encoder.patch_size, n_classes, sensors, names)
-        figures["seg"][m.name] = preds
-        if m.ckpt is not None:
-            entry["diagnostics"] = _diagnostics(m, held_ds, cfg, class_index, device)
+        for row in _rows(m, cfg, train_ds, held_ds, class_index, device):
+            report["roles"][row.name] = "baseline" if m.baseline else "model"
+            report["groups"][row.name] = (m.group + row.name[len(m.name):]) if m.group else row.name
+            for h, split_report in report["splits"].items():
+                entry, ranks, preds = _score(row, h, cfg, n_classes, names)
+                ltr, lte = row.train.labels, row.held[h].labels
+                if "majority" not in split_report and ltr is not None and lte is not None:
+                    split_report["majority"] = majority_baseline(dominant(ltr, n_classes), dominant(lte, n_classes),
+                                                                 n_classes)
+                    split_report["chance_R@1"] = 1.0 / len(row.held[h].chip)  # type: ignore[arg-type]
+                if m.ckpt is not None and row.name == m.name:
+                    entry["diagnostics"] = _diagnostics(m, held_ds[h], cfg, class_index, device)
+                split_report["models"][row.name] = entry
+                if h == shown:
+                    for p, r in ranks["mean"].items():
+                        figures["ranks"].setdefault(p, {})[row.name] = r
+                    figures["seg"][row.name] = preds
+                    shown_feats = row.held[h]
         if cfg.external and isinstance(m.encoder, ViT):
-            entry["external"] = _external(cfg, m.encoder.to(device), device, cfg.bands)
-        report["models"][m.name] = entry
-    report["n_tiles"] = {"train": len(train_ds) * cfg.tiles**2, "held_out": len(held_ds) * cfg.tiles**2}
+            report["external"][m.name] = _external(cfg, m.encoder.to(device), device, cfg.bands)
     report["elapsed_s"] = round(time.perf_counter() - t0, 1)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     from msc_france.eval.report import figures as draw
-    from msc_france.eval.report import markdown
+    from msc_france.eval.report import markdown, split_view
 
     (out / "report.md").write_text(markdown(report))
-    assert held_feats is not None
-    draw(report, figures, held_feats, names, out)
+    assert shown_feats is not None
+    draw(split_view(report, shown), figures, shown_feats, names, out)
     return report
 
 

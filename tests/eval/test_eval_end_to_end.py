@@ -24,7 +24,7 @@ def tiny_ckpt(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def test_report(tiny_store: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
     cfg = EvalConfig(
         store=str(tiny_store), input_size=32, tiles=2, test_splits=["val"], out=str(tmp_path / "eval"),
-        models=[{"name": "xs", "checkpoint": str(tiny_ckpt)},
+        models=[{"name": "xs", "checkpoint": str(tiny_ckpt), "ridge": True},
                 {"name": "gone", "checkpoint": str(tmp_path / "missing.pt"), "optional": True}],
         external=[{"kind": "eurosat-rgb", "root": str(make_folder_dataset(tmp_path / "eurosat")),
                    "sensor": "sentinel-2-l2a", "size": 32, "fractions": [0.5, 1.0]},
@@ -32,11 +32,14 @@ def test_report(tiny_store: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
                    "sensor": "aerial", "size": 32, "fractions": [1.0]}],
     )
     r = evaluate(cfg)
-    assert list(r["models"]) == ["pixels", "random", "xs"]
-    assert r["n_tiles"] == {"train": 12, "held_out": 4}
-    assert r["chance_R@1"] == 0.25 and 0 <= r["majority"]["acc"] <= 1
+    baselines = ["pixels", "thumb4", "thumb8", "thumb16", "histogram", "random-shared", "random-per-sensor"]
+    val = r["splits"]["val"]
+    assert list(val["models"]) == [*baselines, "xs", "xs+ridge"]
+    assert r["roles"] == {**{b: "baseline" for b in baselines}, "xs": "model", "xs+ridge": "model"}
+    assert r["n_tiles"] == {"train": 12, "val": 4}
+    assert val["chance_R@1"] == 0.25 and 0 <= val["majority"]["acc"] <= 1
     sensors = ["sentinel-2-l2a", "landsat-8-c2-l2", "aerial"]
-    for name, m in r["models"].items():
+    for name, m in val["models"].items():
         assert set(m["retrieval"]) == {"cls", "mean", "dense"}
         for kind in m["retrieval"].values():
             pairs = {k: v for k, v in kind.items() if "->" in k}
@@ -44,25 +47,29 @@ def test_report(tiny_store: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
             for v in pairs.values():
                 assert 0 <= v["R@1"] <= v["R@5"] <= 1 and 1 <= v["median_rank"] <= 4 and v["n"] == 4
             assert kind["mean_R@1"] == pytest.approx(sum(v["R@1"] for v in pairs.values()) / 6)
+        # One query tile per chip at tiles=2, against one shifted, turned gallery tile per chip.
+        assert all(v["n"] == 1 for k in m["retrieval_shifted"].values() for p, v in k.items() if "->" in p)
         assert set(m["classification"]) == set(sensors)
         for c in m["classification"].values():
             assert all(0 <= c[k] <= 1 for k in ("knn_acc", "linear_acc", "linear_balanced_acc", "linear_macro_f1"))
         assert len(m["transfer"]) == 9 and all(0 <= t["balanced_acc"] <= 1 for t in m["transfer"].values())
         assert len(m["fractions_r2"]) == 9 and all(v <= 1 for v in m["fractions_r2"].values())
         assert all(0 <= s["mIoU"] <= 1 for s in m["segmentation"].values())
+        assert all(set(s["transfer_mIoU"]) == set(sensors) - {k} for k, s in m["segmentation"].items())
         if name == "xs":
             d = m["diagnostics"]["msad_projection"]
             assert len(d) == 6 and all(0 <= v["R@1"] <= 1 for v in d.values())
-            ext = m["external"]
+            ext = r["external"]["xs"]
             assert set(ext["eurosat-rgb"]) == {"0.5", "1.0"} and 0 <= ext["eurosat-rgb"]["1.0"]["linear_acc"] <= 1
             assert ext["geotiff-segmentation"]["1.0"]["mIoU"] > 0.5  # two flat, well separated classes
     out = tmp_path / "eval"
     saved = json.loads((out / "report.json").read_text())
-    assert saved["models"].keys() == r["models"].keys()
+    assert saved["splits"]["val"]["models"].keys() == val["models"].keys()
     for f in ("report.md", "retrieval.png", "transfer.png", "segmentation.png", "summary.png"):
         assert (out / f).stat().st_size > 500
     md = (out / "report.md").read_text()
     assert "Cross-sensor retrieval, mean features" in md and "Class-fraction probe" in md and "majority class" in md
+    assert "Against the best baseline (val)" in md and "Retrieval that layout cannot solve" in md
 
 
 def test_cli_checkpoint_and_errors(tiny_store: Path, tiny_ckpt: Path, tmp_path: Path,
