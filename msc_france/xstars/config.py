@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from msc_france.config import StrictModel, load_config_mapping, parse_model
 from msc_france.errors import BadInputError
-from msc_france.xstars.msad import Targets
+from msc_france.xstars.msad import Positions, Targets
 
 
 class DataConfig(StrictModel):
@@ -75,6 +75,8 @@ class MSADConfig(StrictModel):
         "shared", description="shared projection head (aligns the backbone), then optionally one more head "
         "per sensor or per argument of the loss (the reference code's)")
     normalize: bool = Field(True, description="L2-normalise the embeddings (the reference code does not)")
+    tokens: Positions = Field("all", description="positions aligned: all (dense MSAD), or one global vector per "
+                              "image: cls or mean (a global InfoNCE baseline)")
     proj_dim: int = 256
     tau: float = Field(0.1, gt=0)
     smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the targets")

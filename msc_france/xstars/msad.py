@@ -66,6 +66,24 @@ class ProjectionHead(nn.Module):
         return self.norm(p + self.drop(self.fc(F.gelu(p))))
 
 
+Positions = Literal["all", "cls", "mean"]
+"""Which token positions MSAD aligns: every token (dense, the default), or one global vector per
+image (the CLS token, or the mean patch token): a global InfoNCE, the baseline that says whether
+*dense* matters.
+"""
+
+
+def positions(tokens: torch.Tensor, which: Positions) -> torch.Tensor:
+    """(B, 1 + P, D) tokens -> the (B, P', D) positions MSAD aligns (see :data:`Positions`)."""
+    if which == "all":
+        return tokens
+    if which == "cls":
+        return tokens[:, :1]
+    if which == "mean":
+        return tokens[:, 1:].mean(dim=1, keepdim=True)
+    raise ValueError(f"MSAD tokens must be 'all', 'cls' or 'mean', not {which!r}")
+
+
 Heads = Literal["shared", "per-sensor", "per-argument"]
 """MSAD head layouts: see :class:`MSADHeads`."""
 

@@ -53,7 +53,7 @@ from msc_france.xstars.distributed import (
     one_thread,
     resolve_device,
 )
-from msc_france.xstars.msad import MSADHeads, msad_loss
+from msc_france.xstars.msad import MSADHeads, Positions, msad_loss, positions
 from msc_france.xstars.schedules import cosine, linear_warmup
 from msc_france.xstars.vit import ViT
 
@@ -61,9 +61,11 @@ from msc_france.xstars.vit import ViT
 class Student(nn.Module):
     """Everything the optimiser trains: backbone, DINO head, MSAD projection heads."""
 
-    def __init__(self, backbone: ViT, dino_head: DINOHead, msad_heads: MSADHeads) -> None:
+    def __init__(self, backbone: ViT, dino_head: DINOHead, msad_heads: MSADHeads, msad_tokens: Positions = "all",
+                 ) -> None:
         super().__init__()
         self.backbone, self.dino_head, self.msad_heads = backbone, dino_head, msad_heads
+        self.msad_positions: Positions = msad_tokens
 
     def forward(self, sensor: str, global_views: torch.Tensor, local_views: torch.Tensor | None,
                 msad_views: dict[str, torch.Tensor], msad_tokens: dict[str, torch.Tensor] | None = None
@@ -77,9 +79,10 @@ class Student(nn.Module):
         """
         s_glob = self.dino_head(self.backbone(global_views, sensor)[:, 0])
         s_loc = self.dino_head(self.backbone(local_views, sensor)[:, 0]) if local_views is not None else None
-        emb = {s: self.msad_heads.arguments(self.backbone(v, s), s) for s, v in msad_views.items()}
+        emb = {s: self.msad_heads.arguments(positions(self.backbone(v, s), self.msad_positions), s)
+               for s, v in msad_views.items()}
         for s, tok in (msad_tokens or {}).items():
-            emb[s] = self.msad_heads.arguments(tok, s)
+            emb[s] = self.msad_heads.arguments(positions(tok, self.msad_positions), s)
         return s_glob, s_loc, emb
 
 
@@ -191,7 +194,7 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     student = Student(backbone, DINOHead(backbone.dim, cfg.dino.out_dim, cfg.dino.hidden_dim, cfg.dino.bottleneck_dim),
                       MSADHeads(backbone.dim, list(cfg.data.sensors), cfg.msad.proj_dim, cfg.msad.dropout,
-                                layout=cfg.msad.heads, normalize=cfg.msad.normalize)).to(device)
+                                layout=cfg.msad.heads, normalize=cfg.msad.normalize), cfg.msad.tokens).to(device)
     teacher = Teacher(copy.deepcopy(student.backbone), copy.deepcopy(student.dino_head)).to(device)
     teacher.requires_grad_(False)
     n_crops = cfg.dino.global_crops + cfg.dino.local_crops

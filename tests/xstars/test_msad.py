@@ -177,3 +177,18 @@ def test_reference_preset_trains_end_to_end(tiny_store, tmp_path) -> None:  # no
     ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     keys = [k for k in ck["student"] if k.startswith("msad_heads.per_argument.")]
     assert keys and not cfg.msad.normalize and cfg.msad.targets == "soft"  # the preset under the helper's width
+
+
+def test_global_positions_pool_before_the_heads(tiny_store, tmp_path) -> None:  # noqa: ANN001
+    from msc_france.xstars.msad import positions
+    from msc_france.xstars.train import pretrain
+    from tests.helpers import train_config
+
+    tok = torch.randn(3, 5, 4)
+    assert torch.equal(positions(tok, "all"), tok)
+    assert torch.equal(positions(tok, "cls"), tok[:, :1])
+    assert torch.allclose(positions(tok, "mean"), tok[:, 1:].mean(1, keepdim=True))
+    with pytest.raises(ValueError, match="tokens"):
+        positions(tok, "max")  # type: ignore[arg-type]
+    cfg = train_config(tiny_store, tmp_path / "run", optim__steps=2, msad__tokens="mean")
+    assert all(math.isfinite(v) for v in pretrain(cfg, progress=False)["losses"])
