@@ -18,8 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from msc_france.data import MSCFranceDataset
-from msc_france.xstars.vit import ViT
-
 
 
 class Encoder(Protocol):
