@@ -174,6 +174,10 @@ class DemoWorldSpec(StrictModel):
     )
     dates: list[dt.date] = Field(min_length=1, description="satellite acquisition dates")
     cloud_cover: list[float] = Field(description="target cloud fraction per date (0-1)")
+    landsat_dates: list[dt.date] | None = Field(
+        None, description="Landsat's own acquisition dates, under their own clouds (default: the Sentinel-2 "
+        "dates and clouds)")
+    landsat_cloud_cover: list[float] | None = Field(None, description="target cloud fraction per Landsat date")
     aerial_date: dt.date
     aerial_gsd: float = Field(0.5, gt=0)
     aerial_tile_m: float = Field(2000, gt=0)
@@ -183,6 +187,9 @@ class DemoWorldSpec(StrictModel):
     def _check(self) -> DemoWorldSpec:
         if len(self.cloud_cover) != len(self.dates):
             raise ValueError("cloud_cover needs one value per date")
+        if (self.landsat_dates is None) != (self.landsat_cloud_cover is None) or len(self.landsat_dates or []) != len(
+                self.landsat_cloud_cover or []):
+            raise ValueError("landsat_dates and landsat_cloud_cover go together, one cloud fraction per date")
         minx, miny, maxx, maxy = self.bounds_l93
         if not (minx < maxx and miny < maxy):
             raise ValueError("bounds_l93 must be minx < maxx and miny < maxy")

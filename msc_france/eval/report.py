@@ -164,7 +164,8 @@ def _split_markdown(report: dict[str, Any]) -> str:
                   "|---" * (len(pairs) + 1) + "|"]
         for name, m in shifted.items():
             lines.append(f"| {name} | " + " | ".join(
-                " / ".join(f"{m[k][p]['R@1']:.2f}" for k in ("mean", "cls", "dense")) for p in pairs) + " |")
+                " / ".join(f"{m[k][p]['R@1']:.2f}" for k in ("mean", "cls", "dense")) if p in m["mean"] else "-"
+                for p in pairs) + " |")
     agg = group_rows(report)
     if any(v[HEADLINE[0]][2] > 1 for v in agg.values()):
         lines += ["", "### Runs of one configuration aggregated (mean ± 95 % interval, n runs)", "",

@@ -14,14 +14,24 @@ does, in its own CRS and pixel grid:
 * WorldCover-like labels: EPSG:4326 at 1/12000 degree.
 
 Clouds are per-date smooth random fields in Lambert-93, sampled by each sensor at its pixel
-centres, so a cloud covers the same ground in S2 and Landsat of the same date.
+centres, so a cloud covers the same ground in every sensor that flies that day. Landsat flies on
+its own dates (``landsat_dates``) under its own clouds when the world gives them.
 
 The sensors differ the way real ones do, so that telling whether an encoder is sensor-agnostic is
-not trivial (see ``SENSOR_MODELS``): vegetation follows a season (crops green up then are
-harvested, grass dries), so acquisitions of different dates see different spectra; each sensor
-has its own spectral response, radiometric gain and offset and residual haze; the aerial camera
-adds a per-tile gain and a non-linear (gamma) DN curve; and every satellite product is
-mis-registered by a realistic fraction of a pixel (S2 tiles by 2-3 m, Landsat by ~7 m).
+not trivial, and so that no hand-made feature can (version 6; see ``SENSOR_MODELS``):
+
+* every parcel keeps its own calendar (:func:`phenology`): crops sown weeks apart close their
+  canopy over the soil, yellow and are harvested on their own days, grassland is mown on its own
+  day, so the parcels of one place change colour differently between any two dates, all season
+  long, and a per-tile normalisation cannot undo it;
+* each sensor acquires on its own dates, so co-located chips of different sensors differ in
+  phenology and clouds;
+* ground detail only the aerial resolution resolves (:func:`aerial_texture`): tree crowns, crop
+  rows, grass texture, building shadows;
+* each sensor has its own spectral response, radiometric gain and offset, residual haze and
+  noise (Landsat adds detector striping); the aerial camera adds a per-tile gain and a
+  non-linear (gamma) DN curve; and every satellite product is mis-registered by a realistic
+  fraction of a pixel (S2 tiles by 2-3 m, Landsat by ~7 m).
 
 Everything is written as COGs plus STAC items shaped like Planetary Computer's, into a cache
 directory keyed by the world spec, atomically (temp dir + rename) under a file lock.
@@ -60,7 +70,7 @@ from msc_france.grid import PixelGrid
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "5"
+GENERATOR_VERSION = "6"
 UTM31 = "EPSG:32631"
 
 # Ground-truth classes: name, spectrum (blue, green, red, nir), WorldCover code, SCL class.
@@ -78,20 +88,39 @@ CLASSES: dict[int, tuple[str, tuple[float, float, float, float], int, int]] = {
 MARKER_SIZE_M = 90.0
 
 
-def phenology(classes: np.ndarray, date: dt.date) -> np.ndarray:
-    """(n, 4) multipliers of each feature's spectrum on ``date``: crops green up from April to a
-    June peak and are bare after the July harvest; grass dries in summer; forests barely change.
+#: Bare soil over green canopy, per band: what a crop parcel's colour moves towards while the
+#: canopy is sparse (spring) and after harvest.
+SOIL_OVER_CROP = np.array(CLASSES[5][1]) / np.array(CLASSES[3][1])
+
+
+def phenology(classes: np.ndarray, date: dt.date, phases: np.ndarray | None = None) -> np.ndarray:
+    """(n, 4) multipliers of each feature's spectrum on ``date``.
+
+    Every parcel keeps its own calendar (``phases``, days; for grassland the day it is mown), so
+    the parcels of one place change colour *differently* from one date to the next, all season
+    long: a crop's canopy closes over the soil in April-May (red and green fall, NIR rises),
+    yellows from late June and is harvested in July-August (bright, soil-like stubble); grass
+    dries through the summer and is bright and yellow for three weeks after mowing; forests barely
+    change.
     """
-    doy = date.timetuple().tm_yday
-    green = float(np.exp(-(((doy - 165) / 35.0) ** 2)))  # 1 at mid-June
-    harvested = float(np.clip((doy - 200) / 20.0, 0, 1))  # after mid-July
+    doy = float(date.timetuple().tm_yday)
+    ph = np.zeros(len(classes), np.float32) if phases is None else np.asarray(phases, np.float32)
     m = np.ones((len(classes), 4), np.float32)
     crops = classes == 3
-    veg = (0.75 + 0.25 * green) * (1 - harvested) + 0.0 * harvested
-    m[crops] = np.array([1.0 + 1.2 * harvested, 1.0 + 0.6 * harvested, 1.0 + 2.2 * harvested, veg + 0.6 * harvested])
+    d = doy - ph[crops]
+    cover = 1 / (1 + np.exp(-(d - 135) / 10))  # canopy closure over the soil
+    yellow = np.clip((d - 175) / 25, 0, 1)
+    harvested = np.clip((d - 200) / 12, 0, 1)
+    canopy = (cover * (1 - harvested))[:, None]
+    senescent = np.stack([1 + 0.5 * yellow, 1 + 0.6 * yellow, 1 + 1.6 * yellow, 1 - 0.3 * yellow], axis=1)
+    stubble = harvested[:, None] * np.array([0.2, 0.3, 0.4, 0.1])  # brighter than the soil beneath
+    m[crops] = canopy * senescent + (1 - canopy) * SOIL_OVER_CROP[None] + stubble
     grass = classes == 4
     dry = float(np.clip((doy - 180) / 40.0, 0, 1))
-    m[grass] = np.array([1.0 + 0.4 * dry, 1.0 + 0.2 * dry, 1.0 + 0.9 * dry, 1.0 - 0.35 * dry])
+    mown = ((doy >= ph[grass]) & (doy < ph[grass] + 21)).astype(np.float32)  # phase 0: never in season
+    m[grass] = np.array([1.0 + 0.4 * dry, 1.0 + 0.2 * dry, 1.0 + 0.9 * dry, 1.0 - 0.35 * dry])[None] + np.outer(
+        mown, [0.6, 0.5, 1.0, -0.3])
+    green = float(np.exp(-(((doy - 165) / 35.0) ** 2)))
     m[classes == 2] = np.array([1.0, 1.0, 1.0, 0.95 + 0.05 * green])
     return m
 
@@ -137,6 +166,7 @@ class Feature:
     geometry: BaseGeometry
     cls: int
     spectrum: tuple[float, float, float, float]
+    phase: float = 0.0  # days: a crop's calendar offset, a grassland's mowing day (see phenology)
 
 
 # --------------------------------------------------------------------------- ground truth
@@ -149,12 +179,13 @@ def make_features(spec: DemoWorldSpec) -> tuple[list[Feature], list[tuple[float,
     w, h = x1 - x0, y1 - y0
     feats: list[Feature] = []
 
-    def add(geom: BaseGeometry, cls: int, gain: float = 1.0, tint: np.ndarray | None = None) -> None:
+    def add(geom: BaseGeometry, cls: int, gain: float = 1.0, tint: np.ndarray | None = None,
+            phase: float = 0.0) -> None:
         base = np.array(CLASSES[cls][1]) * gain
         if tint is not None:
             base = base * tint
         r, g, b, n = (float(v) for v in np.clip(base, 0.005, 0.95))
-        feats.append(Feature(geom, cls, (r, g, b, n)))
+        feats.append(Feature(geom, cls, (r, g, b, n), phase))
 
     # Agricultural background: a jittered grid of parcels split into strips.
     cell = 320.0
@@ -170,7 +201,9 @@ def make_features(spec: DemoWorldSpec) -> tuple[list[Feature], list[tuple[float,
                 else:
                     g = box(gx, gy + a * cell, gx + cell, gy + b * cell)
                 cls = int(rng.choice([3, 4, 5, 2], p=[0.36, 0.28, 0.1, 0.26]))
-                add(g, cls, gain=float(rng.uniform(0.85, 1.15)), tint=rng.uniform(0.93, 1.07, 4))
+                # Crops: sown up to five weeks apart; grassland: mown on its own day.
+                phase = float(rng.uniform(-35, 35)) if cls == 3 else float(rng.uniform(140, 240))
+                add(g, cls, gain=float(rng.uniform(0.85, 1.15)), tint=rng.uniform(0.93, 1.07, 4), phase=phase)
     # Forests: irregular blobs.
     for _ in range(max(5, int(round(w * h / 14e6)))):
         cx, cy = x0 + rng.uniform(0.05, 0.95) * w, y0 + rng.uniform(0.05, 0.95) * h
@@ -230,9 +263,11 @@ class Renderer:
     def __post_init__(self) -> None:
         self.spectra = np.zeros((len(self.features) + 1, 4), np.float32)
         self.classes = np.zeros(len(self.features) + 1, np.uint8)
+        self.phases = np.zeros(len(self.features) + 1, np.float32)
         for i, f in enumerate(self.features, start=1):
             self.spectra[i] = f.spectrum
             self.classes[i] = f.cls
+            self.phases[i] = f.phase
         self._tree = shapely.STRtree([f.geometry for f in self.features])
         self._cache: dict[str, list[BaseGeometry]] = {}
 
@@ -275,7 +310,7 @@ class Renderer:
 
     def seasonal(self, date: dt.date) -> np.ndarray:
         """Per-feature spectra on ``date`` (see :func:`phenology`)."""
-        return (self.spectra * phenology(self.classes, date)).astype(np.float32)
+        return (self.spectra * phenology(self.classes, date, self.phases)).astype(np.float32)
 
     def reflectance(self, grid: PixelGrid, supersample: int, psf_sigma_px: float) -> tuple[np.ndarray, np.ndarray]:
         """Area-averaged surface reflectance (4, H, W) and the centre class (H, W) on ``grid``."""
@@ -441,7 +476,7 @@ def generate_sentinel2(spec: DemoWorldSpec, r: Renderer, clouds: list[CloudField
             haze = float(np.random.default_rng([spec.seed, date.toordinal(), 2]).uniform(*model.haze))
             refl = model.observe(r.render(ids, 5, 0.45, r.seasonal(date)), haze)
             obs = refl * (1 - 0.55 * s10 * (1 - c10)) * (1 - c10) + c10 * 0.62
-            obs += 0.002 * rng.standard_normal(obs.shape, dtype=np.float32)
+            obs += 0.004 * rng.standard_normal(obs.shape, dtype=np.float32)
             baseline = _s2_baseline(date, i)
             offset = 1000 if baseline >= "04.00" else 0
             dn = np.clip(np.round(obs * 10000 + offset), 1, 65535).astype(np.uint16)
@@ -479,7 +514,10 @@ def generate_sentinel2(spec: DemoWorldSpec, r: Renderer, clouds: list[CloudField
 
 
 def generate_landsat(spec: DemoWorldSpec, r: Renderer, clouds: list[CloudField], out: Path) -> list[pystac.Item]:
-    """Landsat-8 C2 L2-like items (one per date) plus one Landsat-9 item the platform filter drops."""
+    """Landsat-8 C2 L2-like items (one per date of ``spec.landsat_dates``, or of ``spec.dates``
+    when it has none, with ``clouds`` of those dates) plus one Landsat-9 item the platform filter
+    drops.
+    """
     items = []
     rng = np.random.default_rng(spec.seed + 3)
     g = _utm_grid(spec.bounds_l93, 30.0, 30.0, offset=15.0, margin=1500.0)
@@ -488,14 +526,16 @@ def generate_landsat(spec: DemoWorldSpec, r: Renderer, clouds: list[CloudField],
     cls = r.classes[ids[5::10, 5::10]]
     x, y = grid_centres_l93(g)
     scale, offset = 2.75e-05, -0.2
-    plan = [(d, cf, "landsat-8") for d, cf in zip(spec.dates, clouds, strict=True)]
-    plan.append((spec.dates[len(spec.dates) // 2] + dt.timedelta(days=8), clouds[len(clouds) // 2], "landsat-9"))
+    dates = spec.landsat_dates or spec.dates
+    plan = [(d, cf, "landsat-8") for d, cf in zip(dates, clouds, strict=True)]
+    plan.append((dates[len(dates) // 2] + dt.timedelta(days=8), clouds[len(clouds) // 2], "landsat-9"))
     for date, cf, platform in plan:
         c, s = cf.sample(x, y), cf.sample(x, y, shadow=True)
         haze = float(np.random.default_rng([spec.seed, date.toordinal(), 3]).uniform(*model.haze))
         refl = model.observe(r.render(ids, 10, 0.5, r.seasonal(date)), haze)
         obs = refl * (1 - 0.55 * s * (1 - c)) * (1 - c) + c * 0.6
-        obs += 0.003 * rng.standard_normal(obs.shape, dtype=np.float32)
+        obs += 0.005 * rng.standard_normal(obs.shape, dtype=np.float32)
+        obs += 0.003 * rng.standard_normal((4, obs.shape[1], 1), dtype=np.float32)  # detector striping, per line
         dn = np.clip(np.round((obs - offset) / scale), 1, 65535).astype(np.uint16)
         qa = np.zeros(g.shape, np.uint16)
         clear = (c < 0.2) & (s < 0.05)
@@ -552,8 +592,9 @@ def _aerial_tile(spec: DemoWorldSpec, r: Renderer, out: Path, tx: float, ty: flo
     n = int(round(t / gsd))
     g = PixelGrid(L93, Affine(gsd, 0, tx, 0, -gsd, ty + t), n, n)
     ids = r.fine_ids(g, 1)
-    refl = SENSOR_MODELS["aerial"].observe(r.render(ids, 1, 0.6, r.seasonal(spec.aerial_date)), 0.0)
     rng = np.random.default_rng([spec.seed, int(tx), int(ty)])
+    ground = r.render(ids, 1, 0.6, r.seasonal(spec.aerial_date)) * aerial_texture(r, ids, g, rng)[None]
+    refl = SENSOR_MODELS["aerial"].observe(ground, 0.0)
     rgbn = refl[[2, 1, 0, 3]]  # R G B NIR, as BD ORTHO RVB + IRC
     rgbn += 0.008 * rng.standard_normal(rgbn.shape, dtype=np.float32)
     gain = float(rng.uniform(0.88, 1.12))  # mosaic balancing differs from tile to tile
@@ -569,6 +610,41 @@ def _aerial_tile(spec: DemoWorldSpec, r: Renderer, out: Path, tx: float, ty: flo
         {"name": "Red", "common_name": "red"}, {"name": "Green", "common_name": "green"},
         {"name": "Blue", "common_name": "blue"}, {"name": "NIR", "common_name": "nir"}]}))
     return item
+
+
+#: Sun towards the south-east at the aerial acquisition: shadows fall this far north and west (m).
+SHADOW_M = (4.0, 3.0)
+
+
+def aerial_texture(r: Renderer, ids: np.ndarray, g: PixelGrid, rng: np.random.Generator) -> np.ndarray:
+    """(H, W) reflectance multipliers for the ground detail only the aerial resolution resolves:
+    tree crowns (a few metres across), crop rows (3.5 m apart, along or across each parcel), grass
+    texture, and the shadows buildings cast. Their area average is about 1, so the 10 m and 30 m
+    sensors see the parcels as before; at 1.5 m a tile's texture is its own.
+    """
+    cls = r.classes[ids]
+    gsd = g.res
+    tex = np.ones(ids.shape, np.float32)
+
+    def noise(scale_m: float) -> np.ndarray:
+        n = ndimage.gaussian_filter(rng.standard_normal(ids.shape).astype(np.float32), scale_m / gsd)
+        return n / max(float(n.std()), 1e-6)
+
+    forest = cls == 2
+    tex[forest] = np.clip(1 + 0.35 * noise(2.5)[forest], 0.35, 1.7)
+    crops = cls == 3
+    rows_, cols_ = np.indices(ids.shape)
+    along = np.where(ids % 2 == 0, rows_, cols_) * gsd  # each parcel ploughed one way or the other
+    tex[crops] = (1 + 0.25 * np.sin(2 * np.pi * along / 3.5))[crops]
+    grass = cls == 4
+    tex[grass] = (1 + 0.1 * noise(1.0))[grass]
+    building = cls == 8
+    kr, kc = (max(1, int(round(m / gsd))) for m in SHADOW_M)
+    shadow = np.zeros_like(building)
+    shadow[:-kr, :-kc] = building[kr:, kc:]
+    shadow &= ~building & (cls != 9) & (cls != 1)
+    tex[shadow] *= 0.45
+    return tex
 
 
 def generate_worldcover(spec: DemoWorldSpec, r: Renderer, out: Path) -> list[pystac.Item]:
@@ -640,8 +716,12 @@ def _generate(spec: DemoWorldSpec, tmp: Path, final: Path) -> None:
     r = Renderer(feats)
     rng = np.random.default_rng(spec.seed + 1)
     clouds = [CloudField.make(spec.bounds_l93, cc, rng) for cc in spec.cloud_cover]
+    l8_clouds = clouds  # one date, one sky: a world whose Landsat flies on the Sentinel-2 dates
+    if spec.landsat_dates:
+        rng8 = np.random.default_rng(spec.seed + 5)
+        l8_clouds = [CloudField.make(spec.bounds_l93, cc, rng8) for cc in spec.landsat_cloud_cover or []]
     steps = {"sentinel-2-l2a": lambda: generate_sentinel2(spec, r, clouds, tmp),
-             "landsat-c2-l2": lambda: generate_landsat(spec, r, clouds, tmp),
+             "landsat-c2-l2": lambda: generate_landsat(spec, r, l8_clouds, tmp),
              "aerial": lambda: generate_aerial(spec, r, tmp),
              "esa-worldcover": lambda: generate_worldcover(spec, r, tmp)}
     collections = {}
