@@ -82,12 +82,20 @@ class MultiCropConfig:
     local_size: int = 32
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.4)
+    dihedral: bool = False
 
 
-def photometric(x: torch.Tensor, g: torch.Generator, blur_p: float, solarize_p: float) -> torch.Tensor:
-    """DINO's colour augmentations adapted to standardised multispectral bands."""
+def photometric(x: torch.Tensor, g: torch.Generator, blur_p: float, solarize_p: float,
+                dihedral: bool = False) -> torch.Tensor:
+    """DINO's colour augmentations adapted to standardised multispectral bands.
+
+    ``dihedral`` adds a random quarter turn to DINO's horizontal flip: an overhead image has no
+    up, so every symmetry of the square is a view of the same ground.
+    """
     if _u(g) < 0.5:
         x = torch.flip(x, dims=[-1])
+    if dihedral:
+        x = torch.rot90(x, int(torch.randint(0, 4, (1,), generator=g)), dims=(-2, -1))
     if _u(g) < 0.8:  # brightness, contrast, per-band jitter
         mean = x.mean()
         x = (x - mean) * _u(g, 0.6, 1.4) + mean + _u(g, -0.4, 0.4)
@@ -115,6 +123,6 @@ def multicrop(images: torch.Tensor, cfg: MultiCropConfig, g: torch.Generator) ->
         crops = []
         for i in range(n):
             w = random_window(H, scale, g)
-            crops.append(photometric(crop_resize(images[i], w, size), g, blur_p, sol_p))
+            crops.append(photometric(crop_resize(images[i], w, size), g, blur_p, sol_p, cfg.dihedral))
         views.append(torch.stack(crops))
     return views

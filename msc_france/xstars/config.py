@@ -53,6 +53,7 @@ class DinoConfig(StrictModel):
     warmup_teacher_temp_steps: int = 0
     center_momentum: float = 0.9
     freeze_last_layer_steps: int = 0
+    dihedral: bool = Field(False, description="random quarter turns as well as flips in the DINO views")
 
 
 #: The reference code's MSAD (its bugs fixed: gradient kept, heads trained), as ``msad.preset``.

@@ -223,7 +223,7 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                         worker_init_fn=one_thread,
                         pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0)
     mc = MultiCropConfig(cfg.dino.global_crops, cfg.dino.local_crops, cfg.dino.global_size, cfg.dino.local_size,
-                         cfg.dino.global_scale, cfg.dino.local_scale)
+                         cfg.dino.global_scale, cfg.dino.local_scale, cfg.dino.dihedral)
     lr_peak = cfg.optim.lr * cfg.optim.batch_size / 256
     amp = cfg.run.amp and device.type == "cuda"
     ckpt_dir = out / "checkpoints"

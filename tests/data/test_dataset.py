@@ -168,6 +168,24 @@ def test_multicrop_shapes_and_determinism() -> None:
     assert not torch.equal(a[0], c[0])
 
 
+def test_dihedral_views_turn_the_image() -> None:
+    from msc_france.data.transforms import photometric
+
+    def z(t: torch.Tensor) -> torch.Tensor:  # per band: undoes brightness, contrast and band jitter
+        return (t - t.mean(dim=(1, 2), keepdim=True)) / t.std(dim=(1, 2), keepdim=True)
+
+    x = torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(1))
+    turns = [z(torch.rot90(x, k, dims=(-2, -1)).flip(-1) if f else torch.rot90(x, k, dims=(-2, -1)))
+             for k in range(4) for f in (0, 1)]
+    seen, plain = set(), set()
+    for seed in range(80):  # blur and solarisation off: geometry and colour jitter only
+        for dihedral, found in ((True, seen), (False, plain)):
+            v = z(photometric(x, torch.Generator().manual_seed(seed), 0.0, 0.0, dihedral=dihedral))
+            found.update(i for i, t in enumerate(turns) if torch.allclose(v, t, atol=1e-4))
+    assert seen == set(range(8))  # every symmetry of the square occurs
+    assert plain == {0, 1}  # without it: the image or its mirror only
+
+
 def test_tiles_are_co_located_sub_chips(tiny_store: Path) -> None:
     full = MSCFranceDataset(tiny_store, split=None)
     tiled = MSCFranceDataset(tiny_store, split=None, tiles=2)
