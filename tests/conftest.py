@@ -64,6 +64,8 @@ def tiny_recipe(tmp_path_factory: pytest.TempPathFactory, tiny_catalog: Path) ->
     """The demo recipe with 960 m chips and 2 chips per shard, pointing at the tiny catalog."""
     rec = yaml.safe_load((pipelines_dir() / "demo.yaml").read_text())
     rec.update(name="tiny", catalog=str(tiny_catalog), chip_size_m=960, chips_per_shard=2)
+    # Four chips: split chip by chip (blocks would put them all in one split), with train, val and test.
+    rec["split"] = {"train": 0.6, "val": 0.2, "test": 0.2, "salt": "msc-france"}
     p = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
     p.write_text(yaml.safe_dump(rec))
     return p

@@ -96,12 +96,13 @@ SOIL_OVER_CROP = np.array(CLASSES[5][1]) / np.array(CLASSES[3][1])
 def phenology(classes: np.ndarray, date: dt.date, phases: np.ndarray | None = None) -> np.ndarray:
     """(n, 4) multipliers of each feature's spectrum on ``date``.
 
-    Every parcel keeps its own calendar (``phases``, days; for grassland the day it is mown), so
-    the parcels of one place change colour *differently* from one date to the next, all season
-    long: a crop's canopy closes over the soil in April-May (red and green fall, NIR rises),
-    yellows from late June and is harvested in July-August (bright, soil-like stubble); grass
-    dries through the summer and is bright and yellow for three weeks after mowing; forests barely
-    change.
+    Every parcel keeps its own calendar (``phases``, days: a crop's offset from the reference
+    calendar, a meadow's mowing day), so the parcels of one place change colour *differently*
+    from one date to the next, all season long: on the reference calendar a crop's canopy closes
+    over the soil in April-May (red and green fall, NIR rises), yellows from late June and is
+    harvested in July (bright, soil-like stubble); the demo world's parcels run up to two months
+    either side of it. Grass dries through the summer and is bright and yellow for three weeks
+    after mowing; forests barely change.
     """
     doy = float(date.timetuple().tm_yday)
     ph = np.zeros(len(classes), np.float32) if phases is None else np.asarray(phases, np.float32)
@@ -201,8 +202,9 @@ def make_features(spec: DemoWorldSpec) -> tuple[list[Feature], list[tuple[float,
                 else:
                     g = box(gx, gy + a * cell, gx + cell, gy + b * cell)
                 cls = int(rng.choice([3, 4, 5, 2], p=[0.36, 0.28, 0.1, 0.26]))
-                # Crops: sown up to five weeks apart; grassland: mown on its own day.
-                phase = float(rng.uniform(-35, 35)) if cls == 3 else float(rng.uniform(140, 240))
+                # Crops: each parcel up to two months either side of the reference calendar, so
+                # parcels pass their transitions all through the season; grassland: mown on its own day.
+                phase = float(rng.uniform(-60, 60)) if cls == 3 else float(rng.uniform(120, 260))
                 add(g, cls, gain=float(rng.uniform(0.85, 1.15)), tint=rng.uniform(0.93, 1.07, 4), phase=phase)
     # Forests: irregular blobs.
     for _ in range(max(5, int(round(w * h / 14e6)))):

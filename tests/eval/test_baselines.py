@@ -128,3 +128,17 @@ def test_interval_and_claims_need_more_than_a_tie() -> None:
     row = next(line for line in claims(view) if line.startswith("| fractions R2 cross"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "thumb 0.300" and cells[2].endswith("no (+0.000)") and cells[3].endswith("yes (+0.100)")
+
+
+def test_a_baseline_scored_as_a_model_gets_the_same_numbers(tiny_store) -> None:  # noqa: ANN001
+    from msc_france.eval.run import EvalConfig, Model, _datasets, _rows, _score
+
+    cfg = EvalConfig(store=str(tiny_store), input_size=32, tiles=2, test_splits=["val"], baselines=[])
+    train, held, class_index, names = _datasets(cfg, 64)
+    entries = []
+    for baseline in (True, False):
+        m = Model("thumb8", Thumbnail(8), {"arch": "thumb8"}, baseline=baseline, ridge=True)
+        rows = _rows(m, cfg, train, held, class_index, torch.device("cpu"))
+        assert [r.name for r in rows] == ["thumb8", "thumb8+ridge"]
+        entries.append([_score(r, "val", cfg, len(class_index), names)[0] for r in rows])
+    assert entries[0] == entries[1]  # the role only decides which row a claim is compared with
