@@ -463,6 +463,10 @@ def write_table(results: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+#: Sections of ``make bench``, in the order they run (``--only`` picks some).
+SECTIONS = ("msad", "loader", "training", "build", "readers", "plan")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="one repetition on small inputs (smoke test)")
@@ -480,28 +484,44 @@ def main(argv: list[str] | None = None) -> int:
     if not (store / "zarr.json").exists():
         print(f"error: store {store} not found; run 'make demo' first", file=sys.stderr)
         return 2
-    which = a.only or ["build", "readers", "plan", "loader", "msad", "training"]
+    which = a.only or list(SECTIONS)
     details: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    if "msad" in which:
-        rows += bench_msad(a.quick, 3 if a.quick else 5)
-    if "loader" in which:
-        rows += bench_loader(store, a.quick, reps)
-    if "training" in which:
-        rows += bench_training(store, a.quick)
-    if "build" in which:
-        rows += bench_build(a.quick, reps, a.recipe, a.region)
-    if "readers" in which:
+    unknown = sorted(set(which) - set(SECTIONS))
+    if unknown:
+        print(f"error: unknown benchmark section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+
+    def section(name: str, run: Callable[[], list[dict[str, Any]]]) -> None:
+        if name not in which:
+            return
+        print(f"bench {name}: started", flush=True)  # a run takes minutes: say where it is
+        t = time.perf_counter()
+        got = run()
+        for r in got:
+            print(f"  {r['name']}: {r['figure']:.3g} {r['unit']} (target {r['target']}, met {r['met']})", flush=True)
+        print(f"bench {name}: {len(got)} row(s) in {time.perf_counter() - t:.0f} s", flush=True)
+        rows.extend(got)
+
+    def readers() -> list[dict[str, Any]]:
         from benchmarks.readers import bench_readers
 
         more, details["readers"] = bench_readers(a.quick, a.recipe, a.region)
-        rows += more
-    if "plan" in which:
+        return more
+
+    def plan() -> list[dict[str, Any]]:
         from benchmarks.plan_france import bench_plan_france
 
         more, details["plan_france"] = bench_plan_france(a.quick)
-        rows += more
+        return more
+
+    section("msad", lambda: bench_msad(a.quick, 3 if a.quick else 5))
+    section("loader", lambda: bench_loader(store, a.quick, reps))
+    section("training", lambda: bench_training(store, a.quick))
+    section("build", lambda: bench_build(a.quick, reps, a.recipe, a.region))
+    section("readers", readers)
+    section("plan", plan)
     results = {
         "quick": a.quick, "rows": rows, "details": details, "elapsed_s": round(time.perf_counter() - t0, 1),
         "environment": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),

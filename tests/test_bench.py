@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from benchmarks.run import main
 
 
-def test_quick_benchmarks_run(tiny_store: Path, tiny_recipe: Path, tiny_region: Path, tmp_path: Path) -> None:
+def test_quick_benchmarks_run(tiny_store: Path, tiny_recipe: Path, tiny_region: Path, tmp_path: Path,
+                              capsys) -> None:  # noqa: ANN001
     rc = main(["--quick", "--store", str(tiny_store), "--out", str(tmp_path), "--doc", str(tmp_path / "b.md"),
                "--recipe", str(tiny_recipe), "--region", str(tiny_region)])
     assert rc == 0
+    printed = capsys.readouterr().out
+    for section in ("msad", "loader", "training", "build", "readers", "plan"):  # each says it started and ended
+        assert re.search(rf"bench {section}: started\n(.*\n)*?bench {section}: \d+ row\(s\) in \d+ s\n", printed)
     res = json.loads((tmp_path / "quick.json").read_text())
     names = [r["name"] for r in res["rows"]]
     assert len(names) >= 15 and any("MSAD" in n for n in names) and any("RSS" in n for n in names)
@@ -22,3 +27,14 @@ def test_quick_benchmarks_run(tiny_store: Path, tiny_recipe: Path, tiny_region: 
         assert {"target", "met", "unit"} <= set(r)
     table = (tmp_path / "b.md").read_text()
     assert "| benchmark | ours | baseline | ratio | target | met |" in table and "QUICK" in table
+
+
+def test_a_subset_of_sections_and_unknown_names(tiny_store: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    rc = main(["--quick", "--store", str(tiny_store), "--out", str(tmp_path), "--doc", str(tmp_path / "b.md"),
+               "--only", "msad"])
+    assert rc == 0
+    rows = json.loads((tmp_path / "quick.json").read_text())["rows"]
+    assert rows and all("MSAD" in r["name"] for r in rows)
+    assert "bench loader" not in capsys.readouterr().out
+    assert main(["--quick", "--store", str(tiny_store), "--only", "gpu-fast"]) == 2
+    assert "unknown benchmark section(s) gpu-fast" in capsys.readouterr().err

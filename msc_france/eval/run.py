@@ -324,12 +324,10 @@ def _rows(m: Model, cfg: EvalConfig, train_ds: MSCFranceDataset, held_ds: dict[s
         gallery = {h: extract(m.encoder, _subset(d, sensors), cfg.tiles, cfg.input_size, class_index, device,
                               shifted=True, seed=cfg.seed) for h, d in held_ds.items()}
     rows = [_Scored(m.name, tr, held, gallery, m)]
-    if m.ridge and len(sensors) > 1:
-        splits = list(held)
-        mapped = ridge_aligned(tr, [held[h] for h in splits] + [gallery[h] for h in splits if h in gallery],
-                               sensors[0], cfg.ridge_lambda)
-        rows.append(_Scored(f"{m.name}+ridge", mapped[0], dict(zip(splits, mapped[1:1 + len(splits)], strict=True)),
-                            dict(zip([h for h in splits if h in gallery], mapped[1 + len(splits):], strict=True)), m))
+    if m.ridge and len(sensors) > 1:  # every split mapped by the maps fitted on the training tiles
+        tr_mapped, *rest = ridge_aligned(tr, [*held.values(), *gallery.values()], sensors[0], cfg.ridge_lambda)
+        rows.append(_Scored(f"{m.name}+ridge", tr_mapped, dict(zip(held, rest[: len(held)], strict=True)),
+                            dict(zip(gallery, rest[len(held):], strict=True)), m))
     return rows
 
 
