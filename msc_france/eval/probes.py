@@ -77,10 +77,23 @@ def pair_retrieval(queries: torch.Tensor, gallery: torch.Tensor) -> dict[str, fl
     return M.retrieval_metrics(M.retrieval_ranks(queries, gallery))
 
 
+def _fit(memo: dict[Any, Any] | None, key: Any, fit: Any) -> Any:
+    """``fit()``, or what it returned for ``key`` before: probes depend on the training tiles only,
+    so every held-out split reuses them.
+    """
+    if memo is None:
+        return fit()
+    if key not in memo:
+        memo[key] = fit()
+    return memo[key]
+
+
 def classification(tr: Features, te: Features, ytr: torch.Tensor, yte: torch.Tensor, n_classes: int,
-                   sensors: list[str], k: int, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
+                   sensors: list[str], k: int, kind: str, memo: dict[Any, Any] | None = None,
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Dominant-class classification per sensor (kNN and linear probe; accuracy, balanced accuracy,
     macro-F1) and cross-sensor transfer of the linear probe (accuracy, balanced accuracy).
+    ``memo`` keeps the fitted probes for the next held-out split.
     """
     cls_out, transfer = {}, {}
     mtr, mte = ytr >= 0, yte >= 0
@@ -88,7 +101,7 @@ def classification(tr: Features, te: Features, ytr: torch.Tensor, yte: torch.Ten
     for s in sensors:
         ftr, fte = tr.kind(kind, s)[mtr], te.kind(kind, s)[mte]
         knn = M.knn_predict(ftr, ytr[mtr], fte, n_classes, k=k)
-        probe = M.linear_probe(ftr, ytr[mtr], n_classes)
+        probe = _fit(memo, ("linear", kind, s), lambda ftr=ftr: M.linear_probe(ftr, ytr[mtr], n_classes))
         probes[s] = probe
         with torch.no_grad():
             lin = probe(fte).argmax(1)
@@ -117,7 +130,7 @@ def majority_baseline(ytr: torch.Tensor, yte: torch.Tensor, n_classes: int) -> d
 
 
 def fraction_probe(tr: Features, te: Features, n_classes: int, sensors: list[str], kind: str,
-                   lam: float) -> dict[str, float]:
+                   lam: float, memo: dict[Any, Any] | None = None) -> dict[str, float]:
     """Ridge regression from tile features to the tile's class fractions; held-out R2 for every
     (train sensor -> test sensor) pair: the diagonal is same-sensor, the rest cross-sensor.
     """
@@ -125,7 +138,7 @@ def fraction_probe(tr: Features, te: Features, n_classes: int, sensors: list[str
     ftr, fte = fractions(tr.labels, n_classes), fractions(te.labels, n_classes)
     out = {}
     for a in sensors:
-        model = M.ridge(tr.kind(kind, a), ftr, lam)
+        model = _fit(memo, ("fractions", kind, a), lambda a=a: M.ridge(tr.kind(kind, a), ftr, lam))
         for b in sensors:
             with torch.no_grad():
                 out[f"{a}->{b}"] = M.r2(model(te.kind(kind, b)), fte)
@@ -133,7 +146,8 @@ def fraction_probe(tr: Features, te: Features, n_classes: int, sensors: list[str
 
 
 def segmentation(tr: Features, te: Features, patch: int, n_classes: int, sensors: list[str],
-                 names: dict[int, str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+                 names: dict[int, str], memo: dict[Any, Any] | None = None,
+                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Patch-level linear segmentation scored per pixel (mIoU, per-class IoU, pixel accuracy), and
     its cross-sensor transfer: the probe fitted on one sensor's training tokens applied to every
     other sensor's held-out tokens (``transfer_mIoU`` by test sensor).
@@ -144,12 +158,15 @@ def segmentation(tr: Features, te: Features, patch: int, n_classes: int, sensors
     size = te.labels.shape[-1]
     side = size // patch
     for s in sensors:
-        xtr = tr.patches[s].reshape(-1, tr.patches[s].shape[-1])
-        ytr = ptr.reshape(-1)
-        g = torch.Generator().manual_seed(0)
-        sel = torch.nonzero(ytr >= 0).flatten()
-        sel = sel[torch.randperm(len(sel), generator=g)[:20000]]  # bounded probe cost
-        probe = M.linear_probe(xtr[sel], ytr[sel], n_classes, steps=200)
+        def fit(s: str = s) -> torch.nn.Module:
+            xtr = tr.patches[s].reshape(-1, tr.patches[s].shape[-1])
+            ytr = ptr.reshape(-1)
+            g = torch.Generator().manual_seed(0)
+            sel = torch.nonzero(ytr >= 0).flatten()
+            sel = sel[torch.randperm(len(sel), generator=g)[:20000]]  # bounded probe cost
+            return M.linear_probe(xtr[sel], ytr[sel], n_classes, steps=200)
+
+        probe = _fit(memo, ("segmentation", s), fit)
 
         def predict(sensor: str, probe: torch.nn.Module = probe) -> torch.Tensor:
             with torch.no_grad():

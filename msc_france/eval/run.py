@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -310,6 +310,7 @@ class _Scored:
     held: dict[str, Features]
     gallery: dict[str, Features]
     model: Model
+    probes: dict[Any, Any] = field(default_factory=dict)  # fitted on the training tiles, reused by every split
 
 
 def _rows(m: Model, cfg: EvalConfig, train_ds: MSCFranceDataset, held_ds: dict[str, MSCFranceDataset],
@@ -345,9 +346,10 @@ def _score(row: _Scored, split: str, cfg: EvalConfig, n_classes: int, names: dic
     if split in row.gallery:
         entry["retrieval_shifted"] = shifted_retrieval(te, row.gallery[split], sensors, cfg.tiles)
     entry["classification"], entry["transfer"] = classification(
-        tr, te, ytr, yte, n_classes, sensors, cfg.knn_k, cfg.probe_features)
-    entry["fractions_r2"] = fraction_probe(tr, te, n_classes, sensors, cfg.probe_features, cfg.ridge_lambda)
-    entry["segmentation"], preds = segmentation(tr, te, m.encoder.patch_size, n_classes, sensors, names)
+        tr, te, ytr, yte, n_classes, sensors, cfg.knn_k, cfg.probe_features, row.probes)
+    entry["fractions_r2"] = fraction_probe(tr, te, n_classes, sensors, cfg.probe_features, cfg.ridge_lambda,
+                                           row.probes)
+    entry["segmentation"], preds = segmentation(tr, te, m.encoder.patch_size, n_classes, sensors, names, row.probes)
     return entry, ranks, preds
 
 
