@@ -336,7 +336,13 @@ def _summary_figure(report: dict[str, Any], out: Path) -> Path:
     axes[0].set_ylim(0, 1)
     axes[0].legend(fontsize=7)
     for i, k in enumerate(("same", "cross")):
-        axes[1].bar(x + (i - 0.5) * 0.4, [r[f"fractions R2 {k}"] or 0 for r in rows], 0.4, label=f"{k}-sensor")
+        vals = [r[f"fractions R2 {k}"] or 0 for r in rows]
+        axes[1].bar(x + (i - 0.5) * 0.4, [max(v, -1.0) for v in vals], 0.4, label=f"{k}-sensor")
+        for j, v in enumerate(vals):  # clipped at -1 so the interesting range stays readable
+            if v < -1:
+                axes[1].text(x[j] + (i - 0.5) * 0.4, -0.98, f"{v:.1f}", ha="center", va="bottom", fontsize=6,
+                             rotation=90)
+    axes[1].set_ylim(-1.05, 1.0)
     axes[1].axhline(0, color="k", lw=0.8, label="predicting the mean")
     axes[1].set_xticks(x, [r["model"] for r in rows], fontsize=8, rotation=20, ha="right")
     axes[1].set_ylabel("class-fraction probe, held-out R2")
