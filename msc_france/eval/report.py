@@ -260,24 +260,7 @@ def figures(report: dict[str, Any], figs: dict[str, Any], held: Any, names: dict
         paths.append(out / "retrieval.png")
         fig.savefig(paths[-1], dpi=90)
         plt.close(fig)
-    models = report["models"]
-    fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4), squeeze=False)
-    for ax, (name, m) in zip(axes[0], models.items(), strict=True):
-        ss = m["sensors"]
-        mat = np.array([[m["transfer"][f"{a}->{b}"]["balanced_acc"] for b in ss] for a in ss])
-        ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
-        for i in range(len(ss)):
-            for j in range(len(ss)):
-                ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
-        ax.set_xticks(range(len(ss)), [_s(s) for s in ss])
-        ax.set_yticks(range(len(ss)), [_s(s) for s in ss])
-        ax.set_title(f"{name}: balanced accuracy\n(majority class {report['majority']['balanced_acc']:.2f})", fontsize=8)
-        ax.set_xlabel("test sensor")
-        ax.set_ylabel("probe trained on")
-    fig.tight_layout()
-    paths.append(out / "transfer.png")
-    fig.savefig(paths[-1], dpi=90)
-    plt.close(fig)
+    paths.append(_transfer_figure(report, out))
     paths.append(_summary_figure(report, out))
     # Segmentation maps: the aerial view (or the first sensor), the truth and each model's prediction.
     sensor = "aerial" if "aerial" in held.images else next(iter(held.images))
@@ -319,6 +302,35 @@ def figures(report: dict[str, Any], figs: dict[str, Any], held: Any, names: dict
     fig.savefig(paths[-1], dpi=90)
     plt.close(fig)
     return paths
+
+
+def _transfer_figure(report: dict[str, Any], out: Path) -> Path:
+    """transfer.png: per model, balanced accuracy of a probe trained on one sensor, tested on each."""
+    import matplotlib.pyplot as plt
+
+    models = report["models"]
+    cols = min(5, len(models))
+    rows = (len(models) + cols - 1) // cols
+    fig, grid = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.1 * rows), squeeze=False)
+    for ax, (name, m) in zip(grid.flat, models.items(), strict=False):  # spare axes stay empty
+        ss = m["sensors"]
+        mat = np.array([[m["transfer"][f"{a}->{b}"]["balanced_acc"] for b in ss] for a in ss])
+        ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
+        for i in range(len(ss)):
+            for j in range(len(ss)):
+                ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+        ax.set_xticks(range(len(ss)), [_s(s) for s in ss])
+        ax.set_yticks(range(len(ss)), [_s(s) for s in ss])
+        ax.set_title(f"{name}: balanced accuracy\n(majority class {report['majority']['balanced_acc']:.2f})", fontsize=8)
+        ax.set_xlabel("test sensor")
+        ax.set_ylabel("probe trained on")
+    for ax in list(grid.flat)[len(models):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = out / "transfer.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _summary_figure(report: dict[str, Any], out: Path) -> Path:
