@@ -36,12 +36,12 @@ def test_name_is_case_insensitive() -> None:
     assert parse_region("Toulouse").geometry.equals(parse_region("toulouse").geometry)
 
 
-def test_demo_region_is_seven_by_seven_chips() -> None:
+def test_demo_region_is_sixteen_by_sixteen_chips() -> None:
     from msc_france.grid import chips_in
 
     r = parse_region("demo")
-    assert len(chips_in(r.geometry, 1920)) == 49
-    assert r.area_km2 == pytest.approx(13.44 * 13.44, rel=1e-6)
+    assert len(chips_in(r.geometry, 960)) == 256
+    assert r.area_km2 == pytest.approx(15.36 * 15.36, rel=1e-6)
 
 
 def test_bbox_region() -> None:
