@@ -117,7 +117,8 @@ def extract(vit: Encoder, ds: MSCFranceDataset, tiles: int, input_size: int, cla
         lut[store_index] = i
     for n in range(len(ds)):
         sample = ds[n]
-        codes = torch.randint(0, 8, ((tiles - 1) ** 2,), generator=torch.Generator().manual_seed(seed * 7919 + n))
+        if shifted:  # one draw per chip, shared by every sensor
+            codes = torch.randint(0, 8, ((tiles - 1) ** 2,), generator=torch.Generator().manual_seed(seed * 7919 + n))
         for s in ds.sensors:
             t = dihedral(shifted_tiles(sample[s]["image"], tiles), codes) if shifted else tile(sample[s]["image"], tiles)
             for b in range(0, t.shape[0], batch):
