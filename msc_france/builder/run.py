@@ -25,13 +25,15 @@ from msc_france.builder.read import ChipRead, read_candidate
 from msc_france.builder.scheduler import Completed, ThreadClient, check_scheduler, dask_client
 from msc_france.builder.warp import clear_http_cache, gdal_env
 from msc_france.config import Catalog, Recipe, SensorSpec
-from msc_france.errors import SourceError, first_line
-from msc_france.grid import Chip
+from msc_france.errors import BadInputError, SourceError, first_line
+from msc_france.grid import Chip, pixels_per_chip
 from msc_france.plan import Plan
 from msc_france.products import SourceItem, rules_for
 from msc_france.progress import Progress
 from msc_france.sources.signing import make_signer
 from msc_france.store import DONE, LABELS_GROUP, Layer, Store, StoreSchema
+from msc_france.store.overviews import overview_path, shard_overview
+from msc_france.store.schema import chip_checksum
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +181,16 @@ def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_s
                     tick()
             data_arr[task.start : task.stop] = data
             valid_arr[task.start : task.stop] = valid
+            for f in L.overviews:  # derived from the shard just written (kept chips included)
+                og = store.root[overview_path(L.group, f)]
+                og_data, og_valid = shard_overview(data, valid, f)
+                og[L.data_name][task.start : task.stop] = og_data
+                og["valid"][task.start : task.stop] = og_valid
+                for job in task.jobs:
+                    rec = records[job.chip_id]["sensors"][L.group]
+                    if "checksum" in rec:  # validate checks each level as it checks full resolution
+                        i = job.index - task.start
+                        rec.setdefault("overview_checksums", {})[str(f)] = chip_checksum(og_data[i], og_valid[i])
     store.write_commit(task.shard, {**keep, **records})  # the done mark, after the data
     return records
 
@@ -252,9 +264,15 @@ def with_candidates(task: ShardTask, plan: Plan, group_sensor: dict[str, str],
 
 def store_schema(recipe: Recipe, specs: dict[str, SensorSpec], gsds: dict[str, float]) -> StoreSchema:
     """The store a recipe produces: reflectance sensors in recipe order, labels last."""
-    layers = [Layer(name, name, gsds[name], tuple(specs[name].band_names), specs[name].dtype, False,
-                    specs[name].scale, specs[name].offset, specs[name].units)
-              for name in recipe.sensors]
+    layers = []
+    for name, sr in recipe.sensors.items():
+        px = pixels_per_chip(recipe.chip_size_m, gsds[name])
+        for f in sr.overviews:
+            if px % f:
+                raise BadInputError(f"overview factor {f} of {name} does not divide its {px} px chip side "
+                                    f"(chip {recipe.chip_size_m} m at {gsds[name]:g} m)")
+        layers.append(Layer(name, name, gsds[name], tuple(specs[name].band_names), specs[name].dtype, False,
+                            specs[name].scale, specs[name].offset, specs[name].units, tuple(sr.overviews)))
     classes = None
     if recipe.labels is not None:
         s = specs[recipe.labels.sensor]

@@ -23,6 +23,18 @@ class SensorRecipe(StrictModel):
     max_cloud_cover: float = Field(60.0, ge=0, le=100, description="item-level cloud cover filter, percent")
     min_valid_fraction: float = Field(0.7, ge=0, le=1)
     max_candidates: int = Field(3, ge=1, description="acquisitions tried per chip, best first")
+    overviews: list[int] = Field(default_factory=list, description="overview factors stored next to full "
+                                 "resolution (each must divide the chip's pixel side), e.g. [5] for training "
+                                 "at 128 px from 640 px aerial chips")
+
+    @field_validator("overviews")
+    @classmethod
+    def _factors(cls, v: list[int]) -> list[int]:
+        if any(f < 2 for f in v):
+            raise ValueError("overview factors must be >= 2")
+        if len(set(v)) != len(v):
+            raise ValueError("overview factors must be distinct")
+        return sorted(v)
 
 
 class TimeWindow(StrictModel):

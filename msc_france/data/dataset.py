@@ -17,6 +17,7 @@ fork or spawn): an open store is never shared across a fork.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -66,10 +67,16 @@ class MSCFranceDataset(Dataset):
         labels: also return ``mask`` (class indices) when the store has labels.
         size: resize every sensor's chip to ``size`` x ``size`` pixels on load (area-antialiased
             bilinear for images, nearest for masks and labels), as X-STARS feeds every sensor at
-            one input size; the chip extent is unchanged, so sensors stay co-located.
-        cache: keep decoded (and resized) chips in memory, per process; for stores that fit in
-            RAM, such as the demo's, where decoding full-resolution aerial chips dominates. A chip
-            is then decoded once per process, whatever the number of tiles cut from it.
+            one input size; the chip extent is unchanged, so sensors stay co-located. Images are
+            read from the coarsest overview level of the store that still has at least that many
+            pixels (``levels`` says which: 1 is full resolution), so a 640 px aerial chip read
+            at 128 px decodes a 128 px overview instead of resizing 640 px.
+        cache: keep decoded (and resized) chips in memory, per process: True keeps every chip
+            (stores that fit in RAM, such as the demo's), an integer keeps the last that many
+            chips per sensor (least recently used out first), which with a sampler that draws
+            the tiles of a few chips together (``StepBatchSampler(group=...)``) decodes each chip
+            about once per epoch in any store. A cached chip is decoded once per process, whatever
+            the number of tiles cut from it.
         tiles: cut every chip into ``tiles x tiles`` co-located sub-chips (each a sample, with its
             own ``bounds`` and a ``tile`` (row, col) key); every sensor's chip side in pixels must
             be divisible by ``tiles``. With ``size``, the whole chip is resized to
@@ -87,7 +94,7 @@ class MSCFranceDataset(Dataset):
         normalize: bool = True,
         labels: bool = False,
         size: int | None = None,
-        cache: bool = False,
+        cache: bool | int = False,
         tiles: int = 1,
     ) -> None:
         self.path = str(store)  # a directory or an object-store URL
@@ -137,7 +144,16 @@ class MSCFranceDataset(Dataset):
             if px % tiles:
                 raise BadInputError(f"{name} chips are {px} px, not divisible into {tiles} x {tiles} tiles")
         self.tiles = tiles
-        self._chips: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        #: Per sensor, the overview factor read (1: full resolution).
+        self.levels: dict[str, int] = {}
+        for name in self.sensors:
+            px = layers[name].pixels(s.chip_size_m)
+            need = None if size is None else size * tiles
+            usable = [f for f in layers[name].overviews if need is not None and px // f >= need]
+            self.levels[name] = max(usable, default=1)
+        if not isinstance(cache, bool) and cache < 1:
+            raise BadInputError("cache must be True, False or a number of chips >= 1")
+        self._chips: OrderedDict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         idx = s.index()
         keep = np.ones(len(idx), bool)
         if split is not None:
@@ -213,6 +229,7 @@ class MSCFranceDataset(Dataset):
         ``labels``, (class indices, their validity). Cached per process when ``cache`` is on."""
         key = (ci, name)
         if key in self._chips:
+            self._chips.move_to_end(key)
             return self._chips[key]
         side = None if self.size is None else self.size * self.tiles
         if name == "labels":
@@ -221,8 +238,9 @@ class MSCFranceDataset(Dataset):
                 lab = F.interpolate(lab[None, None].float(), size=(side, side), mode="nearest")[0, 0].long()
             out = (lab, lab != IGNORE_INDEX)
         else:
-            img = torch.from_numpy(self._array(store, name, "image", ci)[self.band_index[name]].astype(np.float32))
-            mask = torch.from_numpy(self._array(store, name, "valid", ci).astype(bool))
+            f = self.levels[name]
+            img = torch.from_numpy(self._array(store, name, "image", ci, f)[self.band_index[name]].astype(np.float32))
+            mask = torch.from_numpy(self._array(store, name, "valid", ci, f).astype(bool))
             if side is not None and img.shape[-1] != side:
                 img = F.interpolate(img[None], size=(side, side), mode="bilinear", align_corners=False,
                                     antialias=img.shape[-1] > side)[0]
@@ -230,15 +248,19 @@ class MSCFranceDataset(Dataset):
             if self.normalize:  # after the resize (its weights sum to 1, so the result is the same): fewer pixels
                 img = (img - self.mean[name]) / self.std[name]
             out = (img, mask)
-        if self.cache:
+        if self.cache is True:
             self._chips[key] = out
+        elif self.cache:  # an LRU of ``cache`` chips per sensor
+            self._chips[key] = out
+            if len(self._chips) > self.cache * (len(self.sensors) + self.labels):
+                self._chips.popitem(last=False)
         return out
 
-    def _array(self, store: Store, group: str, array: str, ci: int) -> np.ndarray:
+    def _array(self, store: Store, group: str, array: str, ci: int, factor: int = 1) -> np.ndarray:
         # Through the checked read path: a missing or damaged shard is a StoreError, never zeros.
         if self._reader is None or self._reader.store is not store:
             self._reader = ChipReader(store)
-        return self._reader.read(group, array, ci)
+        return self._reader.read(group, array, ci, factor)
 
     def __getitem__(self, key: int | tuple[int, str]) -> Sample:
         # A sampler may yield (index, sensor) to ask for a single sensor (see SensorBalancedSampler).

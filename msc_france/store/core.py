@@ -8,6 +8,7 @@ Layout (format version 1, see docs/dataset-format.md)::
       <sensor>/                 one group per reflectance sensor
         image                   (chip, band, y, x) uint16 reflectance x 10000, or uint8 (aerial)
         valid                   (chip, y, x) uint8: 1 = data present and clear
+        overviews/<f>/          per overview factor of the recipe: image, valid, x, y at gsd x f
         band, chip_id, chip_xmin, chip_ymax, spatial_ref      coordinates / CF grid mapping
         status, datetime, item_ids, cloud_fraction, valid_fraction, harmonization  (chip,)
       labels/                   when the recipe has a label source: class (chip, y, x) + same metadata
@@ -39,6 +40,7 @@ from msc_france.errors import BadInputError, StoreError, first_line
 from msc_france.fsutil import atomic_path
 from msc_france.grid import Chip
 from msc_france.splits import SplitRule
+from msc_france.store.overviews import overview_path
 from msc_france.store.schema import (
     FORMAT_VERSION,
     ROOT_KEYS,
@@ -275,7 +277,8 @@ class Store:
             scaled = d["dtype"] == "uint16" and not d["is_label"]
             out.append(Layer(d["group"], d["sensor"], d["gsd"], tuple(d["bands"]), d["dtype"], d["is_label"],
                              d.get("scale", 1e-4 if scaled else 1.0), d.get("offset", 0.0),
-                             d.get("units", "physical = stored * 0.0001 +0" if scaled else "DN")))
+                             d.get("units", "physical = stored * 0.0001 +0" if scaled else "DN"),
+                             tuple(d.get("overviews", ()))))
         return out
 
     def layer(self, group: str) -> Layer:
@@ -334,6 +337,14 @@ class Store:
                 g["x"][n0:n1] = pixel_centres(xmin, n, L.gsd)
                 g["y"][n0:n1] = pixel_centres(ymax, n, -L.gsd)
                 g["spatial_transform"][n0:n1] = chip_transforms(xmin, ymax, L.gsd)
+                for f in L.overviews:
+                    og = self.root[overview_path(L.group, f)]
+                    for name in og.array_keys():
+                        if og[name].ndim:
+                            og[name].resize((n1, *og[name].shape[1:]))
+                    og["x"][n0:n1] = pixel_centres(xmin, n // f, L.gsd * f)
+                    og["y"][n0:n1] = pixel_centres(ymax, n // f, -L.gsd * f)
+                    og["spatial_transform"][n0:n1] = chip_transforms(xmin, ymax, L.gsd * f)
             for name, values in (("split", splits), ("chip_xmin", xmin), ("chip_ymax", ymax), ("chip_id", ids)):
                 a = self.root[name]
                 a.resize((n1,))

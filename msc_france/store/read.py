@@ -12,6 +12,7 @@ import numpy as np
 
 from msc_france.errors import StoreError, first_line
 from msc_france.store.core import Store
+from msc_france.store.overviews import overview_path
 from msc_france.store.schema import STATUS
 
 #: Statuses whose pixels were written (flagged chips are kept, below the valid threshold).
@@ -30,11 +31,14 @@ class ChipReader:
         self._status: dict[str, np.ndarray] = {}
         self._ids: list[str] | None = None
 
-    def shard_file(self, group: str, array: str, index: int) -> str:
-        """Path (relative to the store root) of the shard holding chip ``index`` of an array."""
-        a = self.store.root[group][array]
+    def shard_file(self, group: str, array: str, index: int, factor: int = 1) -> str:
+        """Path (relative to the store root) of the shard holding chip ``index`` of an array (at
+        overview ``factor``).
+        """
+        path = group if factor == 1 else overview_path(group, factor)
+        a = self.store.root[path][array]
         rest = "/".join("0" for _ in a.shape[1:])
-        return f"{group}/{array}/c/{index // self.store.chips_per_shard}/{rest}"
+        return f"{path}/{array}/c/{index // self.store.chips_per_shard}/{rest}"
 
     def status(self, group: str, index: int) -> int:
         """The consolidated status code of chip ``index`` in ``group``."""
@@ -49,23 +53,24 @@ class ChipReader:
             self._ids = self.store.chip_ids()
         return self._ids[index] if index < len(self._ids) else f"#{index}"
 
-    def read(self, group: str, array: str, index: int) -> np.ndarray:
-        """Chip ``index`` of ``group/array`` as stored.
+    def read(self, group: str, array: str, index: int, factor: int = 1) -> np.ndarray:
+        """Chip ``index`` of ``group/array`` as stored, at full resolution or overview ``factor``.
 
         Raises:
             StoreError: the shard cannot be decoded, or its file is missing for a chip the store
                 marks as built.
         """
+        path = group if factor == 1 else overview_path(group, factor)
         try:
-            data = np.asarray(self.store.root[group][array][index])
+            data = np.asarray(self.store.root[path][array][index])
         except Exception as e:  # codec errors (zstd, truncated shard index) come in many types
-            raise StoreError(f"chip {self.chip_id(index)} of {group}/{array} cannot be read from "
-                             f"{self.shard_file(group, array, index)}: {first_line(e, 160)} "
+            raise StoreError(f"chip {self.chip_id(index)} of {path}/{array} cannot be read from "
+                             f"{self.shard_file(group, array, index, factor)}: {first_line(e, 160)} "
                              "(store damaged: run msc-france validate)") from None
         # Fill comes back silently for a missing shard: only an all-fill chip can be one.
         if not data.any() and self.status(group, index) in WRITTEN:
-            shard = self.shard_file(group, array, index)
+            shard = self.shard_file(group, array, index, factor)
             if not self.store.exists(shard):
-                raise StoreError(f"chip {self.chip_id(index)} of {group}/{array} is marked built but its shard "
+                raise StoreError(f"chip {self.chip_id(index)} of {path}/{array} is marked built but its shard "
                                  f"file {shard} is missing (store damaged: run msc-france validate)")
         return data

@@ -19,6 +19,7 @@ from zarr.codecs import ZstdCodec
 
 from msc_france.crs import L93
 from msc_france.grid import pixels_per_chip
+from msc_france.store.overviews import OVERVIEWS, overview_path
 
 #: Version 2 added per-chip x/y coordinates and transforms, and dropped ``_FillValue``.
 FORMAT_VERSION = 2
@@ -47,6 +48,8 @@ class Layer:
     scale: float = 1.0  # physical = stored * scale + offset
     offset: float = 0.0
     units: str = "DN"
+    #: Overview factors stored next to full resolution (:mod:`msc_france.store.overviews`).
+    overviews: tuple[int, ...] = ()
 
     @property
     def data_name(self) -> str:
@@ -61,7 +64,11 @@ class Layer:
         """The layer as stored in the root attributes."""
         return {"group": self.group, "sensor": self.sensor, "gsd": self.gsd, "bands": list(self.bands),
                 "dtype": self.dtype, "is_label": self.is_label, "scale": self.scale, "offset": self.offset,
-                "units": self.units}
+                "units": self.units, "overviews": list(self.overviews)}
+
+    def overview_pixels(self, chip_size_m: int, factor: int) -> int:
+        """Pixels along a chip side at overview ``factor``."""
+        return self.pixels(chip_size_m) // factor
 
 
 @dataclass(frozen=True)
@@ -120,8 +127,8 @@ def chip_transforms(xmin: np.ndarray, ymax: np.ndarray, gsd: float) -> np.ndarra
     return t
 
 
-def _pixel_attrs(extra: dict[str, Any]) -> dict[str, Any]:
-    return {"grid_mapping": "spatial_ref", "coordinates": PIXEL_COORDS, "proj:code": L93,
+def _pixel_attrs(extra: dict[str, Any], coords: str = PIXEL_COORDS) -> dict[str, Any]:
+    return {"grid_mapping": "spatial_ref", "coordinates": coords, "proj:code": L93,
             "spatial:dimensions": ["y", "x"], **extra}
 
 
@@ -135,33 +142,15 @@ def create_layout(root: zarr.Group, schema: StoreSchema) -> None:
     for L in schema.layers:
         g = root.create_group(L.group)
         n = L.pixels(schema.chip_size_m)
-        nb = len(L.bands)
-        pixel = {"nodata": 0, "scale": L.scale, "offset": L.offset}
-        if L.is_label:
-            g.create_array(L.data_name, shape=(0, n, n), chunks=(1, n, n), shards=(s, n, n), dtype=L.dtype,
-                           compressors=COMPRESSOR, fill_value=0, dimension_names=["chip", "y", "x"],
-                           attributes=_pixel_attrs({"nodata": 0, "long_name": "land-cover class code"}))
-        else:
-            g.create_array(L.data_name, shape=(0, nb, n, n), chunks=(1, nb, n, n), shards=(s, nb, n, n),
-                           dtype=L.dtype, compressors=COMPRESSOR, fill_value=0,
-                           dimension_names=["chip", "band", "y", "x"], attributes=_pixel_attrs(pixel))
-            b = g.create_array("band", shape=(nb,), dtype=str, dimension_names=["band"], fill_value="")
+        _pixel_arrays(g, L, n, s, grid_mapping)
+        if not L.is_label:
+            b = g.create_array("band", shape=(len(L.bands),), dtype=str, dimension_names=["band"], fill_value="")
             b[:] = np.array(L.bands)
-        g.create_array("valid", shape=(0, n, n), chunks=(1, n, n), shards=(s, n, n), dtype="uint8",
-                       compressors=COMPRESSOR, fill_value=0, dimension_names=["chip", "y", "x"],
-                       attributes=_pixel_attrs({"flag_values": [0, 1], "flag_meanings": "invalid valid"}))
-        sr = g.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0, attributes=grid_mapping)
-        sr[...] = 0
-        for axis, std in (("x", "projection_x_coordinate"), ("y", "projection_y_coordinate")):
-            g.create_array(axis, shape=(0, n), chunks=(256, n), dtype="float64", fill_value=0.0,
-                           dimension_names=["chip", axis],
-                           attributes={"standard_name": std, "units": "m", "axis": axis.upper(),
-                                       "long_name": f"pixel-centre {axis}, Lambert-93 (per chip)"})
-        g.create_array("spatial_transform", shape=(0, 6), chunks=(4096, 6), dtype="float64", fill_value=0.0,
-                       dimension_names=["chip", "affine"],
-                       attributes={"long_name": "per-chip affine transform a b c d e f (rasterio order, pixel "
-                                                "corners): x = a col + b row + c, y = d col + e row + f",
-                                   "proj:code": L93})
+        for f in L.overviews:
+            og = root.create_group(overview_path(L.group, f))
+            _pixel_arrays(og, L, n // f, s, grid_mapping, "y x spatial_ref")
+            og.attrs.update({"factor": f, "gsd": L.gsd * f, "chip_shape": [n // f, n // f],
+                             "resampling": "mean of the valid full-resolution pixels; valid where at least half are"})
         for name, dtype, fill, attrs in (
             ("chip_id", str, "", {}),
             ("chip_xmin", "float64", 0.0, {"units": "m", "long_name": "chip west edge, Lambert-93"}),
@@ -176,9 +165,43 @@ def create_layout(root: zarr.Group, schema: StoreSchema) -> None:
             g.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype, fill_value=fill,
                            dimension_names=["chip"], attributes=attrs)
         g.attrs.update(group_attrs(L, schema.chip_size_m))
+        if L.overviews:  # GeoZarr-style: the levels, finest first, each with its cell size
+            g.attrs["multiscales"] = {"layout": [{"group": ".", "factor": 1, "gsd": L.gsd}] + [
+                {"group": f"{OVERVIEWS}/{f}", "factor": f, "gsd": L.gsd * f} for f in L.overviews],
+                "resampling_method": "average"}
         if L.is_label and schema.classes:
             g.attrs["classes"] = {str(k): v for k, v in schema.classes.items()}
             g.attrs["class_index"] = {str(k): i for i, k in enumerate(sorted(schema.classes))}
+
+
+def _pixel_arrays(g: zarr.Group, L: Layer, n: int, s: int, grid_mapping: dict[str, Any],
+                  coords: str = PIXEL_COORDS) -> None:
+    """A level's pixel arrays (image or class, valid) and its per-chip coordinates (x, y, transform)."""
+    pixel = {"nodata": 0, "scale": L.scale, "offset": L.offset}
+    if L.is_label:
+        g.create_array(L.data_name, shape=(0, n, n), chunks=(1, n, n), shards=(s, n, n), dtype=L.dtype,
+                       compressors=COMPRESSOR, fill_value=0, dimension_names=["chip", "y", "x"],
+                       attributes=_pixel_attrs({"nodata": 0, "long_name": "land-cover class code"}, coords))
+    else:
+        nb = len(L.bands)
+        g.create_array(L.data_name, shape=(0, nb, n, n), chunks=(1, nb, n, n), shards=(s, nb, n, n),
+                       dtype=L.dtype, compressors=COMPRESSOR, fill_value=0,
+                       dimension_names=["chip", "band", "y", "x"], attributes=_pixel_attrs(pixel, coords))
+    g.create_array("valid", shape=(0, n, n), chunks=(1, n, n), shards=(s, n, n), dtype="uint8",
+                   compressors=COMPRESSOR, fill_value=0, dimension_names=["chip", "y", "x"],
+                   attributes=_pixel_attrs({"flag_values": [0, 1], "flag_meanings": "invalid valid"}, coords))
+    sr = g.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0, attributes=grid_mapping)
+    sr[...] = 0
+    for axis, std in (("x", "projection_x_coordinate"), ("y", "projection_y_coordinate")):
+        g.create_array(axis, shape=(0, n), chunks=(256, n), dtype="float64", fill_value=0.0,
+                       dimension_names=["chip", axis],
+                       attributes={"standard_name": std, "units": "m", "axis": axis.upper(),
+                                   "long_name": f"pixel-centre {axis}, Lambert-93 (per chip)"})
+    g.create_array("spatial_transform", shape=(0, 6), chunks=(4096, 6), dtype="float64", fill_value=0.0,
+                   dimension_names=["chip", "affine"],
+                   attributes={"long_name": "per-chip affine transform a b c d e f (rasterio order, pixel "
+                                            "corners): x = a col + b row + c, y = d col + e row + f",
+                               "proj:code": L93})
 
 
 def group_attrs(L: Layer, chip_size_m: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from msc_france.store import (
     Layer,
     Store,
 )
+from msc_france.store.overviews import overview_path
 from msc_france.store.schema import chip_checksum, column
 
 
@@ -158,6 +159,7 @@ def validate(store: Store, checksums: bool = True, progress: Progress | None = N
             if name in arrays and arrays[name].shape[0] < n:
                 rep.corrupt.append(f"{L.group}/{name} shape {arrays[name].shape}, expected ({n},)")
         rep.corrupt += _coordinate_problems(store, L, n)
+        rep.corrupt += _overview_problems(store, L, n)
     if rep.corrupt:
         return rep
     ids = store.chip_ids()
@@ -220,6 +222,14 @@ def validate(store: Store, checksums: bool = True, progress: Progress | None = N
                     rep.corrupt.append(f"{L.group}: shard {shard} cannot be decoded ({first_line(e, 120)}); it holds "
                                        f"chips {ids[start]}..{ids[stop - 1]}")
                     continue
+                levels = {}
+                for f in L.overviews:
+                    og = store.root[overview_path(L.group, f)]
+                    try:
+                        levels[str(f)] = (og[L.data_name][start:stop], og["valid"][start:stop])
+                    except Exception as e:  # damaged bytes, as above
+                        rep.corrupt.append(f"{L.group}: overview {f} of chips {ids[start]}..{ids[stop - 1]} cannot "
+                                           f"be decoded ({first_line(e, 120)})")
                 for i in range(start, stop):
                     if progress is not None:
                         progress.advance()
@@ -229,8 +239,29 @@ def validate(store: Store, checksums: bool = True, progress: Progress | None = N
                     d = data[i - start][None] if L.is_label else data[i - start]
                     if chip_checksum(d, valid[i - start]) != rec["checksum"]:
                         rep.corrupt.append(f"{L.group}: checksum mismatch for chip {ids[i]}")
+                    for f, want in rec.get("overview_checksums", {}).items():
+                        if f in levels and chip_checksum(levels[f][0][i - start], levels[f][1][i - start]) != want:
+                            rep.corrupt.append(f"{L.group}: overview {f} checksum mismatch for chip {ids[i]}")
                     rep.checked_chips += 1
     return rep
+
+
+def _overview_problems(store: Store, L: Layer, n: int) -> list[str]:
+    """Each overview level of the recipe must exist with the shape its factor gives."""
+    out = []
+    px = L.pixels(store.chip_size_m)
+    for f in L.overviews:
+        path = overview_path(L.group, f)
+        want = {L.data_name: (n, len(L.bands), px // f, px // f), "valid": (n, px // f, px // f)}
+        for name, shape in want.items():
+            try:
+                a = store.root[f"{path}/{name}"]
+            except Exception as e:  # missing or unreadable metadata
+                out.append(f"{path}/{name}: array missing or unreadable ({first_line(e, 120)})")
+                continue
+            if a.shape[1:] != shape[1:] or a.shape[0] < n:
+                out.append(f"{path}/{name} shape {a.shape}, expected {shape}")
+    return out
 
 
 def _check_index(store: Store, ids: list[str], commits: dict[str, Any], rep: ValidationReport) -> None:

@@ -203,14 +203,17 @@ def test_tiles_are_co_located_sub_chips(tiny_store: Path) -> None:
     assert all(0 <= i < len(tiled) for i, _ in sampler)
 
 
-def test_resized_samples_match_an_independent_resize(tiny_store: Path) -> None:
-    """size= resizes the stored chip (antialiased bilinear) and standardises it with the store's
-    statistics: recomputed here from the zarr array and its group attributes."""
-    ds = MSCFranceDataset(tiny_store, split=None, sensors=["aerial"], size=40)
+@pytest.mark.parametrize(("size", "array", "factor"), [(40, "overviews/5/image", 5), (200, "image", 1)])
+def test_resized_samples_match_an_independent_resize(tiny_store: Path, size: int, array: str, factor: int) -> None:
+    """size= resizes the stored chip (antialiased bilinear) of the coarsest level with enough pixels
+    (the 128 px overview for 40 px, full resolution for 200 px) and standardises it with the
+    store's statistics: recomputed here from the zarr array and its group attributes."""
+    ds = MSCFranceDataset(tiny_store, split=None, sensors=["aerial"], size=size)
+    assert ds.levels == {"aerial": factor}
     g = zarr.open_group(str(tiny_store), mode="r")["aerial"]
     stats = g.attrs["stats"]
-    raw = torch.from_numpy(g["image"][ds.chip_index[0]].astype(np.float32))
-    want = torch.nn.functional.interpolate(raw[None], size=(40, 40), mode="bilinear", align_corners=False,
+    raw = torch.from_numpy(g[array][ds.chip_index[0]].astype(np.float32))
+    want = torch.nn.functional.interpolate(raw[None], size=(size, size), mode="bilinear", align_corners=False,
                                            antialias=True)[0]
     want = (want - torch.tensor(stats["mean"])[:, None, None]) / torch.tensor(stats["std"])[:, None, None]
     assert torch.allclose(ds[0]["aerial"]["image"], want, atol=1e-4)
