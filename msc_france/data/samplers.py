@@ -11,16 +11,40 @@ if TYPE_CHECKING:
     from msc_france.data.dataset import MSCFranceDataset
 
 
+def grouped_permutation(n: int, per_chip: int, group: int, g: torch.Generator) -> torch.Tensor:
+    """A permutation of ``n`` sample indices (``per_chip`` consecutive ones per chip) that visits
+    chips in windows of ``group``: the chips are shuffled, cut into windows of ``group`` chips, and
+    the samples of each window shuffled together.
+
+    Every sample appears exactly once, and each sample's position is as random as in a plain
+    shuffle at the scale of a window; what changes is that the samples of a batch come from at
+    most ``group`` chips (more tiles of one chip share a batch), so a worker that caches
+    ``group`` decoded chips decodes each chip about once per epoch instead of once per sample.
+    """
+    if n % per_chip:
+        raise ValueError(f"{n} samples are not whole chips of {per_chip}")
+    chips = torch.randperm(n // per_chip, generator=g)
+    out = []
+    for w in range(0, len(chips), group):
+        window = chips[w : w + group]
+        samples = (window[:, None] * per_chip + torch.arange(per_chip)).flatten()
+        out.append(samples[torch.randperm(len(samples), generator=g)])
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
 class StepBatchSampler(Sampler[list[int]]):
     """Batches of indices that depend only on (seed, step): training can resume at any step.
 
     Epoch ``e`` is a permutation seeded by ``seed + e``; step ``s`` takes the next ``batch_size``
     indices of it (the last partial batch of an epoch is dropped). Under DDP, rank ``r`` of ``w``
     takes every ``w``-th index of the global batch, so ranks see disjoint samples.
+
+    ``group`` > 0 draws each epoch's permutation with :func:`grouped_permutation` (``per_chip``
+    samples per chip, windows of ``group`` chips) instead of a plain shuffle.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, steps: int | None = None,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, per_chip: int = 1, group: int = 0) -> None:
         if n < batch_size:
             raise ValueError(f"dataset has {n} samples, fewer than the batch size {batch_size}")
         if batch_size % world_size:
@@ -28,13 +52,23 @@ class StepBatchSampler(Sampler[list[int]]):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.start_step, self.steps = start_step, steps
         self.rank, self.world_size = rank, world_size
+        self.per_chip, self.group = per_chip, group
         self.per_epoch = n // batch_size
+        self._order: tuple[int, torch.Tensor] | None = None  # the current epoch's, drawn once
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The permutation of every sample that epoch ``epoch`` walks through."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        if self.group > 0:
+            return grouped_permutation(self.n, self.per_chip, self.group, g)
+        return torch.randperm(self.n, generator=g)
 
     def batch(self, step: int) -> list[int]:
         """The indices of this rank for ``step``."""
         epoch, b = divmod(step, self.per_epoch)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(self.n, generator=g)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, self.epoch_order(epoch))
+        perm = self._order[1]
         full = perm[b * self.batch_size : (b + 1) * self.batch_size]
         return full[self.rank :: self.world_size].tolist()
 

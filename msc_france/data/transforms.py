@@ -85,6 +85,25 @@ class MultiCropConfig:
     dihedral: bool = False
 
 
+@dataclass(frozen=True)
+class CropGeometry:
+    """Where a view was cut and how it was turned: enough to cut the same view from another sensor."""
+
+    window: Window
+    flip: bool = False
+    quarter_turns: int = 0
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """The flip then the turns of this view, on (..., H, W)."""
+        if self.flip:
+            x = torch.flip(x, dims=[-1])
+        return torch.rot90(x, self.quarter_turns, dims=(-2, -1)) if self.quarter_turns else x
+
+    def cut(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """The same ground and orientation from another sensor's co-registered chip (C, H, W)."""
+        return self.apply(crop_resize(x, self.window, size))
+
+
 def photometric(x: torch.Tensor, g: torch.Generator, blur_p: float, solarize_p: float,
                 dihedral: bool = False) -> torch.Tensor:
     """DINO's colour augmentations adapted to standardised multispectral bands.
@@ -92,10 +111,15 @@ def photometric(x: torch.Tensor, g: torch.Generator, blur_p: float, solarize_p: 
     ``dihedral`` adds a random quarter turn to DINO's horizontal flip: an overhead image has no
     up, so every symmetry of the square is a view of the same ground.
     """
-    if _u(g) < 0.5:
-        x = torch.flip(x, dims=[-1])
-    if dihedral:
-        x = torch.rot90(x, int(torch.randint(0, 4, (1,), generator=g)), dims=(-2, -1))
+    return _photometric(x, g, blur_p, solarize_p, dihedral, (0.0, 0.0, 1.0, 1.0))[0]
+
+
+def _photometric(x: torch.Tensor, g: torch.Generator, blur_p: float, solarize_p: float, dihedral: bool,
+                 window: Window) -> tuple[torch.Tensor, CropGeometry]:
+    flip = _u(g) < 0.5
+    turns = int(torch.randint(0, 4, (1,), generator=g)) if dihedral else 0
+    geom = CropGeometry(window, flip, turns)
+    x = geom.apply(x)
     if _u(g) < 0.8:  # brightness, contrast, per-band jitter
         mean = x.mean()
         x = (x - mean) * _u(g, 0.6, 1.4) + mean + _u(g, -0.4, 0.4)
@@ -106,7 +130,7 @@ def photometric(x: torch.Tensor, g: torch.Generator, blur_p: float, solarize_p: 
         x = _blur(x, _u(g, 0.1, 2.0) * x.shape[-1] / 224 * 4)
     if _u(g) < solarize_p:
         x = torch.where(x > 0, -x, x)
-    return x
+    return x, geom
 
 
 def multicrop(images: torch.Tensor, cfg: MultiCropConfig, g: torch.Generator) -> list[torch.Tensor]:
@@ -114,15 +138,27 @@ def multicrop(images: torch.Tensor, cfg: MultiCropConfig, g: torch.Generator) ->
 
     Returns ``global_crops + local_crops`` tensors of shape (N, C, size, size).
     """
+    return multicrop_with_geometry(images, cfg, g)[0]
+
+
+def multicrop_with_geometry(images: torch.Tensor, cfg: MultiCropConfig, g: torch.Generator
+                            ) -> tuple[list[torch.Tensor], list[list[CropGeometry]]]:
+    """:func:`multicrop`, and per view and image the :class:`CropGeometry` it was cut with (the
+    random draws are the same: both give the same views)."""
     n, _, H, _ = images.shape
     views: list[torch.Tensor] = []
+    geoms: list[list[CropGeometry]] = []
     specs = [(cfg.global_size, cfg.global_scale, 1.0 if k == 0 else 0.1, 0.0 if k == 0 else 0.2)
              for k in range(cfg.global_crops)]
     specs += [(cfg.local_size, cfg.local_scale, 0.5, 0.0)] * cfg.local_crops
     for size, scale, blur_p, sol_p in specs:
         crops = []
+        cuts = []
         for i in range(n):
             w = random_window(H, scale, g)
-            crops.append(photometric(crop_resize(images[i], w, size), g, blur_p, sol_p, cfg.dihedral))
+            x, geom = _photometric(crop_resize(images[i], w, size), g, blur_p, sol_p, cfg.dihedral, w)
+            crops.append(x)
+            cuts.append(geom)
         views.append(torch.stack(crops))
-    return views
+        geoms.append(cuts)
+    return views, geoms

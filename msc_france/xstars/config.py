@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from msc_france.config import StrictModel, load_config_mapping, parse_model
 from msc_france.errors import BadInputError
@@ -22,7 +22,12 @@ class DataConfig(StrictModel):
     size: int = Field(128, ge=16, description="every sensor's chip (or tile) is resized to this on load")
     tiles: int = Field(1, ge=1, description="cut each chip into tiles x tiles co-located samples")
     num_workers: int = Field(2, ge=0)
-    cache: bool = Field(False, description="keep decoded chips in memory (small stores only)")
+    cache: bool | int = Field(False, description="keep decoded chips in memory per worker: true (every chip: "
+                              "small stores) or the number of chips kept (least recently used out)")
+    order: Literal["shuffle", "grouped"] = Field(
+        "shuffle", description="shuffle: a plain permutation per epoch; grouped: chips in shuffled windows of "
+        "group_chips whose tiles are shuffled together (each chip decoded about once per epoch with a cache)")
+    group_chips: int = Field(8, ge=1, description="chips per window with order: grouped")
 
 
 class ModelConfig(StrictModel):
@@ -85,6 +90,11 @@ class MSADConfig(StrictModel):
     dropout: float = Field(0.2, ge=0, lt=1)
     size: int = Field(64, description="input size of the co-located views")
     scale: tuple[float, float] = (0.5, 1.0)
+    views: Literal["separate", "dino"] = Field(
+        "separate", description="separate: a co-located view of every sensor, all sensor pairs aligned; dino: the "
+        "DINO sensor's second global crop is its MSAD view (its tokens reused, no extra pass), the same window cut "
+        "from `partners` other sensors in turn, pairs (DINO sensor, partner)")
+    partners: int = Field(1, ge=1, description="with views: dino, other sensors aligned to the DINO sensor per step")
 
     @model_validator(mode="before")
     @classmethod
@@ -106,6 +116,8 @@ class OptimConfig(StrictModel):
     weight_decay_end: float = 0.4
     momentum_teacher: float = Field(0.996, ge=0, le=1)
     clip_grad: float = 3.0
+    accumulate: int = Field(1, ge=1, description="micro-batches per optimiser step (batch_size is split into "
+                            "them; MSAD negatives come from each micro-batch, gathered over ranks)")
 
 
 class ContinualConfig(StrictModel):
@@ -123,7 +135,15 @@ class RunConfig(StrictModel):
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="mixed precision of the backbone and heads (the losses stay fp32): auto is bf16 on "
+        "a GPU and off on CPU; bf16 also runs on CPU; fp16 (GPU only) adds loss scaling")
+    compile: bool = Field(False, description="torch.compile the student (GPU runs; compiling costs minutes)")
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_bool(cls, v: Any) -> Any:  # configs written before the modes: true / false
+        return {True: "auto", False: "off"}.get(v, v) if isinstance(v, bool) else v
     threads: int | None = Field(
         None, ge=1, description="torch threads of the training process on CPU (default: the cores left "
         "after one per DataLoader worker, at least 1); each worker uses one")
@@ -146,6 +166,12 @@ class TrainConfig(StrictModel):
         for size in (self.dino.global_size, self.dino.local_size, self.msad.size):
             if size % self.model.patch_size:
                 raise ValueError(f"crop size {size} is not a multiple of the patch size {self.model.patch_size}")
+        if self.optim.batch_size % self.optim.accumulate:
+            raise ValueError(f"optim.batch_size {self.optim.batch_size} is not divisible into "
+                             f"{self.optim.accumulate} micro-batches")
+        if self.msad.views == "dino" and self.msad.size != self.dino.global_size:
+            raise ValueError(f"msad.views dino reuses a global crop: msad.size ({self.msad.size}) must equal "
+                             f"dino.global_size ({self.dino.global_size})")
         if self.continual is None and self.msad.alpha > 0 and len(self.data.sensors) < 2:
             raise ValueError("MSAD (alpha > 0) needs at least two sensors")
         if self.continual is not None:

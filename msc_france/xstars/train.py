@@ -16,10 +16,12 @@ the next steps' losses exactly.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,10 @@ from torch.utils.data import DataLoader
 
 from msc_france.data import MSCFranceDataset, StepBatchSampler, collate
 from msc_france.data.transforms import (
+    CropGeometry,
     MultiCropConfig,
     colocated_crops,
-    multicrop,
+    multicrop_with_geometry,
     random_window,
 )
 from msc_france.errors import BadInputError, TrainingError
@@ -68,19 +71,24 @@ class Student(nn.Module):
         self.msad_positions: Positions = msad_tokens
 
     def forward(self, sensor: str, global_views: torch.Tensor, local_views: torch.Tensor | None,
-                msad_views: dict[str, torch.Tensor], msad_tokens: dict[str, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+                msad_views: dict[str, torch.Tensor], msad_tokens: dict[str, torch.Tensor] | None = None,
+                reuse: slice | None = None) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
         """Everything a step needs, in one call (DDP allows one forward per backward).
 
         Returns the DINO outputs of the global and local crops of ``sensor``, and the MSAD
         embeddings (B, A, P, d) (A: one per argument of the loss, see
-        :meth:`MSADHeads.arguments`) of ``msad_views`` (through the backbone) and ``msad_tokens``
-        (tokens computed elsewhere, e.g. by the frozen model, through the projection heads only).
+        :meth:`MSADHeads.arguments`) of ``msad_views`` (through the backbone), of ``msad_tokens``
+        (tokens computed elsewhere, e.g. by the frozen model, through the projection heads only)
+        and, with ``reuse``, of the rows ``reuse`` of the global crops as ``sensor``'s MSAD view.
+        The global crops and the MSAD views go through the transformer as one batch.
         """
-        s_glob = self.dino_head(self.backbone(global_views, sensor)[:, 0])
+        toks = self.backbone.forward_many([(sensor, global_views), *msad_views.items()])
+        s_glob = self.dino_head(toks[0][:, 0])
         s_loc = self.dino_head(self.backbone(local_views, sensor)[:, 0]) if local_views is not None else None
-        emb = {s: self.msad_heads.arguments(positions(self.backbone(v, s), self.msad_positions), s)
-               for s, v in msad_views.items()}
+        seen = dict(zip(msad_views, toks[1:], strict=True))
+        if reuse is not None:
+            seen[sensor] = toks[0][reuse]
+        emb = {s: self.msad_heads.arguments(positions(t, self.msad_positions), s) for s, t in seen.items()}
         for s, tok in (msad_tokens or {}).items():
             emb[s] = self.msad_heads.arguments(positions(tok, self.msad_positions), s)
         return s_glob, s_loc, emb
@@ -214,9 +222,13 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if d.world > 1:
         model = nn.parallel.DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    if cfg.run.compile:  # the student's forward; checkpoints hold the plain modules
+        model = torch.compile(model)  # type: ignore[assignment]
 
     total = cfg.optim.steps
-    sampler = StepBatchSampler(len(ds), cfg.optim.batch_size, cfg.run.seed, start, total, d.rank, d.world)
+    sampler = StepBatchSampler(len(ds), cfg.optim.batch_size, cfg.run.seed, start, total, d.rank, d.world,
+                               per_chip=cfg.data.tiles**2,
+                               group=cfg.data.group_chips if cfg.data.order == "grouped" else 0)
     if device.type == "cpu":  # oversubscribed cores make CPU training 5-10x slower
         torch.set_num_threads(cpu_threads(cfg.run.threads, cfg.data.num_workers))
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
@@ -225,7 +237,8 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     mc = MultiCropConfig(cfg.dino.global_crops, cfg.dino.local_crops, cfg.dino.global_size, cfg.dino.local_size,
                          cfg.dino.global_scale, cfg.dino.local_scale, cfg.dino.dihedral)
     lr_peak = cfg.optim.lr * cfg.optim.batch_size / 256
-    amp = cfg.run.amp and device.type == "cuda"
+    precision = Precision.of(cfg.run.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)
     ckpt_dir = out / "checkpoints"
     log_path = out / "log.jsonl"
     if d.main:
@@ -253,40 +266,42 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         opt.param_groups[0].update(lr=lr, weight_decay=wd)
         opt.param_groups[1].update(lr=lr)
         student.train()
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            # DINO on one sensor per step, sensors taking turns.
-            sensor = dino_sensors[step % len(dino_sensors)]
-            views = [v.to(device, non_blocking=True) for v in multicrop(batch[sensor]["image"], mc, g)]
-            with torch.no_grad():
-                t_out = [teacher(v, sensor).float() for v in views[: cfg.dino.global_crops]]
-            msad_views, msad_tokens = ({}, {}) if cfg.msad.alpha == 0 else _msad_inputs(cfg, batch, frozen, g, device)
-            locals_ = torch.cat(views[cfg.dino.global_crops:]) if cfg.dino.local_crops else None
-            s_glob, s_loc, emb = model(sensor, torch.cat(views[: cfg.dino.global_crops]), locals_, msad_views,
-                                       msad_tokens)
-            s_out = list(s_glob.float().chunk(cfg.dino.global_crops))
-            if s_loc is not None:
-                s_out += list(s_loc.float().chunk(cfg.dino.local_crops))
-            l_dino = dino_loss(s_out, t_out, ttemp)
-            # MSAD on co-located views.
-            l_msad = torch.zeros((), device=device)
-            if cfg.msad.alpha > 0:
-                gathered = {s: gather_batch(e.float()) for s, e in emb.items()}
-                pairs = [(cfg.continual.target_sensor, cfg.continual.source_sensor)] if cfg.continual else None
-                second = {s: e[:, 1] for s, e in gathered.items()} if cfg.msad.heads == "per-argument" else None
-                l_msad = msad_loss({s: e[:, 0] for s, e in gathered.items()}, cfg.msad.tau, cfg.msad.smoothing,
-                                   pairs=pairs, targets=cfg.msad.targets, second=second)
-            loss = l_dino + cfg.msad.alpha * l_msad
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data "
-                                f"(last checkpoint: {last if last.exists() else 'none'})")
+        sensor = dino_sensors[step % len(dino_sensors)]  # DINO on one sensor per step, sensors taking turns
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        parts = _micro_batches(batch, cfg.optim.accumulate)
+        loss = l_dino = l_msad = torch.zeros((), device=device)
+        for k, part in enumerate(parts):
+            # Under DDP, gradients are averaged over ranks once, at the last micro-batch.
+            sync = contextlib.nullcontext() if d.world == 1 or k == len(parts) - 1 else model.no_sync()  # type: ignore[operator]
+            with sync:
+                with torch.autocast(device_type=device.type, dtype=precision.dtype, enabled=precision.enabled):
+                    crops, geoms = multicrop_with_geometry(part[sensor]["image"], mc, g)
+                    views = [v.to(device, non_blocking=True) for v in crops]
+                    with torch.no_grad():
+                        t_out = [teacher(v, sensor) for v in views[: cfg.dino.global_crops]]
+                    msad = _MSADInputs() if cfg.msad.alpha == 0 else _msad_inputs(
+                        cfg, part, frozen, g, device, sensor, step, geoms[1])
+                    locals_ = torch.cat(views[cfg.dino.global_crops:]) if cfg.dino.local_crops else None
+                    s_glob, s_loc, emb = model(sensor, torch.cat(views[: cfg.dino.global_crops]), locals_,
+                                               msad.views, msad.tokens, msad.reuse)
+                # The losses in fp32, outside autocast: contrastive logits and DINO's sharpened
+                # softmax lose their small differences silently in half precision.
+                p_dino, p_msad = _losses(cfg, dino_loss, ttemp, s_glob, s_loc, t_out, emb, msad.pairs, device)
+                p_loss = p_dino + cfg.msad.alpha * p_msad
+                if not torch.isfinite(p_loss):
+                    raise TrainingError(f"loss is {p_loss.item()} at step {step}; lower optim.lr or check the data "
+                                        f"(last checkpoint: {last if last.exists() else 'none'})")
+                scaler.scale(p_loss / len(parts)).backward()
+            loss, l_dino, l_msad = (loss + p_loss.detach() / len(parts), l_dino + p_dino.detach() / len(parts),
+                                    l_msad + p_msad.detach() / len(parts))
+        scaler.unscale_(opt)
         if cfg.optim.clip_grad > 0:
             nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.clip_grad)
         if step < cfg.dino.freeze_last_layer_steps:
             for p in student.dino_head.last_layer.parameters():
                 p.grad = None
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         ema_update(teacher.backbone, student.backbone, mom)
         ema_update(teacher.dino_head, student.dino_head, mom)
         images_seen += batch[sensor]["image"].shape[0] * d.world
@@ -325,25 +340,113 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             "images_per_s": images_seen / elapsed if elapsed > 0 else 0.0, "out": str(out), "device": str(device)}
 
 
+@dataclass(frozen=True)
+class Precision:
+    """The autocast of a run: enabled, its dtype, and whether the loss is scaled (fp16 only)."""
+
+    enabled: bool
+    dtype: torch.dtype
+    scaled: bool
+
+    @classmethod
+    def of(cls, mode: str, device: torch.device) -> Precision:
+        """``run.amp`` on ``device``.
+
+        Raises:
+            BadInputError: fp16 asked for on a CPU.
+        """
+        if mode == "auto":
+            mode = "bf16" if device.type == "cuda" else "off"
+        if mode == "fp16" and device.type != "cuda":
+            raise BadInputError("run.amp fp16 needs a GPU (use bf16 on CPU)")
+        if mode == "off":
+            return cls(False, torch.float32, False)
+        return cls(True, torch.float16 if mode == "fp16" else torch.bfloat16, mode == "fp16")
+
+
+def _micro_batches(batch: dict[str, Any], k: int) -> list[dict[str, Any]]:
+    """``batch`` split into ``k`` micro-batches of its sensors' images (what a step reads)."""
+    if k == 1:
+        return [batch]
+    n = next(v["image"].shape[0] for v in batch.values() if isinstance(v, dict))
+    if n % k:
+        raise BadInputError(f"a batch of {n} samples per process does not split into {k} micro-batches")
+    return [{s: {"image": v["image"][i * n // k : (i + 1) * n // k]} for s, v in batch.items() if isinstance(v, dict)}
+            for i in range(k)]
+
+
+def _losses(cfg: TrainConfig, dino_loss: DINOLoss, ttemp: float, s_glob: torch.Tensor, s_loc: torch.Tensor | None,
+            t_out: list[torch.Tensor], emb: dict[str, torch.Tensor], pairs: list[tuple[str, str]] | None,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(DINO, MSAD) of one micro-batch, in fp32 whatever the forward's precision."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        s_out = list(s_glob.float().chunk(cfg.dino.global_crops))
+        if s_loc is not None:
+            s_out += list(s_loc.float().chunk(cfg.dino.local_crops))
+        l_dino = dino_loss(s_out, [t.float() for t in t_out], ttemp)
+        l_msad = torch.zeros((), device=device)
+        if cfg.msad.alpha > 0:  # MSAD on co-located views; negatives from every rank
+            gathered = {s: gather_batch(e.float()) for s, e in emb.items()}
+            second = {s: e[:, 1] for s, e in gathered.items()} if cfg.msad.heads == "per-argument" else None
+            l_msad = msad_loss({s: e[:, 0] for s, e in gathered.items()}, cfg.msad.tau, cfg.msad.smoothing,
+                               pairs=pairs, targets=cfg.msad.targets, second=second)
+    return l_dino, l_msad
+
+
+@dataclass
+class _MSADInputs:
+    """What MSAD needs in a step: views for the student, tokens of the frozen model, the rows of the
+    global crops reused as the DINO sensor's view, and the sensor pairs aligned (None: all).
+    """
+
+    views: dict[str, torch.Tensor] = field(default_factory=dict)
+    tokens: dict[str, torch.Tensor] = field(default_factory=dict)
+    reuse: slice | None = None
+    pairs: list[tuple[str, str]] | None = None
+
+
+def partners(cfg: TrainConfig, sensor: str, step: int) -> list[str]:
+    """With ``msad.views: dino``, the sensors aligned to the DINO sensor at ``step``: the others
+    in turn (every ordered pair once in ``sensors x (sensors - 1)`` steps), or the continual
+    source.
+    """
+    if cfg.continual is not None:
+        return [cfg.continual.source_sensor]
+    others = [s for s in cfg.data.sensors if s != sensor]
+    r = (step // len(cfg.data.sensors)) % len(others)
+    return (others[r:] + others[:r])[: cfg.msad.partners]
+
+
 def _msad_inputs(cfg: TrainConfig, batch: dict[str, Any], frozen: ViT | None, g: torch.Generator,
-                 device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Co-located views for MSAD: (views for the student, tokens of the frozen model in continual mode)."""
+                 device: torch.device, sensor: str, step: int, reused: list[CropGeometry]) -> _MSADInputs:
+    """Co-located views for MSAD (``reused``: the geometry of the DINO crop ``views: dino`` reuses)."""
     sensors = list(cfg.data.sensors)
     n = batch[sensors[0]]["image"].shape[0]
-    coarsest = min(batch[s]["image"].shape[-1] for s in sensors)
-    per_sensor: dict[str, list[torch.Tensor]] = {s: [] for s in sensors}
-    for i in range(n):  # one co-located window per image, the same ground in every sensor
-        w = random_window(coarsest, cfg.msad.scale, g)
-        crops = colocated_crops({s: batch[s]["image"][i] for s in sensors}, w, cfg.msad.size)
-        for s in sensors:
-            per_sensor[s].append(crops[s])
-    views = {s: torch.stack(v).to(device, non_blocking=True) for s, v in per_sensor.items()}
-    if cfg.continual is None:
-        return views, {}
-    src, tgt = cfg.continual.source_sensor, cfg.continual.target_sensor
-    with torch.no_grad():
-        tokens = frozen(views[src], src)  # type: ignore[misc]
-    return {tgt: views[tgt]}, {src: tokens}
+    if cfg.msad.views == "dino":
+        # The DINO sensor's second global crop is its MSAD view; the same ground, flipped and turned
+        # the same way, is cut from each partner: token i covers the same ground in every view.
+        chosen = partners(cfg, sensor, step)
+        views = {p: torch.stack([reused[i].cut(batch[p]["image"][i], cfg.msad.size) for i in range(n)])
+                 .to(device, non_blocking=True) for p in chosen}
+        out = _MSADInputs(views, reuse=slice(n, 2 * n), pairs=[(sensor, p) for p in chosen])
+    else:
+        coarsest = min(batch[s]["image"].shape[-1] for s in sensors)
+        per_sensor: dict[str, list[torch.Tensor]] = {s: [] for s in sensors}
+        for i in range(n):  # one co-located window per image, the same ground in every sensor
+            w = random_window(coarsest, cfg.msad.scale, g)
+            crops = colocated_crops({s: batch[s]["image"][i] for s in sensors}, w, cfg.msad.size)
+            for s in sensors:
+                per_sensor[s].append(crops[s])
+        views = {s: torch.stack(v).to(device, non_blocking=True) for s, v in per_sensor.items()}
+        out = _MSADInputs(views)
+    if cfg.continual is not None:  # the source sensor through the frozen model, no gradient
+        src, tgt = cfg.continual.source_sensor, cfg.continual.target_sensor
+        img = out.views.pop(src)
+        out.views = {s: v for s, v in out.views.items() if s == tgt}
+        out.pairs = [(tgt, src)]
+        with torch.no_grad():
+            out.tokens = {src: frozen(img, src)}  # type: ignore[misc]
+    return out
 
 
 def _yaml(cfg: TrainConfig) -> str:

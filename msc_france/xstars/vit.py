@@ -159,14 +159,37 @@ class ViT(nn.Module):
         grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
         return torch.cat([self.pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, h * w, self.dim)], dim=1)
 
-    def forward(self, x: torch.Tensor, sensor: str) -> torch.Tensor:
-        """All tokens of ``x`` (N, bands, H, W) seen by ``sensor``'s patch embedding."""
+    def _embed(self, x: torch.Tensor, sensor: str) -> torch.Tensor:
         if sensor not in self.sensor_bands:
             raise KeyError(f"the model has no patch embedding for sensor '{sensor}'")
         t = self.embedding(sensor)(x)
         h, w = t.shape[-2:]
         t = t.flatten(2).transpose(1, 2)
-        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + self._pos(h, w)
+        return torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + self._pos(h, w)
+
+    def _encode(self, t: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
             t = blk(t)
         return self.norm(t)
+
+    def forward(self, x: torch.Tensor, sensor: str) -> torch.Tensor:
+        """All tokens of ``x`` (N, bands, H, W) seen by ``sensor``'s patch embedding."""
+        return self._encode(self._embed(x, sensor))
+
+    def forward_many(self, views: list[tuple[str, torch.Tensor]]) -> list[torch.Tensor]:
+        """All tokens of several (sensor, images) batches, through the shared blocks in one batch.
+
+        Equal to ``[self(x, s) for s, x in views]`` (each sensor's own patch embedding, then the
+        shared transformer), but one large batch where the images have one size: fewer, larger
+        matrix products (what a GPU needs). Batches of other sizes go through on their own.
+        """
+        tokens = [self._embed(x, s) for s, x in views]
+        out: list[torch.Tensor | None] = [None] * len(tokens)
+        by_len: dict[int, list[int]] = {}
+        for i, t in enumerate(tokens):
+            by_len.setdefault(t.shape[1], []).append(i)
+        for idx in by_len.values():
+            enc = self._encode(torch.cat([tokens[i] for i in idx])) if len(idx) > 1 else self._encode(tokens[idx[0]])
+            for i, part in zip(idx, enc.split([tokens[i].shape[0] for i in idx]), strict=True):
+                out[i] = part
+        return [t for t in out if t is not None]

@@ -1,0 +1,162 @@
+"""The cheaper X-STARS step: batched forwards, the reused DINO crop, partners in turn, autocast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from msc_france.data.transforms import CropGeometry, MultiCropConfig, multicrop, multicrop_with_geometry
+from msc_france.xstars.config import TrainConfig
+from msc_france.xstars.msad import MSADHeads, msad_loss
+from msc_france.xstars.train import partners, pretrain
+from msc_france.xstars.vit import ViT
+from tests.helpers import train_config as _cfg
+
+SENSORS = {"s2": 3, "l8": 3, "aerial": 3}
+
+
+def _losses_and_grads(batched: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    vit = ViT(SENSORS, "vit_test", patch_size=8, img_size=32, drop_path=0.0)
+    heads = MSADHeads(vit.dim, list(SENSORS), 16, dropout=0.0)
+    g = torch.Generator().manual_seed(1)
+    views = {s: torch.randn(6, 3, 32, 32, generator=g) for s in SENSORS}
+    if batched:
+        toks = dict(zip(views, vit.forward_many(list(views.items())), strict=True))
+    else:
+        toks = {s: vit(x, s) for s, x in views.items()}
+    loss = msad_loss({s: heads(t, s) for s, t in toks.items()}, tau=0.1)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in [*vit.named_parameters(), *heads.named_parameters()] if p.grad is not None}
+    return loss.detach(), grads
+
+
+def test_one_batched_forward_equals_one_forward_per_sensor() -> None:
+    """forward_many (one batch through the blocks) leaves the MSAD loss and every gradient as the
+    per-sensor forwards give them."""
+    l1, g1 = _losses_and_grads(batched=False)
+    l2, g2 = _losses_and_grads(batched=True)
+    torch.testing.assert_close(l2, l1, rtol=1e-5, atol=1e-6)
+    assert g1.keys() == g2.keys() and any(k.startswith("patch_embed.aerial") for k in g1)
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-6)
+
+
+def test_forward_many_keeps_batches_of_other_sizes_apart() -> None:
+    torch.manual_seed(0)
+    vit = ViT(SENSORS, "vit_test", patch_size=8, img_size=32, drop_path=0.0).eval()
+    a, b, c = torch.randn(2, 3, 32, 32), torch.randn(3, 3, 16, 16), torch.randn(2, 3, 32, 32)
+    out = vit.forward_many([("s2", a), ("l8", b), ("s2", c)])
+    assert [o.shape[:2] for o in out] == [(2, 17), (3, 5), (2, 17)]
+    for o, (s, x) in zip(out, [("s2", a), ("l8", b), ("s2", c)], strict=True):
+        torch.testing.assert_close(o, vit(x, s), rtol=1e-5, atol=1e-5)
+
+
+def test_crop_geometry_cuts_the_same_ground_from_a_finer_sensor() -> None:
+    """A view's geometry cut from a 4x finer co-registered chip is the same ground, flipped and
+    turned the same way: the two views agree (up to resampling), and not with a mis-turned view."""
+    coarse = torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(2, 16, 16)
+    fine = coarse.repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)
+    geom = CropGeometry((0.25, 0.5, 0.5, 0.25), flip=True, quarter_turns=1)
+    a = geom.cut(coarse, 8)  # 8 x 4 px of the coarse chip -> 8 x 8
+    b = geom.cut(fine, 8)
+    # Independently: the window's pixels, flipped left-right, turned a quarter anticlockwise.
+    want = torch.rot90(torch.flip(coarse[:, 8:12, 4:12], dims=[-1]), 1, dims=(-2, -1))
+    want = torch.nn.functional.interpolate(want[None], size=(8, 8), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(a, want)
+    assert (a - b).abs().max() < 3.0  # resampling only: the ramp rises 1 per column, 16 per row
+    wrong = CropGeometry(geom.window, flip=False, quarter_turns=1).cut(fine, 8)
+    assert (a - wrong).abs().max() > 5.0
+
+
+def test_multicrop_geometry_is_a_record_of_the_same_draws() -> None:
+    imgs = torch.randn(3, 3, 32, 32)
+    cfg = MultiCropConfig(2, 2, 32, 16, dihedral=True)
+    plain = multicrop(imgs, cfg, torch.Generator().manual_seed(5))
+    views, geoms = multicrop_with_geometry(imgs, cfg, torch.Generator().manual_seed(5))
+    assert len(geoms) == 4 and all(len(gm) == 3 for gm in geoms)
+    for p, v in zip(plain, views, strict=True):
+        torch.testing.assert_close(p, v)
+    assert {gm.quarter_turns for row in geoms for gm in row} - {0, 1, 2, 3} == set()
+
+
+def test_partners_take_turns_over_every_ordered_pair(tiny_store: Path, tmp_path: Path) -> None:
+    cfg = _cfg(tiny_store, tmp_path, msad__views="dino")
+    sensors = cfg.data.sensors
+    pairs = [(sensors[step % 3], p) for step in range(6) for p in partners(cfg, sensors[step % 3], step)]
+    assert sorted(pairs) == sorted((a, b) for a in sensors for b in sensors if a != b)
+    two = _cfg(tiny_store, tmp_path, msad__views="dino", msad__partners=2)
+    assert sorted(partners(two, sensors[0], 0)) == sorted(sensors[1:])
+
+
+def test_reused_crop_needs_the_global_size(tiny_store: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="msad.size"):
+        _cfg(tiny_store, tmp_path, msad__views="dino", msad__size=16)
+
+
+@pytest.mark.timeout(300)
+def test_reused_crop_trains_and_aligns_its_pairs(tiny_store: Path, tmp_path: Path) -> None:
+    s = pretrain(_cfg(tiny_store, tmp_path / "dino-views", msad__views="dino", optim__steps=24), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "dino-views" / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 and all(torch.isfinite(torch.tensor(s["losses"])))
+    msad = [r["msad"] for r in rows]
+    assert all(m > 0 for m in msad)
+    assert sum(msad[-5:]) / 5 < 0.85 * sum(msad[:5]) / 5
+
+
+def test_bf16_autocast_on_cpu_keeps_the_losses_in_fp32(tiny_store: Path, tmp_path: Path) -> None:
+    """run.amp: bf16 runs the backbone in bfloat16 on CPU too; DINO and MSAD are computed in fp32."""
+    cfg: TrainConfig = _cfg(tiny_store, tmp_path / "amp", optim__steps=3, run__device="cpu", run__amp="bf16")
+    seen: dict[str, list[torch.dtype]] = {"tokens": [], "msad": []}
+    import msc_france.xstars.train as train
+
+    from msc_france.xstars.vit import Attention
+
+    real_loss, real_fwd = train.msad_loss, Attention.forward
+
+    def spy_loss(emb, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen["msad"] += [e.dtype for e in emb.values()]
+        out = real_loss(emb, *a, **k)
+        seen["msad"].append(out.dtype)
+        return out
+
+    def spy_fwd(self, t):  # noqa: ANN001, ANN202
+        out = real_fwd(self, t)
+        seen["tokens"].append(out.dtype)
+        return out
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(train, "msad_loss", spy_loss)
+    mp.setattr(Attention, "forward", spy_fwd)
+    try:
+        s = pretrain(cfg, progress=False)
+    finally:
+        mp.undo()
+    assert set(seen["tokens"]) == {torch.bfloat16}  # attention's matrix products ran in bfloat16
+    assert set(seen["msad"]) == {torch.float32}  # the loss saw fp32 and returned fp32
+    assert all(torch.isfinite(torch.tensor(s["losses"])))
+
+
+def test_micro_batches_split_the_batch_exactly(tiny_store: Path, tmp_path: Path) -> None:
+    from msc_france.xstars.train import _micro_batches
+
+    batch = {"s2": {"image": torch.arange(8.0).view(8, 1, 1, 1), "valid": torch.ones(8, 1, 1)},
+             "chip_id": [str(i) for i in range(8)]}
+    parts = _micro_batches(batch, 4)
+    assert len(parts) == 4
+    torch.testing.assert_close(torch.cat([p["s2"]["image"] for p in parts]), batch["s2"]["image"])
+    with pytest.raises(ValueError, match="micro-batches"):
+        _cfg(tiny_store, tmp_path, optim__accumulate=3)  # batch 4
+
+
+@pytest.mark.timeout(300)
+def test_gradient_accumulation_trains(tiny_store: Path, tmp_path: Path) -> None:
+    one = pretrain(_cfg(tiny_store, tmp_path / "a1", optim__steps=3), progress=False)
+    two = pretrain(_cfg(tiny_store, tmp_path / "a2", optim__steps=3, optim__accumulate=2), progress=False)
+    assert len(two["losses"]) == 3 and all(torch.isfinite(torch.tensor(two["losses"])))
+    assert two["losses"] != one["losses"]  # MSAD over micro-batches of 2 has fewer negatives
+    rows = [json.loads(line) for line in (tmp_path / "a2" / "log.jsonl").read_text().splitlines()]
+    assert all(r["msad"] > 0 for r in rows)
