@@ -15,7 +15,7 @@ def test_quick_benchmarks_run(tiny_store: Path, tiny_recipe: Path, tiny_region: 
                "--recipe", str(tiny_recipe), "--region", str(tiny_region)])
     assert rc == 0
     printed = capsys.readouterr().out
-    for section in ("msad", "loader", "training", "build", "readers", "plan"):  # each says it started and ended
+    for section in ("msad", "loader", "training", "gpu", "build", "readers", "plan"):  # each says it started and ended
         assert re.search(rf"bench {section}: started\n(.*\n)*?bench {section}: \d+ row\(s\) in \d+ s\n", printed)
     res = json.loads((tmp_path / "quick.json").read_text())
     names = [r["name"] for r in res["rows"]]
@@ -38,3 +38,21 @@ def test_a_subset_of_sections_and_unknown_names(tiny_store: Path, tmp_path: Path
     assert "bench loader" not in capsys.readouterr().out
     assert main(["--quick", "--store", str(tiny_store), "--only", "gpu-fast"]) == 2
     assert "unknown benchmark section(s) gpu-fast" in capsys.readouterr().err
+
+
+def test_a_subset_keeps_the_rows_of_the_other_sections(tiny_store: Path, tmp_path: Path) -> None:
+    old = {"rows": [{"name": "plan all of France, wall time", "figure": 40.8, "unit": "s", "baseline": None,
+                     "baseline_name": "", "ratio": None, "target": "< 120 s", "met": True, "note": ""},
+                    {"name": "MSAD forward+backward, vectorised vs per-position loop", "figure": 1.0, "unit": "x",
+                     "baseline": 1.0, "baseline_name": "", "ratio": 1.0, "target": ">= 20x", "met": False,
+                     "note": "stale"}], "details": {"plan_france": {"chips": 1}}}
+    (tmp_path / "quick.json").write_text(json.dumps(old))
+    assert main(["--quick", "--store", str(tiny_store), "--out", str(tmp_path), "--doc", str(tmp_path / "b.md"),
+                 "--only", "msad"]) == 0
+    res = json.loads((tmp_path / "quick.json").read_text())
+    names = [r["name"] for r in res["rows"]]
+    assert names.count("MSAD forward+backward, vectorised vs per-position loop") == 1  # replaced, not doubled
+    assert all(r["note"] != "stale" for r in res["rows"])
+    assert names[-1] == "plan all of France, wall time" and res["details"]["plan_france"] == {"chips": 1}
+    table = (tmp_path / "b.md").read_text()
+    assert "before 2026-12" in table  # the kept row says it is older

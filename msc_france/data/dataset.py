@@ -16,8 +16,10 @@ fork or spawn): an open store is never shared across a fork.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -35,6 +37,22 @@ from msc_france.store import ChipReader, Store
 from msc_france.store.schema import column
 
 Sample = dict[str, Any]
+
+
+@functools.lru_cache(maxsize=64)
+def _crs_from_wkt(wkt: str) -> RioCRS:
+    return RioCRS.from_wkt(wkt)
+
+
+def _reduce_crs(crs: RioCRS) -> tuple[Callable[[str], RioCRS], tuple[str]]:
+    return _crs_from_wkt, (crs.to_wkt(),)
+
+
+# Batches cross from DataLoader workers to the trainer by multiprocessing's pickler; rebuilding a
+# rasterio CRS from its WKT costs ~4 ms (PROJ parses it), once per batch: rebuild each CRS once per
+# process instead (a CRS is immutable, so the cached one can be shared).
+ForkingPickler.register(RioCRS, _reduce_crs)
+
 #: Label index of pixels without a label (``torch.nn.functional.cross_entropy``'s default ignore_index).
 IGNORE_INDEX = -100
 CRS = RioCRS.from_epsg(2154)
@@ -71,6 +89,7 @@ class MSCFranceDataset(Dataset):
             read from the coarsest overview level of the store that still has at least that many
             pixels (``levels`` says which: 1 is full resolution), so a 640 px aerial chip read
             at 128 px decodes a 128 px overview instead of resizing 640 px.
+        overviews: read overview levels where they fit (False: always full resolution).
         cache: keep decoded (and resized) chips in memory, per process: True keeps every chip
             (stores that fit in RAM, such as the demo's), an integer keeps the last that many
             chips per sensor (least recently used out first), which with a sampler that draws
@@ -96,6 +115,7 @@ class MSCFranceDataset(Dataset):
         size: int | None = None,
         cache: bool | int = False,
         tiles: int = 1,
+        overviews: bool = True,
     ) -> None:
         self.path = str(store)  # a directory or an object-store URL
         s = Store.open(self.path)
@@ -149,7 +169,7 @@ class MSCFranceDataset(Dataset):
         for name in self.sensors:
             px = layers[name].pixels(s.chip_size_m)
             need = None if size is None else size * tiles
-            usable = [f for f in layers[name].overviews if need is not None and px // f >= need]
+            usable = [f for f in layers[name].overviews if overviews and need is not None and px // f >= need]
             self.levels[name] = max(usable, default=1)
         if not isinstance(cache, bool) and cache < 1:
             raise BadInputError("cache must be True, False or a number of chips >= 1")
@@ -167,6 +187,7 @@ class MSCFranceDataset(Dataset):
         rows = idx[keep]
         self.chip_ids: list[str] = rows["chip_id"].tolist()
         self.chip_index: list[int] = rows["chip_index"].astype(int).tolist()
+        self._members = frozenset(self.chip_index)
         self.status = {name: rows[f"status_{column(name)}"].tolist() for name in self.sensors}
         # Acquisition times per chip and sensor (POSIX seconds, NaN when unknown) for ``bounds``.
         self._times = {name: (rows[f"datetime_{column(name)}"] - pd.Timestamp(0, tz="UTC"))
@@ -226,35 +247,64 @@ class MSCFranceDataset(Dataset):
 
     def _chip(self, store: Store, ci: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """One sensor's whole chip (image, valid), normalised and resized to ``tiles x size``; for
-        ``labels``, (class indices, their validity). Cached per process when ``cache`` is on."""
+        ``labels``, (class indices, their validity). Cached per process when ``cache`` is on.
+
+        With a cache that holds a shard, a miss reads this dataset's chips of the whole shard in
+        one call (zarr's per-call cost is several times a small chip's decoding) and caches them.
+        """
         key = (ci, name)
         if key in self._chips:
             self._chips.move_to_end(key)
             return self._chips[key]
-        side = None if self.size is None else self.size * self.tiles
+        per = store.chips_per_shard
+        whole = self.cache is True or (bool(self.cache) and int(self.cache) >= per)
+        if whole:
+            s0 = ci // per * per
+            wanted = [c for c in range(s0, s0 + per) if c in self._members and (c, name) not in self._chips]
+        else:
+            wanted = [ci]
+        lo, hi = min(wanted), max(wanted) + 1
         if name == "labels":
-            lab = torch.from_numpy(self._lut[self._array(store, "labels", "class", ci)])
-            if side is not None and lab.shape[-1] != side:
-                lab = F.interpolate(lab[None, None].float(), size=(side, side), mode="nearest")[0, 0].long()
-            out = (lab, lab != IGNORE_INDEX)
+            raw = self._arrays(store, "labels", ("class",), lo, hi, 1)
+            prepared = {c: self._prepare_labels(raw[0][c - lo]) for c in wanted}
         else:
             f = self.levels[name]
-            img = torch.from_numpy(self._array(store, name, "image", ci, f)[self.band_index[name]].astype(np.float32))
-            mask = torch.from_numpy(self._array(store, name, "valid", ci, f).astype(bool))
-            if side is not None and img.shape[-1] != side:
-                img = F.interpolate(img[None], size=(side, side), mode="bilinear", align_corners=False,
-                                    antialias=img.shape[-1] > side)[0]
-                mask = F.interpolate(mask[None, None].float(), size=(side, side), mode="nearest")[0, 0] > 0.5
-            if self.normalize:  # after the resize (its weights sum to 1, so the result is the same): fewer pixels
-                img = (img - self.mean[name]) / self.std[name]
-            out = (img, mask)
-        if self.cache is True:
-            self._chips[key] = out
-        elif self.cache:  # an LRU of ``cache`` chips per sensor
-            self._chips[key] = out
-            if len(self._chips) > self.cache * (len(self.sensors) + self.labels):
-                self._chips.popitem(last=False)
+            img, valid = self._arrays(store, name, ("image", "valid"), lo, hi, f)
+            prepared = {c: self._prepare(name, img[c - lo], valid[c - lo]) for c in wanted}
+        out = prepared[ci]
+        if self.cache:
+            for c in wanted:
+                self._chips[(c, name)] = prepared[c]
+            if self.cache is not True:  # an LRU of ``cache`` chips per sensor
+                while len(self._chips) > int(self.cache) * (len(self.sensors) + self.labels):
+                    self._chips.popitem(last=False)
         return out
+
+    def _prepare(self, name: str, raw: np.ndarray, valid: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        side = None if self.size is None else self.size * self.tiles
+        img = torch.from_numpy(raw[self.band_index[name]].astype(np.float32))
+        mask = torch.from_numpy(valid.astype(bool))
+        if side is not None and img.shape[-1] != side:
+            img = F.interpolate(img[None], size=(side, side), mode="bilinear", align_corners=False,
+                                antialias=img.shape[-1] > side)[0]
+            mask = F.interpolate(mask[None, None].float(), size=(side, side), mode="nearest")[0, 0] > 0.5
+        if self.normalize:  # after the resize (its weights sum to 1, so the result is the same): fewer pixels
+            img = (img - self.mean[name]) / self.std[name]
+        return img, mask
+
+    def _prepare_labels(self, raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        side = None if self.size is None else self.size * self.tiles
+        lab = torch.from_numpy(self._lut[raw])
+        if side is not None and lab.shape[-1] != side:
+            lab = F.interpolate(lab[None, None].float(), size=(side, side), mode="nearest")[0, 0].long()
+        return lab, lab != IGNORE_INDEX
+
+    def _arrays(self, store: Store, group: str, arrays: tuple[str, ...], lo: int, hi: int,
+                factor: int) -> list[np.ndarray]:
+        # Through the checked read path: a missing or damaged shard is a StoreError, never zeros.
+        if self._reader is None or self._reader.store is not store:
+            self._reader = ChipReader(store)
+        return [self._reader.read_range(group, a, lo, hi, factor) for a in arrays]
 
     def _array(self, store: Store, group: str, array: str, ci: int, factor: int = 1) -> np.ndarray:
         # Through the checked read path: a missing or damaged shard is a StoreError, never zeros.

@@ -9,6 +9,7 @@ was built, nor crash with a codec message: :class:`ChipReader` checks both and r
 from __future__ import annotations
 
 import numpy as np
+import zarr
 
 from msc_france.errors import StoreError, first_line
 from msc_france.store.core import Store
@@ -30,6 +31,7 @@ class ChipReader:
         self.store = store
         self._status: dict[str, np.ndarray] = {}
         self._ids: list[str] | None = None
+        self._arrays: dict[tuple[str, str], zarr.Array] = {}
 
     def shard_file(self, group: str, array: str, index: int, factor: int = 1) -> str:
         """Path (relative to the store root) of the shard holding chip ``index`` of an array (at
@@ -53,6 +55,13 @@ class ChipReader:
             self._ids = self.store.chip_ids()
         return self._ids[index] if index < len(self._ids) else f"#{index}"
 
+    def _array(self, path: str, array: str) -> zarr.Array:
+        # Opened once per reader: a zarr group lookup costs as much as decoding a small chip.
+        key = (path, array)
+        if key not in self._arrays:
+            self._arrays[key] = self.store.root[path][array]
+        return self._arrays[key]
+
     def read(self, group: str, array: str, index: int, factor: int = 1) -> np.ndarray:
         """Chip ``index`` of ``group/array`` as stored, at full resolution or overview ``factor``.
 
@@ -60,17 +69,27 @@ class ChipReader:
             StoreError: the shard cannot be decoded, or its file is missing for a chip the store
                 marks as built.
         """
+        return self.read_range(group, array, index, index + 1, factor)[0]
+
+    def read_range(self, group: str, array: str, start: int, stop: int, factor: int = 1) -> np.ndarray:
+        """Chips ``start:stop`` of ``group/array`` in one read (one zarr call: within a shard it
+        costs little more than one chip), checked as :meth:`read` checks one.
+
+        Raises:
+            StoreError: as :meth:`read`, naming the first chip concerned.
+        """
         path = group if factor == 1 else overview_path(group, factor)
         try:
-            data = np.asarray(self.store.root[path][array][index])
+            data = np.asarray(self._array(path, array)[start:stop])
         except Exception as e:  # codec errors (zstd, truncated shard index) come in many types
-            raise StoreError(f"chip {self.chip_id(index)} of {path}/{array} cannot be read from "
-                             f"{self.shard_file(group, array, index, factor)}: {first_line(e, 160)} "
+            raise StoreError(f"chip {self.chip_id(start)} of {path}/{array} cannot be read from "
+                             f"{self.shard_file(group, array, start, factor)}: {first_line(e, 160)} "
                              "(store damaged: run msc-france validate)") from None
         # Fill comes back silently for a missing shard: only an all-fill chip can be one.
-        if not data.any() and self.status(group, index) in WRITTEN:
-            shard = self.shard_file(group, array, index, factor)
-            if not self.store.exists(shard):
-                raise StoreError(f"chip {self.chip_id(index)} of {path}/{array} is marked built but its shard "
-                                 f"file {shard} is missing (store damaged: run msc-france validate)")
+        for i in range(start, stop):
+            if not data[i - start].any() and self.status(group, i) in WRITTEN:
+                shard = self.shard_file(group, array, i, factor)
+                if not self.store.exists(shard):
+                    raise StoreError(f"chip {self.chip_id(i)} of {path}/{array} is marked built but its shard "
+                                     f"file {shard} is missing (store damaged: run msc-france validate)")
         return data

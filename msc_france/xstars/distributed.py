@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -34,13 +35,42 @@ def init_distributed(device_kind: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums every rank's gradient of this rank's rows.
+
+    ``torch.distributed.nn.functional.all_gather`` sends the incoming gradients through gloo's
+    all-to-all as raw memory: a non-contiguous gradient (MSAD's matrix products give transposed
+    ones) arrived scrambled on CPU. Here the gradient is made contiguous, summed over ranks
+    (all-reduce) and this rank's rows are kept.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        world, rank = dist.get_world_size(), dist.get_rank()
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x)
+        ctx.rows = (rank * x.shape[0], (rank + 1) * x.shape[0])
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        lo, hi = ctx.rows
+        return grad[lo:hi]
+
+
 def gather_batch(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every process along dim 0, keeping the gradient (MSAD negatives)."""
+    """Concatenate ``x`` from every process along dim 0, keeping the gradient (MSAD negatives).
+
+    Every rank must hold the same number of rows (the step sampler gives each the same share).
+    The gradient of a rank's rows is the sum of every rank's loss gradient for them: under DDP,
+    whose averaging divides by the world size, the result equals one process on the whole batch.
+    """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 def device_kind(requested: str) -> str:

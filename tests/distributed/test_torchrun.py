@@ -50,6 +50,52 @@ def test_msad_negatives_are_gathered_with_gradient() -> None:
     assert res[0][3] == [0.0, 2.0] and res[1][3] == [4.0, 6.0]
 
 
+def _msad_worker(rank: int, world: int, port: int, q) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from msc_france.xstars.distributed import gather_batch
+    from msc_france.xstars.msad import msad_loss
+
+    full = _embeddings()
+    rows = slice(3 * rank, 3 * (rank + 1))
+    mine = {s: e[rows].clone().requires_grad_() for s, e in full.items()}
+    loss = msad_loss({s: gather_batch(e) for s, e in mine.items()}, tau=0.1)
+    loss.backward()
+    # DDP averages parameter gradients over ranks: the same division here.
+    q.put((rank, float(loss), {s: (e.grad / world).tolist() for s, e in mine.items()}))
+    dist.destroy_process_group()
+
+
+def _embeddings() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return {s: torch.nn.functional.normalize(torch.randn(6, 5, 8, generator=g), dim=-1) for s in ("s2", "aerial")}
+
+
+def test_gathered_msad_equals_the_single_process_loss_on_the_whole_batch() -> None:
+    """Each of 2 gloo processes holds 3 of 6 places; with the negatives gathered from both, the loss
+    and the gradients of each process's rows equal one process's on all 6."""
+    from msc_france.xstars.msad import msad_loss
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_msad_worker, args=(r, 2, port, q)) for r in range(2)]
+    for p in procs:
+        p.start()
+    res = sorted(q.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(60)
+    full = {s: e.clone().requires_grad_() for s, e in _embeddings().items()}
+    want = msad_loss(full, tau=0.1)
+    want.backward()
+    local = msad_loss({s: e[:3] for s, e in _embeddings().items()}, tau=0.1)
+    for rank, loss, grads in res:
+        assert loss == pytest.approx(float(want), rel=1e-5)
+        for s, gr in grads.items():
+            torch.testing.assert_close(torch.tensor(gr), full[s].grad[3 * rank : 3 * (rank + 1)], rtol=1e-4, atol=1e-6)
+    assert float(local) != pytest.approx(float(want), rel=1e-3)  # without the gather, fewer negatives
+
+
 @pytest.mark.timeout(600)
 def test_torchrun_two_processes(tiny_store: Path, tmp_path: Path) -> None:
     from tests.helpers import train_config as _cfg
