@@ -15,6 +15,7 @@ from msc_france.errors import StoreError, first_line
 from msc_france.store.core import Store
 from msc_france.store.overviews import overview_path
 from msc_france.store.schema import STATUS
+from msc_france.store.shards import ShardLayout
 
 #: Statuses whose pixels were written (flagged chips are kept, below the valid threshold).
 WRITTEN = {STATUS["ok"], STATUS["flagged"]}
@@ -32,6 +33,7 @@ class ChipReader:
         self._status: dict[str, np.ndarray] = {}
         self._ids: list[str] | None = None
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
+        self._layouts: dict[tuple[str, str], ShardLayout | None] = {}
 
     def shard_file(self, group: str, array: str, index: int, factor: int = 1) -> str:
         """Path (relative to the store root) of the shard holding chip ``index`` of an array (at
@@ -62,6 +64,14 @@ class ChipReader:
             self._arrays[key] = self.store.root[path][array]
         return self._arrays[key]
 
+    def _layout(self, path: str, array: str) -> ShardLayout | None:
+        # Local stores in the builder's layout are read without zarr's per-call cost (store.shards).
+        key = (path, array)
+        if key not in self._layouts:
+            self._layouts[key] = None if self.store.remote else ShardLayout.of(
+                self._array(path, array), str(self.store.path / path / array))
+        return self._layouts[key]
+
     def read(self, group: str, array: str, index: int, factor: int = 1) -> np.ndarray:
         """Chip ``index`` of ``group/array`` as stored, at full resolution or overview ``factor``.
 
@@ -80,7 +90,8 @@ class ChipReader:
         """
         path = group if factor == 1 else overview_path(group, factor)
         try:
-            data = np.asarray(self._array(path, array)[start:stop])
+            layout = self._layout(path, array)
+            data = layout.read(start, stop) if layout is not None else np.asarray(self._array(path, array)[start:stop])
         except Exception as e:  # codec errors (zstd, truncated shard index) come in many types
             raise StoreError(f"chip {self.chip_id(start)} of {path}/{array} cannot be read from "
                              f"{self.shard_file(group, array, start, factor)}: {first_line(e, 160)} "
