@@ -356,6 +356,37 @@ def test_index_out_of_step_with_arrays_is_corrupt(store: Path, capsys: pytest.Ca
     assert code == 4 and "does not match the arrays" in out
 
 
+@pytest.mark.parametrize(("change", "said"), [
+    ("short", "has 3 rows; the arrays hold 4 chips"),
+    ("duplicate", "twice"),
+    ("garbage", "index.parquet unreadable"),
+])
+def test_index_out_of_step_is_refused_by_every_reader(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                      change: str, said: str) -> None:
+    import geopandas as gpd
+    import pandas as pd
+
+    from msc_france.data import MSCFranceDataset
+
+    idx = gpd.read_parquet(store / "index.parquet")
+    if change == "short":
+        idx.iloc[:-1].to_parquet(store / "index.parquet")
+    elif change == "duplicate":
+        gpd.GeoDataFrame(pd.concat([idx.iloc[:1], idx.iloc[:-1]]), crs=idx.crs).to_parquet(store / "index.parquet")
+    else:
+        (store / "index.parquet").write_bytes(b"PAR1" + b"\x00" * 200)
+    with pytest.raises(StoreError, match=said):
+        MSCFranceDataset(store, split=None)
+    for cmd in (["export", str(store), "--format", "xstars-folders", "--out", str(tmp_path / "x")],
+                ["preview", str(store), "--out", str(tmp_path / "p")]):
+        code = main(cmd)
+        line = _one_line(capsys.readouterr().err)
+        assert code == 4 and said in line, (cmd, line)
+    assert not (tmp_path / "x").exists()
+    code, out = _validate(store, capsys)
+    assert code == 4 and "CORRUPT" in out
+
+
 @pytest.mark.parametrize("damage", ["deleted", "flipped", "truncated"])
 def test_damaged_shard_validate_and_every_reader(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                  damage: str) -> None:
@@ -385,11 +416,49 @@ def test_damaged_shard_validate_and_every_reader(store: Path, tmp_path: Path, ca
         assert code == 4 and "sentinel-2-l2a/image" in line, (cmd, line)
 
 
+def test_one_flipped_byte_in_a_chunk_is_caught_by_every_reader(store: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """One byte flipped in the middle of each compressed aerial chunk: zstd alone often decodes such
+    a chunk into wrong pixels; its frame checksum makes every reader refuse it."""
+    import numpy as np
+
+    shard = _shard(store, "aerial")
+    raw = bytearray(shard.read_bytes())
+    index = np.frombuffer(bytes(raw[-(2 * 16 + 4) : -4]), "<u8").reshape(2, 2)  # 2 chips per shard
+    for off, nbytes in index:
+        raw[int(off) + int(nbytes) // 2] ^= 0x01
+    shard.write_bytes(bytes(raw))
+    from msc_france.data import MSCFranceDataset
+    from msc_france.store import ChipReader, Store
+
+    with pytest.raises(StoreError, match=r"of aerial/image cannot be read from aerial/image/c/0"):
+        ChipReader(Store.open(store)).read("aerial", "image", 0)
+    ds = MSCFranceDataset(store, sensors=["aerial"], split=None)
+    with pytest.raises(StoreError, match="aerial/image"):
+        for i in range(len(ds)):
+            ds[i]
+    for cmd in (["preview", str(store), "--out", str(tmp_path / "p"), "--chips", "4"],
+                ["export", str(store), "--format", "xstars-folders", "--out", str(tmp_path / "x")]):
+        code = main(cmd)
+        line = _one_line(capsys.readouterr().err)
+        assert code == 4 and "aerial/image" in line, (cmd, line)
+    code, out = _validate(store, capsys)
+    assert code == 4 and "aerial" in out
+
+
 def test_truncated_array_metadata(store: Path, capsys: pytest.CaptureFixture) -> None:
     meta = store / "landsat-8-c2-l2" / "valid" / "zarr.json"
     meta.write_text(meta.read_text()[:40])
     code, out = _validate(store, capsys)
     assert code == 4 and "landsat-8-c2-l2/valid: array metadata unreadable" in out
+    from msc_france.data import MSCFranceDataset
+
+    ds = MSCFranceDataset(store, sensors=["landsat-8-c2-l2"], split=None)
+    with pytest.raises(StoreError, match="landsat-8-c2-l2/valid"):
+        ds[0]
+    code = main(["preview", str(store), "--out", str(store.parent / "p"), "--chips", "2"])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 4 and "landsat-8-c2-l2/valid" in line and "internal error" not in line
 
 
 def test_root_attributes_without_layers(store: Path, capsys: pytest.CaptureFixture) -> None:
@@ -490,6 +559,46 @@ def test_append_with_other_rules_is_refused(store: Path, tiny_recipe: Path, tiny
     assert code == 2 and "built with other rules" in line
     assert "split.salt: 'msc-france' -> 'other'" in line and "sensors.sentinel-2-l2a.min_valid_fraction" in line
     assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize(("key", "value", "shown"), [
+    ("chips_per_shard", 4, "chips_per_shard: 2 -> 4"),  # the shard layout of the arrays
+    ("sensors.aerial.overviews", [2, 5], "sensors.aerial.overviews: [5] -> [2, 5]"),  # the overview arrays
+])
+def test_append_with_another_layout_is_refused(store: Path, tiny_recipe: Path, tiny_region: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture, key: str, value: object,
+                                               shown: str) -> None:
+    rec = yaml.safe_load(tiny_recipe.read_text())
+    *path, last = key.split(".")
+    d = rec
+    for k in path:
+        d = d[k]
+    d[last] = value
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(rec))
+    before = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
+    code = main(["build", "--region", str(tiny_region), "--recipe", str(tmp_path / "r.yaml"), "--out", str(store),
+                 "--quiet"])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "built with other rules" in line and shown in line
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} == before
+
+
+def test_duplicate_yaml_keys_are_refused(tiny_recipe: Path, tiny_region: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    text = tiny_recipe.read_text()
+    assert "\n  aerial:\n" in text
+    twice = text.replace("\n  aerial:\n", "\n  aerial:\n    gsd: 3.0\n  aerial:\n", 1)
+    (tmp_path / "twice.yaml").write_text(twice)
+    code = main(["build", "--region", str(tiny_region), "--recipe", str(tmp_path / "twice.yaml"),
+                 "--out", str(tmp_path / "s.zarr"), "--quiet"])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "duplicate key 'aerial'" in line and "twice.yaml" in line
+    assert not (tmp_path / "s.zarr").exists()
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("name: a\nname: b\n")
+    code = main(["pretrain", "--config", str(cfg), "--quiet"])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "duplicate key 'name'" in line
 
 
 def test_external_dataset_symlink_out_of_root(tmp_path: Path) -> None:

@@ -30,11 +30,41 @@ def _format_validation_error(err: ValidationError) -> str:
     return "; ".join(parts) + more
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one
+    silently: a recipe naming a sensor twice would build with whichever came last).
+    """
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # the base constructor reports unhashable keys
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}' (first at line {seen[key].line + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def safe_load_unique(stream: Any) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (``yaml.constructor.ConstructorError``)."""
+    return yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_yaml(path: Path) -> Any:
-    """Read a YAML file, turning I/O and syntax errors into one-line BadInputErrors."""
+    """Read a YAML file, turning I/O and syntax errors (and duplicate keys) into one-line BadInputErrors."""
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+            return safe_load_unique(f)
     except FileNotFoundError:
         raise BadInputError(f"file not found: {path}") from None
     except IsADirectoryError:
@@ -42,6 +72,9 @@ def load_yaml(path: Path) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
+        problem = str(getattr(e, "problem", "") or "")
+        if problem.startswith("duplicate key"):
+            raise BadInputError(f"{path}:{where} {problem}") from None
         raise BadInputError(f"{path}:{where} invalid YAML") from None
 
 

@@ -72,7 +72,7 @@ def _alive(pid: int) -> bool:
 
 
 #: Recipe keys that do not change what a chip holds or which split it is in.
-RECIPE_NEUTRAL = {"name", "catalog", "chips_per_shard"}
+RECIPE_NEUTRAL = {"name", "catalog"}
 
 
 def recipe_differences(stored: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -427,10 +427,42 @@ class Store:
 
         return consolidate(self)
 
-    def index(self) -> gpd.GeoDataFrame:
-        """The chip index (GeoParquet)."""
+    def index(self, checked: bool = True) -> gpd.GeoDataFrame:
+        """The chip index (GeoParquet).
+
+        Args:
+            checked: refuse an index that does not describe the arrays (another length, other chip
+                ids or order, a duplicated chip): a reader would index the wrong chips. ``validate``
+                reads it unchecked to list every difference.
+
+        Raises:
+            StoreError: the file is missing, unreadable, or (checked) out of step with the arrays.
+        """
         import geopandas as gpd
 
         if not self.exists("index.parquet"):
             raise StoreError(f"store {self.url} has no index.parquet (build did not finish; run build again)")
-        return gpd.read_parquet(io.BytesIO(self.read_bytes("index.parquet")))
+        try:
+            idx = gpd.read_parquet(io.BytesIO(self.read_bytes("index.parquet")))
+        except Exception as e:  # pyarrow and geopandas raise their own types for damaged files
+            raise StoreError(f"store {self.url}: index.parquet unreadable ({first_line(e, 100)}); run build again "
+                             "to rewrite it") from None
+        if checked:
+            problem = self._index_problem(idx)
+            if problem:
+                raise StoreError(f"store {self.url}: index.parquet {problem}; run build again to rewrite it "
+                                 "(msc-france validate lists every difference)")
+        return idx
+
+    def _index_problem(self, idx: gpd.GeoDataFrame) -> str | None:
+        if not {"chip_id", "chip_index", "split"} <= set(idx.columns):
+            return "lacks its chip_id, chip_index or split column"
+        ids = self.chip_ids()
+        if len(idx) != len(ids):
+            return f"has {len(idx)} rows; the arrays hold {len(ids)} chips"
+        dup = idx["chip_id"].duplicated()
+        if dup.any():
+            return f"lists chip {idx['chip_id'][dup].iloc[0]} twice"
+        if list(idx["chip_id"]) != ids or [int(v) for v in idx["chip_index"]] != list(range(len(ids))):
+            return "does not match the arrays' chip ids and order"
+        return None

@@ -28,7 +28,9 @@ STATUS = {"pending": 0, "ok": 1, "flagged": 2, "dropped": 3, "failed": 4, "nodat
 STATUS_NAMES = {v: k for k, v in STATUS.items()}
 DONE = {"ok", "flagged", "dropped", "nodata"}  # statuses a rerun does not rebuild
 META_ARRAYS = ("status", "datetime", "item_ids", "cloud_fraction", "valid_fraction", "harmonization")
-COMPRESSOR = ZstdCodec(level=3)
+#: zstd with frame checksums: every reader (zarr and store.shards) verifies each chunk it decodes, so
+#: flipped bytes are an error, never pixels.
+COMPRESSOR = ZstdCodec(level=3, checksum=True)
 #: Root attributes every reader relies on.
 ROOT_KEYS = ("format_version", "recipe", "chip_size_m", "chips_per_shard", "layers", "regions")
 #: Per-chip coordinates every pixel array of a group carries (CF ``coordinates``).
