@@ -25,3 +25,17 @@ def train_config(store: Path, out: Path, **changes: Any) -> TrainConfig:
         sec, key = k.split("__")
         d[sec][key] = v
     return TrainConfig.model_validate(d)
+
+
+#: Real product files of the workplace (``../shared/realdata`` from the project root; see its README).
+REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+
+
+def realdata(*parts: str) -> Path:
+    """A path under :data:`REALDATA`; skips the calling test when the folder is absent."""
+    import pytest
+
+    p = REALDATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real product files not available here ({p} is absent: a clone outside the workplace)")
+    return p

@@ -419,7 +419,8 @@ def test_damaged_shard_validate_and_every_reader(store: Path, tmp_path: Path, ca
 def test_one_flipped_byte_in_a_chunk_is_caught_by_every_reader(store: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture) -> None:
     """One byte flipped in the middle of each compressed aerial chunk: zstd alone often decodes such
-    a chunk into wrong pixels; its frame checksum makes every reader refuse it."""
+    a chunk into wrong pixels; its frame checksum makes every reader refuse it.
+    """
     import numpy as np
 
     shard = _shard(store, "aerial")

@@ -7,6 +7,7 @@ the directory ends up in an item or in the report's skipped list, with the reaso
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -26,18 +27,33 @@ PRODUCTS = ("bd-ortho", "spot", "s2-safe", "theia")
 DEFAULT_COLLECTION = {"bd-ortho": "aerial", "spot": "spot", "s2-safe": "sentinel-2-l2a", "theia": "sentinel-2-theia"}
 
 
-def detect_product(directory: Path, files: list[Path]) -> str:
-    """The product family the files make clear; BadInputError when they mix families."""
-    found = set()
-    if directory.name.endswith(".SAFE") or any(p.name == "MTD_MSIL2A.xml" for p in directory.rglob("MTD_MSIL2A.xml")):
-        found.add("s2-safe")
+#: A Sentinel-2 SAFE's image files: T<tile>_<date>T<time>_<band>_<res>m.jp2 (B02, B8A, SCL, TCI, AOT, WVP).
+_SAFE_NAME = re.compile(r"^T\d\d[A-Z]{3}_\d{8}T\d{6}_[A-Z0-9]{3}_\d\dm\.jp2$")
+
+
+def detect_product(directory: Path, files: list[Path]) -> tuple[str, str]:
+    """The product family the files make clear, and the rule that decided it.
+
+    Raises:
+        BadInputError: the files mix families.
+    """
+    found: dict[str, str] = {}
+    if directory.name.endswith(".SAFE"):
+        found["s2-safe"] = "the folder is a .SAFE"
+    elif any(True for _ in directory.rglob("MTD_MSIL2A.xml")):
+        found["s2-safe"] = "an MTD_MSIL2A.xml"
+    elif any(_SAFE_NAME.match(f.name) for f in files):
+        found["s2-safe"] = "Sentinel-2 SAFE file names (T<tile>_<date>_<band>_<res>m.jp2)"
     if any(("_FRE_B" in f.name or "_SRE_B" in f.name) for f in files):
-        found.add("theia")
+        found["theia"] = "Theia _FRE_/_SRE_ band files"
     if any("SPOT" in f.name.upper() for f in files):
-        found.add("spot")
+        found["spot"] = "SPOT in a file name"
     if len(found) > 1:
         raise BadInputError(f"{directory} mixes products ({', '.join(sorted(found))}): pass --product")
-    return found.pop() if found else "bd-ortho"
+    if found:
+        kind, why = found.popitem()
+        return kind, f"detected from {why}"
+    return "bd-ortho", "no SAFE, Theia or SPOT marker: read as BD ORTHO tiles"
 
 
 def ingest(directory: Path, out: Path, product: str = "auto", collection: str | None = None,
@@ -70,9 +86,9 @@ def ingest(directory: Path, out: Path, product: str = "auto", collection: str | 
     files = raster_files(directory)
     if not files:
         raise BadInputError(f"no .jp2/.tif/.tiff files under {directory}")
-    kind = detect_product(directory, files) if product == "auto" else product
+    kind, why = detect_product(directory, files) if product == "auto" else (product, "--product")
     coll = collection or DEFAULT_COLLECTION[kind]
-    report = IngestReport()
+    report = IngestReport(product=kind, decided_by=why)
     if kind == "bd-ortho":
         items = ingest_bdortho(files, directory, coll, forced, report)
     elif kind == "spot":
@@ -83,7 +99,7 @@ def ingest(directory: Path, out: Path, product: str = "auto", collection: str | 
         items = ingest_theia(files, directory, coll, variant, report)
     if not items:
         first = f": {report.skipped[0][0].name}: {report.skipped[0][1]}" if report.skipped else ""
-        raise BadInputError(f"no {kind} item could be made from {directory}{first}")
+        raise BadInputError(f"no {kind} item could be made from {directory} ({why}){first}")
     report.catalog = write_catalog(items, out.expanduser(), coll, f"{kind} files ingested from {directory}")
     report.items = len(items)
     return report

@@ -36,17 +36,36 @@ BANDS = {
 
 
 def _product_of(path: Path, root: Path) -> tuple[str, str | None]:
-    """(tile key, 'rgb' | 'irc' | None) from the file name, else its folders below ``root``."""
+    """(tile key, 'rgb' | 'irc' | None) from the file name, else its folders up to and including
+    ``root`` itself (``catalog ingest DELIVERY/irc`` ingests IRC tiles, never RVB ones).
+    """
     m = _TOKEN.search(path.stem)
     if m:
         key = (path.stem[: m.start()] + "-" + path.stem[m.end():]).strip("-_. ")
         key = re.sub(r"([-_.])[-_.]+", r"\1", key)
         return key, "irc" if m[1].upper() == "IRC" else "rgb"
-    for folder in path.relative_to(root).parents:
+    folders = [root / rel for rel in path.relative_to(root).parents if rel.name] + [root]
+    for folder in folders:
         fm = _TOKEN.search(folder.name)
-        if fm and folder.name:
+        if fm:
             return path.stem, "irc" if fm[1].upper() == "IRC" else "rgb"
     return path.stem, None
+
+
+#: What a BD ORTHO tile can be: Lambert-93, sub-metre pixels, 3 (RVB or IRC) or 4 (RGBN) bands.
+MAX_GSD_M = 1.0
+
+
+def not_a_tile(meta: RasterMeta) -> str | None:
+    """Why ``meta`` cannot be a BD ORTHO tile (None: it can)."""
+    if meta.crs_code != "EPSG:2154":
+        return (f"CRS {meta.crs_code or 'not identified as an EPSG CRS'} is not Lambert-93 (EPSG:2154): "
+                "not a BD ORTHO tile")
+    if meta.res >= MAX_GSD_M:
+        return f"{meta.res:g} m pixels: BD ORTHO tiles are sub-metre"
+    if meta.count not in (3, 4):
+        return f"{meta.count} band(s): not an RVB, IRC or 4-band tile"
+    return None
 
 
 def file_date(path: Path, tags: dict[str, str]) -> tuple[dt.datetime, str] | None:
@@ -73,15 +92,16 @@ def ingest_bdortho(files: list[Path], root: Path, collection: str, forced: dt.da
     tiles: dict[str, dict[str, RasterMeta]] = defaultdict(dict)
     for meta in readable(files, report):
         f = meta.path
+        problem = not_a_tile(meta)
+        if problem:
+            report.skipped.append((f, problem))
+            continue
         key, product = _product_of(f, root)
         if product is None:
-            if meta.count >= 4:
-                product = "image"
-            elif meta.count == 3:
-                product = "rgb"  # IGN's RVB tiles carry no product token
-            else:
-                report.skipped.append((f, f"{meta.count} band(s): not an RVB, IRC or 4-band tile"))
-                continue
+            product = "image" if meta.count == 4 else "rgb"  # IGN's RVB tiles carry no product token
+        elif meta.count != 3:
+            report.skipped.append((f, f"{meta.count} bands in an {product.upper()} file: RVB and IRC tiles have 3"))
+            continue
         if product in tiles[key]:
             report.skipped.append((f, f"same tile and product as {tiles[key][product].path}"))
             continue

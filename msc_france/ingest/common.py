@@ -71,6 +71,8 @@ class IngestReport:
     files_used: int = 0
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     catalog: Path | None = None
+    product: str = ""  # the product family read, and what decided it (``--product`` or detection)
+    decided_by: str = ""
 
 
 def crs_code(crs: rasterio.crs.CRS) -> str | None:

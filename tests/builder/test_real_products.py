@@ -245,9 +245,9 @@ def test_unsupported_data_type_fails_the_chip_with_a_reason(tmp_path: Path) -> N
 
     d = tmp_path / "dl"
     d.mkdir()
-    with rasterio.open(d / "31-2021-0565-6272-LA93-0M50-E080.tif", "w", driver="GTiff", width=32, height=32, count=4,
-                       dtype="complex64", crs="EPSG:2154", transform=Affine(7.5, 0, 565440, 0, -7.5, 6272160)) as dst:
-        dst.write(np.ones((4, 32, 32), np.complex64))
+    with rasterio.open(d / "31-2021-0565-6272-LA93-0M50-E080.tif", "w", driver="GTiff", width=480, height=480, count=4,
+                       dtype="complex64", crs="EPSG:2154", transform=Affine(0.5, 0, 565440, 0, -0.5, 6272160)) as dst:
+        dst.write(np.ones((4, 480, 480), np.complex64))
     assert main(["catalog", "ingest", str(d), "--out", str(tmp_path / "cat")]) == 0
     g, rec = _build(tmp_path, "aerial.yaml", tmp_path / "cat" / "catalog.json", (565440.0, 6271920.0), 240, 1.5,
                     {"bands": [{"name": n, "asset": "image", "index": i + 1}

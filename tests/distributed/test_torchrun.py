@@ -73,7 +73,8 @@ def _embeddings() -> dict[str, torch.Tensor]:
 
 def test_gathered_msad_equals_the_single_process_loss_on_the_whole_batch() -> None:
     """Each of 2 gloo processes holds 3 of 6 places; with the negatives gathered from both, the loss
-    and the gradients of each process's rows equal one process's on all 6."""
+    and the gradients of each process's rows equal one process's on all 6.
+    """
     from msc_france.xstars.msad import msad_loss
 
     ctx = mp.get_context("spawn")

@@ -110,10 +110,15 @@ def test_nothing_pairable_is_an_error(tmp_path: Path) -> None:
 
 
 def test_catalog_json_declares_projection_code_or_wkt2(tmp_path: Path) -> None:
-    """A CRS with no EPSG equivalent is kept as proj:wkt2 (the warp needs the CRS, not a code)."""
+    """A CRS with no EPSG equivalent is kept as proj:wkt2 (the warp needs the CRS, not a code);
+    such a file cannot be a BD ORTHO tile, which is Lambert-93.
+    """
     odd = IGN_WKT_WGS84.replace("PARAMETER[\"false_easting\",700000]", "PARAMETER[\"false_easting\",500000]")
     bdortho_tile(tmp_path / "d" / "x.tif", 365000, 6272000, 16, wkt=odd)
-    ingest(tmp_path / "d", tmp_path / "cat", when="2021-01-01")
+    with pytest.raises(BadInputError, match="x.tif: CRS not identified as an EPSG CRS is not Lambert-93"):
+        ingest(tmp_path / "d", tmp_path / "bd", when="2021-01-01")
+    (tmp_path / "d" / "x.tif").rename(tmp_path / "d" / "SPOT7_x.tif")
+    ingest(tmp_path / "d", tmp_path / "cat", when="2021-01-01", band_order=["red", "green", "blue"])
     it = next(iter(_items(tmp_path / "cat").values()))
     d = json.loads(json.dumps(it.to_dict()))
     assert d["properties"]["proj:code"] is None and "Lambert" in d["properties"]["proj:wkt2"]

@@ -19,10 +19,11 @@ from msc_france.sources.static import StaticSource
 
 
 def _tile(path: Path, x0: float, y1: float, count: int, crs: str = "EPSG:2154", date: str | None = None) -> None:
-    profile = dict(driver="GTiff", width=100, height=100, count=count, dtype="uint8", crs=crs,
-                   transform=Affine(5, 0, x0, 0, -5, y1))
+    # 500 m at 0.5 m, as a BD ORTHO tile can be (sub-metre, Lambert-93).
+    profile = dict(driver="GTiff", width=1000, height=1000, count=count, dtype="uint8", crs=crs,
+                   transform=Affine(0.5, 0, x0, 0, -0.5, y1), compress="deflate")
     with rasterio.open(path, "w", **profile) as dst:
-        dst.write(np.full((count, 100, 100), 100, np.uint8))
+        dst.write(np.full((count, 1000, 1000), 100, np.uint8))
         if date:
             dst.update_tags(TIFFTAG_DATETIME=date)
 

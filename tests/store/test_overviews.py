@@ -1,5 +1,6 @@
 """Overview levels: the stored level against an independent area average, what the dataset reads,
-and what validate catches."""
+and what validate catches.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from msc_france.store.overviews import area_average
 
 def _reference(image: np.ndarray, valid: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
     """The documented rule, pixel by pixel in plain Python: the mean of the valid pixels under
-    each output pixel (rounded half to even), valid when at least half of them are."""
+    each output pixel (rounded half to even), valid when at least half of them are.
+    """
     b, h, w = image.shape
     out = np.zeros((b, h // f, w // f), image.dtype)
     ok = np.zeros((h // f, w // f), np.uint8)
@@ -138,7 +140,7 @@ def test_recipe_refuses_an_overview_factor_that_does_not_divide_the_chip(tiny_re
     assert code != 0 and len(err) == 1 and "overview factor 3 of aerial does not divide its 640 px" in err[0]
     assert not (tmp_path / "s.zarr").exists()
     with pytest.raises(BadInputError):
-        from msc_france.config.recipe import Recipe
         from msc_france.config.base import parse_model
+        from msc_france.config.recipe import Recipe
 
         parse_model(Recipe, {**rec, "sensors": {"aerial": {"overviews": [1]}}}, "recipe")

@@ -36,7 +36,8 @@ def _losses_and_grads(batched: bool) -> tuple[torch.Tensor, dict[str, torch.Tens
 
 def test_one_batched_forward_equals_one_forward_per_sensor() -> None:
     """forward_many (one batch through the blocks) leaves the MSAD loss and every gradient as the
-    per-sensor forwards give them."""
+    per-sensor forwards give them.
+    """
     l1, g1 = _losses_and_grads(batched=False)
     l2, g2 = _losses_and_grads(batched=True)
     torch.testing.assert_close(l2, l1, rtol=1e-5, atol=1e-6)
@@ -57,7 +58,8 @@ def test_forward_many_keeps_batches_of_other_sizes_apart() -> None:
 
 def test_crop_geometry_cuts_the_same_ground_from_a_finer_sensor() -> None:
     """A view's geometry cut from a 4x finer co-registered chip is the same ground, flipped and
-    turned the same way: the two views agree (up to resampling), and not with a mis-turned view."""
+    turned the same way: the two views agree (up to resampling), and not with a mis-turned view.
+    """
     coarse = torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(2, 16, 16)
     fine = coarse.repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)
     geom = CropGeometry((0.25, 0.5, 0.5, 0.25), flip=True, quarter_turns=1)
@@ -112,7 +114,6 @@ def test_bf16_autocast_on_cpu_keeps_the_losses_in_fp32(tiny_store: Path, tmp_pat
     cfg: TrainConfig = _cfg(tiny_store, tmp_path / "amp", optim__steps=3, run__device="cpu", run__amp="bf16")
     seen: dict[str, list[torch.dtype]] = {"tokens": [], "msad": []}
     import msc_france.xstars.train as train
-
     from msc_france.xstars.vit import Attention
 
     real_loss, real_fwd = train.msad_loss, Attention.forward
