@@ -411,6 +411,8 @@ def catalog_ingest(directory: Path, out: Path, product: str, collection: str | N
     order = [b.strip().lower() for b in band_order.split(",")] if band_order else None
     r = ingest(directory, out, product=product, collection=collection, when=when, variant=variant, band_order=order)
     click.echo(f"{r.items} items ({r.files_used} files) written to {r.catalog}; product {r.product} ({r.decided_by})")
+    for path, reason in r.not_used:
+        click.echo(f"not used {path}: {reason}")
     for path, reason in r.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
     if r.skipped:

@@ -83,12 +83,13 @@ def ingest(directory: Path, out: Path, product: str = "auto", collection: str | 
     if variant not in ("FRE", "SRE"):
         raise BadInputError(f"unknown Theia variant '{variant}' (FRE or SRE)")
     forced = parse_when(when)
-    files = raster_files(directory)
+    report = IngestReport()
+    files = raster_files(directory, report.skipped)
     if not files:
         raise BadInputError(f"no .jp2/.tif/.tiff files under {directory}")
     kind, why = detect_product(directory, files) if product == "auto" else (product, "--product")
     coll = collection or DEFAULT_COLLECTION[kind]
-    report = IngestReport(product=kind, decided_by=why)
+    report.product, report.decided_by = kind, why
     if kind == "bd-ortho":
         items = ingest_bdortho(files, directory, coll, forced, report)
     elif kind == "spot":

@@ -9,6 +9,7 @@ otherwise: the warper needs the file's CRS, never an EPSG code.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,9 @@ class IngestReport:
     items: int = 0
     files_used: int = 0
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    #: Files of a recognised product that this ingester does not read (other resolutions, masks,
+    #: quicklooks): listed, but they do not make the delivery incomplete.
+    not_used: list[tuple[Path, str]] = field(default_factory=list)
     catalog: Path | None = None
     product: str = ""  # the product family read, and what decided it (``--product`` or detection)
     decided_by: str = ""
@@ -105,9 +109,28 @@ def readable(files: list[Path], report: IngestReport) -> Iterator[RasterMeta]:
             report.skipped.append((f, str(e)))
 
 
-def raster_files(directory: Path) -> list[Path]:
-    """Every .jp2/.tif/.tiff file under ``directory`` (sorted)."""
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
+def raster_files(directory: Path, skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """Every .jp2/.tif/.tiff file under ``directory`` (sorted), symlinked folders followed.
+
+    A folder reached a second time through a link (a loop, or two links to one folder) is not
+    walked again; it goes to ``skipped`` with the folder it repeats.
+    """
+    seen: dict[str, Path] = {}
+    out = []
+    for top, dirs, names in os.walk(directory, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            if skipped is not None:
+                skipped.append((Path(top), f"folder already read as {seen[real]} (a symlink loop or a second link)"))
+            dirs[:] = []
+            continue
+        seen[real] = Path(top)
+        dirs.sort()
+        for n in names:
+            p = Path(top) / n
+            if p.suffix.lower() in RASTER_SUFFIXES and p.is_file():
+                out.append(p)
+    return sorted(out)
 
 
 def new_item(item_id: str, meta: RasterMeta, when: dt.datetime, props: dict[str, Any], collection: str) -> pystac.Item:

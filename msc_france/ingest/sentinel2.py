@@ -29,6 +29,8 @@ SAFE_BANDS = {"B02": ("blue", "R10m"), "B03": ("green", "R10m"), "B04": ("red", 
 THEIA_BANDS = {"B2": "blue", "B3": "green", "B4": "red", "B8": "nir"}
 THEIA_MASKS = ("CLM", "EDG", "SAT")
 _THEIA_DIR = re.compile(r"^SENTINEL2([AB])_(\d{8})-(\d{6})-(\d{3})_L2A_T(\w{5})_")
+#: A Theia band file's name: the product id, then the variant and band (``..._V1-9_FRE_B2.tif``).
+_THEIA_FILE = re.compile(r"^(SENTINEL2[AB]_\d{8}-\d{6}-\d{3}_L2A_T\w{5}_.+?)_(?:FRE|SRE)_B\w+\.tif$")
 
 
 def _xml_text(path: Path, tag: str) -> str | None:
@@ -43,9 +45,21 @@ def _xml_text(path: Path, tag: str) -> str | None:
     return None
 
 
-def _used(report: IngestReport, files: set[Path], used: set[Path], reason: str) -> None:
+def _used(report: IngestReport, files: set[Path], used: set[Path], products: list[Path], reason: str,
+          outside: str) -> None:
+    """Sort the files not used: inside a registered product folder they are the product's other files
+    (listed as not used); inside a product that was not registered they share its reason; outside
+    every product folder they are skipped (``outside`` says why).
+    """
+    refused = {d: why for d, why in report.skipped if d in products}
     for f in sorted(files - used):
-        report.skipped.append((f, reason))
+        home = next((d for d in products if d in f.parents), None)
+        if home is None:
+            report.skipped.append((f, outside))
+        elif home in refused:
+            report.skipped.append((f, f"its product {home.name} was not registered: {refused[home]}"))
+        else:
+            report.not_used.append((f, reason))
 
 
 def ingest_safe(files: list[Path], root: Path, collection: str, report: IngestReport) -> list[pystac.Item]:
@@ -77,7 +91,11 @@ def ingest_safe(files: list[Path], root: Path, collection: str, report: IngestRe
             report.skipped.append((safe, f"SAFE product lacks {', '.join(missing)}"))
             continue
         paths["SCL"] = scl[0]
-        metas = {k: read_meta(p) for k, p in paths.items()}
+        try:  # one unreadable band skips its product, not the whole ingest
+            metas = {k: read_meta(p) for k, p in paths.items()}
+        except BadInputError as e:
+            report.skipped.append((safe, f"SAFE product not registered: {e}"))
+            continue
         props: dict[str, Any] = {"platform": spacecraft or "sentinel-2", "s2:product_uri": safe.name,
                  "msc_france:datetime_source": "MTD_MSIL2A.xml"}
         if baseline:
@@ -91,25 +109,42 @@ def ingest_safe(files: list[Path], root: Path, collection: str, report: IngestRe
         used |= set(paths.values())
         report.files_used += len(paths)
         items.append(item)
-    _used(report, set(files), used, "not a band or mask this ingester reads")
+    _used(report, set(files), used, safes, "a file of the product this ingester does not read (it reads B02 B03 B04 "
+          "B08 at 10 m and SCL at 20 m)", "not inside a Sentinel-2 L2A .SAFE folder")
     return items
 
 
 def ingest_theia(files: list[Path], root: Path, collection: str, variant: str, report: IngestReport) -> list[pystac.Item]:
     """One item per Theia/MAJA L2A folder under ``root`` (``variant`` FRE or SRE)."""
     items, used = [], set()
-    folders = sorted({p for p in [root, *root.rglob("SENTINEL2*_L2A_*")] if p.is_dir() and _THEIA_DIR.match(p.name)})
+    # A product is a folder named after it (as Theia delivers it), or, where a user renamed or
+    # flattened it, the band files that carry its id in their names and the MASKS/ beside them.
+    products: dict[Path, str] = {p: p.name for p in [root, *root.rglob("SENTINEL2*_L2A_*")]
+                                 if p.is_dir() and _THEIA_DIR.match(p.name)}
+    for f in files:
+        fm = _THEIA_FILE.match(f.name)
+        if fm and not any(d in f.parents for d in products):
+            products.setdefault(f.parent, fm[1])
+    folders = sorted(products)
     for d in folders:
-        m = _THEIA_DIR.match(d.name)
+        pid = products[d]
+        m = _THEIA_DIR.match(pid)
         assert m is not None
-        when = dt.datetime.strptime(f"{m[2]}{m[3]}{m[4]}", "%Y%m%d%H%M%S%f").replace(tzinfo=dt.UTC)
+        try:
+            # Fixed-width fields: strptime would accept "20211340" as 2021-01-03 plus leftover digits.
+            ymd, hms = m[2], m[3]
+            when = dt.datetime(int(ymd[:4]), int(ymd[4:6]), int(ymd[6:]), int(hms[:2]), int(hms[2:4]), int(hms[4:]),
+                               int(m[4]) * 1000, tzinfo=dt.UTC)
+        except ValueError:
+            report.skipped.append((d, f"impossible acquisition date and time {m[2]}-{m[3]} in the product name"))
+            continue
         paths = {}
         for key in THEIA_BANDS:
-            hits = sorted(d.glob(f"*_{variant}_{key}.tif"))
+            hits = sorted(d.glob(f"{pid}_{variant}_{key}.tif")) or sorted(d.glob(f"*_{variant}_{key}.tif"))
             if hits:
                 paths[key] = hits[0]
         for key in THEIA_MASKS:
-            hits = sorted(d.glob(f"MASKS/*_{key}_R1.tif"))
+            hits = sorted(d.glob(f"MASKS/{pid}_{key}_R1.tif")) or sorted(d.glob(f"MASKS/*_{key}_R1.tif"))
             if hits:
                 paths[key] = hits[0]
         missing = [k for k in (*THEIA_BANDS, *THEIA_MASKS) if k not in paths]
@@ -122,13 +157,13 @@ def ingest_theia(files: list[Path], root: Path, collection: str, variant: str, r
         except BadInputError as e:
             report.skipped.append((d, str(e)))
             continue
-        mtd = next(iter(sorted(d.glob("*_MTD_ALL.xml"))), None)
+        mtd = next(iter(sorted(d.glob(f"{pid}_MTD_ALL.xml")) or sorted(d.glob("*_MTD_ALL.xml"))), None)
         cloud = _xml_text(mtd, "CloudPercent") if mtd else None
         props = {"platform": f"sentinel-2{m[1].lower()}", "s2:mgrs_tile": m[5], "msc_france:theia_variant": variant,
-                 "msc_france:datetime_source": "product name"}
+                 "msc_france:datetime_source": "product name" if pid == d.name else "file names"}
         if cloud is not None:
             props["eo:cloud_cover"] = float(cloud)
-        item = new_item(d.name, metas["B2"], when, props, collection)
+        item = new_item(pid, metas["B2"], when, props, collection)
         for key, common in THEIA_BANDS.items():
             add_asset(item, key, metas[key], [(key, common)], ["data", "reflectance"], f"{variant} {key}",
                       nodata=-10000, scale=1e-4, offset=0.0)
@@ -137,5 +172,7 @@ def ingest_theia(files: list[Path], root: Path, collection: str, variant: str, r
         used |= set(paths.values())
         report.files_used += len(paths)
         items.append(item)
-    _used(report, set(files), used, "not a band or mask of the chosen variant and 10 m group")
+    _used(report, set(files), used, folders, f"a file of the product this ingester does not read (it reads the "
+          f"{variant} B2 B3 B4 B8 bands and the CLM EDG SAT masks of the 10 m group)",
+          "not inside a Theia product folder named after its product (SENTINEL2X_YYYYMMDD-HHMMSS-mmm_L2A_T<tile>_...)")
     return items

@@ -68,3 +68,101 @@ def test_ign_wkt_without_authority_is_lambert93(tmp_path: Path, capsys: pytest.C
     assert cat["type"] == "Catalog"
     items = list(pystac.Catalog.from_file(str(tmp_path / "c" / "catalog.json")).get_items(recursive=True))
     assert len(items) == 1 and set(items[0].assets) == {"rgb", "irc"}
+
+
+def test_a_renamed_theia_folder_is_read_from_its_file_names(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The real Theia crop sits in a folder called ``theia``: the product id comes from the band
+    files' names; the MASKS/ sub-folder alone is refused with the reason."""
+    code = main(["catalog", "ingest", str(realdata("theia")), "--out", str(tmp_path / "c")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    (item,) = pystac.Catalog.from_file(str(tmp_path / "c" / "catalog.json")).get_items(recursive=True)
+    assert item.id == "SENTINEL2B_20181023-105107-455_L2A_T30TYP_D_V1-9"
+    assert set(item.assets) == {"B2", "B3", "B4", "B8", "CLM", "EDG", "SAT"}
+    assert item.datetime.isoformat() == "2018-10-23T10:51:07.455000+00:00"
+    code = main(["catalog", "ingest", str(realdata("theia", "MASKS")), "--product", "theia",
+                 "--out", str(tmp_path / "m")])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "not inside a Theia product folder" in line
+
+
+# --------------------------------------------------------------------------- generated products
+
+
+def test_a_complete_product_exits_0_with_its_unused_files_listed(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """A SAFE's and a Theia product's own other files (TCI, AOT, 20 m bands) are "not used", exit 0;
+    a stray file beside the products is "skipped", exit 6."""
+    import datetime as dt
+
+    from tests.real_products import _write, safe_product, theia_product
+
+    when = dt.datetime(2021, 6, 14, 10, 56, 29, tzinfo=dt.UTC)
+    fx = safe_product(tmp_path / "dl", when, 500000, 4800000)
+    gran = next((fx.path / "GRANULE").iterdir()) / "IMG_DATA"
+    import numpy as np
+    from affine import Affine
+
+    for name in ("R10m/T30TXQ_20210614T105629_TCI_10m.jp2", "R20m/T30TXQ_20210614T105629_AOT_20m.jp2"):
+        _write(gran / name, np.ones((1, 8, 8), np.uint8), fx.crs, Affine(10, 0, 500000, 0, -10, 4800000),
+               driver="JP2OpenJPEG")
+    code = main(["catalog", "ingest", str(tmp_path / "dl"), "--out", str(tmp_path / "c")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "not used" in out.out and "TCI_10m.jp2" in out.out and "AOT_20m.jp2" in out.out and not out.err
+    theia_product(tmp_path / "th", when, 500000, 4800000)  # has a FRE_B11 (20 m) and SRE bands
+    code = main(["catalog", "ingest", str(tmp_path / "th"), "--out", str(tmp_path / "t")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "FRE_B11.tif" in out.out and "SRE_B2.tif" in out.out and not out.err
+    _write(tmp_path / "th" / "stray.tif", np.ones((1, 8, 8), np.uint8), fx.crs, Affine(10, 0, 500000, 0, -10, 4800000))
+    code = main(["catalog", "ingest", str(tmp_path / "th"), "--out", str(tmp_path / "t2")])
+    err = capsys.readouterr().err
+    assert code == 6 and "skipped" in err and "stray.tif: not inside a Theia product folder" in err
+
+
+def test_one_unreadable_band_skips_its_product_only(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import datetime as dt
+
+    from tests.real_products import safe_product
+
+    good = safe_product(tmp_path / "dl", dt.datetime(2021, 6, 14, 10, 56, 29, tzinfo=dt.UTC), 500000, 4800000)
+    bad = safe_product(tmp_path / "dl", dt.datetime(2021, 6, 19, 10, 56, 29, tzinfo=dt.UTC), 500000, 4800000)
+    broken = next(bad.path.rglob("*_B03_10m.jp2"))
+    broken.write_bytes(b"not a jpeg 2000")
+    code = main(["catalog", "ingest", str(tmp_path / "dl"), "--out", str(tmp_path / "c")])
+    cap = capsys.readouterr()
+    assert code == 6 and "1 items" in cap.out
+    assert f"skipped {bad.path}: SAFE product not registered" in cap.err and broken.name in cap.err
+    (item,) = pystac.Catalog.from_file(str(tmp_path / "c" / "catalog.json")).get_items(recursive=True)
+    assert item.id == good.path.name[: -len(".SAFE")]
+
+
+def test_symlinked_folders_are_followed_and_loops_reported(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tests.real_products import bdortho_tile
+
+    real = tmp_path / "store" / "2021"
+    bdortho_tile(real / "31-2021-0565-6272-LA93-0M50-RVB.tif", 565000, 6272000, 32)
+    delivery = tmp_path / "delivery"
+    delivery.mkdir()
+    (delivery / "linked").symlink_to(real, target_is_directory=True)
+    (real / "loop").symlink_to(real, target_is_directory=True)  # a folder that contains itself
+    code = main(["catalog", "ingest", str(delivery), "--out", str(tmp_path / "c"), "--datetime", "2021-07-01"])
+    cap = capsys.readouterr()
+    assert code == 6 and "1 items (1 files)" in cap.out
+    assert "loop: folder already read as" in cap.err
+
+
+def test_an_impossible_theia_date_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import datetime as dt
+
+    from tests.real_products import theia_product
+
+    fx = theia_product(tmp_path / "dl", dt.datetime(2021, 6, 14, 10, 56, 29, tzinfo=dt.UTC), 500000, 4800000)
+    wrong = fx.path.with_name(fx.path.name.replace("20210614", "20211340"))
+    fx.path.rename(wrong)
+    for f in wrong.rglob("*.tif"):
+        f.rename(f.with_name(f.name.replace("20210614", "20211340")))
+    code = main(["catalog", "ingest", str(tmp_path / "dl"), "--out", str(tmp_path / "c")])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "impossible acquisition date and time 20211340-105629" in line
