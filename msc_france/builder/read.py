@@ -58,6 +58,7 @@ class ItemRead:
     covered: np.ndarray
     clear: np.ndarray
     clipped: np.ndarray  # (H, W) number of band values clipped at each pixel
+    fraction: np.ndarray | None = None  # (H, W) area fraction inside the item, when exact (see Warped)
 
 
 def _transient(e: Exception) -> bool:
@@ -106,9 +107,12 @@ def read_item(spec: SensorSpec, item: SourceItem, grid: PixelGrid, signer: Signe
     """One item on the chip grid (see module docstring)."""
     q: np.ndarray | None = None
     covered = np.ones(grid.shape, bool)
+    fraction: np.ndarray | None = None
     for a in item.assets:
         w = warp_asset(a.href, signer, grid, a.indexes, spec.resampling, a.nodata, a.proj_shape, a.proj_transform)
         covered &= w.covered
+        if w.fraction is not None:
+            fraction = w.fraction if fraction is None else np.minimum(fraction, w.fraction)
         part = stored_units(w.values, a.scale, a.offset, spec)
         if q is None:
             q = np.zeros((len(spec.bands), grid.height, grid.width), part.dtype)
@@ -126,20 +130,29 @@ def read_item(spec: SensorSpec, item: SourceItem, grid: PixelGrid, signer: Signe
     stored, clipped = pack(spec, q, covered, item.id)
     if spec.kind == "labels":
         covered &= stored[0] != 0  # class 0 is "no data" in label products
-    return ItemRead(stored, covered, clear, clipped)
+    return ItemRead(stored, covered, clear, clipped, fraction)
 
 
 def read_candidate(spec: SensorSpec, items: list[SourceItem], grid: PixelGrid, signer: Signer) -> ChipRead:
-    """Mosaic the items of one acquisition onto the chip grid (first item wins where they overlap)."""
+    """Mosaic the items of one acquisition onto the chip grid.
+
+    Where an item covers a pixel whole, the first such item wins (overlapping tiles of one
+    acquisition show the same ground). Where tiles meet inside a pixel (the seam between two
+    aerial tiles), each covers part of it: the pixel is the mean of their values weighted by the
+    area each covers, which is the area average of every source pixel under it (the warp
+    averages within each tile; the weights are exact when the tiles are in the chip's CRS, see
+    :func:`msc_france.builder.warp.area_fraction`). A pixel is clear when every tile in it is.
+    """
     nb = len(spec.bands)
-    data = np.zeros((nb, grid.height, grid.width), spec.dtype)
-    filled = np.zeros(grid.shape, bool)
-    clear_all = np.zeros(grid.shape, bool)
+    acc = np.zeros((nb, grid.height, grid.width), np.float64)
+    weight = np.zeros(grid.shape, np.float64)
+    done = np.zeros(grid.shape, bool)  # pixels whose area is accounted for
+    clear_all = np.ones(grid.shape, bool)
     harms: list[str] = []
     used: list[SourceItem] = []
     clipped = 0
     for item in items:
-        if filled.all():
+        if done.all():
             break
         try:
             r = read_item(spec, item, grid, signer)
@@ -148,15 +161,24 @@ def read_candidate(spec: SensorSpec, items: list[SourceItem], grid: PixelGrid, s
                 raise
             clear_http_cache()
             r = read_item(spec, item, grid, signer)  # one more try
-        take = r.covered & ~filled
-        data[:, take] = r.stored[:, take]
-        clear_all[take] = r.clear[take]
-        filled |= take
+        take = r.covered & ~done
+        f = np.minimum(1.0 if r.fraction is None else r.fraction, 1.0 - weight)
+        w = np.where(take, np.where(f > 1e-9, f, 0.0), 0.0)
+        take &= w > 0
+        acc[:, take] += w[take] * r.stored[:, take]
+        weight += w
+        clear_all[take] &= r.clear[take]
+        done |= take & (weight >= 1 - 1e-6)
         if take.any():
             used.append(item)
             clipped += int(r.clipped[take].sum())
         if item.harmonization not in harms:
             harms.append(item.harmonization)
+    filled = weight > 0
+    data = np.zeros((nb, grid.height, grid.width), spec.dtype)
+    mean = acc[:, filled] / weight[filled]
+    data[:, filled] = (np.rint(mean) if np.issubdtype(np.dtype(spec.dtype), np.integer) else mean).astype(spec.dtype)
+    clear_all &= filled
     valid = (filled & clear_all).astype(np.uint8)
     n_filled = int(filled.sum())
     cloud = float((filled & ~clear_all).sum() / n_filled) if n_filled and spec.masks else None

@@ -24,6 +24,7 @@ import rasterio.crs
 import rasterio.errors
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.warp import reproject
+from rasterio.windows import Window
 
 from msc_france.errors import SourceError, first_line
 from msc_france.grid import PixelGrid
@@ -51,6 +52,20 @@ class Warped:
 
     values: np.ndarray
     covered: np.ndarray
+    #: Per pixel, the fraction of its area inside the source's extent, when that is exact (same
+    #: CRS, axis-aligned source, area averaging); None otherwise. Mosaics weigh tiles by it.
+    fraction: np.ndarray | None = None
+
+
+def area_fraction(src_bounds: tuple[float, float, float, float], grid: PixelGrid) -> np.ndarray:
+    """(H, W) fraction of each grid pixel's area inside the rectangle ``src_bounds`` (same CRS)."""
+    left, bottom, right, top = src_bounds
+    t = grid.transform
+    xe = t.c + t.a * np.arange(grid.width + 1)
+    ye = t.f + t.e * np.arange(grid.height + 1)  # top edges first, descending
+    fx = np.clip(np.minimum(right, xe[1:]) - np.maximum(left, xe[:-1]), 0, None) / t.a
+    fy = np.clip(np.minimum(top, ye[:-1]) - np.maximum(bottom, ye[1:]), 0, None) / -t.e
+    return np.outer(fy, fx)
 
 
 def gdal_env(source: dict[str, str] | None = None) -> dict[str, object]:
@@ -187,7 +202,69 @@ def _warp(src: rasterio.io.DatasetReader, href: str, grid: PixelGrid, indexes: t
     values = out[[i - 1 for i in indexes]]
     if values.dtype.kind == "f":
         covered &= np.all(np.isfinite(values), axis=0)  # NaN fill of float products
-    return Warped(values, covered)
+    fraction = None
+    st = src.transform
+    if (resampling == "average" and st.b == 0 and st.d == 0 and st.a > 0 and st.e < 0
+            and src.crs == rasterio.crs.CRS.from_user_input(grid.crs)):
+        # A pixel the source only partly overlaps (a tile's edge): GDAL's average there is not the
+        # mean of the part it covers (measured: up to 20 DN off on real IGN patches), and it says
+        # nothing of how large that part is. Both are computed here exactly, on the edge pixels only.
+        fraction = area_fraction(tuple(src.bounds), grid)
+        _exact_edges(src, grid, out, fraction, src_nodata)
+        covered = out[-1] > 0
+        values = out[[i - 1 for i in indexes]]
+    return Warped(values, covered, fraction)
+
+
+def _overlaps(dst_edges: np.ndarray, src_edges: np.ndarray) -> np.ndarray:
+    """(n_dst, n_src) overlap lengths of 1-D cells given by ascending edges."""
+    lo = np.maximum(dst_edges[:-1, None], src_edges[None, :-1])
+    hi = np.minimum(dst_edges[1:, None], src_edges[None, 1:])
+    return np.clip(hi - lo, 0, None)
+
+
+def _exact_edges(src: rasterio.io.DatasetReader, grid: PixelGrid, out: np.ndarray, fraction: np.ndarray,
+                 nodata: float | None) -> None:
+    """Overwrite the pixels of ``out`` (bands + alpha) that the source covers only in part with the
+    exact area mean of the valid source pixels under them (per band: a band's nodata or mask
+    excludes that band's value only).
+    """
+    partial = (fraction > 1e-9) & (fraction < 1 - 1e-9)
+    if not partial.any():
+        return
+    g, t = grid.transform, src.transform
+    # Rows top-down and columns left-right, as ascending coordinates (y negated).
+    wx = _overlaps(g.c + g.a * np.arange(grid.width + 1), t.c + t.a * np.arange(src.width + 1))
+    wy = _overlaps(-(g.f + g.e * np.arange(grid.height + 1)), -(t.f + t.e * np.arange(src.height + 1)))
+    rows = np.flatnonzero(partial.any(axis=1))
+    cols = np.flatnonzero(partial.any(axis=0))
+    for axis, lines in ((0, rows), (1, cols)):
+        for k in lines:
+            line_w = wy[k] if axis == 0 else wx[k]  # the source rows (or columns) under this line
+            cross = wx if axis == 0 else wy  # the other axis, every pixel of the line
+            s = np.flatnonzero(line_w)
+            c = np.flatnonzero(cross.any(axis=0))
+            if not len(s) or not len(c):
+                continue
+            if axis == 0:
+                win = Window(c[0], s[0], c[-1] - c[0] + 1, s[-1] - s[0] + 1)
+            else:
+                win = Window(s[0], c[0], s[-1] - s[0] + 1, c[-1] - c[0] + 1)
+            data = src.read(window=win).astype(np.float64)
+            valid = (data != nodata) if (src.nodata is None and nodata is not None) else src.read_masks(window=win) > 0
+            if axis == 1:  # (bands, rows, cols) -> (bands, cols, rows): the line's axis first
+                data, valid = data.transpose(0, 2, 1), valid.transpose(0, 2, 1)
+            ws = line_w[s[0] : s[-1] + 1]
+            wc = cross[:, c[0] : c[-1] + 1]
+            num = np.einsum("s,bsc,kc->bk", ws, data * valid, wc)
+            den = np.einsum("s,bsc,kc->bk", ws, valid.astype(np.float64), wc)
+            ok = den > 0
+            vals = np.where(ok, num / np.where(ok, den, 1), 0)
+            line = (slice(None), k, slice(None)) if axis == 0 else (slice(None), slice(None), k)
+            target = out[line]  # (bands + 1, pixels of the line)
+            edge = partial[k] if axis == 0 else partial[:, k]
+            target[:-1, edge] = vals[:, edge]
+            target[-1, edge] = np.where(ok.all(axis=0), 1.0, 0.0)[edge]
 
 
 def _has_mask(src: rasterio.io.DatasetReader) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -254,3 +255,48 @@ def test_unsupported_data_type_fails_the_chip_with_a_reason(tmp_path: Path) -> N
                                for i, n in enumerate(["red", "green", "blue", "nir"])]})
     assert rec["status"] == "failed" and "unsupported data type complex64" in rec["reason"]
     assert not g["valid"][0].any() and not g["image"][0].any()
+
+
+def _overlap(edges_dst: np.ndarray, edges_src: np.ndarray) -> np.ndarray:
+    """(n_dst, n_src) lengths of overlap between 1-D cells given by ascending edges."""
+    lo = np.maximum(edges_dst[:-1, None], edges_src[None, :-1])
+    hi = np.minimum(edges_dst[1:, None], edges_src[None, 1:])
+    return np.clip(hi - lo, 0, None)
+
+
+def test_bdortho_seam_pixels_average_both_tiles(tmp_path: Path) -> None:
+    """Two real adjacent IGN patches (f5, Lambert-93): a 2 m pixel straddling their seam is the
+    area average of every 0.2 m source pixel under it, from both tiles (numpy, exact overlaps)."""
+    import rasterio
+
+    from tests.helpers import realdata
+
+    src = realdata("f5_l93")
+    d = tmp_path / "delivery"
+    shutil.copytree(src, d)
+    assert main(["catalog", "ingest", str(d), "--out", str(tmp_path / "cat"), "--datetime", "2021-07-01"]) == 0
+    x0, y0, size, gsd = 792000.0, 6271200.0, 30, 2.0  # rows of 2 m; the seam at y = 6271221 cuts row 4
+    g, rec = _build(tmp_path, "aerial.yaml", tmp_path / "cat" / "catalog.json", (x0, y0), size, gsd)
+    assert rec["status"] in ("ok", "flagged") and len(rec["item_ids"]) == 2
+    got = np.asarray(g["image"][0])[:3].astype(float)
+    n = int(size / gsd)
+    xe = x0 + gsd * np.arange(n + 1)
+    ye = np.sort(y0 + size - gsd * np.arange(n + 1))  # ascending
+    total = np.zeros((3, n, n))
+    area = np.zeros((n, n))
+    for f in sorted((src / "rgb").iterdir()):
+        with rasterio.open(f) as r:
+            img, t = r.read().astype(float), r.transform
+            sx = t.c + t.a * np.arange(r.width + 1)
+            sy = np.sort(t.f + t.e * np.arange(r.height + 1))
+        wx = _overlap(xe, sx)                      # (dst cols, src cols)
+        wy = _overlap(ye, sy)[::-1][:, ::-1]       # (dst rows top-down, src rows top-down)
+        total += np.einsum("rs,bsc,kc->brk", wy, img, wx)
+        area += np.outer(wy.sum(1), wx.sum(1))
+    covered = area > 0
+    want = np.where(covered, total / np.where(covered, area, 1), 0)
+    seam_row = int((y0 + size - 6271221.0) // gsd)
+    assert 0 < seam_row < n and (area[seam_row] > 0).all()
+    diff = np.abs(got - want)[:, covered]
+    assert diff.max() <= 1.0, f"max {diff.max():.2f} DN off the exact area average"
+    assert np.abs(got[:, seam_row] - want[:, seam_row]).max() <= 1.0
