@@ -57,14 +57,22 @@ class Warped:
     fraction: np.ndarray | None = None
 
 
-def area_fraction(src_bounds: tuple[float, float, float, float], grid: PixelGrid) -> np.ndarray:
-    """(H, W) fraction of each grid pixel's area inside the rectangle ``src_bounds`` (same CRS)."""
+def axis_fractions(src_bounds: tuple[float, float, float, float], grid: PixelGrid) -> tuple[np.ndarray, np.ndarray]:
+    """(per row, per column) fractions of each grid row's height and column's width inside the
+    rectangle ``src_bounds`` (same CRS).
+    """
     left, bottom, right, top = src_bounds
     t = grid.transform
     xe = t.c + t.a * np.arange(grid.width + 1)
     ye = t.f + t.e * np.arange(grid.height + 1)  # top edges first, descending
     fx = np.clip(np.minimum(right, xe[1:]) - np.maximum(left, xe[:-1]), 0, None) / t.a
     fy = np.clip(np.minimum(top, ye[:-1]) - np.maximum(bottom, ye[1:]), 0, None) / -t.e
+    return np.minimum(fy, 1.0), np.minimum(fx, 1.0)
+
+
+def area_fraction(src_bounds: tuple[float, float, float, float], grid: PixelGrid) -> np.ndarray:
+    """(H, W) fraction of each grid pixel's area inside the rectangle ``src_bounds`` (same CRS)."""
+    fy, fx = axis_fractions(src_bounds, grid)
     return np.outer(fy, fx)
 
 
@@ -209,8 +217,9 @@ def _warp(src: rasterio.io.DatasetReader, href: str, grid: PixelGrid, indexes: t
         # A pixel the source only partly overlaps (a tile's edge): GDAL's average there is not the
         # mean of the part it covers (measured: up to 20 DN off on real IGN patches), and it says
         # nothing of how large that part is. Both are computed here exactly, on the edge pixels only.
-        fraction = area_fraction(tuple(src.bounds), grid)
-        _exact_edges(src, grid, out, fraction, src_nodata)
+        fy, fx = axis_fractions(tuple(src.bounds), grid)
+        fraction = np.outer(fy, fx)
+        _exact_edges(src, grid, out, fy, fx, src_nodata)
         covered = out[-1] > 0
         values = out[[i - 1 for i in indexes]]
     return Warped(values, covered, fraction)
@@ -223,21 +232,22 @@ def _overlaps(dst_edges: np.ndarray, src_edges: np.ndarray) -> np.ndarray:
     return np.clip(hi - lo, 0, None)
 
 
-def _exact_edges(src: rasterio.io.DatasetReader, grid: PixelGrid, out: np.ndarray, fraction: np.ndarray,
+def _exact_edges(src: rasterio.io.DatasetReader, grid: PixelGrid, out: np.ndarray, fy: np.ndarray, fx: np.ndarray,
                  nodata: float | None) -> None:
     """Overwrite the pixels of ``out`` (bands + alpha) that the source covers only in part with the
     exact area mean of the valid source pixels under them (per band: a band's nodata or mask
     excludes that band's value only).
     """
-    partial = (fraction > 1e-9) & (fraction < 1 - 1e-9)
-    if not partial.any():
+    def cut(f: np.ndarray) -> np.ndarray:
+        return (f > 1e-9) & (f < 1 - 1e-9)
+
+    rows, cols = np.flatnonzero(cut(fy)), np.flatnonzero(cut(fx))
+    if not len(rows) and not len(cols):
         return
     g, t = grid.transform, src.transform
     # Rows top-down and columns left-right, as ascending coordinates (y negated).
     wx = _overlaps(g.c + g.a * np.arange(grid.width + 1), t.c + t.a * np.arange(src.width + 1))
     wy = _overlaps(-(g.f + g.e * np.arange(grid.height + 1)), -(t.f + t.e * np.arange(src.height + 1)))
-    rows = np.flatnonzero(partial.any(axis=1))
-    cols = np.flatnonzero(partial.any(axis=0))
     for axis, lines in ((0, rows), (1, cols)):
         for k in lines:
             line_w = wy[k] if axis == 0 else wx[k]  # the source rows (or columns) under this line
@@ -262,7 +272,7 @@ def _exact_edges(src: rasterio.io.DatasetReader, grid: PixelGrid, out: np.ndarra
             vals = np.where(ok, num / np.where(ok, den, 1), 0)
             line = (slice(None), k, slice(None)) if axis == 0 else (slice(None), slice(None), k)
             target = out[line]  # (bands + 1, pixels of the line)
-            edge = partial[k] if axis == 0 else partial[:, k]
+            edge = (fx if axis == 0 else fy) > 1e-9  # the line's pixels inside the source
             target[:-1, edge] = vals[:, edge]
             target[-1, edge] = np.where(ok.all(axis=0), 1.0, 0.0)[edge]
 
