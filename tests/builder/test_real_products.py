@@ -266,7 +266,8 @@ def _overlap(edges_dst: np.ndarray, edges_src: np.ndarray) -> np.ndarray:
 
 def test_bdortho_seam_pixels_average_both_tiles(tmp_path: Path) -> None:
     """Two real adjacent IGN patches (f5, Lambert-93): a 2 m pixel straddling their seam is the
-    area average of every 0.2 m source pixel under it, from both tiles (numpy, exact overlaps)."""
+    area average of every 0.2 m source pixel under it, from both tiles (numpy, exact overlaps).
+    """
     import rasterio
 
     from tests.helpers import realdata
@@ -300,3 +301,4 @@ def test_bdortho_seam_pixels_average_both_tiles(tmp_path: Path) -> None:
     diff = np.abs(got - want)[:, covered]
     assert diff.max() <= 1.0, f"max {diff.max():.2f} DN off the exact area average"
     assert np.abs(got[:, seam_row] - want[:, seam_row]).max() <= 1.0
+

@@ -72,7 +72,8 @@ def test_ign_wkt_without_authority_is_lambert93(tmp_path: Path, capsys: pytest.C
 
 def test_a_renamed_theia_folder_is_read_from_its_file_names(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The real Theia crop sits in a folder called ``theia``: the product id comes from the band
-    files' names; the MASKS/ sub-folder alone is refused with the reason."""
+    files' names; the MASKS/ sub-folder alone is refused with the reason.
+    """
     code = main(["catalog", "ingest", str(realdata("theia")), "--out", str(tmp_path / "c")])
     out = capsys.readouterr()
     assert code == 0, out.err
@@ -92,7 +93,8 @@ def test_a_renamed_theia_folder_is_read_from_its_file_names(tmp_path: Path, caps
 def test_a_complete_product_exits_0_with_its_unused_files_listed(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture) -> None:
     """A SAFE's and a Theia product's own other files (TCI, AOT, 20 m bands) are "not used", exit 0;
-    a stray file beside the products is "skipped", exit 6."""
+    a stray file beside the products is "skipped", exit 6.
+    """
     import datetime as dt
 
     from tests.real_products import _write, safe_product, theia_product
