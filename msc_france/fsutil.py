@@ -1,10 +1,12 @@
-"""Writing local files so that readers see the old content or the new, never a part."""
+"""Local files: written so that readers see the old content or the new, never a part; and
+exclusive locks (one build per store, one trainer per run directory).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -23,3 +25,36 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, busy: Callable[[str], Exception]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created) for the block, writing who holds it.
+
+    The kernel releases it if the holder dies. A second holder is refused at once with
+    ``busy(holder)``, where ``holder`` says which process holds the lock.
+    """
+    import datetime as dt
+    import fcntl
+    import socket
+
+    f = open(path, "a+")  # noqa: SIM115 (closed in every branch below)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise busy(holder) from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}")
+        f.flush()
+        yield
+    finally:
+        f.seek(0)
+        f.truncate()
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()

@@ -8,8 +8,6 @@ Object stores have no locks: a lock object naming its holder, ignored once older
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import fcntl
 import json
 import os
 import socket
@@ -18,6 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from msc_france.errors import StoreError
+from msc_france.fsutil import exclusive_lock
 
 if TYPE_CHECKING:
     from msc_france.store.core import Store
@@ -33,27 +32,9 @@ def build_lock(store: Store) -> Iterator[None]:
         with _remote_lock(store):
             yield
         return
-    path = store.path / LOCK_NAME
-    f = open(path, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise StoreError(f"store {store.path} is being built by {holder}; wait for it or stop it") from None
-    try:
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}")
-        f.flush()
+    with exclusive_lock(store.path / LOCK_NAME, lambda holder: StoreError(
+            f"store {store.path} is being built by {holder}; wait for it or stop it")):
         yield
-    finally:
-        f.seek(0)
-        f.truncate()
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
 
 
 @contextlib.contextmanager

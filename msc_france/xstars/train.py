@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from msc_france.data.transforms import (
     random_window,
 )
 from msc_france.errors import BadInputError, TrainingError
+from msc_france.fsutil import exclusive_lock
 from msc_france.xstars.checkpoint import (
     CKPT_FORMAT,
     build_backbone,
@@ -141,13 +143,54 @@ def _plot(log_path: Path, out: Path) -> None:
     plt.close(fig)
 
 
+#: What a run directory holds (and a marker saying msc-france made it): anything else is the user's.
+RUN_FILES = frozenset({"config.yaml", "log.jsonl", "loss.png", "checkpoints", ".run.lock", ".msc-france-run"})
+RUN_MARKER = ".msc-france-run"
+
+
+def check_run_dir(out: Path) -> None:
+    """Refuse a run directory that is, or is inside, a dataset store, or that holds files of its own
+    which msc-france did not write (a run there would overwrite or mix with them).
+
+    Raises:
+        BadInputError: naming what was found.
+    """
+    for d in (out, *out.resolve().parents):
+        if (d / "zarr.json").is_file():
+            raise BadInputError(f"run directory {out} is {'a' if d == out.resolve() else 'inside a'} Zarr store "
+                                f"({d}): a run never writes into a dataset; use another --out")
+    if out.is_dir() and not (out / RUN_MARKER).exists():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
+            raise BadInputError(f"run directory {out} holds files msc-france did not write ({shown}); "
+                                "use a new --out")
+
+
 def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) the run described by ``cfg``; returns a summary.
 
+    One trainer per run directory: rank 0 holds ``RUN/.run.lock`` for the whole run.
+
     Raises:
-        BadInputError: bad data/config/checkpoint paths, or a run directory holding another run.
+        BadInputError: bad data/config/checkpoint paths, a run directory holding another run or
+            files of the user's, or one being trained by another process.
         TrainingError: a NaN/inf loss, or a checkpoint of another architecture.
     """
+    out = Path(cfg.run.out)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"run directory {out} is a file")
+    check_run_dir(out)
+    if int(os.environ.get("RANK", "0")) != 0:  # other ranks write nothing
+        return _pretrain(cfg, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_MARKER).touch()
+    with exclusive_lock(out / ".run.lock", lambda holder: BadInputError(
+            f"run directory {out} is being trained by {holder}; wait for it or use another --out")):
+        return _pretrain(cfg, progress)
+
+
+def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
     d = init_distributed(device_kind(cfg.run.device))
     device = resolve_device(cfg.run.device, d.local_rank)
     out = Path(cfg.run.out)

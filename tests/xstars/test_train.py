@@ -123,3 +123,40 @@ def test_cli_errors(tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 2 and "optim.stepz: unknown key" in err
     code = main(["pretrain", "--config", "pipelines/pretrain-xstars.yaml", "--set", "optim.steps=many"])
     assert code == 2 and "optim.steps" in capsys.readouterr().err
+
+
+def test_run_directory_is_never_someone_elses(tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run refuses a folder of the user's files, a dataset store (or a folder inside one), and a
+    run directory another trainer holds; nothing is written in any of them.
+    """
+    import yaml
+
+    from msc_france.fsutil import exclusive_lock
+
+    def run(out: Path) -> tuple[int, str]:
+        cfg = _cfg(tiny_store, out, optim__steps=2, run__checkpoint_every=2).model_dump(mode="json")
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        code = main(["pretrain", "--config", str(tmp_path / "c.yaml"), "--quiet"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) <= 1, err
+        return code, err[0] if err else ""
+
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    code, line = run(mine)
+    assert code == 2 and "holds files msc-france did not write (notes.txt)" in line
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    before = {p: p.stat().st_mtime_ns for p in tiny_store.rglob("*")}
+    for out in (tiny_store, tiny_store / "runs" / "x"):
+        code, line = run(out)
+        assert code == 2 and "Zarr store" in line and "never writes into a dataset" in line
+    assert {p: p.stat().st_mtime_ns for p in tiny_store.rglob("*")} == before
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with exclusive_lock(busy / ".run.lock", RuntimeError):
+        code, line = run(busy)
+    assert code == 2 and "is being trained by pid" in line
+    assert not (busy / "checkpoints").exists()
+    code, _ = run(busy)  # released: the same run directory trains
+    assert code == 0 and (busy / "checkpoints" / "last.pt").exists() and (busy / ".msc-france-run").exists()
