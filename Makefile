@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STORE ?= data/demo.zarr
+DEMO_PREVIEW ?= data/demo-preview
 WORKERS ?= 2
 
 .PHONY: install test demo pretrain baselines eval seeds bench clean-demo
@@ -26,32 +27,32 @@ test: install
 	$(BIN)/python -m pytest -q
 
 demo: install
-	$(BIN)/msc-france build --region demo --recipe demo --out $(DEMO_STORE) --workers $(WORKERS)
-	$(BIN)/msc-france validate $(DEMO_STORE)
-	$(BIN)/msc-france info $(DEMO_STORE)
-	$(BIN)/msc-france preview $(DEMO_STORE) --out data/demo-preview
+	$(BIN)/msc-france build --region demo --recipe demo --out "$(DEMO_STORE)" --workers $(WORKERS)
+	$(BIN)/msc-france validate "$(DEMO_STORE)"
+	$(BIN)/msc-france info "$(DEMO_STORE)"
+	$(BIN)/msc-france preview "$(DEMO_STORE)" --out "$(DEMO_PREVIEW)"
 
 # X-STARS from scratch and its DINO-only baseline; then continual pretraining of the DINO model to
 # aerial imagery (frozen Sentinel-2 anchor), with MSAD and without (its baseline). On the demo store.
 pretrain: install
-	@test -d $(DEMO_STORE) || { echo "error: $(DEMO_STORE) not found; run 'make demo' first"; exit 2; }
-	$(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data $(DEMO_STORE) --quiet
-	$(BIN)/msc-france pretrain --config pipelines/pretrain-dino.yaml --data $(DEMO_STORE) --quiet
-	$(BIN)/msc-france pretrain --config pipelines/continual-xstars.yaml --data $(DEMO_STORE) --quiet
-	$(BIN)/msc-france pretrain --config pipelines/continual-dino.yaml --data $(DEMO_STORE) --quiet
+	@test -d "$(DEMO_STORE)" || { echo "error: $(DEMO_STORE) not found; run 'make demo' first"; exit 2; }
+	$(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data "$(DEMO_STORE)" --quiet
+	$(BIN)/msc-france pretrain --config pipelines/pretrain-dino.yaml --data "$(DEMO_STORE)" --quiet
+	$(BIN)/msc-france pretrain --config pipelines/continual-xstars.yaml --data "$(DEMO_STORE)" --quiet
+	$(BIN)/msc-france pretrain --config pipelines/continual-dino.yaml --data "$(DEMO_STORE)" --quiet
 
 # The trained baselines every claim must beat besides DINO only: a global InfoNCE model (MSAD on
 # mean-pooled tokens only: does *dense* matter?) and the reference code's MSAD (its bugs fixed).
 baselines: install
-	@test -d $(DEMO_STORE) || { echo "error: $(DEMO_STORE) not found; run 'make demo' first"; exit 2; }
-	$(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data $(DEMO_STORE) --out runs/global-infonce --set name=global-infonce --set msad.tokens=mean --quiet
-	$(BIN)/msc-france pretrain --config pipelines/pretrain-reference.yaml --data $(DEMO_STORE) --quiet
+	@test -d "$(DEMO_STORE)" || { echo "error: $(DEMO_STORE) not found; run 'make demo' first"; exit 2; }
+	$(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data "$(DEMO_STORE)" --out runs/global-infonce --set name=global-infonce --set msad.tokens=mean --quiet
+	$(BIN)/msc-france pretrain --config pipelines/pretrain-reference.yaml --data "$(DEMO_STORE)" --quiet
 
 # Evaluate the models of `make pretrain` (and of `make baselines`, when trained) against every
 # baseline, on val and test separately; report in runs/eval/.
 eval: install
 	@test -f runs/xstars/checkpoints/last.pt || { echo "error: no pretrained model; run 'make pretrain' first"; exit 2; }
-	$(BIN)/msc-france eval --config pipelines/eval.yaml --data $(DEMO_STORE)
+	$(BIN)/msc-france eval --config pipelines/eval.yaml --data "$(DEMO_STORE)"
 
 # Seeds 1-4 of X-STARS and DINO-only (seed 0 is `make pretrain`; each seed changes the
 # initialisation and the batch order), evaluated together: means with 95 % intervals
@@ -59,18 +60,18 @@ eval: install
 seeds: install
 	@test -f runs/xstars/checkpoints/last.pt || { echo "error: no pretrained model; run 'make pretrain' first"; exit 2; }
 	for s in 1 2 3 4; do \
-	  $(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data $(DEMO_STORE) --out runs/xstars-seed$$s --set run.seed=$$s --quiet && \
-	  $(BIN)/msc-france pretrain --config pipelines/pretrain-dino.yaml --data $(DEMO_STORE) --out runs/dino-seed$$s --set run.seed=$$s --quiet || exit 1; \
+	  $(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data "$(DEMO_STORE)" --out runs/xstars-seed$$s --set run.seed=$$s --quiet && \
+	  $(BIN)/msc-france pretrain --config pipelines/pretrain-dino.yaml --data "$(DEMO_STORE)" --out runs/dino-seed$$s --set run.seed=$$s --quiet || exit 1; \
 	done
-	$(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data $(DEMO_STORE) --out runs/xstars-seed0-rerun --quiet
-	$(BIN)/msc-france eval --config pipelines/eval-seeds.yaml --data $(DEMO_STORE)
+	$(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data "$(DEMO_STORE)" --out runs/xstars-seed0-rerun --quiet
+	$(BIN)/msc-france eval --config pipelines/eval-seeds.yaml --data "$(DEMO_STORE)"
 
 # Benchmarks against baselines (docs/benchmarks.md, benchmarks/results/latest.json); needs `make demo`.
 bench: install
-	@test -d $(DEMO_STORE) || { echo "error: $(DEMO_STORE) not found; run 'make demo' first"; exit 2; }
-	$(BIN)/python -m benchmarks.run --store $(DEMO_STORE)
+	@test -d "$(DEMO_STORE)" || { echo "error: $(DEMO_STORE) not found; run 'make demo' first"; exit 2; }
+	$(BIN)/python -m benchmarks.run --store "$(DEMO_STORE)"
 
-# The demo store, its previews and the generated demo world (per user, in the cache directory).
-clean-demo:
-	rm -rf $(DEMO_STORE) data/demo-preview
-	rm -rf "$${MSC_FRANCE_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/msc-france}/demo"
+# The demo store, its previews and the generated demo world (per user, in the cache directory):
+# each removed only when it is what msc-france made there (msc_france/cleanup.py).
+clean-demo: install
+	$(BIN)/python -m msc_france.cleanup --store "$(DEMO_STORE)" --preview "$(DEMO_PREVIEW)" --world

@@ -684,6 +684,10 @@ def world_key(spec: DemoWorldSpec) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+#: Marks ``<cache>/demo`` as msc-france's demo-world cache (see :mod:`msc_france.cleanup`).
+CACHE_MARKER = ".msc-france-demo-cache"
+
+
 def ensure_world(spec: DemoWorldSpec, cache: Path) -> Path:
     """Generate the world into ``cache/demo/<key>`` unless it is there already; return that directory.
 
@@ -694,6 +698,7 @@ def ensure_world(spec: DemoWorldSpec, cache: Path) -> Path:
     if (target / "truth.json").exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
+    (root / CACHE_MARKER).touch()  # what `make clean-demo` checks before it removes anything
     with open(root / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "truth.json").exists():
