@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from msc_france.errors import BadInputError, MscFranceError
+from msc_france.fsutil import refuse_inside_store
 from msc_france.progress import Bar
 from msc_france.splits import ALL_SPLITS
 
@@ -149,6 +150,7 @@ def plan(region: str, catalog: str | None, recipe: str, out: Path, no_cache: boo
     """Choose the item(s) of every sensor for every chip of a region, and write the plan."""
     from msc_france.plan import make_plan
 
+    refuse_inside_store(out, "plan file")  # checked before any search
     reg, rec, cat = _load_inputs(region, catalog, recipe)
     p = make_plan(reg, rec, cat, use_cache=not no_cache)
     p.write(out)
@@ -273,6 +275,8 @@ def index_cmd(store: str, out: Path | None, split: str | None) -> None:
     from msc_france.store import Store
     from msc_france.store.index_export import export_index, summary_rows
 
+    if out is not None:
+        refuse_inside_store(out, "index file")
     idx = Store.open(store).index()
     if split:
         idx = idx[idx["split"] == split]
@@ -320,6 +324,7 @@ def preview(store: str, out: Path, n_chips: int) -> None:
     from msc_france.render import preview as render_preview
     from msc_france.store import Store
 
+    refuse_inside_store(out, "preview folder")
     with _bar("preview", "chip") as bar:
         paths = render_preview(Store.open(store), out, n_chips=n_chips, progress=bar)
     for p in paths:
@@ -338,6 +343,7 @@ def export(store: str, fmt: str, out: Path, split: str | None) -> None:
 
     if out.exists() and not out.is_dir():
         raise BadInputError(f"export output {out} is a file")
+    refuse_inside_store(out, "export folder")
     with _bar("export", "chip") as bar:
         n = export_xstars(Store.open(store), out, split=split, progress=bar)
     click.echo(f"exported {n} chips to {out}")
@@ -375,6 +381,7 @@ def eval_cmd(config_path: str, checkpoint: str | None, store: str | None, out: s
     from msc_france.eval.run import evaluate, load_eval_config
 
     cfg = load_eval_config(config_path, store=store, out=out, checkpoint=checkpoint)
+    refuse_inside_store(Path(cfg.out), "report directory")
     r = evaluate(cfg)
     click.echo((Path(cfg.out) / "report.md").read_text())
     click.echo(f"report written to {cfg.out} (report.json, report.md, retrieval.png, transfer.png, "
@@ -409,6 +416,7 @@ def catalog_ingest(directory: Path, out: Path, product: str, collection: str | N
     from msc_france.ingest import ingest
 
     order = [b.strip().lower() for b in band_order.split(",")] if band_order else None
+    refuse_inside_store(out, "catalog folder")
     r = ingest(directory, out, product=product, collection=collection, when=when, variant=variant, band_order=order)
     click.echo(f"{r.items} items ({r.files_used} files) written to {r.catalog}; product {r.product} ({r.decided_by})")
     for path, reason in r.not_used:

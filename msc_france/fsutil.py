@@ -58,3 +58,29 @@ def exclusive_lock(path: Path, busy: Callable[[str], Exception]) -> Iterator[Non
         f.truncate()
         fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
+
+
+def zarr_store_at(path: Path) -> Path | None:
+    """The Zarr store (or group) that ``path`` is, or lies inside: the nearest folder, ``path`` itself
+    included, holding a ``zarr.json``; None when there is none.
+    """
+    p = Path(path).expanduser().resolve()
+    for d in (p, *p.parents):
+        if (d / "zarr.json").is_file():
+            return d
+    return None
+
+
+def refuse_inside_store(path: Path, what: str) -> None:
+    """Refuse an output ``path`` that is, or lies inside, a Zarr store: only the store writes there.
+
+    Raises:
+        BadInputError: naming the store.
+    """
+    from msc_france.errors import BadInputError
+
+    store = zarr_store_at(path)
+    if store is not None:
+        where = "is" if store == Path(path).expanduser().resolve() else "is inside"
+        raise BadInputError(f"{what} {path} {where} the Zarr store {store}: nothing is written into a store but "
+                            "by the store itself; use another path")

@@ -602,6 +602,24 @@ def test_duplicate_yaml_keys_are_refused(tiny_recipe: Path, tiny_region: Path, t
     assert code == 2 and "duplicate key 'name'" in line
 
 
+@pytest.mark.parametrize("cmd", [
+    ["index", "{store}", "--out", "{store}/index.parquet"],
+    ["preview", "{store}", "--out", "{store}/previews"],
+    ["export", "{store}", "--format", "xstars-folders", "--out", "{store}"],
+    ["export", "{store}", "--format", "xstars-folders", "--out", "{store}/aerial/x"],
+    ["catalog", "ingest", "{tmp}", "--out", "{store}/catalog"],
+    ["plan", "--region", "{region}", "--recipe", "{recipe}", "--out", "{store}/index.parquet"],
+])
+def test_nothing_writes_into_a_store_but_the_store(store: Path, tmp_path: Path, tiny_region: Path, tiny_recipe: Path,
+                                                   capsys: pytest.CaptureFixture, cmd: list[str]) -> None:
+    before = {p: p.stat().st_mtime_ns for p in store.rglob("*")}
+    args = [a.format(store=store, tmp=tmp_path, region=tiny_region, recipe=tiny_recipe) for a in cmd]
+    code = main(args)
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "the Zarr store" in line and "nothing is written into a store" in line
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == before
+
+
 def test_external_dataset_symlink_out_of_root(tmp_path: Path) -> None:
     from msc_france.errors import BadInputError
     from msc_france.eval.external import load_classification

@@ -39,7 +39,7 @@ from msc_france.data.transforms import (
     random_window,
 )
 from msc_france.errors import BadInputError, TrainingError
-from msc_france.fsutil import exclusive_lock
+from msc_france.fsutil import exclusive_lock, refuse_inside_store
 from msc_france.xstars.checkpoint import (
     CKPT_FORMAT,
     build_backbone,
@@ -155,10 +155,7 @@ def check_run_dir(out: Path) -> None:
     Raises:
         BadInputError: naming what was found.
     """
-    for d in (out, *out.resolve().parents):
-        if (d / "zarr.json").is_file():
-            raise BadInputError(f"run directory {out} is {'a' if d == out.resolve() else 'inside a'} Zarr store "
-                                f"({d}): a run never writes into a dataset; use another --out")
+    refuse_inside_store(out, "run directory")
     if out.is_dir() and not (out / RUN_MARKER).exists():
         foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES)
         if foreign:
