@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from msc_france.errors import BadInputError, MscFranceError
-from msc_france.fsutil import refuse_inside_store
+from msc_france.fsutil import refuse_inside_store, zarr_store_at
 from msc_france.progress import Bar
 from msc_france.splits import ALL_SPLITS
 
@@ -193,9 +193,20 @@ def build(region: str | None, plan_path: Path | None, out: str, catalog: str | N
         logging.getLogger("msc_france").setLevel(logging.WARNING)
 
     from msc_france.builder import run_build
+    from msc_france.builder.scheduler import check_scheduler
     from msc_france.errors import BuildFailedError
     from msc_france.plan import make_plan, read_plan
 
+    # The cheap checks first: an output that cannot be a store, or an unreachable cluster, is
+    # refused before any catalog is searched (minutes against a real API).
+    if "://" not in out:
+        if Path(out).exists() and not Path(out).is_dir():
+            raise BadInputError(f"--out {out} is a file, not a store directory")
+        inside = zarr_store_at(Path(out).parent)
+        if inside is not None:
+            raise BadInputError(f"--out {out} is inside the Zarr store {inside}: a store is never built inside another")
+    if not dry_run:
+        check_scheduler(scheduler)
     if plan_path is not None:
         given = [f"--{k}" for k, v in (("region", region), ("recipe", recipe), ("catalog", catalog)) if v]
         if given:

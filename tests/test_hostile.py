@@ -641,3 +641,20 @@ def test_external_dataset_symlink_out_of_root(tmp_path: Path) -> None:
     (root / "a" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(BadInputError, match=r"cannot read image .*broken.png"):
         load_classification("ucmerced", root, 8, ["red", "green", "blue"])
+
+
+@pytest.mark.parametrize(("extra", "said"), [
+    (["--out", "{file}"], "is a file, not a store directory"),
+    (["--out", "{store}/inner.zarr"], "is inside the Zarr store"),
+    (["--out", "{tmp}/s.zarr", "--scheduler", "tcp://127.0.0.1:9"], "cannot reach dask scheduler"),
+])
+def test_cheap_checks_come_before_any_search(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                             extra: list[str], said: str) -> None:
+    """Against the default catalog (Planetary Computer, unreachable here), a search would fail with a
+    source error (exit 3): exit 2 with the output's or the scheduler's problem shows they came first.
+    """
+    (tmp_path / "f").write_text("a file")
+    args = [a.format(file=tmp_path / "f", store=store, tmp=tmp_path) for a in extra]
+    code = main(["build", "--region", "5.0,45.0,5.01,45.01", "--catalog", "default", *args, "--quiet"])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and said in line
