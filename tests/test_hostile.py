@@ -387,6 +387,21 @@ def test_index_out_of_step_is_refused_by_every_reader(store: Path, tmp_path: Pat
     assert code == 4 and "CORRUPT" in out
 
 
+def _every_reader_refuses(store: Path, group: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The dataset raises a StoreError naming ``group/image``; preview and export exit 4 saying so."""
+    from msc_france.data import MSCFranceDataset
+
+    ds = MSCFranceDataset(store, sensors=[group], split=None)
+    with pytest.raises(StoreError, match=rf"chip \S+ of {group}/image"):
+        for i in range(len(ds)):
+            ds[i]
+    for cmd in (["preview", str(store), "--out", str(tmp_path / "p"), "--chips", "4"],
+                ["export", str(store), "--format", "xstars-folders", "--out", str(tmp_path / "x")]):
+        code = main(cmd)
+        line = _one_line(capsys.readouterr().err)
+        assert code == 4 and f"{group}/image" in line, (cmd, line)
+
+
 @pytest.mark.parametrize("damage", ["deleted", "flipped", "truncated"])
 def test_damaged_shard_validate_and_every_reader(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                  damage: str) -> None:
@@ -403,17 +418,7 @@ def test_damaged_shard_validate_and_every_reader(store: Path, tmp_path: Path, ca
     code, out = _validate(store, capsys)
     assert code == 4 and "CORRUPT" in out and "sentinel-2-l2a" in out
     # The dataset never returns fill for a built chip.
-    from msc_france.data import MSCFranceDataset
-
-    ds = MSCFranceDataset(store, sensors=["sentinel-2-l2a"], split=None)
-    with pytest.raises(StoreError, match=r"chip \S+ of sentinel-2-l2a/image"):
-        for i in range(len(ds)):
-            ds[i]
-    for cmd in (["preview", str(store), "--out", str(tmp_path / "p"), "--chips", "4"],
-                ["export", str(store), "--format", "xstars-folders", "--out", str(tmp_path / "x")]):
-        code = main(cmd)
-        line = _one_line(capsys.readouterr().err)
-        assert code == 4 and "sentinel-2-l2a/image" in line, (cmd, line)
+    _every_reader_refuses(store, "sentinel-2-l2a", tmp_path, capsys)
 
 
 def test_one_flipped_byte_in_a_chunk_is_caught_by_every_reader(store: Path, tmp_path: Path,
@@ -429,20 +434,11 @@ def test_one_flipped_byte_in_a_chunk_is_caught_by_every_reader(store: Path, tmp_
     for off, nbytes in index:
         raw[int(off) + int(nbytes) // 2] ^= 0x01
     shard.write_bytes(bytes(raw))
-    from msc_france.data import MSCFranceDataset
     from msc_france.store import ChipReader, Store
 
     with pytest.raises(StoreError, match=r"of aerial/image cannot be read from aerial/image/c/0"):
         ChipReader(Store.open(store)).read("aerial", "image", 0)
-    ds = MSCFranceDataset(store, sensors=["aerial"], split=None)
-    with pytest.raises(StoreError, match="aerial/image"):
-        for i in range(len(ds)):
-            ds[i]
-    for cmd in (["preview", str(store), "--out", str(tmp_path / "p"), "--chips", "4"],
-                ["export", str(store), "--format", "xstars-folders", "--out", str(tmp_path / "x")]):
-        code = main(cmd)
-        line = _one_line(capsys.readouterr().err)
-        assert code == 4 and "aerial/image" in line, (cmd, line)
+    _every_reader_refuses(store, "aerial", tmp_path, capsys)
     code, out = _validate(store, capsys)
     assert code == 4 and "aerial" in out
 

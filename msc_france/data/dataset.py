@@ -306,12 +306,6 @@ class MSCFranceDataset(Dataset):
             self._reader = ChipReader(store)
         return [self._reader.read_range(group, a, lo, hi, factor) for a in arrays]
 
-    def _array(self, store: Store, group: str, array: str, ci: int, factor: int = 1) -> np.ndarray:
-        # Through the checked read path: a missing or damaged shard is a StoreError, never zeros.
-        if self._reader is None or self._reader.store is not store:
-            self._reader = ChipReader(store)
-        return self._reader.read(group, array, ci, factor)
-
     def __getitem__(self, key: int | tuple[int, str]) -> Sample:
         # A sampler may yield (index, sensor) to ask for a single sensor (see SensorBalancedSampler).
         if isinstance(key, tuple):

@@ -33,16 +33,22 @@ def _gather_worker(rank: int, world: int, port: int, q) -> None:
     dist.destroy_process_group()
 
 
-def test_msad_negatives_are_gathered_with_gradient() -> None:
+def _on_two_ranks(worker) -> list:  # noqa: ANN001
+    """Run ``worker(rank, 2, port, queue)`` in 2 spawned gloo processes; their results, by rank."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_gather_worker, args=(r, 2, port, q)) for r in range(2)]
+    procs = [ctx.Process(target=worker, args=(r, 2, port, q)) for r in range(2)]
     for p in procs:
         p.start()
     res = sorted(q.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(60)
+    return res
+
+
+def test_msad_negatives_are_gathered_with_gradient() -> None:
+    res = _on_two_ranks(_gather_worker)
     assert [r[1] for r in res] == [4, 4]  # each rank sees the global batch
     assert res[0][2] == [0.0, 0.0, 1.0, 1.0]
     # The gradient flows back to each rank's own rows, summed over both ranks' losses (each rank's
@@ -77,15 +83,7 @@ def test_gathered_msad_equals_the_single_process_loss_on_the_whole_batch() -> No
     """
     from msc_france.xstars.msad import msad_loss
 
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_msad_worker, args=(r, 2, port, q)) for r in range(2)]
-    for p in procs:
-        p.start()
-    res = sorted(q.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(60)
+    res = _on_two_ranks(_msad_worker)
     full = {s: e.clone().requires_grad_() for s, e in _embeddings().items()}
     want = msad_loss(full, tau=0.1)
     want.backward()
