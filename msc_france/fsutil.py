@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +26,16 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# Temporary files of an interrupted atomic write: ours (``atomic_path``) and zarr's LocalStore
+# (``<name>.<uuid4 hex>.partial``). A writer killed between write and rename leaves one behind.
+_LEFTOVER = re.compile(r"(^\..+\.\d+\.tmp$)|(\.[0-9a-f]{32}\.partial$)")
+
+
+def interrupted_writes(root: Path) -> list[Path]:
+    """The temporary files that interrupted atomic writes left under ``root`` (sorted)."""
+    return sorted(p for p in Path(root).rglob("*") if _LEFTOVER.search(p.name) and p.is_file())
 
 
 @contextlib.contextmanager

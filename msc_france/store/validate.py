@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from msc_france.errors import StoreError, first_line
+from msc_france.fsutil import interrupted_writes
 from msc_france.progress import Progress
 from msc_france.splits import ALL_SPLITS
 from msc_france.store import (
@@ -196,7 +197,7 @@ def validate(store: Store, checksums: bool = True, progress: Progress | None = N
         rep.incomplete.append("index.parquet missing (run build again)")
     else:
         _check_index(store, ids, commits, rep)
-    partial = [p for p in store.fs.find(store.fs_root) if p.endswith(".partial")]
+    partial = [] if store.remote else interrupted_writes(store.path)
     if partial:
         rep.incomplete.append(f"{len(partial)} partial file(s) from an interrupted write")
     if checksums and not rep.corrupt:

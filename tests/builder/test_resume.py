@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,3 +56,24 @@ def test_process_cluster_gives_the_same_content(tiny_store: Path, tiny_recipe: P
     assert main(["build", "--region", str(tiny_region), "--recipe", str(tiny_recipe), "--out", str(out),
                  "--scheduler", "processes", "--workers", "2", "--quiet"]) == 0
     assert tree_hashes(out) == tree_hashes(tiny_store)
+
+
+def test_rebuild_removes_what_killed_writes_left(tiny_store: Path, tiny_recipe: Path, tiny_region: Path,
+                                                 tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # A writer killed between its write and its rename leaves a temporary file: zarr's LocalStore
+    # names it ``<name>.<uuid hex>.partial``, our atomic writes ``.<name>.<pid>.tmp``.
+    out = tmp_path / "copy.zarr"
+    shutil.copytree(tiny_store, out)
+    zarr_tmp = out / "zarr.0123456789abcdef0123456789abcdef.partial"
+    ours = out / "_commits" / ".shard-00000.json.4242.tmp"
+    user = out / "notes.partial"  # not a temporary-file name: never reported nor removed
+    for p in (zarr_tmp, ours, user):
+        p.write_bytes(b"half")
+    capsys.readouterr()
+    assert main(["validate", str(out)]) == StoreError.exit_code
+    assert "INCOMPLETE: 2 partial file(s) from an interrupted write" in capsys.readouterr().out
+    assert main(["build", "--region", str(tiny_region), "--recipe", str(tiny_recipe), "--out", str(out),
+                 "--workers", "1", "--quiet"]) == 0
+    assert not zarr_tmp.exists() and not ours.exists() and user.read_bytes() == b"half"
+    capsys.readouterr()
+    assert main(["validate", str(out)]) == 0
