@@ -169,6 +169,14 @@ class _Hostile(BaseHTTPRequestHandler):
             k = srv.requests
             self._json({"type": "FeatureCollection", "features": [srv.item(f"p{k}")],
                         "links": [{"rel": "next", "href": f"{srv.url}/search?page={k}", "method": "GET"}]})
+        elif mode == "redirect":  # a search answered with a redirect to ``href``
+            self.send_response(307)
+            self.send_header("Location", srv.href)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif mode == "next-elsewhere":  # a next page on another host
+            self._json({"type": "FeatureCollection", "features": [srv.item("p")],
+                        "links": [{"rel": "next", "href": srv.href, "method": "GET"}]})
         elif mode == "dict-features":
             self._json({"type": "FeatureCollection", "features": {"a": 1}})
         elif mode == "many":
@@ -272,6 +280,80 @@ def test_forged_href_is_refused_before_any_read(case: str) -> None:
     with pytest.raises(SourceError, match="refused asset href") as e:
         rules_for("sentinel-2-l2a").parse(spec, item)
     assert why in str(e.value)
+
+
+# Spellings of loopback, private and link-local (cloud metadata) addresses that a string match
+# misses; curl and the C library reach them all.
+DISGUISED = ["127.1", "2130706433", "0x7f000001", "0177.0.0.1", "127.0.0.1.", "localhost.", "LOCALHOST",
+             "a.localhost", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "0.0.0.0", "0", "2852039166",
+             "169.254.169.254", "10.1", "192.168.1", "172.16.0.1", "100.64.0.1", "[fe80::1]", "[fd00::1]",
+             "224.0.0.1"]
+
+
+@pytest.mark.parametrize("host", DISGUISED)
+def test_disguised_private_addresses_are_refused(host: str) -> None:
+    from msc_france.sources.urls import check_href, check_url
+
+    with pytest.raises(SourceError, match="loopback or private address"):
+        check_href(f"http://{host}:8080/a.tif", local_ok=False)
+    with pytest.raises(SourceError, match="loopback or private address"):
+        check_url(f"https://{host}/catalog.json")
+
+
+def test_names_resolving_to_private_addresses_are_refused() -> None:
+    import socket
+
+    from msc_france.sources.urls import check_href, host_addresses
+
+    name = socket.gethostname()
+    addrs = host_addresses(name)
+    if not addrs or any(a.is_global for a in addrs):
+        pytest.skip(f"this machine's name {name} does not resolve to a private address only")
+    with pytest.raises(SourceError, match="loopback or private address"):
+        check_href(f"http://{name}:8080/a.tif", local_ok=False)
+    assert check_href("https://8.8.8.8/a.tif", local_ok=False) == "https://8.8.8.8/a.tif"
+    assert check_href("http://127.1/a.tif", local_ok=False, private_ok=True)  # the source's explicit opt-in
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["redirect", "next-elsewhere"])
+def test_api_redirects_and_next_links_obey_the_policy(mode: str, tmp_path: Path) -> None:
+    """The API's own host is the user's choice; a redirect or a next link to another private host is
+    refused before it is requested.
+    """
+    with AssetServer(tmp_path) as victim:
+        port = victim.url.rsplit(":", 1)[1]
+        with HostileApi(mode, href=f"http://127.1:{port}/search") as api:
+            with pytest.raises(SourceError, match=r"refused link http://127\.1:\d+/search: loopback or private"):
+                _source(api.url).search(QUERY)
+        assert victim.requests == []
+
+
+def test_local_catalog_links_stay_local(tmp_path: Path) -> None:
+    from msc_france.sources.static import load_items
+
+    with AssetServer(tmp_path / "srv") as victim:
+        root = tmp_path / "catalog.json"
+        root.write_text(json.dumps({
+            "type": "Catalog", "id": "c", "description": "c", "stac_version": "1.0.0",
+            "links": [{"rel": "child", "href": f"{victim.url}/child.json", "type": "application/json"}]}))
+        with pytest.raises(SourceError, match="a local catalog links only to local files"):
+            load_items(root)
+        assert victim.requests == []
+
+
+def test_catalog_whose_links_form_a_cycle(tmp_path: Path) -> None:
+    from msc_france.sources.static import load_items
+
+    def cat(name: str, child: str) -> None:
+        (tmp_path / name).write_text(json.dumps({
+            "type": "Catalog", "id": name, "description": "c", "stac_version": "1.0.0",
+            "links": [{"rel": "child", "href": f"./{child}", "type": "application/json"}]}))
+
+    cat("a.json", "b.json")
+    cat("b.json", "a.json")
+    with pytest.raises(SourceError, match="child links form a cycle"):
+        load_items(tmp_path / "a.json")
 
 
 def test_allowed_hosts_policy() -> None:

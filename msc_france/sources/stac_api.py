@@ -7,6 +7,7 @@ import time
 from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urljoin
 
 import pystac
 import requests
@@ -18,8 +19,9 @@ from urllib3.util.retry import Retry
 
 from msc_france.errors import SourceError
 from msc_france.sources.base import SearchQuery, Source
-from msc_france.sources.urls import redact
+from msc_france.sources.urls import check_url, redact
 
+MAX_REDIRECTS = 5
 QUERY_CONFORMANCE = "https://api.stacspec.org/v1.0.0-rc.1/item-search#query"
 
 
@@ -37,9 +39,10 @@ class BoundedStacIO(StacApiIO):
     """
 
     def __init__(self, *args: Any, response_deadline_s: float, deadline_s: float, max_pages: int,
-                 **kwargs: Any) -> None:
+                 root: str = "", private_ok: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.response_deadline_s, self.deadline_s, self.max_pages = response_deadline_s, deadline_s, max_pages
+        self.root, self.private_ok = root, private_ok
         self.reset()
 
     def reset(self) -> None:
@@ -47,6 +50,30 @@ class BoundedStacIO(StacApiIO):
         self.started = time.monotonic()
         self.pages = 0
         self.seen: set[str] = set()
+
+    def _send(self, req: Request) -> Any:
+        """Send ``req``, following at most ``MAX_REDIRECTS`` redirects, each checked by the href
+        policy before it is requested (the API's own host is trusted; links elsewhere are not).
+        """
+        url = req.url
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                check_url(url, private_ok=self.private_ok, trusted=self.root or None)
+            except SourceError as err:
+                raise SearchLimitError(str(err)) from None
+            req.url = url
+            try:
+                resp = self.session.send(self.session.prepare_request(req), timeout=self.timeout, stream=True,
+                                         allow_redirects=False)
+            except Exception as err:
+                raise APIError(str(err)) from None
+            if not resp.is_redirect:
+                return resp
+            url = urljoin(url, resp.headers["location"])
+            resp.close()
+            if resp.status_code == 303:
+                req.method, req.json, req.data = "GET", None, []
+        raise SearchLimitError(f"STAC API {redact(str(req.url))} redirected more than {MAX_REDIRECTS} times")
 
     def request(self, href: str, method: str | None = None, headers: dict[str, str] | None = None,
                 parameters: dict[str, Any] | None = None) -> str:
@@ -60,12 +87,8 @@ class BoundedStacIO(StacApiIO):
         if self.pages > self.max_pages:
             raise SearchLimitError(f"STAC search gave more than {self.max_pages} pages (source max_pages)")
         body = {"json": parameters} if method in ("POST", "PUT", "PATCH") else {"params": deepcopy(parameters or {})}
-        prepped = self.session.prepare_request(Request(method=method, url=href, headers=headers, **body))
         start = time.monotonic()
-        try:
-            resp = self.session.send(prepped, timeout=self.timeout, stream=True)
-        except Exception as err:
-            raise APIError(str(err)) from None
+        resp = self._send(Request(method=method, url=href, headers=headers, **body))
         with resp:
             chunks = []
             while True:
@@ -120,7 +143,8 @@ class StacApiSource(Source):
         )
         io = BoundedStacIO(timeout=self.spec.timeout_s, max_retries=retry,
                            response_deadline_s=self.spec.response_deadline_s, deadline_s=self.spec.search_deadline_s,
-                           max_pages=self.spec.max_pages)
+                           max_pages=self.spec.max_pages, root=str(self.spec.url),
+                           private_ok=self.spec.allow_private_hosts)
         try:
             return Client.open(str(self.spec.url), stac_io=io, timeout=self.spec.timeout_s)
         except (requests.RequestException, APIError, pystac.STACError) as e:

@@ -16,14 +16,31 @@ import pystac
 
 from msc_france.errors import SourceError, first_line
 from msc_france.sources.base import SearchQuery, Source
+from msc_france.sources.urls import check_url, redact
 
 
 class FsspecStacIO(pystac.StacIO):
-    """pystac I/O through fsspec, so static catalogs can live on object storage (s3://, gs://, az://)."""
+    """pystac I/O through fsspec, so static catalogs can live on object storage (s3://, gs://, az://).
+
+    Every link it follows obeys the catalog's place: a local catalog links to local files only (a
+    child link to ``http://127.0.0.1`` is never fetched); a remote one to remote URLs that pass the
+    href policy (:func:`msc_france.sources.urls.check_url`), never to local paths.
+    """
+
+    def __init__(self, root: str = "", private_ok: bool = False) -> None:
+        super().__init__()
+        self.root, self.private_ok = root, private_ok
+        self.refused: SourceError | None = None  # pystac rewraps errors: the refusal is kept here
 
     def read_text(self, source: Any, *args: Any, **kwargs: Any) -> str:
         """The text at ``source`` (a path or any fsspec URL)."""
-        with fsspec.open(str(source), "r", encoding="utf-8") as f:
+        href = str(source)
+        try:
+            self._check(href)
+        except SourceError as e:
+            self.refused = e
+            raise
+        with fsspec.open(href, "r", encoding="utf-8") as f:
             return f.read()
 
     def write_text(self, dest: Any, txt: str, *args: Any, **kwargs: Any) -> None:
@@ -32,11 +49,31 @@ class FsspecStacIO(pystac.StacIO):
             f.write(txt)
 
 
-def load_items(path: Path | str) -> list[pystac.Item]:
+    def _check(self, href: str) -> None:
+        if not self.root:
+            return
+        if _is_local(self.root) and not _is_local(href):
+            raise SourceError(f"refused link {redact(href)}: a local catalog links only to local files")
+        if not _is_local(self.root):
+            if _is_local(href):
+                raise SourceError(f"refused link {href}: a remote catalog cannot name local files")
+            check_url(href, private_ok=self.private_ok, trusted=self.root)
+
+
+def _is_local(href: str) -> bool:
+    return "://" not in href or href.lower().startswith("file://")
+
+
+def load_items(path: Path | str, private_ok: bool = False) -> list[pystac.Item]:
     """Read items from a static catalog/collection JSON (recursively), an ItemCollection, or NDJSON,
     on the local disk or on object storage (a URL).
+
+    Args:
+        path: the catalog file.
+        private_ok: a remote catalog may link to loopback and private hosts (tests, local servers).
     """
     href = str(path)
+    io = FsspecStacIO(href, private_ok)
     try:
         fs, root = fsspec.core.url_to_fs(href)
         exists = fs.exists(root)
@@ -45,7 +82,7 @@ def load_items(path: Path | str) -> list[pystac.Item]:
     if not exists:
         raise SourceError(f"static catalog not found: {href}")
     try:
-        text = FsspecStacIO().read_text(href)
+        text = io.read_text(href)
         if href.endswith(".ndjson"):
             lines = [ln for ln in text.splitlines() if ln.strip()]
             return _resolved([pystac.Item.from_dict(json.loads(ln), preserve_dict=False) for ln in lines], href)
@@ -54,7 +91,7 @@ def load_items(path: Path | str) -> list[pystac.Item]:
             raise ValueError("not a JSON object")
         if d.get("type") == "FeatureCollection":
             return _resolved(list(pystac.ItemCollection.from_dict(d, preserve_dict=False)), href)
-        obj = pystac.read_file(href, stac_io=FsspecStacIO())
+        obj = pystac.read_file(href, stac_io=io)
         if isinstance(obj, pystac.Item):
             return [obj]
         if not isinstance(obj, pystac.Catalog):  # a Collection is a Catalog
@@ -63,7 +100,11 @@ def load_items(path: Path | str) -> list[pystac.Item]:
         for it in items:
             it.make_asset_hrefs_absolute()
         return items
+    except RecursionError:
+        raise SourceError(f"cannot read static catalog {path}: its child links form a cycle") from None
     except (OSError, ValueError, KeyError, pystac.STACError) as e:
+        if io.refused is not None:
+            raise io.refused from None
         raise SourceError(f"cannot read static catalog {path}: {first_line(e)}") from None
 
 
@@ -96,7 +137,7 @@ class StaticSource(Source):
     def items(self) -> list[pystac.Item]:
         """All items of the catalog (loaded once)."""
         if self._items is None:
-            self._items = load_items(self.path)
+            self._items = load_items(self.path, self.spec.allow_private_hosts)
         return self._items
 
     def _search(self, q: SearchQuery) -> list[pystac.Item]:
