@@ -736,3 +736,17 @@ def test_cheap_checks_come_before_any_search(store: Path, tmp_path: Path, capsys
     code = main(["build", "--region", "5.0,45.0,5.01,45.01", "--catalog", "default", *args, "--quiet"])
     line = _one_line(capsys.readouterr().err)
     assert code == 2 and said in line
+
+
+def test_remote_static_catalog_cannot_name_local_files() -> None:
+    from msc_france.config import load_catalog
+    from msc_france.products import rules_for
+
+    spec = load_catalog("default").sensor("sentinel-2-l2a")
+    remote = spec.model_copy(update={"source": SourceSpec(type="static", collection="sentinel-2-l2a",
+                                                          path="https://example.org/catalog.json")})
+    local = spec.model_copy(update={"source": SourceSpec(type="static", collection="sentinel-2-l2a",
+                                                         path="/data/catalog.json")})
+    with pytest.raises(SourceError, match="local paths only come from local catalogs"):
+        rules_for("sentinel-2-l2a").parse(remote, s2_item("x", "/etc/passwd"))
+    assert rules_for("sentinel-2-l2a").parse(local, s2_item("x", "/data/b.tif"))

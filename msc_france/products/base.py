@@ -96,7 +96,11 @@ def _href(spec: SensorSpec, asset: dict[str, Any]) -> str:
     if not isinstance(href, str) or not href:
         raise SourceError("an asset has no href")
     src = spec.source
-    return check_href(href, local_ok=src.type in ("static", "demo"), allowed_hosts=src.allowed_hosts,
+    # Local paths only from catalogs on this machine: a static catalog served over http or from a
+    # bucket must not make us read local files.
+    path = str(src.path or "")
+    local_ok = src.type == "demo" or (src.type == "static" and ("://" not in path or path.startswith("file://")))
+    return check_href(href, local_ok=local_ok, allowed_hosts=src.allowed_hosts,
                       private_ok=src.allow_private_hosts)
 
 
