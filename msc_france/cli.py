@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from msc_france.errors import BadInputError, MscFranceError
+from msc_france.errors import BadInputError, MscFranceError, printable
 from msc_france.fsutil import refuse_inside_store, zarr_store_at
 from msc_france.progress import Bar
 from msc_france.splits import ALL_SPLITS
@@ -25,13 +25,26 @@ EXIT_INTERNAL = 70
 log = logging.getLogger("msc_france.cli")
 
 
+def _say(text: str, err: bool = False) -> None:
+    """Print one line: names from files and catalogs in it escaped (see ``printable``)."""
+    click.echo(printable(text), err=err)
+
+
 def _echo_table(rows: list[list[Any]], header: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    widths = [max(len(printable(str(x))) for x in col) for col in zip(header, *rows, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     click.echo(fmt.format(*header))
     click.echo(fmt.format(*("-" * w for w in widths)))
     for r in rows:
-        click.echo(fmt.format(*(str(x) for x in r)))
+        click.echo(fmt.format(*(printable(str(x)) for x in r)))
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Log records on one line each: names in messages cannot forge lines (see ``printable``)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        """The record's line, escaped (a traceback asked for with -vv stays as it is)."""
+        return printable(super().formatMessage(record))
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -39,7 +52,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     fmt = "%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(_OneLineFormatter(fmt))
     ours = logging.getLogger("msc_france")
     ours.handlers[:] = [handler]
     ours.setLevel(level)
@@ -159,11 +172,11 @@ def plan(region: str, catalog: str | None, recipe: str, out: Path, no_cache: boo
         _json({"region": reg.name, "area_km2": reg.area_km2, "chips": len(p.chips), "chip_size_m": rec.chip_size_m,
                "catalog": cat.name, "sensors": counts, "out": str(out)})
         return
-    click.echo(f"region {reg.name}: {reg.area_km2:,.1f} km2, {len(p.chips)} chips of {rec.chip_size_m} m "
+    _say(f"region {reg.name}: {reg.area_km2:,.1f} km2, {len(p.chips)} chips of {rec.chip_size_m} m "
                f"(catalog {cat.name})")
     rows = [[s, c["items"], f"{c['planned']}/{c['chips']}", c["mosaic"], c["partial"]] for s, c in counts.items()]
     _echo_table(rows, ["sensor", "items found", "chips planned", "mosaics", "partial cover"])
-    click.echo(f"plan written to {out}")
+    _say(f"plan written to {out}")
 
 
 # --------------------------------------------------------------------------- build
@@ -220,7 +233,7 @@ def build(region: str | None, plan_path: Path | None, out: str, catalog: str | N
         p = make_plan(reg, rec, cat, use_cache=not no_cache)
     counts = p.counts()
     if not as_json:
-        click.echo(f"region {reg.name}: {len(p.chips)} chips of {rec.chip_size_m} m; "
+        _say(f"region {reg.name}: {len(p.chips)} chips of {rec.chip_size_m} m; "
                    + ", ".join(f"{s} {c['planned']}/{c['chips']}" for s, c in counts.items()))
     if dry_run:
         rows = [[s, c["items"], f"{c['planned']}/{c['chips']}", c["mosaic"], c["partial"]] for s, c in counts.items()]
@@ -232,13 +245,13 @@ def build(region: str | None, plan_path: Path | None, out: str, catalog: str | N
     if as_json:
         _json({**dataclasses.asdict(s), "out": out})
     else:
-        click.echo(f"built {s.built} chips, skipped {s.skipped} already done, failed {len(s.failed)} "
+        _say(f"built {s.built} chips, skipped {s.skipped} already done, failed {len(s.failed)} "
                f"({s.flagged} flagged, {s.dropped} dropped below min valid fraction) in {s.elapsed_s:.1f} s "
                f"({s.chips_per_s:.2f} chips/s); store {'complete' if s.complete else 'incomplete'}: {out}")
         for cid, reason in list(s.failed.items())[:20]:
-            click.echo(f"  failed {cid}: {reason}")
+            _say(f"  failed {cid}: {reason}")
         if len(s.failed) > 20:
-            click.echo(f"  ... and {len(s.failed) - 20} more (see msc-france info {out})")
+            _say(f"  ... and {len(s.failed) - 20} more (see msc-france info {out})")
     if s.failed:
         raise BuildFailedError(f"{len(s.failed)} chip(s) failed; rerun with --retry-failed to try them again")
 
@@ -260,7 +273,7 @@ def info(store: str, as_json: bool) -> None:
     if as_json:
         _json(s)
         return
-    click.echo(f"{s['path']}: format v{s['format_version']}, recipe {s['recipe']}, {s['n_chips']} chips of "
+    _say(f"{s['path']}: format v{s['format_version']}, recipe {s['recipe']}, {s['n_chips']} chips of "
                f"{s['chip_size_m']} m ({s['chips_per_shard']} per shard), regions {', '.join(s['regions'])}, "
                f"{'complete' if s['complete'] else 'INCOMPLETE'}")
     click.echo("splits: " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
@@ -273,7 +286,7 @@ def info(store: str, as_json: bool) -> None:
                      " ".join(f"{k}={v}" for k, v in L["status"].items()), mvf, mean])
     _echo_table(rows, ["group", "gsd m", "px", "bands", "dtype", "status", "valid", "band means"])
     for p in s["problems"]:
-        click.echo(f"PROBLEM: {p}")
+        _say(f"PROBLEM: {p}")
 
 
 @cli.command("index")
@@ -296,7 +309,7 @@ def index_cmd(store: str, out: Path | None, split: str | None) -> None:
         _echo_table(rows, header)
         return
     n = export_index(idx, out)
-    click.echo(f"wrote {n} chips to {out}")
+    _say(f"wrote {n} chips to {out}")
 
 
 @cli.command()
@@ -315,15 +328,15 @@ def validate(store: str, no_checksums: bool, as_json: bool) -> None:
         _json({"store": store, "valid": rep.ok, "corrupt": rep.corrupt, "incomplete": rep.incomplete,
                "checked_chips": rep.checked_chips})
     for p in ([] if as_json else rep.corrupt):
-        click.echo(f"CORRUPT: {p}")
+        _say(f"CORRUPT: {p}")
     for p in ([] if as_json else rep.incomplete):
-        click.echo(f"INCOMPLETE: {p}")
+        _say(f"INCOMPLETE: {p}")
     if rep.corrupt:
         raise StoreError(f"store {store} is corrupt ({len(rep.corrupt)} problem(s))")
     if rep.incomplete:
         raise StoreError(f"store {store} is incomplete ({len(rep.incomplete)} problem(s)); run build again")
     if not as_json:
-        click.echo(f"store {store} is valid ({rep.checked_chips} chip checksums verified)")
+        _say(f"store {store} is valid ({rep.checked_chips} chip checksums verified)")
 
 
 @cli.command()
@@ -339,7 +352,7 @@ def preview(store: str, out: Path, n_chips: int) -> None:
     with _bar("preview", "chip") as bar:
         paths = render_preview(Store.open(store), out, n_chips=n_chips, progress=bar)
     for p in paths:
-        click.echo(f"wrote {p}")
+        _say(f"wrote {p}")
 
 
 @cli.command()
@@ -357,7 +370,7 @@ def export(store: str, fmt: str, out: Path, split: str | None) -> None:
     refuse_inside_store(out, "export folder")
     with _bar("export", "chip") as bar:
         n = export_xstars(Store.open(store), out, split=split, progress=bar)
-    click.echo(f"exported {n} chips to {out}")
+    _say(f"exported {n} chips to {out}")
 
 
 # --------------------------------------------------------------------------- training
@@ -378,7 +391,7 @@ def pretrain(config_path: str, store: str | None, out: str | None, overrides: tu
     s = run_pretrain(cfg, progress=not (quiet or _quiet()))
     first = f"{s['losses'][0]:.4f}" if s["losses"] else "-"
     lastv = f"{s['losses'][-1]:.4f}" if s["losses"] else "-"
-    click.echo(f"trained steps {s['start']}..{s['start'] + s['steps']} on {s['device']} in {s['elapsed_s']:.1f} s "
+    _say(f"trained steps {s['start']}..{s['start'] + s['steps']} on {s['device']} in {s['elapsed_s']:.1f} s "
                f"({s['images_per_s']:.1f} images/s); loss {first} -> {lastv}; run in {s['out']}")
 
 
@@ -395,7 +408,7 @@ def eval_cmd(config_path: str, checkpoint: str | None, store: str | None, out: s
     refuse_inside_store(Path(cfg.out), "report directory")
     r = evaluate(cfg)
     click.echo((Path(cfg.out) / "report.md").read_text())
-    click.echo(f"report written to {cfg.out} (report.json, report.md, retrieval.png, transfer.png, "
+    _say(f"report written to {cfg.out} (report.json, report.md, retrieval.png, transfer.png, "
                f"segmentation.png) in {r['elapsed_s']} s")
 
 
@@ -429,11 +442,11 @@ def catalog_ingest(directory: Path, out: Path, product: str, collection: str | N
     order = [b.strip().lower() for b in band_order.split(",")] if band_order else None
     refuse_inside_store(out, "catalog folder")
     r = ingest(directory, out, product=product, collection=collection, when=when, variant=variant, band_order=order)
-    click.echo(f"{r.items} items ({r.files_used} files) written to {r.catalog}; product {r.product} ({r.decided_by})")
+    _say(f"{r.items} items ({r.files_used} files) written to {r.catalog}; product {r.product} ({r.decided_by})")
     for path, reason in r.not_used:
-        click.echo(f"not used {path}: {reason}")
+        _say(f"not used {path}: {reason}")
     for path, reason in r.skipped:
-        click.echo(f"skipped {path}: {reason}", err=True)
+        _say(f"skipped {path}: {reason}", err=True)
     if r.skipped:
         raise IngestIncompleteError(f"{len(r.skipped)} file(s) skipped (listed above); the catalog holds the rest")
 
@@ -450,23 +463,23 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("error: aborted", err=True)
         return 130
     except click.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
+        _say(f"error: {e.format_message()}", err=True)
         return e.exit_code
     except MscFranceError as e:
-        click.echo(f"error: {e}", err=True)
+        _say(f"error: {e}", err=True)
         return e.exit_code
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return 130
     except OSError as e:  # the environment: disk full, read-only or missing directory, permissions
         where = f": {e.filename}" if e.filename else ""
-        click.echo(f"error: {e.strerror or type(e).__name__}{where}", err=True)
+        _say(f"error: {e.strerror or type(e).__name__}{where}", err=True)
         return 4
     except Exception as e:  # a bug: say so in one line, traceback on request
         if os.environ.get("MSC_FRANCE_DEBUG"):
             traceback.print_exc()
-        first = str(e).splitlines()[0] if str(e) else ""
-        click.echo(f"internal error: {type(e).__name__}: {first} (set MSC_FRANCE_DEBUG=1 for a traceback)", err=True)
+        first = printable(str(e).splitlines()[0] if str(e) else "")
+        _say(f"internal error: {type(e).__name__}: {first} (set MSC_FRANCE_DEBUG=1 for a traceback)", err=True)
         return EXIT_INTERNAL
 
 

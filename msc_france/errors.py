@@ -4,6 +4,23 @@ Library code raises these; the CLI turns them into one-line messages and exit co
 """
 
 
+def printable(text: str) -> str:
+    r"""``text`` safe to print on one line: control characters (a newline in a file name would forge
+    a second ``error:`` line) and the surrogates that stand for non-UTF-8 bytes in file names are
+    written as escapes (``\n``, ``\x1b``, ``\xff``).
+    """
+    out = []
+    for c in text:
+        o = ord(c)
+        if 0xDC80 <= o <= 0xDCFF:  # os.fsdecode's surrogateescape: the original byte
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif o < 0x20 or 0x7F <= o < 0xA0 or 0xD800 <= o < 0xE000 or o in (0x2028, 0x2029):
+            out.append(c.encode("unicode_escape").decode("ascii") if o < 0x100 else f"\\u{o:04x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 def first_line(e: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (its type name when it has none), bounded."""
     lines = str(e).strip().splitlines()

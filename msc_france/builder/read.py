@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from msc_france.builder.warp import clear_http_cache, warp_asset
+from msc_france.builder.warp import ReadLimits, clear_http_cache, warp_asset
 from msc_france.config import SensorSpec
 from msc_france.errors import SourceError
 from msc_france.grid import PixelGrid
@@ -106,10 +106,12 @@ def pack(spec: SensorSpec, q: np.ndarray, covered: np.ndarray, item_id: str) -> 
 def read_item(spec: SensorSpec, item: SourceItem, grid: PixelGrid, signer: Signer) -> ItemRead:
     """One item on the chip grid (see module docstring)."""
     q: np.ndarray | None = None
+    limits = ReadLimits(spec.source.max_bands, spec.source.max_block_bytes)
     covered = np.ones(grid.shape, bool)
     fraction: np.ndarray | None = None
     for a in item.assets:
-        w = warp_asset(a.href, signer, grid, a.indexes, spec.resampling, a.nodata, a.proj_shape, a.proj_transform)
+        w = warp_asset(a.href, signer, grid, a.indexes, spec.resampling, a.nodata, a.proj_shape, a.proj_transform,
+                       limits)
         covered &= w.covered
         if w.fraction is not None:
             fraction = w.fraction if fraction is None else np.minimum(fraction, w.fraction)
@@ -123,7 +125,7 @@ def read_item(spec: SensorSpec, item: SourceItem, grid: PixelGrid, signer: Signe
     clear = np.ones(grid.shape, bool)
     rules = rules_for(item.product)
     for m in item.masks:
-        w = warp_asset(m.href, signer, grid, (1,), "nearest", m.nodata, m.proj_shape, m.proj_transform)
+        w = warp_asset(m.href, signer, grid, (1,), "nearest", m.nodata, m.proj_shape, m.proj_transform, limits)
         nodata, not_clear = rules.decode_mask(m.type, w.values[0])
         covered &= w.covered & ~nodata
         clear &= ~not_clear

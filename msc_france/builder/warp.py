@@ -22,7 +22,7 @@ import numpy as np
 import rasterio
 import rasterio.crs
 import rasterio.errors
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import ColorInterp, Interleaving, Resampling
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
@@ -147,9 +147,32 @@ def overview_level(src: rasterio.io.DatasetReader, target_res: float) -> int | N
     return level
 
 
+@dataclass(frozen=True)
+class ReadLimits:
+    """Bounds a source file must respect before any pixel is read (a source's ``max_bands`` and
+    ``max_block_bytes``): a 98 KB file can declare 2,500 bands, a 2 MB one a single 24,576-pixel tile.
+    """
+
+    max_bands: int = 64
+    max_block_bytes: int = 256 * 2**20
+
+    def check(self, src: rasterio.io.DatasetReader, href: str) -> None:
+        """Raise a SourceError naming the limit ``src`` exceeds."""
+        if src.count > self.max_bands:
+            raise SourceError(f"{href} declares {src.count} bands, more than the source's max_bands "
+                              f"({self.max_bands})")
+        # One block of a pixel-interleaved file (and of JPEG 2000) holds every band.
+        per_block = src.count if src.interleaving != Interleaving.band else 1
+        for (h, w), dtype in zip(src.block_shapes, src.dtypes, strict=True):
+            nbytes = int(h) * int(w) * np.dtype(dtype).itemsize * per_block
+            if nbytes > self.max_block_bytes:
+                raise SourceError(f"{href}: one {h} x {w} block decodes to {nbytes} bytes, more than the "
+                                  f"source's max_block_bytes ({self.max_block_bytes})")
+
+
 def warp_asset(href: str, signer: Signer, grid: PixelGrid, indexes: tuple[int, ...], resampling: str,
                nodata: float | None, proj_shape: tuple[int, int] | None = None,
-               proj_transform: tuple[float, ...] | None = None) -> Warped:
+               proj_transform: tuple[float, ...] | None = None, limits: ReadLimits = ReadLimits()) -> Warped:
     """Warp bands ``indexes`` of an asset onto ``grid``.
 
     Args:
@@ -161,12 +184,14 @@ def warp_asset(href: str, signer: Signer, grid: PixelGrid, indexes: tuple[int, .
         nodata: nodata declared outside the file (item or sensor); the file's own wins.
         proj_shape: the item's ``proj:shape``, checked against the file.
         proj_transform: the item's ``proj:transform``, checked against the file.
+        limits: bounds on the file's bands and blocks, checked before any pixel is read.
 
     Raises:
         SourceError: unreadable file, no CRS, a band it does not have, an unsupported data type,
-            or a grid that disagrees with the item.
+            a grid that disagrees with the item, or a file beyond ``limits``.
     """
     with open_raster(href, signer) as src:
+        limits.check(src, href)
         if src.crs is None:
             raise SourceError(f"{href} has no CRS")
         check_proj(proj_shape, proj_transform, src, href)
@@ -194,6 +219,9 @@ def _warp(src: rasterio.io.DatasetReader, href: str, grid: PixelGrid, indexes: t
     out = np.zeros((src.count + 1, grid.height, grid.width), np.float64 if wide else np.float32)
     alpha = [i + 1 for i, ci in enumerate(src.colorinterp) if ci == ColorInterp.alpha]
     src_nodata = src.nodata if src.nodata is not None else (None if alpha or _has_mask(src) else nodata)
+    # The fill rule, for every product: a pixel of a file is fill when all its bands equal the
+    # nodata value (GDAL's warper default, UNIFIED_SRC_NODATA=PARTIAL with one value for all bands).
+    # IGN fills with white in every band; 255 in one band only is a saturated pixel, which is data.
     extra = {} if resampling == "average" else {"XSCALE": 1, "YSCALE": 1}
     try:
         with warnings.catch_warnings():
@@ -261,7 +289,10 @@ def _exact_edges(src: rasterio.io.DatasetReader, grid: PixelGrid, out: np.ndarra
             else:
                 win = Window(s[0], c[0], s[-1] - s[0] + 1, c[-1] - c[0] + 1)
             data = src.read(window=win).astype(np.float64)
-            valid = (data != nodata) if (src.nodata is None and nodata is not None) else src.read_masks(window=win) > 0
+            if nodata is not None:  # the file's fill rule: all bands equal to nodata (see _warp)
+                valid = np.broadcast_to(~np.all(data == nodata, axis=0), data.shape)
+            else:
+                valid = src.read_masks(window=win) > 0
             if axis == 1:  # (bands, rows, cols) -> (bands, cols, rows): the line's axis first
                 data, valid = data.transpose(0, 2, 1), valid.transpose(0, 2, 1)
             ws = line_w[s[0] : s[-1] + 1]

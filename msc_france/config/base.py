@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +63,48 @@ def safe_load_unique(stream: Any) -> Any:
     return yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
+MAX_CONFIG_BYTES = 16 * 2**20
+
+#: Names that become file or folder names (collection ids, sensor names): no separators, no "..",
+#: no control characters, no leading dot or dash.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_name(value: str, what: str) -> str:
+    """``value`` when it is safe as one path component (see ``SAFE_NAME``); else ValueError.
+
+    Raises:
+        ValueError: naming ``what`` (pydantic validators turn it into the config's one-line error).
+    """
+    if not SAFE_NAME.match(value) or ".." in value:
+        raise ValueError(f"{what} {value!r} is not allowed: letters, digits, '.', '_' and '-' only, "
+                         "starting with a letter or digit, no '..', at most 128 characters")
+    return value
+
+
 def load_yaml(path: Path) -> Any:
-    """Read a YAML file, turning I/O and syntax errors (and duplicate keys) into one-line BadInputErrors."""
+    """Read a YAML file, turning I/O and syntax errors (and duplicate keys) into one-line BadInputErrors.
+
+    Only regular files are opened (a FIFO or a device would block or never end), of at most
+    ``MAX_CONFIG_BYTES``, in UTF-8.
+    """
     try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadInputError(f"not a regular file (a FIFO, socket or device): {path}")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise BadInputError(f"{path}: {st.st_size} bytes, more than a configuration file may hold "
+                                f"({MAX_CONFIG_BYTES})")
         with open(path, encoding="utf-8") as f:
             return safe_load_unique(f)
     except FileNotFoundError:
         raise BadInputError(f"file not found: {path}") from None
     except IsADirectoryError:
         raise BadInputError(f"expected a file, got a directory: {path}") from None
+    except UnicodeDecodeError as e:
+        raise BadInputError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -89,6 +89,13 @@ class SplitSpec(StrictModel):
         return self
 
 
+class Limits(StrictModel):
+    """Resource bounds of a build, checked before anything is read (they change no content)."""
+
+    max_chip_pixels: int = Field(2**27, ge=1, description="pixels of one chip of one sensor "
+                                 "(chip_size_m / gsd squared; 2^27 is 11,585 x 11,585)")
+
+
 class Recipe(StrictModel):
     """A build recipe (``pipelines/*.yaml``)."""
 
@@ -101,6 +108,7 @@ class Recipe(StrictModel):
     invalid_policy: Literal["flag", "drop"] = "flag"
     chips_per_shard: int = Field(16, ge=1, le=4096)
     split: SplitSpec = SplitSpec()
+    limits: Limits = Limits()
 
     @field_validator("chip_size_m", mode="before")
     @classmethod
@@ -110,15 +118,21 @@ class Recipe(StrictModel):
         return v
 
 
-def check_chip_size(chip_size_m: int, gsds: dict[str, float]) -> None:
-    """Refuse a chip size that is not an integer multiple of every GSD.
+def check_chip_size(chip_size_m: int, gsds: dict[str, float], limits: Limits | None = None) -> None:
+    """Refuse a chip size that is not an integer multiple of every GSD, or that makes a chip larger
+    than ``limits.max_chip_pixels``.
 
     Raises:
         BadInputError: naming the first offending sensor.
     """
     from msc_france.grid import pixels_per_chip  # the one home of the rule
 
+    limits = limits or Limits()
     for name, gsd in gsds.items():
+        side = chip_size_m / gsd
+        if side * side > limits.max_chip_pixels:
+            raise BadInputError(f"{name}: a {chip_size_m} m chip at {gsd:g} m is {side:.0f} x {side:.0f} pixels, more "
+                                f"than limits.max_chip_pixels ({limits.max_chip_pixels})")
         try:
             pixels_per_chip(chip_size_m, gsd)
         except BadInputError:
@@ -151,5 +165,5 @@ def sensor_gsds(recipe: Recipe, catalog: Catalog) -> dict[str, float]:
     for name in recipe.sensors:
         if catalog.sensor(name).kind != "reflectance":
             raise BadInputError(f"sensor '{name}' is a labels source; put it under 'labels:'")
-    check_chip_size(recipe.chip_size_m, gsds)
+    check_chip_size(recipe.chip_size_m, gsds, recipe.limits)
     return gsds

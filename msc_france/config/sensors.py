@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from msc_france.config.base import StrictModel, load_yaml, parse_model
+from msc_france.config.base import StrictModel, check_name, load_yaml, parse_model
 from msc_france.errors import BadInputError
 from msc_france.paths import catalogs_dir
 
@@ -51,9 +51,21 @@ class SourceSpec(StrictModel):
         None, description="asset hosts the source may point at (None: any public host)")
     allow_private_hosts: bool = Field(
         False, description="accept asset hrefs on loopback/private addresses (local servers, tests)")
+    max_bands: int = Field(64, ge=1, description="bands a source file may declare (a crafted file declaring "
+                           "thousands makes every read that large)")
+    max_block_bytes: int = Field(256 * 2**20, ge=2**16, description="decompressed bytes of one tile or strip "
+                                 "of a source file (any read decodes at least one whole block)")
+    max_item_extent_deg: float = Field(20.0, gt=0, le=360, description="width and height of an item's "
+                                       "footprint in degrees (scenes span 1-3)")
+    max_item_vertices: int = Field(100_000, ge=4, description="vertices of an item's footprint")
     gdal: dict[str, str] = Field(
         default_factory=dict, description="GDAL settings for this source's reads (GDAL_*, CPL_*, VSI_*), on top of "
         "the build's; e.g. CPL_VSIL_CURL_USE_HEAD: 'NO' for a service whose signed URLs allow GET only")
+
+    @field_validator("collection")
+    @classmethod
+    def _collection_name(cls, v: str) -> str:
+        return check_name(v, "collection id")  # it names cache files
 
     @field_validator("gdal")
     @classmethod
@@ -118,6 +130,11 @@ class SensorSpec(StrictModel):
     resampling: Literal["nearest", "bilinear", "cubic", "average"] = "bilinear"
     rgb: list[str] = Field(default_factory=list, description="band names used for RGB previews/exports")
     classes: dict[int, str] | None = Field(None, description="class value -> name, for label sensors")
+
+    @field_validator("name")
+    @classmethod
+    def _sensor_name(cls, v: str) -> str:
+        return check_name(v, "sensor name")  # it names store groups and files
 
     @model_validator(mode="after")
     def _check(self) -> SensorSpec:

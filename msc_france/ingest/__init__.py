@@ -11,10 +11,12 @@ import re
 from pathlib import Path
 from typing import Literal
 
+from msc_france.config.base import check_name
 from msc_france.errors import BadInputError
 from msc_france.ingest.bdortho import ingest_bdortho
 from msc_france.ingest.common import (
     IngestReport,
+    check_catalog_out,
     parse_when,
     raster_files,
     write_catalog,
@@ -82,6 +84,12 @@ def ingest(directory: Path, out: Path, product: str = "auto", collection: str | 
         raise BadInputError(f"unknown product '{product}' (known: auto, {', '.join(PRODUCTS)})")
     if variant not in ("FRE", "SRE"):
         raise BadInputError(f"unknown Theia variant '{variant}' (FRE or SRE)")
+    if collection is not None:
+        try:
+            check_name(collection, "collection id")
+        except ValueError as e:
+            raise BadInputError(str(e)) from None
+    check_catalog_out(out.expanduser())
     forced = parse_when(when)
     report = IngestReport()
     files = raster_files(directory, report.skipped)

@@ -9,6 +9,7 @@ otherwise: the warper needs the file's CRS, never an EPSG code.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import rasterio.errors
 from shapely.geometry import box, mapping
 
 from msc_france.crs import WGS84, identify_epsg, reproject_geometry
-from msc_france.errors import BadInputError, first_line
+from msc_france.errors import BadInputError, first_line, printable
 
 RASTER_SUFFIXES = {".jp2", ".tif", ".tiff"}
 EXTENSIONS = [
@@ -129,6 +130,12 @@ def raster_files(directory: Path, skipped: list[tuple[Path, str]] | None = None)
         for n in names:
             p = Path(top) / n
             if p.suffix.lower() in RASTER_SUFFIXES and p.is_file():
+                try:
+                    str(p).encode("utf-8")
+                except UnicodeEncodeError:  # its bytes were not UTF-8: a STAC (JSON) href cannot hold it
+                    if skipped is not None:
+                        skipped.append((p, "file name is not valid UTF-8 (a STAC href must be); rename it"))
+                    continue
                 out.append(p)
     return sorted(out)
 
@@ -164,11 +171,48 @@ def add_asset(item: pystac.Item, key: str, meta: RasterMeta, bands: Sequence[tup
                                                    "proj:transform": list(meta.transform)}))
 
 
+#: Written next to every catalog ``catalog ingest`` creates: a later ingest may replace that folder's
+#: catalog, and only that one.
+CATALOG_MARKER = ".msc-france-catalog"
+OUR_CATALOG_ID = "msc-france-local"
+
+
+def check_catalog_out(out: Path) -> None:
+    """Refuse an ``--out`` folder that holds anything but a catalog an earlier ingest wrote.
+
+    Raises:
+        BadInputError: naming what the folder holds.
+    """
+    from msc_france.fsutil import refuse_inside_store
+
+    refuse_inside_store(out, "catalog ingest --out")
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"--out {out} is a file, not a folder")
+    if not out.is_dir() or (out / CATALOG_MARKER).is_file():
+        return
+    found = sorted(p.name for p in out.iterdir())
+    if not found:
+        return
+    if (out / "catalog.json").is_file():
+        try:
+            ours = json.loads((out / "catalog.json").read_text(encoding="utf-8")).get("id") == OUR_CATALOG_ID
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if ours:  # written by an ingest before the marker existed
+            return
+    shown = ", ".join(printable(n) for n in found[:3]) + (", ..." if len(found) > 3 else "")
+    raise BadInputError(f"--out {out} already holds files that catalog ingest did not write ({shown}); "
+                        "choose an empty or new folder")
+
+
 def write_catalog(items: list[pystac.Item], out: Path, collection: str, description: str) -> Path:
-    """Write ``out/catalog.json``, a self-contained catalog holding one collection of ``items``."""
+    """Write ``out/catalog.json``, a self-contained catalog holding one collection of ``items``
+    (``out`` checked first with :func:`check_catalog_out`).
+    """
     if not items:
         raise BadInputError(f"nothing to write: no item could be made ({description})")
-    cat = pystac.Catalog("msc-france-local", description)
+    check_catalog_out(out)
+    cat = pystac.Catalog(OUR_CATALOG_ID, description)
     bboxes = [it.bbox for it in items if it.bbox is not None]  # new_item always sets both
     dates = [it.datetime for it in items if it.datetime is not None]
     coll = pystac.Collection(collection, description, pystac.Extent(
@@ -179,6 +223,7 @@ def write_catalog(items: list[pystac.Item], out: Path, collection: str, descript
     for it in items:
         coll.add_item(it)
     out.mkdir(parents=True, exist_ok=True)
+    (out / CATALOG_MARKER).write_text("written by msc-france catalog ingest; a later ingest may replace it\n")
     cat.normalize_hrefs(str(out.resolve()))
     cat.save(pystac.CatalogType.SELF_CONTAINED)
     return out / "catalog.json"

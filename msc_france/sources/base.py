@@ -5,15 +5,21 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pystac
+import shapely
 from shapely.geometry import box, shape
 
 from msc_france.config import SourceSpec
+from msc_france.errors import first_line, printable
 from msc_france.fsutil import atomic_path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,33 @@ class SearchQuery:
         """A stable hash of the query and the backend identity, for the on-disk cache."""
         payload = json.dumps({"backend": backend, **asdict(self)}, default=str, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def geometry_problem(item: pystac.Item, spec: SourceSpec) -> str | None:
+    """Why an item's footprint cannot be planned with (None when it can): not a polygon, not finite,
+    outside longitude/latitude ranges, wider than ``spec.max_item_extent_deg`` or with more than
+    ``spec.max_item_vertices`` vertices. Planning densifies footprints: a footprint 1e6 degrees wide
+    would take gigabytes.
+    """
+    g = item.geometry
+    if not isinstance(g, dict) or g.get("type") not in ("Polygon", "MultiPolygon"):
+        return "footprint is not a Polygon or MultiPolygon"
+    try:
+        geom = shape(g)
+    except (ValueError, TypeError, AttributeError, IndexError, shapely.errors.GEOSException) as e:
+        return f"footprint is not a valid geometry ({first_line(e)})"
+    n = shapely.get_num_coordinates(geom)
+    if n > spec.max_item_vertices:
+        return f"footprint has {n} vertices, more than the source's max_item_vertices ({spec.max_item_vertices})"
+    if geom.is_empty or not np.isfinite(shapely.get_coordinates(geom)).all():
+        return "footprint is empty or has non-finite coordinates"
+    x0, y0, x1, y1 = geom.bounds
+    if x0 < -180 or x1 > 180 or y0 < -90 or y1 > 90:
+        return f"footprint {x0:g},{y0:g},{x1:g},{y1:g} is outside longitude/latitude ranges"
+    if max(x1 - x0, y1 - y0) > spec.max_item_extent_deg:
+        return (f"footprint spans {max(x1 - x0, y1 - y0):g} degrees, more than the source's max_item_extent_deg "
+                f"({spec.max_item_extent_deg:g})")
+    return None
 
 
 def item_matches(item: pystac.Item, q: SearchQuery) -> bool:
@@ -90,7 +123,15 @@ class Source(ABC):
             self.stats["cache_hits"] += 1
             return list(pystac.ItemCollection.from_file(str(cached)))
         self.stats["searches"] += 1
-        items = [it for it in self._search(q) if item_matches(it, q)]
+        items = []
+        for it in self._search(q):
+            problem = geometry_problem(it, self.spec)
+            if problem is not None:  # one broken item never fails a search: it is named and left out
+                self.stats["bad_items"] = self.stats.get("bad_items", 0) + 1
+                log.warning(f"item {printable(str(it.id))} left out: {problem}")
+                continue
+            if item_matches(it, q):
+                items.append(it)
         items.sort(key=lambda it: (it.datetime or dt.datetime.min.replace(tzinfo=dt.UTC), it.id))
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)

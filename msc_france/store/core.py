@@ -71,8 +71,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: Chips a store may hold (all of France in 240 m chips is about 9.5 million).
+MAX_STORE_CHIPS = 100_000_000
+
 #: Recipe keys that do not change what a chip holds or which split it is in.
-RECIPE_NEUTRAL = {"name", "catalog"}
+RECIPE_NEUTRAL = {"name", "catalog", "limits"}
 
 
 def recipe_differences(stored: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -176,7 +179,36 @@ class Store:
         if version < FORMAT_VERSION:
             raise StoreError(f"store {p} has format version {version}, older than this msc-france reads "
                              f"({FORMAT_VERSION}: per-chip coordinates); rebuild it with `msc-france build`")
-        return cls(p, g)
+        store = cls(p, g)
+        store._check_shapes()
+        return store
+
+    def _check_shapes(self) -> None:
+        """Refuse array metadata that disagrees with the root attributes before any array is read:
+        a ``chip_id`` claiming 10^12 chips, or a chip larger than the chip size says, would make the
+        first read allocate terabytes.
+
+        Raises:
+            StoreError: naming the array.
+        """
+        meta = self.meta
+        try:
+            n = int(self.root["chip_id"].shape[0])
+            # register() records the count it is growing to before it resizes (a killed
+            # registration leaves arrays up to that size).
+            bound = max(int(meta.get("n_chips", 0)), int(meta.get("n_chips_pending", 0)))
+            if n > bound or n > MAX_STORE_CHIPS:
+                raise StoreError(f"store {self.url} is damaged: chip_id holds {n} entries, its attributes "
+                                 f"record {bound} chips")
+            for L in self.layers:
+                px = L.pixels(self.chip_size_m)
+                want = (px, px) if L.is_label else (len(L.bands), px, px)
+                shape = tuple(int(v) for v in self.root[L.group][L.data_name].shape)
+                if shape[1:] != want or shape[0] > bound:
+                    raise StoreError(f"store {self.url} is damaged: {L.group}/{L.data_name} has shape {shape}, "
+                                     f"the schema says (chips <= {bound}, {', '.join(map(str, want))})")
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreError(f"store {self.url} is damaged: {first_line(e)}") from None
 
     @classmethod
     def create_or_open(cls, path: str | Path, schema: StoreSchema) -> Store:
@@ -318,6 +350,9 @@ class Store:
         new = [c for c in chips if c.id not in existing]
         if new:
             n0, n1 = self.n_chips, self.n_chips + len(new)
+            pending = self.meta
+            pending["n_chips_pending"] = n1  # the bound Store.open checks array lengths against
+            self.root.attrs["msc_france"] = pending
             ids = np.array([c.id for c in new])
             xmin = np.array([c.bounds[0] for c in new], np.float64)
             ymax = np.array([c.bounds[3] for c in new], np.float64)
