@@ -6,6 +6,10 @@ carries one (``rgb/NAME.tif``, ``..._IRC-0M20_JP2-E080_.../NAME.jp2``), else fro
 (IGN names RVB tiles without a token; a 4-band file is R, G, B, NIR). Files of the same tile
 share their name once the token is removed; they become the ``rgb`` and ``irc`` assets of one
 item. Every file is used or reported as skipped, with the reason.
+
+Fill: IGN fills what was not acquired with white, 255 in every band. Files that declare no
+nodata get ``nodata: 255`` in their ``raster:bands``; the builder's rule (builder/warp.py) makes a
+pixel fill only when all its bands equal it, so a pixel saturated in one band stays data.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from msc_france.ingest.common import (
     new_item,
     readable,
 )
+
+#: IGN's fill value (white) in every band of a BD ORTHO tile.
+IGN_FILL = 255
 
 _TOKEN = re.compile(r"(?<![A-Za-z0-9])(RVB|RGB|IRC)(?![A-Za-z0-9])", re.IGNORECASE)
 _YEAR = re.compile(r"(?:^|[-_])((?:19|20)\d\d)(?:[-_])")
@@ -124,7 +131,8 @@ def ingest_bdortho(files: list[Path], root: Path, collection: str, forced: dt.da
                 report.skipped.append((meta.path, f"IRC grid differs from its RVB tile {main.path.name}"))
                 continue
             label = {"rgb": "RVB", "irc": "IRC", "image": "RGBN"}[product]
-            add_asset(item, product, meta, BANDS[product][: meta.count], ["data"], f"{label} {meta.path.name}")
+            add_asset(item, product, meta, BANDS[product][: meta.count], ["data"], f"{label} {meta.path.name}",
+                      nodata=IGN_FILL)
             report.files_used += 1
         items.append(item)
     return items

@@ -281,24 +281,67 @@ def test_bdortho_seam_pixels_average_both_tiles(tmp_path: Path) -> None:
     assert rec["status"] in ("ok", "flagged") and len(rec["item_ids"]) == 2
     got = np.asarray(g["image"][0])[:3].astype(float)
     n = int(size / gsd)
-    xe = x0 + gsd * np.arange(n + 1)
-    ye = np.sort(y0 + size - gsd * np.arange(n + 1))  # ascending
-    total = np.zeros((3, n, n))
+    want, covered = _area_means(src, x0, y0, size, gsd, "all-bands")
     area = np.zeros((n, n))
-    for f in sorted((src / "rgb").iterdir()):
+    for f in sorted((src / "rgb").iterdir()):  # the footprints' area under each pixel
         with rasterio.open(f) as r:
-            img, t = r.read().astype(float), r.transform
+            t = r.transform
             sx = t.c + t.a * np.arange(r.width + 1)
             sy = np.sort(t.f + t.e * np.arange(r.height + 1))
-        wx = _overlap(xe, sx)                      # (dst cols, src cols)
-        wy = _overlap(ye, sy)[::-1][:, ::-1]       # (dst rows top-down, src rows top-down)
-        total += np.einsum("rs,bsc,kc->brk", wy, img, wx)
-        area += np.outer(wy.sum(1), wx.sum(1))
-    covered = area > 0
-    want = np.where(covered, total / np.where(covered, area, 1), 0)
+        area += np.outer(_overlap(np.sort(y0 + size - gsd * np.arange(n + 1)), sy)[::-1].sum(1),
+                         _overlap(x0 + gsd * np.arange(n + 1), sx).sum(1))
     seam_row = int((y0 + size - 6271221.0) // gsd)
     assert 0 < seam_row < n and (area[seam_row] > 0).all()
     diff = np.abs(got - want)[:, covered]
     assert diff.max() <= 1.0, f"max {diff.max():.2f} DN off the exact area average"
     assert np.abs(got[:, seam_row] - want[:, seam_row]).max() <= 1.0
 
+
+
+def _area_means(src: Path, x0: float, y0: float, size: float, gsd: float, rule: str) -> tuple[np.ndarray, np.ndarray]:
+    """Area means (numpy, exact overlaps) of the RGB tiles of ``src`` on a chip grid, with 255 as
+    fill under ``rule``: ``all-bands`` (a pixel is fill when its three bands are 255) or
+    ``per-band`` (GDAL's per-band nodata: each band's 255 left out of that band alone).
+    """
+    import rasterio
+
+    n = int(size / gsd)
+    xe = x0 + gsd * np.arange(n + 1)
+    ye = np.sort(y0 + size - gsd * np.arange(n + 1))
+    total, area = np.zeros((3, n, n)), np.zeros((3, n, n))
+    for f in sorted((src / "rgb").iterdir()):
+        with rasterio.open(f) as r:
+            img, t = r.read().astype(float), r.transform
+            sx = t.c + t.a * np.arange(r.width + 1)
+            sy = np.sort(t.f + t.e * np.arange(r.height + 1))
+        ok = np.broadcast_to(~(img == 255).all(axis=0), img.shape) if rule == "all-bands" else img != 255
+        wx, wy = _overlap(xe, sx), _overlap(ye, sy)[::-1][:, ::-1]
+        total += np.einsum("rs,bsc,kc->brk", wy, img * ok, wx)
+        area += np.einsum("rs,bsc,kc->brk", wy, ok.astype(float), wx)
+    return np.where(area > 0, total / np.where(area > 0, area, 1), 0), area.max(axis=0) > 0
+
+
+def test_bdortho_fill_is_white_in_every_band(tmp_path: Path) -> None:
+    """The rule for 255 (BD ORTHO's declared nodata) on real IGN patches: a pixel is fill only when
+    all three bands are 255; 255 in one band is a saturated pixel, kept as data. Checked against an
+    independent numpy area mean under that rule, and shown to differ from GDAL's per-band rule
+    (so the test would see the other choice).
+    """
+    from tests.helpers import realdata
+
+    src = realdata("f5_l93")
+    d = tmp_path / "delivery"
+    shutil.copytree(src, d)
+    assert main(["catalog", "ingest", str(d), "--out", str(tmp_path / "cat"), "--datetime", "2021-07-01"]) == 0
+    x0, y0, size, gsd = 792000.0, 6271200.0, 50, 1.0
+    g, rec = _build(tmp_path, "aerial.yaml", tmp_path / "cat" / "catalog.json", (x0, y0), size, gsd)
+    got = np.asarray(g["image"][0])[:3].astype(float)
+    want, covered = _area_means(src, x0, y0, size, gsd, "all-bands")
+    per_band, _ = _area_means(src, x0, y0, size, gsd, "per-band")
+    valid = np.asarray(g["valid"][0]).astype(bool)
+    assert (valid == covered).all()
+    assert np.abs(got - want)[:, covered].max() <= 1.0
+    differs = np.abs(want - per_band)[:, covered] > 2
+    assert differs.sum() >= 5, "the patches no longer hold pixels where the two rules differ"
+    closer = np.abs(got - want)[:, covered] < np.abs(got - per_band)[:, covered]
+    assert closer[differs].all()
