@@ -188,7 +188,20 @@ def read_plan(path: Path | str) -> Plan:
         raise BadInputError(f"{path} is not a plan file ({first_line(e, 120)})") from None
     if meta_raw is None:
         raise BadInputError(f"{path} is a parquet file but not a plan written by msc-france plan")
-    meta = json.loads(meta_raw)
+    try:
+        return _plan_from(path, json.loads(meta_raw), rows)
+    except BadInputError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, pystac.STACError) as e:
+        # ValidationError and JSONDecodeError are ValueErrors: an edited or truncated plan.
+        what = f"{type(e).__name__}: {first_line(e, 160)}" if isinstance(e, KeyError) else first_line(e, 200)
+        raise BadInputError(f"plan {path} has invalid or incomplete metadata ({what})") from None
+
+
+def _plan_from(path: Path, meta: Any, rows: Any) -> Plan:
+    """The plan of a parsed file, every row checked against the plan's own recipe."""
+    if not isinstance(meta, dict):
+        raise BadInputError(f"plan {path}: its metadata is not a JSON object")
     if meta.get("format") != PLAN_FORMAT:
         raise BadInputError(f"plan {path} has format {meta.get('format')}; this msc-france reads {PLAN_FORMAT}")
     from shapely import wkt
@@ -197,8 +210,21 @@ def read_plan(path: Path | str) -> Plan:
     catalog = Catalog.model_validate(meta["catalog"])
     region = Region(meta["region"]["name"], wkt.loads(meta["region"]["wkt_l93"]))
     gsds = {k: float(v) for k, v in meta["gsds"].items()}
+    if set(gsds) - set(recipe.sensors) - ({recipe.labels.sensor} if recipe.labels else set()):
+        raise BadInputError(f"plan {path}: GSDs for sensors its recipe does not build ({', '.join(sorted(gsds))})")
+    from msc_france.config.recipe import check_chip_size
+
+    check_chip_size(recipe.chip_size_m, gsds, recipe.limits)
     items = {s: {i: pystac.Item.from_dict(d) for i, d in by_id.items()} for s, by_id in meta["items"].items()}
-    chips = [Chip.from_id(c) for c in dict.fromkeys(rows["chip_id"])]
+    missing = {"chip_id", "sensor", "rank", "item_ids", "acquired", "cloud_cover", "coverage",
+               "days_from_target"} - set(rows.columns)
+    if missing:
+        raise BadInputError(f"plan {path}: rows lack column(s) {', '.join(sorted(missing))}")
+    chips = [Chip.from_id(str(c)) for c in dict.fromkeys(rows["chip_id"])]
+    wrong = [c.id for c in chips if c.size_m != recipe.chip_size_m]
+    if wrong:
+        raise BadInputError(f"plan {path}: chip {wrong[0]} is {Chip.from_id(wrong[0]).size_m} m, its recipe's chips "
+                            f"are {recipe.chip_size_m} m ({len(wrong)} such row chip(s))")
     candidates: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
     for r in rows[rows["rank"] > 0].sort_values(["chip_id", "sensor", "rank"]).itertuples():
         if r.sensor not in gsds:
@@ -213,6 +239,7 @@ def read_plan(path: Path | str) -> Plan:
             acquired=dt.datetime.fromisoformat(r.acquired), cloud_cover=cc, coverage=float(r.coverage),
             days_from_target=int(r.days_from_target)))
     return Plan(region, recipe, catalog, chips, gsds, dict(candidates), dict(meta["items_found"]))
+
 
 def _acquisition_key(item: pystac.Item) -> tuple[str, str, str]:
     """Items mosaicked together: same day, platform and product (SPOT PAN, MS and pansharpened

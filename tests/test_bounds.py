@@ -266,3 +266,80 @@ def test_ingest_reports_a_file_name_that_is_not_utf8(tmp_path: Path, capsys: pyt
     assert "-E080-\\xff.tif: file name is not valid UTF-8 (a STAC href must be); rename it" in cap.err
     items = list(pystac.Catalog.from_file(str(tmp_path / "out" / "catalog.json")).get_items(recursive=True))
     assert [it.id for it in items] == ["31-2021-0565-6272-LA93-0M50-E080"]
+
+
+# --------------------------------------------------------------------------- plan files
+
+
+def _rewrite_plan(src: Path, dst: Path, meta_text: bytes | None = None, chip_size: int | None = None) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from msc_france.plan import PLAN_KEY
+
+    table = pq.read_table(src)
+    meta = dict(table.schema.metadata)
+    if meta_text is not None:
+        meta[PLAN_KEY] = meta_text
+    if chip_size is not None:  # every row's chip id on a grid of other chips
+        from msc_france.grid import Chip
+
+        ids = [Chip(chip_size, Chip.from_id(c).col // 2, Chip.from_id(c).row // 2).id
+               for c in table.column("chip_id").to_pylist()]
+        table = table.set_column(table.schema.get_field_index("chip_id"), "chip_id", pa.array(ids))
+    pq.write_table(table.replace_schema_metadata(meta), dst)
+    return dst
+
+
+@pytest.fixture()
+def plan_file(tiny_world: Path, tiny_recipe: Path, tiny_region: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "plan.parquet"
+    assert main(["plan", "--region", str(tiny_region), "--recipe", str(tiny_recipe), "--out", str(out)]) == 0
+    return out
+
+
+def test_plan_files_with_broken_metadata_or_rows(plan_file: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    import pyarrow.parquet as pq
+
+    from msc_france.plan import PLAN_KEY
+
+    good = json.loads(pq.read_schema(plan_file).metadata[PLAN_KEY])
+    no_gsds = {k: v for k, v in good.items() if k != "gsds"}
+    bad_recipe = {**good, "recipe": {**good["recipe"], "chip_size_m": "big"}}
+    first = next(iter(pq.read_table(plan_file).column("chip_id").to_pylist()))
+    cases = {
+        "truncated": (_rewrite_plan(plan_file, tmp_path / "a.parquet", json.dumps(good).encode()[:200]),
+                      "has invalid or incomplete metadata"),
+        "incomplete": (_rewrite_plan(plan_file, tmp_path / "b.parquet", json.dumps(no_gsds).encode()),
+                       "has invalid or incomplete metadata (KeyError: 'gsds')"),
+        "invalid recipe": (_rewrite_plan(plan_file, tmp_path / "c.parquet", json.dumps(bad_recipe).encode()),
+                           "has invalid or incomplete metadata"),
+        "other chips": (_rewrite_plan(plan_file, tmp_path / "d.parquet", chip_size=1920),
+                        "m, its recipe's chips are 960 m"),
+    }
+    assert first.startswith("960m-")
+    capsys.readouterr()
+    for name, (path, why) in cases.items():
+        code = main(["build", "--plan", str(path), "--out", str(tmp_path / f"{name}.zarr"), "--quiet"])
+        err = _one_line(capsys.readouterr().err)
+        assert code == BadInputError.exit_code and why in err, (name, err)
+        assert not (tmp_path / f"{name}.zarr").exists()
+
+
+def test_expanded_variables_never_reach_messages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("MSC_TEST_SECRET_DIR", str(tmp_path / "s3cr3t-token-value"))
+    spec = yaml.safe_load((catalogs_dir() / "local" / "aerial.yaml").read_text())
+    spec["source"]["path"] = "${MSC_TEST_SECRET_DIR}/catalog.json"
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    (cat / "aerial.yaml").write_text(yaml.safe_dump(spec))
+    rec = {"name": "t", "catalog": str(cat), "chip_size_m": 240, "sensors": {"aerial": {"gsd": 1.5}},
+           "time": {"start": "2021-01-01", "end": "2021-12-31"}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(rec))
+    code = main(["plan", "--region", "toulouse", "--recipe", str(tmp_path / "r.yaml"), "--out",
+                 str(tmp_path / "p.parquet")])
+    cap = capsys.readouterr()
+    assert code != 0
+    assert "${MSC_TEST_SECRET_DIR}/catalog.json" in cap.err and "s3cr3t" not in cap.out + cap.err

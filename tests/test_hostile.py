@@ -116,6 +116,47 @@ def test_yaml_tags_in_set_are_refused(small_run: dict, tmp_path: Path, capsys: p
     assert code == 2 and "not a plain YAML value" in line and not canary.exists()
 
 
+def test_checkpoint_declaring_a_huge_input_size(small_run: dict, tmp_path: Path) -> None:
+    """A real checkpoint whose declared img_size is 32,768: refused before any model is built,
+    in a subprocess whose peak memory is measured (measured before the check: 3 GB).
+    """
+    import resource
+    import subprocess
+    import sys
+
+    ck = torch.load(small_run["run"] / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    ck["model"]["img_size"] = 32768
+    torch.save(ck, tmp_path / "big.pt")
+    exe = str(Path(sys.executable).parent / "msc-france")
+    r = subprocess.run([exe, "eval", "--checkpoint", str(tmp_path / "big.pt"), "--data", str(small_run["store"]),
+                        "--out", str(tmp_path / "e")], capture_output=True, text=True, timeout=300)
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert r.returncode == 7, r.stderr
+    line = _one_line(r.stderr)
+    assert "checkpoint does not describe its own weights: declares vit_test/" in line and "32768 px" in line
+    assert peak_mib < 1500, f"{peak_mib:.0f} MiB"
+
+
+def test_resuming_with_other_shapes_is_refused(small_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = yaml.safe_load(small_run["train"].read_text())
+    cfg["dino"]["out_dim"] = cfg["dino"]["out_dim"] * 2
+    cfg["optim"]["steps"] = 4
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(cfg))
+    before = (small_run["run"] / "checkpoints" / "last.pt").read_bytes()
+    code = main(["pretrain", "--config", str(tmp_path / "t.yaml"), "--quiet"])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "holds a run with other shapes (dino.out_dim:" in line
+    assert (small_run["run"] / "checkpoints" / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("setting", ["dino.local_size=-32", "msad.size=0", "dino.hidden_dim=-1",
+                                     "data.size=100000"])
+def test_sizes_out_of_range_in_set(setting: str, small_run: dict, capsys: pytest.CaptureFixture) -> None:
+    code = main(["pretrain", "--config", str(small_run["train"]), "--quiet", "--set", setting])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and setting.split("=")[0].split(".")[1] in line, line
+
+
 # --------------------------------------------------------------------------- hostile STAC APIs
 
 

@@ -131,13 +131,19 @@ class StaticSource(Source):
 
     @property
     def identity(self) -> str:
-        """The catalog path."""
-        return str(self.path)
+        """The catalog path (as the sensor YAML writes it when it holds ``$VARS``)."""
+        return str(self.spec.path) if "$" in str(self.spec.path) else str(self.path)
 
     def items(self) -> list[pystac.Item]:
         """All items of the catalog (loaded once)."""
         if self._items is None:
-            self._items = load_items(self.path, self.spec.allow_private_hosts)
+            try:
+                self._items = load_items(self.path, self.spec.allow_private_hosts)
+            except SourceError as e:
+                if "$" not in str(self.spec.path):
+                    raise
+                # The path as written: $VARS are expanded to read, never into a message.
+                raise SourceError(str(e).replace(str(self.path), str(self.spec.path))) from None
         return self._items
 
     def _search(self, q: SearchQuery) -> list[pystac.Item]:

@@ -15,7 +15,7 @@ import torch
 
 from msc_france.errors import BadInputError, TrainingError, first_line
 from msc_france.fsutil import atomic_path
-from msc_france.xstars.vit import ViT
+from msc_france.xstars.vit import ARCHS, ViT
 
 CKPT_FORMAT = "msc-france-xstars-1"
 
@@ -75,13 +75,32 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def build_backbone(ckpt: dict[str, Any], which: str = "teacher") -> ViT:
-    """The ViT of a checkpoint (``teacher`` backbone by default, as DINO evaluates)."""
-    m = ckpt["model"]
-    vit = ViT(dict(ckpt["sensors"]), m["arch"], m["patch_size"], m["img_size"], drop_path=0.0,
-              patch_embed=m.get("patch_embed", "per-sensor"))
-    prefix = "backbone."
-    sd = {k[len(prefix):]: v for k, v in ckpt[which].items() if k.startswith(prefix)}
-    vit.load_state_dict(sd)
+    """The ViT of a checkpoint (``teacher`` backbone by default, as DINO evaluates).
+
+    The declared architecture is checked against the tensors before any model is built: a crafted
+    ``img_size`` of 32,768 would otherwise allocate gigabytes of position embeddings.
+
+    Raises:
+        TrainingError: the declaration and the tensors disagree, or the weights do not load.
+    """
+    try:
+        m = ckpt["model"]
+        prefix = "backbone."
+        sd = {k[len(prefix):]: v for k, v in ckpt[which].items() if k.startswith(prefix)}
+        arch, patch, img = str(m["arch"]), int(m["patch_size"]), int(m["img_size"])
+        sensors = {str(k): int(v) for k, v in dict(ckpt["sensors"]).items()}
+        pos = sd.get("pos_embed")
+        if arch not in ARCHS or pos is None or patch < 1 or img < patch:
+            raise ValueError(f"declares {arch}/{patch} at {img} px without matching weights")
+        want = (1, 1 + (img // patch) ** 2, ARCHS[arch]["dim"])
+        if tuple(pos.shape) != want:
+            raise ValueError(f"declares {arch}/{patch} at {img} px ({want}), its pos_embed is {tuple(pos.shape)}")
+        if not sensors or any(c < 1 or c > 1024 for c in sensors.values()):
+            raise ValueError(f"declares sensors {sensors}")
+        vit = ViT(sensors, arch, patch, img, drop_path=0.0, patch_embed=m.get("patch_embed", "per-sensor"))
+        vit.load_state_dict(sd)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise TrainingError(f"checkpoint does not describe its own weights: {first_line(e)[:200]}") from None
     return vit
 
 

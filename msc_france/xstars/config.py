@@ -19,7 +19,7 @@ class DataConfig(StrictModel):
     sensors: list[str] = Field(default_factory=lambda: ["sentinel-2-l2a", "landsat-8-c2-l2", "aerial"])
     bands: list[str] | None = Field(default_factory=lambda: ["red", "green", "blue"])
     split: Literal["train", "val", "test"] | None = "train"
-    size: int = Field(128, ge=16, description="every sensor's chip (or tile) is resized to this on load")
+    size: int = Field(128, ge=16, le=4096, description="every sensor's chip (or tile) is resized to this on load")
     tiles: int = Field(1, ge=1, description="cut each chip into tiles x tiles co-located samples")
     num_workers: int = Field(2, ge=0)
     cache: bool | int = Field(False, description="keep decoded chips in memory per worker: true (every chip: "
@@ -34,7 +34,7 @@ class ModelConfig(StrictModel):
     """The ViT backbone."""
 
     arch: Literal["vit_test", "vit_tiny", "vit_small", "vit_base"] = "vit_tiny"
-    patch_size: int = Field(16, ge=2)
+    patch_size: int = Field(16, ge=2, le=256)
     drop_path: float = Field(0.1, ge=0, lt=1)
     patch_embed: Literal["per-sensor", "shared"] = Field(
         "per-sensor", description="one patch embedding per sensor, or one for all (sensors with the same bands)")
@@ -43,21 +43,21 @@ class ModelConfig(StrictModel):
 class DinoConfig(StrictModel):
     """DINO self-distillation (defaults scaled down from the paper's for CPU)."""
 
-    out_dim: int = Field(4096, ge=2)
-    hidden_dim: int = 512
-    bottleneck_dim: int = 128
+    out_dim: int = Field(4096, ge=2, le=262144)
+    hidden_dim: int = Field(512, ge=1, le=65536)
+    bottleneck_dim: int = Field(128, ge=1, le=65536)
     global_crops: int = Field(2, ge=2)
     local_crops: int = Field(4, ge=0)
-    global_size: int = 64
-    local_size: int = 32
+    global_size: int = Field(64, ge=8, le=4096)
+    local_size: int = Field(32, ge=8, le=4096)
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.4)
-    student_temp: float = 0.1
-    teacher_temp: float = 0.04
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_steps: int = 0
-    center_momentum: float = 0.9
-    freeze_last_layer_steps: int = 0
+    student_temp: float = Field(0.1, gt=0)
+    teacher_temp: float = Field(0.04, gt=0)
+    warmup_teacher_temp: float = Field(0.04, gt=0)
+    warmup_teacher_temp_steps: int = Field(0, ge=0)
+    center_momentum: float = Field(0.9, ge=0, le=1)
+    freeze_last_layer_steps: int = Field(0, ge=0)
     dihedral: bool = Field(False, description="random quarter turns as well as flips in the DINO views")
 
 
@@ -83,12 +83,12 @@ class MSADConfig(StrictModel):
     normalize: bool = Field(True, description="L2-normalise the embeddings (the reference code does not)")
     tokens: Positions = Field("all", description="positions aligned: all (dense MSAD), or one global vector per "
                               "image: cls or mean (a global InfoNCE baseline)")
-    proj_dim: int = 256
+    proj_dim: int = Field(256, ge=1, le=65536)
     tau: float = Field(0.1, gt=0)
     smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the targets")
     targets: Targets = Field("hard", description="hard (each place its own match) or soft (the reference code's)")
     dropout: float = Field(0.2, ge=0, lt=1)
-    size: int = Field(64, description="input size of the co-located views")
+    size: int = Field(64, ge=8, le=4096, description="input size of the co-located views")
     scale: tuple[float, float] = (0.5, 1.0)
     views: Literal["separate", "dino"] = Field(
         "separate", description="separate: a co-located view of every sensor, all sensor pairs aligned; dino: the "
@@ -110,12 +110,12 @@ class OptimConfig(StrictModel):
     steps: int = Field(200, ge=1)
     batch_size: int = Field(16, ge=2)
     lr: float = Field(5e-4, gt=0, description="base learning rate, scaled by batch_size / 256")
-    min_lr: float = 1e-6
-    warmup_steps: int = 10
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
+    min_lr: float = Field(1e-6, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.04, ge=0)
+    weight_decay_end: float = Field(0.4, ge=0)
     momentum_teacher: float = Field(0.996, ge=0, le=1)
-    clip_grad: float = 3.0
+    clip_grad: float = Field(3.0, ge=0)
     accumulate: int = Field(1, ge=1, description="micro-batches per optimiser step (batch_size is split into "
                             "them; MSAD negatives come from each micro-batch, gathered over ranks)")
 

@@ -38,7 +38,7 @@ from msc_france.data.transforms import (
     multicrop_with_geometry,
     random_window,
 )
-from msc_france.errors import BadInputError, TrainingError
+from msc_france.errors import BadInputError, TrainingError, first_line
 from msc_france.fsutil import exclusive_lock, refuse_inside_store
 from msc_france.xstars.checkpoint import (
     CKPT_FORMAT,
@@ -187,6 +187,26 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         return _pretrain(cfg, progress)
 
 
+#: Settings a run's weights depend on: a run resumes only with the same ones.
+_SHAPES = {"model": None, "dino": ("out_dim", "hidden_dim", "bottleneck_dim", "global_crops", "local_crops"),
+           "msad": ("proj_dim", "heads", "normalize"), "data": ("sensors", "bands")}
+
+
+def _check_resumable(resume: dict[str, Any], cfg: TrainConfig, out: Path) -> None:
+    """Refuse to resume a run whose weights were made with other shapes, naming the settings."""
+    old = resume.get("config") or {}
+    new = cfg.model_dump(mode="json")
+    diffs = []
+    for section, keys in _SHAPES.items():
+        a, b = old.get(section) or {}, new.get(section) or {}
+        for k in keys or sorted(set(a) | set(b)):
+            if k in a and a.get(k) != b.get(k):
+                diffs.append(f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    if diffs:
+        raise BadInputError(f"run directory {out} holds a run with other shapes ({'; '.join(diffs[:3])}); "
+                            "use a new --out")
+
+
 def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
     d = init_distributed(device_kind(cfg.run.device))
     device = resolve_device(cfg.run.device, d.local_rank)
@@ -195,8 +215,8 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
         raise BadInputError(f"run directory {out} is a file")
     last = out / "checkpoints" / "last.pt"
     resume = load_checkpoint(last) if last.exists() else None
-    if resume is not None and resume["config"]["model"] != cfg.model.model_dump(mode="json"):
-        raise BadInputError(f"run directory {out} holds a run of another architecture; use a new --out")
+    if resume is not None:
+        _check_resumable(resume, cfg, out)
     torch.manual_seed(cfg.run.seed + d.rank)
 
     frozen: ViT | None = None
@@ -251,13 +271,17 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
     opt = torch.optim.AdamW(_param_groups(student))
     start = 0
     if resume is not None:
-        student.load_state_dict(resume["student"])
-        teacher.load_state_dict(resume["teacher"])
-        dino_loss.load_state_dict(resume["dino_loss"])
-        opt.load_state_dict(resume["optimizer"])
-        if frozen is not None and "frozen" in resume:
-            frozen.load_state_dict(resume["frozen"])
-        start = int(resume["step"])
+        try:
+            student.load_state_dict(resume["student"])
+            teacher.load_state_dict(resume["teacher"])
+            dino_loss.load_state_dict(resume["dino_loss"])
+            opt.load_state_dict(resume["optimizer"])
+            if frozen is not None and "frozen" in resume:
+                frozen.load_state_dict(resume["frozen"])
+            start = int(resume["step"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise BadInputError(f"run directory {out}: its checkpoint does not fit this configuration "
+                                f"({first_line(e)[:160]}); use a new --out") from None
     model: nn.Module = student
     if d.world > 1:
         model = nn.parallel.DistributedDataParallel(
