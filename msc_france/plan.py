@@ -324,6 +324,8 @@ def _rank_block(chips: list[Chip], t: ItemTable, tree: shapely.STRtree, sensor: 
     area = shapely.area(inter)
     keep = area > 1e-6 * chip_area
     ci, ii, inter, area = ci[keep], ii[keep], inter[keep], area[keep]
+    if len(ci) == 0:  # footprints touching chips by an edge or a corner only
+        return {}
     ai = acq_of[ii]
     # Pairs sorted by chip, acquisition, then the item covering most of the chip first.
     order = np.lexsort((ii, -area, ai, ci))

@@ -70,9 +70,23 @@ class Region:
 
 @lru_cache(maxsize=4)
 def _load_regions(path: str) -> dict[str, dict]:
-    with open(path, encoding="utf-8") as f:
-        fc = json.load(f)
-    return {feat["properties"]["name"]: feat for feat in fc["features"]}
+    """The named regions of ``path`` (the shipped file, or the one ``MSC_FRANCE_CATALOGS`` points to).
+
+    Raises:
+        BadInputError: unreadable, truncated, or not a FeatureCollection of named polygons.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            fc = json.load(f)
+        out = {str(feat["properties"]["name"]): feat for feat in fc["features"]}
+        for feat in out.values():
+            shape(feat["geometry"])  # every geometry readable now, not at first use
+    except OSError as e:
+        raise BadInputError(f"cannot read the region names file {path}: {e.strerror}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:  # JSONDecodeError is a ValueError
+        raise BadInputError(f"the region names file {path} is damaged ({type(e).__name__}: "
+                            f"{first_line(e, 120)})") from None
+    return out
 
 
 def regions_file() -> Path:

@@ -343,3 +343,51 @@ def test_expanded_variables_never_reach_messages(tmp_path: Path, monkeypatch: py
     cap = capsys.readouterr()
     assert code != 0
     assert "${MSC_TEST_SECRET_DIR}/catalog.json" in cap.err and "s3cr3t" not in cap.out + cap.err
+
+
+_THREADS = textwrap.dedent("""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+    from affine import Affine
+    from msc_france.builder.warp import warp_asset
+    from msc_france.grid import PixelGrid
+    from msc_france.sources.signing import make_signer
+
+    grid = PixelGrid("EPSG:2154", Affine(2.0, 0, 570000, 0, -2.0, 6280000), 64, 64)
+    def one(i):
+        return warp_asset(sys.argv[1], make_signer("none"), grid, (1,), "bilinear" if i % 2 else "average", None)
+    with ThreadPoolExecutor(4) as pool:
+        assert len(list(pool.map(one, range(200)))) == 200
+    print("done")
+""")
+
+
+def test_warps_in_threads_print_nothing_on_stderr(tmp_path: Path) -> None:
+    """``warnings.catch_warnings`` is not thread-safe: GDAL's NotGeoreferencedWarning once reached
+    stderr from two-thread builds, breaking the one-line rule.
+    """
+    f = _l93_tif(tmp_path / "a.tif", count=1, size=256, block=128)
+    r = subprocess.run([sys.executable, "-c", _THREADS, str(f)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "done", r.stderr
+    assert r.stderr == ""
+
+
+def test_a_truncated_region_names_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    from msc_france.regions import _load_regions
+
+    cats = tmp_path / "catalogs"
+    shutil.copytree(catalogs_dir(), cats)
+    text = (cats / "regions.geojson").read_bytes()
+    (cats / "regions.geojson").write_bytes(text[: len(text) // 2])
+    monkeypatch.setenv("MSC_FRANCE_CATALOGS", str(cats))
+    _load_regions.cache_clear()
+    try:
+        code = main(["regions"])
+        err = _one_line(capsys.readouterr().err)
+    finally:
+        _load_regions.cache_clear()
+    assert code == BadInputError.exit_code
+    assert err.startswith(f"error: the region names file {cats / 'regions.geojson'} is damaged (JSONDecodeError:")

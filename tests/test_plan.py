@@ -86,6 +86,15 @@ def test_max_candidates_and_non_covering() -> None:
     assert [x.items[0].id for x in c] == ["i1", "i2"]
 
 
+def test_footprints_touching_a_chip_by_a_corner_or_an_edge_are_not_candidates() -> None:
+    x0, y0, x1, y1 = CHIP.bounds
+    corner = _item("corner", (x1, y1, x1 + 960, y1 + 960), 10, 0.0)
+    edge = _item("edge", (x1, y0, x1 + 960, y1), 11, 0.0)
+    assert _rank([corner]) == [] and _rank([corner, edge]) == []
+    inside = _item("inside", _around(CHIP), 12, 5.0)
+    assert [c.items[0].id for c in _rank([corner, edge, inside])] == ["inside"]
+
+
 def test_tiny_world_plan(tiny_world: Path, tiny_recipe: Path, tiny_region: Path, tmp_path: Path) -> None:
     rec = load_recipe(str(tiny_recipe))
     plan = make_plan(parse_region(str(tiny_region)), rec, load_catalog(rec.catalog))

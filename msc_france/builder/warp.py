@@ -45,6 +45,12 @@ GDAL_ENV = dict(
     VSI_CACHE=True,
 )
 
+# GDAL's in-memory destination of every warp is georeferenced by dst_transform, yet its creation
+# warns. The filter is installed once, here: ``warnings.catch_warnings`` around each call is not
+# thread-safe (two build threads restored each other's filters and the warning reached stderr).
+warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning,
+                        module=r"rasterio(\.|$)")
+
 
 @dataclass(frozen=True)
 class Warped:
@@ -224,14 +230,11 @@ def _warp(src: rasterio.io.DatasetReader, href: str, grid: PixelGrid, indexes: t
     # IGN fills with white in every band; 255 in one band only is a saturated pixel, which is data.
     extra = {} if resampling == "average" else {"XSCALE": 1, "YSCALE": 1}
     try:
-        with warnings.catch_warnings():
-            # GDAL's in-memory destination is georeferenced by dst_transform; its creation warns.
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            reproject(
-                rasterio.band(src, list(range(1, src.count + 1))), out, src_nodata=src_nodata,
-                src_alpha=alpha[0] if alpha else 0, dst_alpha=src.count + 1,
-                dst_transform=grid.transform, dst_crs=grid.crs, resampling=RESAMPLING[resampling], **extra,
-            )
+        reproject(
+            rasterio.band(src, list(range(1, src.count + 1))), out, src_nodata=src_nodata,
+            src_alpha=alpha[0] if alpha else 0, dst_alpha=src.count + 1,
+            dst_transform=grid.transform, dst_crs=grid.crs, resampling=RESAMPLING[resampling], **extra,
+        )
     except rasterio.errors.RasterioError as e:  # truncated or corrupt file, broken connection
         raise SourceError(f"cannot read {href}: {first_line(e)}") from None
     covered = out[-1] > 0

@@ -76,7 +76,13 @@ def ingest_safe(files: list[Path], root: Path, collection: str, report: IngestRe
         if start is None:
             report.skipped.append((mtd, "MTD_MSIL2A.xml has no PRODUCT_START_TIME"))
             continue
-        when = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
+        try:
+            when = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
+        except ValueError:
+            report.skipped.append((mtd, f"MTD_MSIL2A.xml has an unreadable PRODUCT_START_TIME {start[:40]!r}"))
+            continue
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
         baseline = _xml_text(mtd, "PROCESSING_BASELINE")
         cloud = _xml_text(mtd, "Cloud_Coverage_Assessment")
         spacecraft = (_xml_text(mtd, "SPACECRAFT_NAME") or "").lower()

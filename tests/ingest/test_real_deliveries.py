@@ -168,3 +168,22 @@ def test_an_impossible_theia_date_is_refused(tmp_path: Path, capsys: pytest.Capt
     code = main(["catalog", "ingest", str(tmp_path / "dl"), "--out", str(tmp_path / "c")])
     line = _one_line(capsys.readouterr().err)
     assert code == 2 and "impossible acquisition date and time 20211340-105629" in line
+
+
+def test_a_garbage_date_in_a_safe_skips_that_product(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import datetime as dt
+
+    from tests.real_products import safe_product
+
+    good = safe_product(tmp_path / "dl", dt.datetime(2021, 6, 14, 10, 56, 29, tzinfo=dt.UTC), 500000, 4800000)
+    bad = safe_product(tmp_path / "dl", dt.datetime(2021, 6, 19, 10, 56, 29, tzinfo=dt.UTC), 500000, 4800000)
+    mtd = bad.path / "MTD_MSIL2A.xml"
+    text = mtd.read_text()
+    start = text.index("<PRODUCT_START_TIME>") + len("<PRODUCT_START_TIME>")
+    mtd.write_text(text[:start] + "2021-13-45Tgarbage" + text[text.index("</PRODUCT_START_TIME>"):])
+    code = main(["catalog", "ingest", str(tmp_path / "dl"), "--out", str(tmp_path / "c")])
+    cap = capsys.readouterr()
+    assert code == 6 and "1 items" in cap.out
+    assert "MTD_MSIL2A.xml has an unreadable PRODUCT_START_TIME '2021-13-45Tgarbage'" in cap.err
+    (item,) = pystac.Catalog.from_file(str(tmp_path / "c" / "catalog.json")).get_items(recursive=True)
+    assert item.id == good.path.name[: -len(".SAFE")]
