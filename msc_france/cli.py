@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from msc_france.errors import BadInputError, MscFranceError, printable
-from msc_france.fsutil import refuse_inside_store, zarr_store_at
+from msc_france.fsutil import claim_output_dir, refuse_inside_store, zarr_store_at
 from msc_france.progress import Bar
 from msc_france.splits import ALL_SPLITS
 
@@ -348,7 +348,8 @@ def preview(store: str, out: Path, n_chips: int) -> None:
     from msc_france.render import preview as render_preview
     from msc_france.store import Store
 
-    refuse_inside_store(out, "preview folder")
+    claim_output_dir(out, "preview", lambda n: n in ("chips.png", "footprints.png") or n.startswith(".chips.png")
+                     or n.startswith(".footprints.png"))
     with _bar("preview", "chip") as bar:
         paths = render_preview(Store.open(store), out, n_chips=n_chips, progress=bar)
     for p in paths:
@@ -362,12 +363,10 @@ def preview(store: str, out: Path, n_chips: int) -> None:
 @click.option("--split", type=click.Choice(ALL_SPLITS), default=None)
 def export(store: str, fmt: str, out: Path, split: str | None) -> None:
     """Export a store to another layout (the X-STARS reference code's PNG folders)."""
-    from msc_france.render import export_xstars
+    from msc_france.render import XSTARS_NAMES, export_xstars
     from msc_france.store import Store
 
-    if out.exists() and not out.is_dir():
-        raise BadInputError(f"export output {out} is a file")
-    refuse_inside_store(out, "export folder")
+    claim_output_dir(out, "export", lambda n: n in XSTARS_NAMES.values())
     with _bar("export", "chip") as bar:
         n = export_xstars(Store.open(store), out, split=split, progress=bar)
     _say(f"exported {n} chips to {out}")
@@ -405,7 +404,8 @@ def eval_cmd(config_path: str, checkpoint: str | None, store: str | None, out: s
     from msc_france.eval.run import evaluate, load_eval_config
 
     cfg = load_eval_config(config_path, store=store, out=out, checkpoint=checkpoint)
-    refuse_inside_store(Path(cfg.out), "report directory")
+    claim_output_dir(Path(cfg.out), "eval", lambda n: n.startswith(("report.", "retrieval", "segmentation",
+                                                                     "transfer", "summary")) or n == "features")
     r = evaluate(cfg)
     click.echo((Path(cfg.out) / "report.md").read_text())
     _say(f"report written to {cfg.out} (report.json, report.md, retrieval.png, transfer.png, "

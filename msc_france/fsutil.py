@@ -95,3 +95,42 @@ def refuse_inside_store(path: Path, what: str) -> None:
         where = "is" if store == Path(path).expanduser().resolve() else "is inside"
         raise BadInputError(f"{what} {path} {where} the Zarr store {store}: nothing is written into a store but "
                             "by the store itself; use another path")
+
+
+#: Written in every output folder a command creates (preview, export, eval): the command may write
+#: there again, and ``clean`` tooling knows it is ours.
+OUTPUT_MARKER = ".msc-france-output"
+
+
+def claim_output_dir(out: Path, kind: str, own: Callable[[str], bool] = lambda name: False) -> None:
+    """Make ``out`` a folder the command ``kind`` may write into, or refuse it.
+
+    Accepted: a new or empty folder, one this kind of command wrote before (its marker), or one
+    holding only names ``own`` recognises as that command's output (folders from before markers).
+    The marker is then written. Refused: a file, a folder inside a Zarr store, a folder holding
+    anything else (nothing the project did not write is ever overwritten).
+
+    Raises:
+        BadInputError: naming what was found.
+    """
+    from msc_france.errors import BadInputError, printable
+
+    out = Path(out)
+    refuse_inside_store(out, f"{kind} folder")
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{kind} output {out} is a file, not a folder")
+    marker = out / OUTPUT_MARKER
+    if marker.is_file():
+        found = marker.read_text(encoding="utf-8", errors="replace").strip()
+        if found != kind:
+            raise BadInputError(f"{out} holds msc-france {found} output, not {kind} output; use another --out")
+        return
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not own(p.name))
+        if foreign:
+            shown = ", ".join(printable(n) for n in foreign[:3]) + (f" (+{len(foreign) - 3} more)"
+                                                                     if len(foreign) > 3 else "")
+            raise BadInputError(f"{kind} folder {out} holds files msc-france did not write ({shown}); "
+                                "use a new or empty --out")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(kind + "\n", encoding="utf-8")

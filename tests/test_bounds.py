@@ -391,3 +391,29 @@ def test_a_truncated_region_names_file(tmp_path: Path, monkeypatch: pytest.Monke
         _load_regions.cache_clear()
     assert code == BadInputError.exit_code
     assert err.startswith(f"error: the region names file {cats / 'regions.geojson'} is damaged (JSONDecodeError:")
+
+
+@pytest.mark.parametrize("command", ["preview", "export", "eval"])
+def test_outputs_never_overwrite_a_users_folder(command: str, tiny_store: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("chips.png", "Sentinel", "report.md", "notes.txt"):  # our names too, beside the user's own
+        (mine / name).write_text("the user's")
+    before = _hashes(mine)
+    args = {"preview": ["preview", str(tiny_store), "--chips", "1"],
+            "export": ["export", str(tiny_store), "--format", "xstars-folders"],
+            "eval": ["eval", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(tiny_store)]}[command]
+    code = main([*args, "--out", str(mine)])
+    err = _one_line(capsys.readouterr().err)
+    assert code == BadInputError.exit_code and "holds files msc-france did not write" in err and "notes.txt" in err
+    assert _hashes(mine) == before
+    if command != "eval":  # its own folder it writes again; another command's it refuses
+        ours = tmp_path / "ours"
+        assert main([*args, "--out", str(ours)]) == 0
+        assert main([*args, "--out", str(ours)]) == 0
+        other = ["export", str(tiny_store), "--format", "xstars-folders"] if command == "preview" else \
+            ["preview", str(tiny_store), "--chips", "1"]
+        capsys.readouterr()
+        assert main([*other, "--out", str(ours)]) == BadInputError.exit_code
+        assert f"holds msc-france {command} output" in _one_line(capsys.readouterr().err)
