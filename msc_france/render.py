@@ -11,7 +11,7 @@ from msc_france.fsutil import atomic_path
 from msc_france.grid import Chip
 from msc_france.progress import Progress
 from msc_france.regions import check_region_name
-from msc_france.store import STATUS, ChipReader, Layer, Store
+from msc_france.store import ChipReader, Layer, Store
 from msc_france.store.schema import column
 
 # Sensor folder names of the X-STARS reference code; other sensors keep their own name.
@@ -156,4 +156,4 @@ def export_xstars(store: Store, out: Path, split: str | None = None, progress: P
     return len(rows)
 
 
-__all__ = ["preview", "export_xstars", "rgb8", "STATUS"]
+__all__ = ["preview", "export_xstars", "rgb8"]

@@ -14,7 +14,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,9 @@ from msc_france.plan import Plan
 from msc_france.products import SourceItem, rules_for
 from msc_france.progress import Progress
 from msc_france.sources.signing import make_signer
-from msc_france.store import DONE, LABELS_GROUP, Layer, Store, StoreSchema
-from msc_france.store.overviews import overview_path, shard_overview
+from msc_france.store import LABELS_GROUP, Layer, Store, StoreSchema
+from msc_france.store.overviews import shard_overview
+from msc_france.store.records import ChipRecord, Commits, LayerRecord, ShardCommit, Status
 from msc_france.store.schema import chip_checksum
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,12 @@ class BuildSummary:
 
 
 def _build_layer(rule: LayerRule, chip: Chip, cands: list[tuple[SourceItem, ...] | str],
-                 policy: str) -> tuple[ChipRead | None, dict[str, Any]]:
+                 policy: str) -> tuple[ChipRead | None, LayerRecord]:
     """Try the candidates in rank order; keep the first that is valid enough, else the best."""
     grid = chip.pixel_grid(rule.layer.gsd)
     signer = make_signer(rule.spec.source.signing)
     if not cands:
-        return None, {"status": "nodata", "reason": "no item covers this chip"}
+        return None, LayerRecord(Status.NODATA, reason="no item covers this chip")
     best: ChipRead | None = None
     errors: list[str] = []
     for items in cands:
@@ -115,29 +116,27 @@ def _build_layer(rule: LayerRule, chip: Chip, cands: list[tuple[SourceItem, ...]
         if r.valid_fraction >= rule.min_valid_fraction:
             break
     if best is None:
-        return None, {"status": "failed", "reason": errors[-1] if errors else "no readable candidate"}
-    rec: dict[str, Any] = {
-        "item_ids": best.item_ids, "datetime": best.datetime, "harmonization": best.harmonization,
-        "cloud_fraction": best.cloud_fraction, "valid_fraction": round(best.valid_fraction, 6),
-        "covered_fraction": round(best.covered_fraction, 6), "clipped": best.clipped,
-    }
+        return None, LayerRecord.failed(errors[-1] if errors else "no readable candidate")
+    below = f"valid fraction {best.valid_fraction:.2f} < {rule.min_valid_fraction}"
     if best.valid_fraction >= rule.min_valid_fraction:
-        rec["status"] = "ok"
+        status, reason = Status.OK, None
     elif policy == "drop":
-        rec.update(status="dropped", reason=f"valid fraction {best.valid_fraction:.2f} < {rule.min_valid_fraction}")
-        return None, rec
+        status, reason = Status.DROPPED, below
     else:
-        rec.update(status="flagged", reason=f"valid fraction {best.valid_fraction:.2f} < {rule.min_valid_fraction}")
-    if errors:
-        rec["skipped_candidates"] = errors
-    rec["checksum"] = best.checksum()
-    if not rule.layer.is_label:
-        rec["stats"] = best.stats()
-    return best, rec
+        status, reason = Status.FLAGGED, below
+    rec = LayerRecord(
+        status, reason=reason, item_ids=tuple(best.item_ids), datetime=best.datetime,
+        harmonization=best.harmonization, cloud_fraction=best.cloud_fraction,
+        valid_fraction=round(best.valid_fraction, 6), covered_fraction=round(best.covered_fraction, 6),
+        clipped=best.clipped)
+    if status is Status.DROPPED:
+        return None, rec
+    return best, replace(rec, skipped_candidates=tuple(errors), checksum=best.checksum(),
+                         stats=None if rule.layer.is_label else best.stats())
 
 
 def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_size_m: int, policy: str,
-                tick: Callable[[], None] | None = None) -> dict[str, Any]:
+                tick: Callable[[], None] | None = None) -> dict[str, ChipRecord]:
     """Build, write and commit one shard; returns the chip records it committed.
 
     ``tick`` (local threads only) is called after each chip of each sensor is read.
@@ -147,51 +146,47 @@ def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_s
     existing = store.read_commit(task.shard, tolerant=True)
     rebuild = {j.chip_id for j in task.jobs}
     keep = {cid: rec for cid, rec in existing.items() if cid not in rebuild}
-    records: dict[str, Any] = {j.chip_id: {"index": j.index, "worker": worker, "sensors": {}} for j in task.jobs}
+    layers: dict[str, dict[str, LayerRecord]] = {j.chip_id: {} for j in task.jobs}
     n = task.stop - task.start
     clear_http_cache()  # a long-lived worker must not remember an earlier task's failed opens
     for rule in rules:
         with rasterio.Env(**gdal_env(rule.spec.source.gdal)):
             L = rule.layer
-            g = store.root[L.group]
-            data_arr, valid_arr = g[L.data_name], g["valid"]
             # Chips of this shard that are not rebuilt keep their bytes: read them back so the
             # shard is rewritten whole, in one atomic write.
             if keep:
-                data, valid = data_arr[task.start : task.stop], valid_arr[task.start : task.stop]
+                data, valid = store.read_shard(L.group, task.shard)
             else:
-                data = np.zeros((n, *data_arr.shape[1:]), data_arr.dtype)
-                valid = np.zeros((n, *valid_arr.shape[1:]), valid_arr.dtype)
+                px = L.pixels(chip_size_m)
+                data = np.zeros((n, px, px) if L.is_label else (n, len(L.bands), px, px), L.dtype)
+                valid = np.zeros((n, px, px), np.uint8)
             for job in task.jobs:
                 i = job.index - task.start
                 chip = Chip.from_id(job.chip_id)
                 try:
                     res, rec = _build_layer(rule, chip, job.candidates.get(L.group, []), policy)
                 except Exception as e:  # a bug or an unexpected library error: fail this chip only
-                    res, rec = None, {"status": "failed", "reason": f"{type(e).__name__}: {e}"[:300],
-                                      "traceback": traceback.format_exc(limit=3)}
+                    res, rec = None, LayerRecord.failed(f"{type(e).__name__}: {e}"[:300], traceback.format_exc(limit=3))
                 if res is not None:
                     data[i] = res.data[0] if L.is_label else res.data
                     valid[i] = res.valid
                 else:
                     data[i] = 0
                     valid[i] = 0
-                records[job.chip_id]["sensors"][L.group] = rec
+                layers[job.chip_id][L.group] = rec
                 if tick is not None:
                     tick()
-            data_arr[task.start : task.stop] = data
-            valid_arr[task.start : task.stop] = valid
+            store.write_shard(L.group, task.shard, data, valid)
             for f in L.overviews:  # derived from the shard just written (kept chips included)
-                og = store.root[overview_path(L.group, f)]
                 og_data, og_valid = shard_overview(data, valid, f)
-                og[L.data_name][task.start : task.stop] = og_data
-                og["valid"][task.start : task.stop] = og_valid
+                store.write_shard(L.group, task.shard, og_data, og_valid, factor=f)
                 for job in task.jobs:
-                    rec = records[job.chip_id]["sensors"][L.group]
-                    if "checksum" in rec:  # validate checks each level as it checks full resolution
+                    rec = layers[job.chip_id][L.group]
+                    if rec.checksum is not None:  # validate checks each level as it checks full resolution
                         i = job.index - task.start
-                        rec.setdefault("overview_checksums", {})[str(f)] = chip_checksum(og_data[i], og_valid[i])
-    store.write_commit(task.shard, {**keep, **records})  # the done mark, after the data
+                        layers[job.chip_id][L.group] = rec.with_overview(f, chip_checksum(og_data[i], og_valid[i]))
+    records = {j.chip_id: ChipRecord(j.index, worker, layers[j.chip_id]) for j in task.jobs}
+    store.write_commit(ShardCommit(task.shard, {**keep, **records}))  # the done mark, after the data
     return records
 
 
@@ -205,7 +200,7 @@ def _worker_name() -> str:
         return "local"
 
 
-def plan_tasks(plan: Plan, index_of: dict[str, int], commits: dict[str, Any], chips_per_shard: int,
+def plan_tasks(plan: Plan, index_of: dict[str, int], commits: Commits, chips_per_shard: int,
                group_sensor: dict[str, str], retry_failed: bool, n_chips: int) -> tuple[list[ShardTask], int]:
     """Shard tasks for every planned chip that is not done; returns (tasks, chips skipped).
 
@@ -215,10 +210,10 @@ def plan_tasks(plan: Plan, index_of: dict[str, int], commits: dict[str, Any], ch
     skipped = 0
     layer_groups = list(group_sensor)
     for chip in plan.chips:
-        rec = commits.get(chip.id, {}).get("sensors", {})
-        states = [rec.get(g, {}).get("status") for g in layer_groups]
-        done = all(s in DONE for s in states) or (
-            not retry_failed and all(s is not None for s in states) and any(s == "failed" for s in states)
+        rec = commits.get(chip.id, ChipRecord())
+        states = [rec.status(g) for g in layer_groups]
+        done = all(s.done for s in states) or (
+            not retry_failed and Status.PENDING not in states and Status.FAILED in states
         )
         if done:
             skipped += 1
@@ -384,7 +379,7 @@ def _run_tasks(client: Any, tasks: list[ShardTask], prepare: Callable[[ShardTask
             records = fut.result()
         except Exception as e:  # the whole task died (worker lost twice, store write failed)
             reason = f"shard task failed: {type(e).__name__}: {first_line(e)}"
-            records = {j.chip_id: {"sensors": {"*": {"status": "failed", "reason": reason}}} for j in task.jobs}
+            records = {j.chip_id: ChipRecord(j.index, None, {"*": LayerRecord.failed(reason)}) for j in task.jobs}
             log.warning(f"shard {task.shard}: {reason}")
         log.debug(f"shard {task.shard} done: {len(task.jobs)} chip(s)")
         _tally(records, summary)
@@ -397,15 +392,15 @@ def _run_tasks(client: Any, tasks: list[ShardTask], prepare: Callable[[ShardTask
             ac.add(submit())
 
 
-def _tally(records: dict[str, Any], summary: BuildSummary) -> None:
+def _tally(records: dict[str, ChipRecord], summary: BuildSummary) -> None:
     for cid, rec in records.items():
-        states = {g: r["status"] for g, r in rec["sensors"].items()}
-        failed = {g: r.get("reason", "") for g, r in rec["sensors"].items() if r["status"] == "failed"}
+        states = {r.status for r in rec.layers.values()}
+        failed = {g: r.reason or "" for g, r in rec.layers.items() if r.status is Status.FAILED}
         if failed:
             summary.failed[cid] = "; ".join(f"{g}: {reason}" for g, reason in failed.items())
             continue
         summary.built += 1
-        if "flagged" in states.values():
+        if Status.FLAGGED in states:
             summary.flagged += 1
-        if "dropped" in states.values():
+        if Status.DROPPED in states:
             summary.dropped += 1

@@ -18,16 +18,13 @@ from msc_france.crs import L93, WGS84, reproject_geometry
 from msc_france.grid import Chip
 from msc_france.splits import ALL_SPLITS
 from msc_france.store import stac
-from msc_france.store.schema import STATUS, STATUS_NAMES, Layer, column
+from msc_france.store.records import Commits, Status
+from msc_france.store.schema import Layer, column
 
 if TYPE_CHECKING:
     from msc_france.store.core import Store
 
-#: Statuses listed in failures.json.
-NOT_OK = ("failed", "flagged", "dropped", "nodata")
-
-
-def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commits: dict[str, Any]) -> dict[str, Any]:
+def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commits: Commits) -> dict[str, Any]:
     """Write one group's per-chip metadata arrays and statistics; return its columns and counts.
 
     The normalisation statistics come from training chips only (held-out pixels must not shape
@@ -46,17 +43,18 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
     # Sums, sums of squares and counts of valid pixels; row 1: training chips, row 0: the others.
     s1, s2, cnt = np.zeros((2, nb)), np.zeros((2, nb)), np.zeros(2)
     for i, cid in enumerate(ids):
-        rec = commits.get(cid, {}).get("sensors", {}).get(L.group)
+        chip = commits.get(cid)
+        rec = chip.layers.get(L.group) if chip is not None else None
         if rec is None:
             continue
-        status[i] = STATUS[rec["status"]]
-        when[i] = rec.get("datetime") or 0
-        items[i] = ",".join(rec.get("item_ids", []))
-        cloud[i] = np.nan if rec.get("cloud_fraction") is None else rec["cloud_fraction"]
-        valid[i] = np.nan if rec.get("valid_fraction") is None else rec["valid_fraction"]
-        harm[i] = rec.get("harmonization", "")
-        st = rec.get("stats")
-        if st and rec["status"] == "ok":
+        status[i] = rec.status.code
+        when[i] = rec.datetime or 0
+        items[i] = ",".join(rec.item_ids)
+        cloud[i] = np.nan if rec.cloud_fraction is None else rec.cloud_fraction
+        valid[i] = np.nan if rec.valid_fraction is None else rec.valid_fraction
+        harm[i] = rec.harmonization
+        st = rec.stats
+        if st and rec.status is Status.OK:
             t = int(splits[i] == "train")
             s1[t] += st["sum"]
             s2[t] += st["sumsq"]
@@ -65,7 +63,7 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
         g[name][:] = arr
     g["item_ids"][:] = items.astype(str)
     g["harmonization"][:] = harm.astype(str)
-    counts = {k: int((status == v).sum()) for k, v in STATUS.items()}
+    counts = {k.value: int((status == k.code).sum()) for k in Status}
     stats = None
     over = "valid pixels of training chips with status ok"
     rows = slice(1, 2)
@@ -81,7 +79,7 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
         g.attrs["stats"] = stats
     c = column(L.group)
     columns = {
-        f"status_{c}": pd.Categorical([STATUS_NAMES[int(v)] for v in status], categories=list(STATUS)),
+        f"status_{c}": pd.Categorical([Status.from_code(int(v)).value for v in status], categories=[k.value for k in Status]),
         f"valid_fraction_{c}": valid.astype(np.float64),
         f"cloud_fraction_{c}": cloud.astype(np.float64),
         f"datetime_{c}": pd.to_datetime(pd.Series(when, dtype="float64").where(when > 0), unit="s", utc=True),
@@ -120,10 +118,10 @@ def consolidate(store: Store) -> dict[str, Any]:
         complete = complete and folded["counts"]["pending"] == 0 and folded["counts"]["failed"] == 0
         table.update(folded["columns"])
     failures = [
-        {"chip_id": cid, "group": g, "status": rec["status"], "reason": rec.get("reason", ""),
-         "item_ids": rec.get("item_ids", [])}
-        for cid in ids for g, rec in sorted(commits.get(cid, {}).get("sensors", {}).items())
-        if rec.get("status") in NOT_OK
+        {"chip_id": cid, "group": g, "status": rec.status.value, "reason": rec.reason or "",
+         "item_ids": list(rec.item_ids)}
+        for cid in ids if cid in commits for g, rec in sorted(commits[cid].layers.items())
+        if rec.status.reported
     ]
     store.write_bytes_atomic("failures.json", json.dumps({"n": len(failures), "chips": failures}).encode())
     gdf = gpd.GeoDataFrame(table, geometry=geoms, crs=L93)

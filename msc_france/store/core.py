@@ -41,6 +41,7 @@ from msc_france.fsutil import atomic_path
 from msc_france.grid import Chip
 from msc_france.splits import SplitRule
 from msc_france.store.overviews import overview_path
+from msc_france.store.records import ChipRecord, ShardCommit
 from msc_france.store.schema import (
     FORMAT_VERSION,
     ROOT_KEYS,
@@ -404,6 +405,37 @@ class Store:
         """Region names of every chip (``_regions.json``)."""
         return json.loads(self.read_bytes("_regions.json")) if self.exists("_regions.json") else {}
 
+    # ------------------------------------------------------------------ writing shards
+
+    def _shard_arrays(self, group: str, factor: int) -> tuple[zarr.Array, zarr.Array]:
+        L = self.layer(group)
+        g = self.root[group if factor == 1 else overview_path(group, factor)]
+        return g[L.data_name], g["valid"]
+
+    def read_shard(self, group: str, shard: int, factor: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """The stored (data, valid) of every chip slot of ``shard`` in ``group`` (at overview ``factor``)."""
+        data, valid = self._shard_arrays(group, factor)
+        start = shard * self.chips_per_shard
+        stop = min(start + self.chips_per_shard, data.shape[0])
+        return data[start:stop], valid[start:stop]
+
+    def write_shard(self, group: str, shard: int, data: np.ndarray, valid: np.ndarray, factor: int = 1) -> None:
+        """Write every chip slot of ``shard`` in ``group`` (at overview ``factor``) at once: the shard
+        file is replaced whole, so a reader sees the old shard or the new one. The done mark
+        (:meth:`write_commit`) comes after.
+
+        Raises:
+            ValueError: ``data`` or ``valid`` is not the shape of the shard.
+        """
+        d_arr, v_arr = self._shard_arrays(group, factor)
+        start = shard * self.chips_per_shard
+        stop = min(start + self.chips_per_shard, d_arr.shape[0])
+        if data.shape != (stop - start, *d_arr.shape[1:]) or valid.shape != (stop - start, *v_arr.shape[1:]):
+            raise ValueError(f"shard {shard} of {group} holds {(stop - start, *d_arr.shape[1:])}, got {data.shape} "
+                             f"and {valid.shape}")
+        d_arr[start:stop] = data
+        v_arr[start:stop] = valid
+
     # ------------------------------------------------------------------ commits (done marks)
 
     @staticmethod
@@ -411,11 +443,11 @@ class Store:
         """Done-mark file of shard ``shard``, relative to the store root."""
         return f"_commits/shard-{shard:06d}.json"
 
-    def write_commit(self, shard: int, records: dict[str, Any]) -> None:
-        """Record the chips of ``shard`` as built (after their data is written)."""
-        self.write_bytes_atomic(self.commit_name(shard), json.dumps({"shard": shard, "chips": records}).encode())
+    def write_commit(self, commit: ShardCommit) -> None:
+        """Record the chips of ``commit.shard`` as built (after their data is written)."""
+        self.write_bytes_atomic(self.commit_name(commit.shard), json.dumps(commit.to_json()).encode())
 
-    def read_commit(self, shard: int, tolerant: bool = False) -> dict[str, Any]:
+    def read_commit(self, shard: int, tolerant: bool = False) -> dict[str, ChipRecord]:
         """Chip records of one shard ({} when the shard was never committed).
 
         A done mark that cannot be parsed raises a StoreError that says the way out, unless
@@ -425,19 +457,16 @@ class Store:
         if not self.exists(name):
             return {}
         try:
-            chips = json.loads(self.read_bytes(name))["chips"]
-            if not isinstance(chips, dict) or not all(isinstance(v, dict) for v in chips.values()):
-                raise KeyError("chips")
-            return chips
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            return dict(ShardCommit.from_json(json.loads(self.read_bytes(name))).chips)
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):  # JSONDecodeError is one
             if tolerant:
                 return {}
             raise StoreError(f"corrupt done mark {self.url}/{name}: run the same build again, which rebuilds the "
                              "chips of that shard") from None
 
-    def read_commits(self, tolerant: bool = False) -> dict[str, Any]:
+    def read_commits(self, tolerant: bool = False) -> dict[str, ChipRecord]:
         """All chip records, keyed by chip id (see :meth:`read_commit` for ``tolerant``)."""
-        out: dict[str, Any] = {}
+        out: dict[str, ChipRecord] = {}
         for name in self.list_files("_commits/shard-*.json"):
             out.update(self.read_commit(int(Path(name).stem.split("-")[1]), tolerant))
         return out

@@ -14,11 +14,11 @@ import zarr
 from msc_france.errors import StoreError, first_line
 from msc_france.store.core import Store
 from msc_france.store.overviews import overview_path
-from msc_france.store.schema import STATUS
+from msc_france.store.records import Status
 from msc_france.store.shards import ShardLayout
 
-#: Statuses whose pixels were written (flagged chips are kept, below the valid threshold).
-WRITTEN = {STATUS["ok"], STATUS["flagged"]}
+#: Status codes whose pixels were written (flagged chips are kept, below the valid threshold).
+WRITTEN = {s.code for s in Status if s.written}
 
 
 class ChipReader:
@@ -51,7 +51,7 @@ class ChipReader:
         if group not in self._status:
             self._status[group] = np.asarray(self.store.root[group]["status"][:])
         st = self._status[group]
-        return int(st[index]) if index < len(st) else STATUS["pending"]
+        return int(st[index]) if index < len(st) else Status.PENDING.code
 
     def chip_id(self, index: int) -> str:
         """The id of chip ``index``."""

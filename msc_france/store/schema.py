@@ -20,13 +20,11 @@ from zarr.codecs import ZstdCodec
 from msc_france.crs import L93
 from msc_france.grid import pixels_per_chip
 from msc_france.store.overviews import OVERVIEWS, overview_path
+from msc_france.store.records import Status
 
 #: Version 2 added per-chip x/y coordinates and transforms, and dropped ``_FillValue``.
 FORMAT_VERSION = 2
 LABELS_GROUP = "labels"
-STATUS = {"pending": 0, "ok": 1, "flagged": 2, "dropped": 3, "failed": 4, "nodata": 5}
-STATUS_NAMES = {v: k for k, v in STATUS.items()}
-DONE = {"ok", "flagged", "dropped", "nodata"}  # statuses a rerun does not rebuild
 META_ARRAYS = ("status", "datetime", "item_ids", "cloud_fraction", "valid_fraction", "harmonization")
 #: zstd with frame checksums: every reader (zarr and store.shards) verifies each chunk it decodes, so
 #: flipped bytes are an error, never pixels.
@@ -157,7 +155,7 @@ def create_layout(root: zarr.Group, schema: StoreSchema) -> None:
             ("chip_id", str, "", {}),
             ("chip_xmin", "float64", 0.0, {"units": "m", "long_name": "chip west edge, Lambert-93"}),
             ("chip_ymax", "float64", 0.0, {"units": "m", "long_name": "chip north edge, Lambert-93"}),
-            ("status", "uint8", 0, {"flag_values": list(STATUS.values()), "flag_meanings": " ".join(STATUS)}),
+            ("status", "uint8", 0, {"flag_values": [k.code for k in Status], "flag_meanings": " ".join(k.value for k in Status)}),
             ("datetime", "int64", 0, {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian"}),
             ("item_ids", str, "", {"long_name": "source STAC item ids, comma-separated"}),
             ("cloud_fraction", "float32", np.nan, {"long_name": "cloud/shadow fraction of covered pixels"}),

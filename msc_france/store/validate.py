@@ -11,16 +11,9 @@ from msc_france.errors import StoreError, first_line
 from msc_france.fsutil import interrupted_writes
 from msc_france.progress import Progress
 from msc_france.splits import ALL_SPLITS
-from msc_france.store import (
-    DONE,
-    FORMAT_VERSION,
-    STATUS,
-    STATUS_NAMES,
-    ChipReader,
-    Layer,
-    Store,
-)
+from msc_france.store import FORMAT_VERSION, ChipReader, Layer, Store
 from msc_france.store.overviews import overview_path
+from msc_france.store.records import Commits, Status
 from msc_france.store.schema import chip_checksum, column
 
 
@@ -43,7 +36,7 @@ def info(store: Store) -> dict[str, Any]:
         out["layers"][L.group] = {
             "sensor": L.sensor, "gsd": L.gsd, "bands": list(L.bands), "dtype": L.dtype,
             "chip_pixels": L.pixels(store.chip_size_m),
-            "status": {k: int((status == v).sum()) for k, v in STATUS.items() if (status == v).any()},
+            "status": {k.value: int((status == k.code).sum()) for k in Status if (status == k.code).any()},
             "mean_valid_fraction": float(np.nanmean(vf)) if n and np.isfinite(vf).any() else None,
             "stats": g.attrs.get("stats"),
         }
@@ -113,7 +106,9 @@ def _coordinate_problems(store: Store, L: Layer, n: int) -> list[str]:
 def validate(store: Store, checksums: bool = True, progress: Progress | None = None) -> ValidationReport:
     """Check schema, shapes, chunking, completeness and (optionally) every chip's checksum.
 
-    ``progress`` counts chip-sensor checksums as they are verified.
+    Each check is a small function adding to one report; the checks that need readable arrays and
+    done marks run only when the earlier ones found nothing corrupt. ``progress`` counts
+    chip-sensor checksums as they are verified.
     """
     rep = ValidationReport()
     m = store.meta
@@ -122,43 +117,9 @@ def validate(store: Store, checksums: bool = True, progress: Progress | None = N
                            f"{FORMAT_VERSION}; rebuild the store)")
         return rep
     n = store.n_chips
-    s = store.chips_per_shard
-    for name in ("split", "chip_xmin", "chip_ymax"):
-        if store.root[name].shape[0] < n:
-            rep.corrupt.append(f"root/{name} has shape {store.root[name].shape}, expected ({n},)")
-        elif store.root[name].shape[0] > n:
-            rep.incomplete.append(f"root/{name}: chip slots allocated, not registered (run build again)")
+    _check_root_arrays(store, n, rep)
     for L in store.layers:
-        try:
-            g = store.root[L.group]
-        except Exception as e:  # a missing or unreadable group zarr.json
-            rep.corrupt.append(f"group {L.group}: {first_line(e, 160)}")
-            continue
-        px = L.pixels(store.chip_size_m)
-        want = (n, px, px) if L.is_label else (n, len(L.bands), px, px)
-        arrays = {}
-        for name in (L.data_name, "valid", "status", "datetime", "item_ids", "valid_fraction", "chip_id"):
-            try:
-                arrays[name] = g[name]
-            except Exception as e:  # truncated or garbage zarr.json: zarr raises JSON or key errors
-                rep.corrupt.append(f"{L.group}/{name}: array metadata unreadable ({first_line(e, 120)})")
-        for name, shape in ((L.data_name, want), ("valid", (n, px, px))):
-            if name not in arrays:
-                continue
-            a = arrays[name]
-            if a.shape[1:] != shape[1:] or a.shape[0] < n:
-                rep.corrupt.append(f"{L.group}/{name} shape {a.shape}, expected {shape}")
-            elif a.shape[0] > n:  # a build was stopped while registering chips
-                rep.incomplete.append(f"{L.group}/{name}: {a.shape[0] - n} chip slot(s) allocated, not registered")
-            if a.chunks != (1, *shape[1:]):
-                rep.corrupt.append(f"{L.group}/{name} chunks {a.chunks}, expected one chip per chunk")
-            if a.shards is None or a.shards[0] != s:
-                rep.corrupt.append(f"{L.group}/{name} shards {a.shards}, expected {s} chips per shard")
-        if L.data_name in arrays and str(arrays[L.data_name].dtype) != L.dtype:
-            rep.corrupt.append(f"{L.group}/{L.data_name} dtype {arrays[L.data_name].dtype}, expected {L.dtype}")
-        for name in ("status", "datetime", "item_ids", "valid_fraction", "chip_id"):
-            if name in arrays and arrays[name].shape[0] < n:
-                rep.corrupt.append(f"{L.group}/{name} shape {arrays[name].shape}, expected ({n},)")
+        _check_layer_arrays(store, L, n, rep)
         rep.corrupt += _coordinate_problems(store, L, n)
         rep.corrupt += _overview_problems(store, L, n)
     if rep.corrupt:
@@ -171,28 +132,8 @@ def validate(store: Store, checksums: bool = True, progress: Progress | None = N
     except StoreError as e:
         rep.corrupt.append(str(e))
         return rep
-    pending: dict[str, int] = {}
-    failed: dict[str, int] = {}
-    for cid in ids:
-        rec = commits.get(cid, {}).get("sensors", {})
-        for L in store.layers:
-            st = rec.get(L.group, {}).get("status")
-            if st is None:
-                pending[L.group] = pending.get(L.group, 0) + 1
-            elif st == "failed":
-                failed[L.group] = failed.get(L.group, 0) + 1
-    for grp, k in pending.items():
-        rep.incomplete.append(f"{grp}: {k} chip(s) not built (run build again to complete)")
-    for grp, k in failed.items():
-        rep.incomplete.append(f"{grp}: {k} chip(s) failed (build --retry-failed)")
-    # The consolidated metadata must agree with the done marks.
-    for L in store.layers:
-        status = store.root[L.group]["status"][:n] if n else []
-        for i, cid in enumerate(ids):
-            st = commits.get(cid, {}).get("sensors", {}).get(L.group, {}).get("status")
-            if st is not None and STATUS_NAMES[int(status[i])] != st:
-                rep.incomplete.append(f"{L.group}: metadata not consolidated for {cid} (run build again)")
-                break
+    _check_completeness(store, ids, commits, rep)
+    _check_consolidated(store, ids, commits, rep)
     if not store.exists("index.parquet"):
         rep.incomplete.append("index.parquet missing (run build again)")
     else:
@@ -201,50 +142,126 @@ def validate(store: Store, checksums: bool = True, progress: Progress | None = N
     if partial:
         rep.incomplete.append(f"{len(partial)} partial file(s) from an interrupted write")
     if checksums and not rep.corrupt:
-        reader = ChipReader(store)
         if progress is not None:
             progress.start(n * len(store.layers))
+        reader = ChipReader(store)
         for L in store.layers:
-            g = store.root[L.group]
-            data_arr, valid_arr = g[L.data_name], g["valid"]
-            for start in range(0, n, s):  # one shard at a time: bounded memory
-                stop = min(start + s, n)
-                built = [i for i in range(start, stop) if commits.get(ids[i], {}).get("sensors", {}).get(
-                    L.group, {}).get("status") in ("ok", "flagged")]
-                shard = reader.shard_file(L.group, L.data_name, start)
-                if built and not (store.exists(shard) and store.exists(reader.shard_file(L.group, "valid", start))):
-                    rep.corrupt.append(f"{L.group}: shard file {shard} (or its valid mask) is missing; it holds "
-                                       f"{len(built)} built chip(s) from {ids[built[0]]} (rebuild: build --retry-failed "
-                                       "after deleting their done mark, or build a new store)")
-                    continue
-                try:
-                    data, valid = data_arr[start:stop], valid_arr[start:stop]
-                except Exception as e:  # damaged bytes: a codec error, never a crash of validate
-                    rep.corrupt.append(f"{L.group}: shard {shard} cannot be decoded ({first_line(e, 120)}); it holds "
-                                       f"chips {ids[start]}..{ids[stop - 1]}")
-                    continue
-                levels = {}
-                for f in L.overviews:
-                    og = store.root[overview_path(L.group, f)]
-                    try:
-                        levels[str(f)] = (og[L.data_name][start:stop], og["valid"][start:stop])
-                    except Exception as e:  # damaged bytes, as above
-                        rep.corrupt.append(f"{L.group}: overview {f} of chips {ids[start]}..{ids[stop - 1]} cannot "
-                                           f"be decoded ({first_line(e, 120)})")
-                for i in range(start, stop):
-                    if progress is not None:
-                        progress.advance()
-                    rec = commits.get(ids[i], {}).get("sensors", {}).get(L.group)
-                    if not rec or rec.get("status") not in DONE or "checksum" not in rec:
-                        continue
-                    d = data[i - start][None] if L.is_label else data[i - start]
-                    if chip_checksum(d, valid[i - start]) != rec["checksum"]:
-                        rep.corrupt.append(f"{L.group}: checksum mismatch for chip {ids[i]}")
-                    for f, want in rec.get("overview_checksums", {}).items():
-                        if f in levels and chip_checksum(levels[f][0][i - start], levels[f][1][i - start]) != want:
-                            rep.corrupt.append(f"{L.group}: overview {f} checksum mismatch for chip {ids[i]}")
-                    rep.checked_chips += 1
+            for start in range(0, n, store.chips_per_shard):  # one shard at a time: bounded memory
+                _check_shard(store, reader, L, ids, commits, start, rep, progress)
     return rep
+
+
+def _check_root_arrays(store: Store, n: int, rep: ValidationReport) -> None:
+    """The root's per-chip arrays hold one entry per registered chip."""
+    for name in ("split", "chip_xmin", "chip_ymax"):
+        if store.root[name].shape[0] < n:
+            rep.corrupt.append(f"root/{name} has shape {store.root[name].shape}, expected ({n},)")
+        elif store.root[name].shape[0] > n:
+            rep.incomplete.append(f"root/{name}: chip slots allocated, not registered (run build again)")
+
+
+def _check_layer_arrays(store: Store, L: Layer, n: int, rep: ValidationReport) -> None:
+    """One group's arrays: readable metadata, shapes, one chip per chunk, the recipe's shards, dtype."""
+    try:
+        g = store.root[L.group]
+    except Exception as e:  # a missing or unreadable group zarr.json
+        rep.corrupt.append(f"group {L.group}: {first_line(e, 160)}")
+        return
+    px = L.pixels(store.chip_size_m)
+    want = (n, px, px) if L.is_label else (n, len(L.bands), px, px)
+    arrays = {}
+    for name in (L.data_name, "valid", "status", "datetime", "item_ids", "valid_fraction", "chip_id"):
+        try:
+            arrays[name] = g[name]
+        except Exception as e:  # truncated or garbage zarr.json: zarr raises JSON or key errors
+            rep.corrupt.append(f"{L.group}/{name}: array metadata unreadable ({first_line(e, 120)})")
+    for name, shape in ((L.data_name, want), ("valid", (n, px, px))):
+        if name not in arrays:
+            continue
+        a = arrays[name]
+        if a.shape[1:] != shape[1:] or a.shape[0] < n:
+            rep.corrupt.append(f"{L.group}/{name} shape {a.shape}, expected {shape}")
+        elif a.shape[0] > n:  # a build was stopped while registering chips
+            rep.incomplete.append(f"{L.group}/{name}: {a.shape[0] - n} chip slot(s) allocated, not registered")
+        if a.chunks != (1, *shape[1:]):
+            rep.corrupt.append(f"{L.group}/{name} chunks {a.chunks}, expected one chip per chunk")
+        if a.shards is None or a.shards[0] != store.chips_per_shard:
+            rep.corrupt.append(f"{L.group}/{name} shards {a.shards}, expected {store.chips_per_shard} chips per shard")
+    if L.data_name in arrays and str(arrays[L.data_name].dtype) != L.dtype:
+        rep.corrupt.append(f"{L.group}/{L.data_name} dtype {arrays[L.data_name].dtype}, expected {L.dtype}")
+    for name in ("status", "datetime", "item_ids", "valid_fraction", "chip_id"):
+        if name in arrays and arrays[name].shape[0] < n:
+            rep.corrupt.append(f"{L.group}/{name} shape {arrays[name].shape}, expected ({n},)")
+
+
+def _status(commits: Commits, cid: str, group: str) -> Status:
+    rec = commits.get(cid)
+    return Status.PENDING if rec is None else rec.status(group)
+
+
+def _check_completeness(store: Store, ids: list[str], commits: Commits, rep: ValidationReport) -> None:
+    """Every registered chip has a done mark for every group; failed ones are counted."""
+    for L in store.layers:
+        states = [_status(commits, cid, L.group) for cid in ids]
+        if (k := states.count(Status.PENDING)):
+            rep.incomplete.append(f"{L.group}: {k} chip(s) not built (run build again to complete)")
+        if (k := states.count(Status.FAILED)):
+            rep.incomplete.append(f"{L.group}: {k} chip(s) failed (build --retry-failed)")
+
+
+def _check_consolidated(store: Store, ids: list[str], commits: Commits, rep: ValidationReport) -> None:
+    """The consolidated status arrays agree with the done marks."""
+    n = len(ids)
+    for L in store.layers:
+        status = store.root[L.group]["status"][:n] if n else []
+        for i, cid in enumerate(ids):
+            st = _status(commits, cid, L.group)
+            if st is not Status.PENDING and Status.from_code(status[i]) is not st:
+                rep.incomplete.append(f"{L.group}: metadata not consolidated for {cid} (run build again)")
+                break
+
+
+def _check_shard(store: Store, reader: ChipReader, L: Layer, ids: list[str], commits: Commits, start: int,
+                 rep: ValidationReport, progress: Progress | None) -> None:
+    """Decode one shard of ``L`` (and its overview levels) and check every done chip's checksums."""
+    stop = min(start + store.chips_per_shard, len(ids))
+    g = store.root[L.group]
+    built = [i for i in range(start, stop) if _status(commits, ids[i], L.group).written]
+    shard = reader.shard_file(L.group, L.data_name, start)
+    if built and not (store.exists(shard) and store.exists(reader.shard_file(L.group, "valid", start))):
+        rep.corrupt.append(f"{L.group}: shard file {shard} (or its valid mask) is missing; it holds "
+                           f"{len(built)} built chip(s) from {ids[built[0]]} (rebuild: build --retry-failed "
+                           "after deleting their done mark, or build a new store)")
+        return
+    try:
+        data, valid = g[L.data_name][start:stop], g["valid"][start:stop]
+    except Exception as e:  # damaged bytes: a codec error, never a crash of validate
+        rep.corrupt.append(f"{L.group}: shard {shard} cannot be decoded ({first_line(e, 120)}); it holds "
+                           f"chips {ids[start]}..{ids[stop - 1]}")
+        return
+    levels = {}
+    for f in L.overviews:
+        og = store.root[overview_path(L.group, f)]
+        try:
+            levels[str(f)] = (og[L.data_name][start:stop], og["valid"][start:stop])
+        except Exception as e:  # damaged bytes, as above
+            rep.corrupt.append(f"{L.group}: overview {f} of chips {ids[start]}..{ids[stop - 1]} cannot "
+                               f"be decoded ({first_line(e, 120)})")
+    for i in range(start, stop):
+        if progress is not None:
+            progress.advance()
+        chip = commits.get(ids[i])
+        rec = chip.layers.get(L.group) if chip is not None else None
+        if rec is None or not rec.status.done or rec.checksum is None:
+            continue
+        d = data[i - start][None] if L.is_label else data[i - start]
+        if chip_checksum(d, valid[i - start]) != rec.checksum:
+            rep.corrupt.append(f"{L.group}: checksum mismatch for chip {ids[i]}")
+        for level, want in rec.overview_checksums.items():
+            got = levels.get(level)
+            if got is not None and chip_checksum(got[0][i - start], got[1][i - start]) != want:
+                rep.corrupt.append(f"{L.group}: overview {level} checksum mismatch for chip {ids[i]}")
+        rep.checked_chips += 1
 
 
 def _overview_problems(store: Store, L: Layer, n: int) -> list[str]:
@@ -265,7 +282,7 @@ def _overview_problems(store: Store, L: Layer, n: int) -> list[str]:
     return out
 
 
-def _check_index(store: Store, ids: list[str], commits: dict[str, Any], rep: ValidationReport) -> None:
+def _check_index(store: Store, ids: list[str], commits: Commits, rep: ValidationReport) -> None:
     """The GeoParquet index must be readable and agree with the arrays and the done marks."""
     try:
         idx = store.index(checked=False)
@@ -292,7 +309,7 @@ def _check_index(store: Store, ids: list[str], commits: dict[str, Any], rep: Val
             rep.corrupt.append(f"index.parquet lacks column {col}")
             continue
         for cid, st in zip(idx["chip_id"], idx[col], strict=True):
-            want = commits.get(cid, {}).get("sensors", {}).get(L.group, {}).get("status", "pending")
+            want = _status(commits, cid, L.group).value
             if st != want:
                 rep.corrupt.append(f"index.parquet says {L.group} of {cid} is {st}; its done mark says {want} "
                                    "(run build again to rewrite the index)")

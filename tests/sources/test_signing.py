@@ -115,7 +115,7 @@ def test_one_token_for_a_multi_chip_build(tokens: TokenServer, tmp_path: Path) -
         with rasterio.Env(GDAL_HTTP_PROXY=f"127.0.0.1:{assets.port}", GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
             for chip in chips:  # 4 chips x 2 candidate items, as build tasks would read them
                 res, rec = _build_layer(rule, chip, [(items[0],), (items[1],)], "flag")
-                assert rec["status"] == "ok" and res is not None and res.data.any(), rec
+                assert rec.status == "ok" and res is not None and res.data.any(), rec
         clear_http_cache()
     assert tokens.calls == ["/api/sas/v1/token/demoaccount/demo-container"]
     assert assets.requests and all("sig=sig-1" in r for r in assets.requests)  # every read was signed

@@ -1,0 +1,5 @@
+"""``python -m msc_france.cli`` (the form torchrun uses)."""
+
+from msc_france.cli import entry
+
+entry()
