@@ -120,7 +120,6 @@ def test_checkpoint_declaring_a_huge_input_size(small_run: dict, tmp_path: Path)
     """A real checkpoint whose declared img_size is 32,768: refused before any model is built,
     in a subprocess whose peak memory is measured (measured before the check: 3 GB).
     """
-    import resource
     import subprocess
     import sys
 
@@ -128,10 +127,15 @@ def test_checkpoint_declaring_a_huge_input_size(small_run: dict, tmp_path: Path)
     ck["model"]["img_size"] = 32768
     torch.save(ck, tmp_path / "big.pt")
     exe = str(Path(sys.executable).parent / "msc-france")
-    r = subprocess.run([exe, "eval", "--checkpoint", str(tmp_path / "big.pt"), "--data", str(small_run["store"]),
-                        "--out", str(tmp_path / "e")], capture_output=True, text=True, timeout=300)
-    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    assert r.returncode == 7, r.stderr
+    # A fresh parent measures only this command's peak (RUSAGE_CHILDREN of pytest holds every earlier child's).
+    measure = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "sys.stderr.write(r.stderr); print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    r = subprocess.run([sys.executable, "-c", measure, exe, "eval", "--checkpoint", str(tmp_path / "big.pt"),
+                        "--data", str(small_run["store"]), "--out", str(tmp_path / "e")],
+                       capture_output=True, text=True, timeout=300)
+    code, peak_kib = (int(v) for v in r.stdout.split())
+    peak_mib = peak_kib / 1024
+    assert code == 7, r.stderr
     line = _one_line(r.stderr)
     assert "checkpoint does not describe its own weights: declares vit_test/" in line and "32768 px" in line
     assert peak_mib < 1500, f"{peak_mib:.0f} MiB"

@@ -332,6 +332,9 @@ def run_build(
             with dask_client(scheduler, workers) as client:
                 _run_tasks(client, tasks, lambda t: with_candidates(t, plan, group_sensor, memo),
                            store.url, rules, recipe, summary, progress)
+        # Every task has finished: what a worker killed mid-write left (its task ran again
+        # elsewhere) is removed before the store is consolidated.
+        store.remove_interrupted_writes()
         cons = store.consolidate()
     summary.complete = cons["complete"]
     summary.elapsed_s = time.perf_counter() - t0

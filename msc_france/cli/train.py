@@ -1,4 +1,4 @@
-"""Commands that train and evaluate: pretrain and eval."""
+"""Commands that train, evaluate and export models: pretrain, eval and export-model."""
 
 from __future__ import annotations
 
@@ -47,3 +47,30 @@ def eval_cmd(config_path: str, checkpoint: str | None, store: str | None, out: s
     click.echo((Path(cfg.out) / "report.md").read_text())
     say(f"report written to {cfg.out} (report.json, report.md, retrieval.png, transfer.png, "
                f"segmentation.png) in {r['elapsed_s']} s")
+
+
+@cli.command("export-model")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for model.safetensors and "
+              "config.json")
+@click.option("--which", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
+              help="the network whose encoder is exported (DINO evaluates the teacher)")
+def export_model(run: Path, out: Path, which: str) -> None:
+    """Export a trained encoder for timm, torchgeo or plain torch: model.safetensors in timm's key
+    layout (one patch embedding per sensor) and config.json (architecture, sensors, bands,
+    normalisation).
+    """
+    from msc_france.xstars.checkpoint import build_backbone, load_checkpoint
+    from msc_france.xstars.weights import export_encoder
+
+    ckpt_path = run / "checkpoints" / "last.pt" if run.is_dir() else run
+    ckpt = load_checkpoint(ckpt_path)
+    vit = build_backbone(ckpt, which)
+    claim_output_dir(out, "export-model", lambda n: n in ("model.safetensors", "config.json"))
+    bands = ckpt.get("bands")
+    meta = {"sensors": {s: list(bands) if bands else int(c) for s, c in ckpt["sensors"].items()},
+            "normalization": ckpt.get("normalization", {}), "source": {"checkpoint": str(ckpt_path),
+                                                                       "step": ckpt.get("step"), "network": which},
+            "load_with": "msc_france.xstars.weights.import_vit(path, 'timm', sensors, arch, patch_size, img_size)"}
+    for p in export_encoder(vit, out, meta):
+        say(f"wrote {p}")

@@ -37,7 +37,7 @@ import numpy as np
 import zarr
 
 from msc_france.errors import BadInputError, StoreError, first_line
-from msc_france.fsutil import atomic_path
+from msc_france.fsutil import atomic_path, interrupted_writes
 from msc_france.grid import Chip
 from msc_france.splits import SplitRule
 from msc_france.store.overviews import overview_path
@@ -472,6 +472,20 @@ class Store:
         return out
 
     # ------------------------------------------------------------------ the build lock
+
+    def remove_interrupted_writes(self) -> int:
+        """Delete the temporary files killed writes left (local stores; see
+        :func:`msc_france.fsutil.interrupted_writes`); returns how many.
+
+        Call it only holding the build lock, with no task of the build in flight: then no other
+        writer exists, and every such file is a leftover.
+        """
+        if self.remote:
+            return 0
+        found = interrupted_writes(self.path)
+        for p in found:
+            p.unlink(missing_ok=True)
+        return len(found)
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """Exclusive build lock; a second concurrent build is refused with who holds it

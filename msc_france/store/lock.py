@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from msc_france.errors import StoreError
-from msc_france.fsutil import exclusive_lock, interrupted_writes
+from msc_france.fsutil import exclusive_lock
 
 if TYPE_CHECKING:
     from msc_france.store.core import Store
@@ -34,9 +34,7 @@ def build_lock(store: Store) -> Iterator[None]:
         return
     with exclusive_lock(store.path / LOCK_NAME, lambda holder: StoreError(
             f"store {store.path} is being built by {holder}; wait for it or stop it")):
-        # Holding the lock, no other writer exists: any temporary file is a killed build's leftover.
-        for p in interrupted_writes(store.path):
-            p.unlink(missing_ok=True)
+        store.remove_interrupted_writes()
         yield
 
 

@@ -120,12 +120,37 @@ class OptimConfig(StrictModel):
                             "them; MSAD negatives come from each micro-batch, gathered over ranks)")
 
 
-class ContinualConfig(StrictModel):
-    """Adapt a pretrained model to a new sensor: a frozen copy encodes the source sensor."""
+class InitConfig(StrictModel):
+    """Weights to start from, in another project's layout (see :mod:`msc_france.xstars.weights`)."""
 
-    checkpoint: str
+    format: Literal["timm", "dino", "xstars", "msc-france"]
+    path: str
+    bands: list[str] | str | None = Field(
+        None, description="the source model's input bands in order (names, Sentinel-2 ids such as B04, or a preset: "
+        "ssl4eo-s12); needed when its patch embedding takes other bands than the source sensor is fed")
+    which: Literal["teacher", "student"] = Field("teacher", description="network of a DINO-style checkpoint")
+
+
+class ContinualConfig(StrictModel):
+    """Adapt a pretrained model to a new sensor: a frozen copy encodes the source sensor.
+
+    The pretrained model is a checkpoint of ``msc-france pretrain`` (``checkpoint``), or weights in
+    another layout (``init``: timm, DINO, the X-STARS authors' checkpoints).
+    """
+
+    checkpoint: str | None = None
+    init: InitConfig | None = None
     source_sensor: str
     target_sensor: str
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ContinualConfig:
+        if (self.checkpoint is None) == (self.init is None):
+            raise ValueError("continual needs exactly one of checkpoint (an msc-france checkpoint) or init "
+                             "(weights in timm, dino, xstars or msc-france layout)")
+        if self.init is not None and self.init.format == "msc-france":
+            return self.model_copy(update={"checkpoint": self.init.path, "init": None})
+        return self
 
 
 class RunConfig(StrictModel):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -61,6 +62,8 @@ from msc_france.xstars.distributed import (
 from msc_france.xstars.msad import MSADHeads, Positions, msad_loss, positions
 from msc_france.xstars.schedules import cosine, linear_warmup
 from msc_france.xstars.vit import ViT
+
+log = logging.getLogger(__name__)
 
 
 class Student(nn.Module):
@@ -207,6 +210,40 @@ def _check_resumable(resume: dict[str, Any], cfg: TrainConfig, out: Path) -> Non
                             "use a new --out")
 
 
+def _import_source(cfg: TrainConfig, ds: MSCFranceDataset, img_size: int,
+                   out: Path | None) -> tuple[ViT, dict[str, torch.Tensor] | None]:
+    """The continual run's source model from weights in another layout (``continual.init``): the
+    source sensor fed the bands the store gives it; the load report logged and written to
+    ``RUN/init-report.json``.
+    """
+    from msc_france.store import Store
+    from msc_france.xstars.weights import import_vit
+
+    c = cfg.continual
+    assert c is not None and c.init is not None
+    layer = Store.open(cfg.data.store).layer(c.source_sensor)
+    names = [layer.bands[i] for i in ds.band_index[c.source_sensor]]
+    imp = import_vit(c.init.path, c.init.format, {c.source_sensor: names}, cfg.model.arch, cfg.model.patch_size,
+                     img_size, c.init.bands, patch_embed=cfg.model.patch_embed, which=c.init.which)
+    for line in imp.report.lines():
+        log.info(f"init {c.init.path}: {line}")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "init-report.json").write_text(json.dumps(imp.report.to_json(), indent=1))
+    return imp.vit, imp.head
+
+
+def _load_head(head: DINOHead, state: dict[str, torch.Tensor]) -> None:
+    """Start ``head`` from a source model's DINO head; a head of another size is left out, with a warning."""
+    want = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if want != got:
+        log.warning("the source's DINO head has other sizes than dino.out_dim/hidden_dim/bottleneck_dim: "
+                    "the head starts from scratch")
+        return
+    head.load_state_dict(state)
+
+
 def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
     d = init_distributed(device_kind(cfg.run.device))
     device = resolve_device(cfg.run.device, d.local_rank)
@@ -221,7 +258,7 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
 
     frozen: ViT | None = None
     source_ckpt = None
-    if cfg.continual is not None:
+    if cfg.continual is not None and cfg.continual.checkpoint is not None:
         source_ckpt = load_checkpoint(cfg.continual.checkpoint)
         if source_ckpt["model"]["arch"] != cfg.model.arch or source_ckpt["model"]["patch_size"] != cfg.model.patch_size:
             raise TrainingError(
@@ -241,8 +278,15 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
     img_size = cfg.dino.global_size
     backbone = ViT(bands, cfg.model.arch, cfg.model.patch_size, img_size, cfg.model.drop_path,
                    patch_embed=cfg.model.patch_embed)
+    src: ViT | None = None
+    source_head: dict[str, torch.Tensor] | None = None
     if source_ckpt is not None:
         src = build_backbone(source_ckpt)
+        source_head = {k[len("dino_head."):]: v for k, v in source_ckpt["teacher"].items() if k.startswith("dino_head.")}
+    elif cfg.continual is not None and cfg.continual.init is not None:
+        src, source_head = _import_source(cfg, ds, img_size, out if d.main else None)
+    if src is not None:
+        assert cfg.continual is not None
         if src.embed_mode != backbone.embed_mode:
             raise TrainingError(f"checkpoint {source_ckpt} has a {src.embed_mode} patch embedding; "
                                 f"the config asks for {backbone.embed_mode}")
@@ -254,13 +298,16 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
             for s in cfg.data.sensors:  # start every known sensor from its pretrained embedding
                 if s in src.patch_embed and src.patch_embed[s].in_channels == bands[s]:
                     backbone.patch_embed[s].load_state_dict(src.patch_embed[s].state_dict())
-            src_emb = src.patch_embed[cfg.continual.source_sensor]  # type: ignore[union-attr]
-            tgt = cfg.continual.target_sensor  # type: ignore[union-attr]
+            src_emb = src.patch_embed[cfg.continual.source_sensor]
+            tgt = cfg.continual.target_sensor
             if tgt not in src.patch_embed and src_emb.in_channels == bands[tgt]:
                 backbone.patch_embed[tgt].load_state_dict(src_emb.state_dict())
         frozen = src.to(device).eval().requires_grad_(False)
 
-    student = Student(backbone, DINOHead(backbone.dim, cfg.dino.out_dim, cfg.dino.hidden_dim, cfg.dino.bottleneck_dim),
+    head = DINOHead(backbone.dim, cfg.dino.out_dim, cfg.dino.hidden_dim, cfg.dino.bottleneck_dim)
+    if source_head:  # the source's DINO head, when it has one of the configured size
+        _load_head(head, source_head)
+    student = Student(backbone, head,
                       MSADHeads(backbone.dim, list(cfg.data.sensors), cfg.msad.proj_dim, cfg.msad.dropout,
                                 layout=cfg.msad.heads, normalize=cfg.msad.normalize), cfg.msad.tokens).to(device)
     teacher = Teacher(copy.deepcopy(student.backbone), copy.deepcopy(student.dino_head)).to(device)

@@ -160,3 +160,63 @@ def test_run_directory_is_never_someone_elses(tiny_store: Path, tmp_path: Path, 
     assert not (busy / "checkpoints").exists()
     code, _ = run(busy)  # released: the same run directory trains
     assert code == 0 and (busy / "checkpoints" / "last.pt").exists() and (busy / ".msc-france-run").exists()
+
+
+def _continual(cfg: TrainConfig, continual: dict) -> TrainConfig:
+    return TrainConfig.model_validate({**cfg.model_dump(), "data": {**cfg.data.model_dump(),
+                                       "sensors": ["sentinel-2-l2a", "aerial"]},
+                                       "continual": {"source_sensor": "sentinel-2-l2a", "target_sensor": "aerial",
+                                                     **continual}})
+
+
+def test_continual_keeps_the_source_dino_head(trained, tiny_store: Path, tmp_path: Path) -> None:
+    out, _ = trained
+    src = load_checkpoint(out / "checkpoints" / "last.pt")
+    head = {k: v for k, v in src["teacher"].items() if k.startswith("dino_head.")}
+    cfg = _continual(_cfg(tiny_store, tmp_path / "c", optim__steps=1, run__checkpoint_every=1),
+                     {"checkpoint": str(out / "checkpoints" / "last.pt")})
+    pretrain(cfg, progress=False)
+    after = load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt")["teacher"]
+    for k, v in head.items():  # one small step from the source's head, not a fresh one
+        assert (after[k] - v).norm() <= 0.05 * v.norm() + 1e-6, k
+
+
+def test_continual_from_an_exported_timm_encoder(trained, tiny_store: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    from safetensors.torch import load_file
+
+    out, _ = trained
+    assert main(["export-model", str(out), "--out", str(tmp_path / "enc")]) == 0
+    assert "model.safetensors" in capsys.readouterr().out
+    exported = load_file(str(tmp_path / "enc" / "model.safetensors"))
+    cfg = _continual(_cfg(tiny_store, tmp_path / "c", optim__steps=2, run__checkpoint_every=2),
+                     {"init": {"format": "timm", "path": str(tmp_path / "enc" / "model.safetensors")}})
+    pretrain(cfg, progress=False)
+    frozen = load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt")["frozen"]
+    assert torch.equal(frozen["blocks.0.attn.qkv.weight"], exported["blocks.0.attn.qkv.weight"])
+    assert torch.equal(frozen["blocks.1.mlp.0.weight"], exported["blocks.1.mlp.fc1.weight"])
+    assert torch.equal(frozen["patch_embed.sentinel-2-l2a.weight"], exported["patch_embed.sentinel-2-l2a.proj.weight"])
+    report = json.loads((tmp_path / "c" / "init-report.json").read_text())
+    assert report["adapted"] == {} and report["loaded"] > 20
+    # The aerial patch embeddings of the export are not used by a Sentinel-2 anchor: reported.
+    assert "patch_embed.aerial.proj.weight" in report["unexpected"]
+
+
+def test_continual_from_13_band_weights_of_another_size(tiny_store: Path, tmp_path: Path) -> None:
+    """SSL4EO-S12-shaped weights (13 Sentinel-2 bands, trained on 56 px: 49 patches) feeding a
+    Sentinel-2 anchor that sees red, green, blue at 32 px (16 patches).
+    """
+    from tests.xstars.test_weights import _timm_state
+
+    sd = _timm_state(bands=13, tokens=49)
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in sd.items()}}, tmp_path / "ssl4eo.ckpt")
+    cfg = _continual(_cfg(tiny_store, tmp_path / "c", optim__steps=2, run__checkpoint_every=2),
+                     {"init": {"format": "timm", "path": str(tmp_path / "ssl4eo.ckpt"), "bands": "ssl4eo-s12"}})
+    pretrain(cfg, progress=False)
+    frozen = load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt")["frozen"]
+    # red = B04 (index 3), green = B03 (2), blue = B02 (1) of SSL4EO's order.
+    assert torch.equal(frozen["patch_embed.sentinel-2-l2a.weight"], sd["patch_embed.proj.weight"][:, [3, 2, 1]])
+    assert frozen["pos_embed"].shape == (1, 17, 64)
+    report = json.loads((tmp_path / "c" / "init-report.json").read_text())
+    assert set(report["adapted"]) == {"patch_embed.sentinel-2-l2a.proj.weight", "pos_embed"}
+    assert report["unexpected"] == ["head.bias", "head.weight"]

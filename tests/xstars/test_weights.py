@@ -1,0 +1,152 @@
+"""Importing timm-, DINO- and SSL4EO-style ViT weights, and exporting encoders in timm's layout,
+checked against a ViT forward pass written here from timm's key layout with plain torch ops (not
+the project's ViT), and against band indices worked out by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from msc_france.errors import TrainingError
+from msc_france.xstars.weights import export_encoder, import_vit
+
+DIM, DEPTH, HEADS, PATCH = 64, 2, 2, 8  # vit_test
+
+
+def _timm_state(bands: int, tokens: int, seed: int = 0, extra: bool = True) -> dict[str, torch.Tensor]:
+    """A ViT state dict with timm's key names (random weights), as timm's VisionTransformer writes it."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.1  # noqa: E731
+    sd = {"cls_token": r(1, 1, DIM), "pos_embed": r(1, 1 + tokens, DIM),
+          "patch_embed.proj.weight": r(DIM, bands, PATCH, PATCH), "patch_embed.proj.bias": r(DIM),
+          "norm.weight": 1 + r(DIM), "norm.bias": r(DIM)}
+    for i in range(DEPTH):
+        b = f"blocks.{i}."
+        sd.update({b + "norm1.weight": 1 + r(DIM), b + "norm1.bias": r(DIM), b + "attn.qkv.weight": r(3 * DIM, DIM),
+                   b + "attn.qkv.bias": r(3 * DIM), b + "attn.proj.weight": r(DIM, DIM), b + "attn.proj.bias": r(DIM),
+                   b + "norm2.weight": 1 + r(DIM), b + "norm2.bias": r(DIM), b + "mlp.fc1.weight": r(4 * DIM, DIM),
+                   b + "mlp.fc1.bias": r(4 * DIM), b + "mlp.fc2.weight": r(DIM, 4 * DIM), b + "mlp.fc2.bias": r(DIM)})
+    if extra:
+        sd.update({"head.weight": r(10, DIM), "head.bias": r(10)})  # a classifier: not part of the encoder
+    return sd
+
+
+def _reference(sd: dict[str, torch.Tensor], x: torch.Tensor, embed: str = "patch_embed.proj") -> torch.Tensor:
+    """The forward pass of timm's ViT (pre-norm blocks, class token first, final norm), from its keys."""
+    t = F.conv2d(x, sd[f"{embed}.weight"], sd[f"{embed}.bias"], stride=PATCH).flatten(2).transpose(1, 2)
+    t = torch.cat([sd["cls_token"].expand(len(x), -1, -1), t], dim=1) + sd["pos_embed"]
+    b_, n, d = t.shape
+    for i in range(DEPTH):
+        p = f"blocks.{i}."
+        h = F.layer_norm(t, (d,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], eps=1e-6)
+        q, k, v = F.linear(h, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"]).reshape(
+            b_, n, 3, HEADS, d // HEADS).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-2, -1) * (d // HEADS) ** -0.5, dim=-1)
+        t = t + F.linear((a @ v).transpose(1, 2).reshape(b_, n, d), sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
+        h = F.layer_norm(t, (d,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], eps=1e-6)
+        t = t + F.linear(F.gelu(F.linear(h, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"])),
+                         sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
+    return F.layer_norm(t, (d,), sd["norm.weight"], sd["norm.bias"], eps=1e-6)
+
+
+def test_timm_weights_give_timms_forward(tmp_path: Path) -> None:
+    sd = _timm_state(bands=3, tokens=16)  # 32 px images, 4 x 4 patches
+    torch.save(sd, tmp_path / "vit.pth")
+    imp = import_vit(tmp_path / "vit.pth", "timm", {"aerial": ["red", "green", "blue"]}, "vit_test", PATCH, 32)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(imp.vit(x, "aerial"), _reference(sd, x), atol=1e-5)
+    assert imp.report.unexpected == ["head.bias", "head.weight"] and not imp.report.adapted
+    assert imp.report.head == "the source has none"
+
+
+def test_position_embeddings_of_another_size_are_resized(tmp_path: Path) -> None:
+    sd = _timm_state(bands=3, tokens=16, extra=False)
+    torch.save(sd, tmp_path / "vit.pth")
+    imp = import_vit(tmp_path / "vit.pth", "timm", {"s": ["red", "green", "blue"]}, "vit_test", PATCH, 64)
+    pos = imp.vit.pos_embed.detach()
+    assert pos.shape == (1, 1 + 64, DIM)
+    assert torch.equal(pos[:, 0], sd["pos_embed"][:, 0])  # the class token is not part of the grid
+    assert "16 patches resized to 64" in imp.report.adapted["pos_embed"]
+    # A constant grid stays constant under bicubic resizing (a hand-checkable case).
+    sd["pos_embed"][:, 1:] = 0.25
+    torch.save(sd, tmp_path / "flat.pth")
+    flat = import_vit(tmp_path / "flat.pth", "timm", {"s": ["red", "green", "blue"]}, "vit_test", PATCH, 64)
+    assert torch.allclose(flat.vit.pos_embed.detach()[:, 1:], torch.full((1, 64, DIM), 0.25), atol=1e-6)
+
+
+def test_ssl4eo_bands_are_selected_by_name(tmp_path: Path) -> None:
+    sd = _timm_state(bands=13, tokens=16)
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in sd.items()}}, tmp_path / "ssl4eo.ckpt")
+    imp = import_vit(tmp_path / "ssl4eo.ckpt", "timm", {"sentinel-2-l2a": ["red", "green", "blue", "nir"],
+                                                        "pan": ["pan"]}, "vit_test", PATCH, 32,
+                     source_bands="ssl4eo-s12")
+    w = sd["patch_embed.proj.weight"]
+    # SSL4EO order B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12: red B04 = 3, green B03 = 2,
+    # blue B02 = 1, nir B08 = 7.
+    got = imp.vit.patch_embed["sentinel-2-l2a"].weight.detach()
+    assert torch.equal(got, w[:, [3, 2, 1, 7]])
+    assert torch.allclose(imp.vit.patch_embed["pan"].weight.detach()[:, 0], w.mean(dim=1))
+    assert "pan (absent from the source) from the mean" in imp.report.adapted["patch_embed.pan.proj.weight"]
+    x = torch.randn(1, 4, 32, 32)
+    want = _reference({**sd, "patch_embed.proj.weight": w[:, [3, 2, 1, 7]]}, x)
+    with torch.no_grad():
+        assert torch.allclose(imp.vit(x, "sentinel-2-l2a"), want, atol=1e-5)
+
+
+def test_dino_checkpoints_keep_their_head(tmp_path: Path) -> None:
+    sd = _timm_state(bands=3, tokens=16, extra=False)
+    head = {"mlp.0.weight": torch.randn(32, DIM), "mlp.0.bias": torch.zeros(32), "last_layer.weight_g": torch.ones(
+        100, 1), "last_layer.weight_v": torch.randn(100, 16)}
+    teacher = {f"module.backbone.{k}": v for k, v in sd.items()} | {f"module.head.{k}": v for k, v in head.items()}
+    torch.save({"teacher": teacher, "student": {}, "epoch": 3}, tmp_path / "dino.pth")
+    imp = import_vit(tmp_path / "dino.pth", "dino", {"s": ["red", "green", "blue"]}, "vit_test", PATCH, 32)
+    assert imp.head is not None and set(imp.head) == {"mlp.0.weight", "mlp.0.bias",
+                                                      "last_layer.parametrizations.weight.original0",
+                                                      "last_layer.parametrizations.weight.original1"}
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(imp.vit(x, "s"), _reference(sd, x), atol=1e-5)
+
+
+def test_what_does_not_fit_is_refused(tmp_path: Path) -> None:
+    sd = _timm_state(bands=3, tokens=16, extra=False)
+    del sd["blocks.1.attn.qkv.weight"]
+    torch.save(sd, tmp_path / "a.pth")
+    with pytest.raises(TrainingError, match=r"neither in the weights nor adapted \(first: blocks.1.attn.qkv.weight\)"):
+        import_vit(tmp_path / "a.pth", "timm", {"s": ["red", "green", "blue"]}, "vit_test", PATCH, 32)
+    torch.save(_timm_state(bands=13, tokens=16), tmp_path / "b.pth")
+    with pytest.raises(TrainingError, match="name the source's bands"):
+        import_vit(tmp_path / "b.pth", "timm", {"s": ["red", "green", "blue"]}, "vit_test", PATCH, 32)
+    with pytest.raises(TrainingError, match=r"cls_token is \(1, 1, 64\), vit_tiny/8 needs \(1, 1, 192\)"):
+        import_vit(tmp_path / "b.pth", "timm", {"s": ["red", "green", "blue"]}, "vit_tiny", PATCH, 32,
+                   source_bands="ssl4eo-s12")
+
+
+def test_exported_encoders_load_with_plain_torch_and_back(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from msc_france.xstars.vit import ViT
+
+    vit = ViT({"sentinel-2-l2a": 4, "aerial": 3}, "vit_test", PATCH, 32, drop_path=0.0).eval()
+    export_encoder(vit, tmp_path / "enc", {"sensors": {"sentinel-2-l2a": ["red", "green", "blue", "nir"],
+                                                       "aerial": ["red", "green", "blue"]}})
+    cfg = json.loads((tmp_path / "enc" / "config.json").read_text())
+    assert (cfg["architecture"], cfg["embed_dim"], cfg["depth"], cfg["num_heads"], cfg["patch_size"]) == \
+        ("vit_test", DIM, DEPTH, HEADS, PATCH)
+    sd = load_file(str(tmp_path / "enc" / "model.safetensors"))
+    assert "patch_embed.aerial.proj.weight" in sd and "blocks.0.mlp.fc1.weight" in sd
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours = vit(x, "aerial")
+        assert torch.allclose(_reference(sd, x, embed="patch_embed.aerial.proj"), ours, atol=1e-5)
+        back = import_vit(tmp_path / "enc" / "model.safetensors", "timm",
+                          {"sentinel-2-l2a": ["red", "green", "blue", "nir"], "aerial": ["red", "green", "blue"]},
+                          "vit_test", PATCH, 32)
+        assert torch.allclose(back.vit.eval()(x, "aerial"), ours, atol=1e-6)
+        assert not back.report.adapted and not back.report.unexpected
