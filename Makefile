@@ -7,7 +7,7 @@ DEMO_STORE ?= data/demo.zarr
 DEMO_PREVIEW ?= data/demo-preview
 WORKERS ?= 2
 
-.PHONY: install test demo pretrain baselines eval seeds bench clean-demo
+.PHONY: install test demo pretrain baselines eval seeds bench clean-demo continual-s2
 
 # torch first, pinned to the CPU wheel, so that no extra resolves a CUDA build.
 $(STAMP): pyproject.toml
@@ -40,6 +40,18 @@ pretrain: install
 	$(BIN)/msc-france pretrain --config pipelines/pretrain-dino.yaml --data "$(DEMO_STORE)" --quiet
 	$(BIN)/msc-france pretrain --config pipelines/continual-xstars.yaml --data "$(DEMO_STORE)" --quiet
 	$(BIN)/msc-france pretrain --config pipelines/continual-dino.yaml --data "$(DEMO_STORE)" --quiet
+
+# The paper's continual scenario: DINO on Sentinel-2 only (the source never sees aerial), adapted
+# to aerial with its frozen Sentinel-2 copy as anchor, with MSAD and without; then the same from the
+# source exported in timm's layout (export-model, continual.init); evaluated on val and test.
+continual-s2: install
+	@test -d "$(DEMO_STORE)" || { echo "error: $(DEMO_STORE) not found; run 'make demo' first"; exit 2; }
+	$(BIN)/msc-france pretrain --config pipelines/pretrain-s2-dino.yaml --data "$(DEMO_STORE)" --quiet
+	$(BIN)/msc-france pretrain --config pipelines/continual-xstars.yaml --data "$(DEMO_STORE)" --out runs/continual-xstars-s2 --set continual.checkpoint=runs/s2-dino/checkpoints/last.pt --quiet
+	$(BIN)/msc-france pretrain --config pipelines/continual-dino.yaml --data "$(DEMO_STORE)" --out runs/continual-dino-s2 --set continual.checkpoint=runs/s2-dino/checkpoints/last.pt --quiet
+	$(BIN)/msc-france export-model runs/s2-dino --out runs/s2-dino-timm
+	$(BIN)/msc-france pretrain --config pipelines/continual-xstars.yaml --data "$(DEMO_STORE)" --out runs/continual-xstars-timm --set continual.checkpoint=null --set continual.init.format=timm --set continual.init.path=runs/s2-dino-timm/model.safetensors --quiet
+	$(BIN)/msc-france eval --config pipelines/eval-continual-s2.yaml --data "$(DEMO_STORE)"
 
 # The trained baselines every claim must beat besides DINO only: a global InfoNCE model (MSAD on
 # mean-pooled tokens only: does *dense* matter?) and the reference code's MSAD (its bugs fixed).

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import rasterio
 
+from msc_france.builder.coreg import CoregRule, area_mean, luminance, measure
 from msc_france.builder.read import ChipRead, read_candidate
 from msc_france.builder.scheduler import Completed, ThreadClient, check_scheduler, dask_client
 from msc_france.builder.warp import clear_http_cache, gdal_env
@@ -136,10 +137,11 @@ def _build_layer(rule: LayerRule, chip: Chip, cands: list[tuple[SourceItem, ...]
 
 
 def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_size_m: int, policy: str,
-                tick: Callable[[], None] | None = None) -> dict[str, ChipRecord]:
+                tick: Callable[[], None] | None = None, coreg: CoregRule | None = None) -> dict[str, ChipRecord]:
     """Build, write and commit one shard; returns the chip records it committed.
 
-    ``tick`` (local threads only) is called after each chip of each sensor is read.
+    ``tick`` (local threads only) is called after each chip of each sensor is read. With ``coreg``,
+    every built chip's sensors are measured against the reference sensor (:mod:`.coreg`).
     """
     store = Store.open(store_path, mode="r+")
     worker = _worker_name()
@@ -147,6 +149,7 @@ def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_s
     rebuild = {j.chip_id for j in task.jobs}
     keep = {cid: rec for cid, rec in existing.items() if cid not in rebuild}
     layers: dict[str, dict[str, LayerRecord]] = {j.chip_id: {} for j in task.jobs}
+    views: dict[str, dict[str | float, np.ndarray]] = {j.chip_id: {} for j in task.jobs}  # for coreg
     n = task.stop - task.start
     clear_http_cache()  # a long-lived worker must not remember an earlier task's failed opens
     for rule in rules:
@@ -170,6 +173,8 @@ def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_s
                 if res is not None:
                     data[i] = res.data[0] if L.is_label else res.data
                     valid[i] = res.valid
+                    if coreg is not None:
+                        _keep_view(coreg, L, data[i], valid[i], views[job.chip_id])
                 else:
                     data[i] = 0
                     valid[i] = 0
@@ -185,9 +190,59 @@ def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_s
                     if rec.checksum is not None:  # validate checks each level as it checks full resolution
                         i = job.index - task.start
                         layers[job.chip_id][L.group] = rec.with_overview(f, chip_checksum(og_data[i], og_valid[i]))
+    if coreg is not None:
+        for job in task.jobs:
+            _coregister(coreg, layers[job.chip_id], views[job.chip_id])
     records = {j.chip_id: ChipRecord(j.index, worker, layers[j.chip_id]) for j in task.jobs}
     store.write_commit(ShardCommit(task.shard, {**keep, **records}))  # the done mark, after the data
     return records
+
+
+def _keep_view(rule: CoregRule, L: Layer, data: np.ndarray, valid: np.ndarray,
+               views: dict[str | float, np.ndarray]) -> None:
+    """What co-registration needs of one built chip: the reference averaged onto every other
+    sensor's grid (keyed by GSD: small, whatever the reference's resolution), the others as they are.
+    """
+    if L.group == rule.reference:
+        lum = luminance(data, valid)
+        for gsd in {g for _, g in rule.moving}:
+            views[gsd] = area_mean(lum, L.gsd, gsd)
+    elif any(g == L.group for g, _ in rule.moving):
+        views[L.group] = luminance(data, valid)
+
+
+def _coregister(rule: CoregRule, recs: dict[str, LayerRecord], views: dict[str | float, np.ndarray]) -> None:
+    """Add each sensor's measured shift to its record (and flag it when the rule says so)."""
+    for group, gsd in rule.moving:
+        rec = recs.get(group)
+        if rec is None or not rec.status.written or group not in views or gsd not in views:
+            continue
+        s = measure(views[gsd], views[group], gsd)
+        if s is None:
+            continue
+        rec = replace(rec, shift_x_m=s.x_m, shift_y_m=s.y_m, coreg_quality=s.quality, coreg_overlap=s.overlap)
+        why = rule.flag(s)
+        if why is not None:
+            rec = replace(rec, status=Status.FLAGGED, reason=f"{rec.reason}; {why}" if rec.reason else why)
+        recs[group] = rec
+
+
+def coreg_rule(recipe: Recipe, layers: list[Layer]) -> CoregRule | None:
+    """The recipe's co-registration rule for ``layers`` (None when off or with one sensor).
+
+    Raises:
+        BadInputError: a reference sensor the recipe does not build.
+    """
+    c = recipe.coregistration
+    sensors = [L for L in layers if not L.is_label]
+    if not c.measure or len(sensors) < 2:
+        return None
+    if c.reference is not None and c.reference not in {L.group for L in sensors}:
+        raise BadInputError(f"coregistration.reference '{c.reference}' is not a sensor of the recipe "
+                            f"({', '.join(L.group for L in sensors)})")
+    ref = next(L for L in sensors if L.group == c.reference) if c.reference else min(sensors, key=lambda L: L.gsd)
+    return CoregRule(ref.group, ref.gsd, tuple((L.group, L.gsd) for L in sensors if L.group != ref.group),
+                     c.max_misregistration_m, c.min_quality)
 
 
 def _worker_name() -> str:
@@ -274,6 +329,10 @@ def store_schema(recipe: Recipe, specs: dict[str, SensorSpec], gsds: dict[str, f
         layers.append(Layer(LABELS_GROUP, s.name, gsds[s.name], ("class",), s.dtype, True, units="class"))
         classes = s.classes
     rules = recipe.model_dump(mode="json")
+    if recipe.coregistration.max_misregistration_m is None:
+        # Measuring changes no pixel and no status: recorded only when it can flag chips, so that
+        # stores built before co-registration existed still append.
+        rules.pop("coregistration")
     if recipe.split.block_chips == 1 and recipe.split.buffer_chips == 0:
         # The per-chip rule is stored as it was before blocks existed, so older stores still append.
         for key in ("block_chips", "buffer_chips"):
@@ -345,6 +404,7 @@ def _run_tasks(client: Any, tasks: list[ShardTask], prepare: Callable[[ShardTask
                rules: list[LayerRule], recipe: Recipe, summary: BuildSummary,
                progress: Progress | None) -> None:
     local = isinstance(client, ThreadClient)
+    coreg = coreg_rule(recipe, [r.layer for r in rules])
     if local:
         as_completed: Callable[[list[Any]], Any] = Completed
     else:
@@ -371,7 +431,7 @@ def _run_tasks(client: Any, tasks: list[ShardTask], prepare: Callable[[ShardTask
     def submit() -> Any:
         t = prepare(pending.pop())
         fut = client.submit(build_shard, store_path, t, rules, recipe.chip_size_m, recipe.invalid_policy,
-                            tick_for(t.shard), key=f"shard-{t.shard}-{time.time_ns()}", retries=1, pure=False)
+                            tick_for(t.shard), coreg, key=f"shard-{t.shard}-{time.time_ns()}", retries=1, pure=False)
         by_key[fut.key] = t
         return fut
 

@@ -1,4 +1,4 @@
-"""Commands that look at a store: info, index, validate, preview and export."""
+"""Commands that look at a store: info, index, validate, preview, export and card."""
 
 from __future__ import annotations
 
@@ -128,3 +128,21 @@ def export(store: str, fmt: str, out: Path, split: str | None) -> None:
     with progress_bar("export", "chip") as bar:
         n = export_xstars(st, out, split=split, progress=bar)
     say(f"exported {n} chips to {out}")
+
+
+@cli.command()
+@click.argument("store", type=_STORE)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for card.md, card.json and "
+              "the figures")
+def card(store: str, out: Path) -> None:
+    """Write a dataset card: counts per sensor and split, a map of the splits, dates, valid fractions,
+    measured shifts, sources and licences, and the recipe (from the index and attributes only).
+    """
+    from msc_france.card import write_card
+    from msc_france.store import Store
+
+    st = Store.open(store)
+    st.index()  # a damaged store is refused before any folder is made
+    claim_output_dir(out, "card", lambda n: n.startswith("card"))
+    for p in write_card(st, out):
+        say(f"wrote {p}")

@@ -89,6 +89,17 @@ class SplitSpec(StrictModel):
         return self
 
 
+class Coregistration(StrictModel):
+    """Per-chip co-registration between sensors (msc_france.builder.coreg)."""
+
+    measure: bool = Field(True, description="measure every sensor's shift against the reference, per chip")
+    reference: str | None = Field(None, description="reference sensor (default: the finest sensor of the recipe)")
+    max_misregistration_m: float | None = Field(
+        None, gt=0, description="flag a sensor of a chip whose measured shift exceeds this (status flagged, reason "
+        "recorded); None: measure only")
+    min_quality: float = Field(0.3, ge=0, le=1, description="shifts measured with a lower quality never flag a chip")
+
+
 class Limits(StrictModel):
     """Resource bounds of a build, checked before anything is read (they change no content)."""
 
@@ -109,6 +120,7 @@ class Recipe(StrictModel):
     chips_per_shard: int = Field(16, ge=1, le=4096)
     split: SplitSpec = SplitSpec()
     limits: Limits = Limits()
+    coregistration: Coregistration = Coregistration()
 
     @field_validator("chip_size_m", mode="before")
     @classmethod

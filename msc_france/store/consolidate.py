@@ -39,6 +39,7 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
     cloud = np.full(n, np.nan, np.float32)
     valid = np.full(n, np.nan, np.float32)
     harm = np.full(n, "", dtype=object)
+    coreg = {k: np.full(n, np.nan) for k in ("shift_x_m", "shift_y_m", "coreg_quality")}
     nb = 1 if L.is_label else len(L.bands)
     # Sums, sums of squares and counts of valid pixels; row 1: training chips, row 0: the others.
     s1, s2, cnt = np.zeros((2, nb)), np.zeros((2, nb)), np.zeros(2)
@@ -53,6 +54,9 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
         cloud[i] = np.nan if rec.cloud_fraction is None else rec.cloud_fraction
         valid[i] = np.nan if rec.valid_fraction is None else rec.valid_fraction
         harm[i] = rec.harmonization
+        for k, arr in coreg.items():
+            v = getattr(rec, k)
+            arr[i] = np.nan if v is None else v
         st = rec.stats
         if st and rec.status is Status.OK:
             t = int(splits[i] == "train")
@@ -85,6 +89,8 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
         f"datetime_{c}": pd.to_datetime(pd.Series(when, dtype="float64").where(when > 0), unit="s", utc=True),
         f"item_ids_{c}": [s.split(",") if s else [] for s in items],
     }
+    if np.isfinite(coreg["coreg_quality"]).any():  # measured against the reference (builder/coreg.py)
+        columns.update({f"{k}_{c}": v for k, v in coreg.items()})
     return {"counts": counts, "stats": stats, "columns": columns}
 
 

@@ -76,6 +76,11 @@ class LayerRecord:
     overview_checksums: Mapping[str, str] = field(default_factory=dict)
     stats: Mapping[str, Any] | None = None  # per-band sum, sumsq and count of valid pixels
     traceback: str | None = None
+    # Co-registration against the chip's reference sensor (msc_france.builder.coreg).
+    shift_x_m: float | None = None
+    shift_y_m: float | None = None
+    coreg_quality: float | None = None
+    coreg_overlap: float | None = None
 
     @classmethod
     def failed(cls, reason: str, traceback: str | None = None) -> LayerRecord:
@@ -90,7 +95,7 @@ class LayerRecord:
         """The JSON object of a done mark (empty and unset fields left out)."""
         d: dict[str, Any] = {"status": self.status.value}
         for k in ("reason", "datetime", "cloud_fraction", "valid_fraction", "covered_fraction", "clipped",
-                  "checksum", "traceback"):
+                  "checksum", "traceback", "shift_x_m", "shift_y_m", "coreg_quality", "coreg_overlap"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
@@ -118,7 +123,9 @@ class LayerRecord:
             clipped=None if d.get("clipped") is None else int(d["clipped"]),
             skipped_candidates=tuple(str(s) for s in d.get("skipped_candidates", ())),
             checksum=d.get("checksum"), overview_checksums=dict(d.get("overview_checksums") or {}),
-            stats=d.get("stats"), traceback=d.get("traceback"))
+            stats=d.get("stats"), traceback=d.get("traceback"), shift_x_m=_float(d.get("shift_x_m")),
+            shift_y_m=_float(d.get("shift_y_m")), coreg_quality=_float(d.get("coreg_quality")),
+            coreg_overlap=_float(d.get("coreg_overlap")))
 
 
 def _float(v: Any) -> float | None:
