@@ -33,3 +33,11 @@ def test_the_cards_numbers_are_the_indexs(tiny_store: Path, tmp_path: Path, caps
     assert card["layers"]["aerial"]["reference"] is True
     md = (tmp_path / "card" / "card.md").read_text()
     assert f"{len(idx)} chips of 960 m" in md and "## Recipe" in md and "Etalab" in md
+
+
+def test_days_from_the_reference_are_the_datetime_differences(tiny_store: Path) -> None:
+    idx = gpd.read_parquet(tiny_store / "index.parquet")
+    for col in ("sentinel_2_l2a", "landsat_8_c2_l2"):
+        want = (idx[f"datetime_{col}"] - idx["datetime_aerial"]).abs().dt.total_seconds() / 86400
+        assert np.allclose(idx[f"days_from_reference_{col}"], want, atol=1e-3)
+    assert "days_from_reference_aerial" not in idx.columns and "days_from_reference_labels" not in idx.columns

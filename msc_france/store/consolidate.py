@@ -94,6 +94,24 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
     return {"counts": counts, "stats": stats, "columns": columns}
 
 
+def _days_from_reference(store: Store, table: dict[str, Any]) -> dict[str, Any]:
+    """``days_from_reference_<group>``: days between each sensor's acquisition and the reference
+    sensor's (the co-registration reference: the recipe's, else the finest sensor), per chip.
+    """
+    sensors = [L for L in store.layers if not L.is_label]
+    if len(sensors) < 2:
+        return {}
+    chosen = (store.meta.get("recipe") or {}).get("coregistration", {}).get("reference")
+    ref = next((L for L in sensors if L.group == chosen), None) or min(sensors, key=lambda L: L.gsd)
+    t_ref = pd.Series(table[f"datetime_{column(ref.group)}"])
+    out = {}
+    for L in sensors:
+        if L.group != ref.group:
+            dt_days = (pd.Series(table[f"datetime_{column(L.group)}"]) - t_ref).dt.total_seconds() / 86400
+            out[f"days_from_reference_{column(L.group)}"] = dt_days.abs().round(3).to_numpy(dtype=np.float64)
+    return out
+
+
 def consolidate(store: Store) -> dict[str, Any]:
     """Fold the done marks into per-chip metadata, statistics, ``index.parquet``, ``failures.json``
     and Zarr's consolidated metadata.
@@ -123,6 +141,7 @@ def consolidate(store: Store) -> dict[str, Any]:
         summary["layers"][L.group] = {"counts": folded["counts"], "stats": folded["stats"]}
         complete = complete and folded["counts"]["pending"] == 0 and folded["counts"]["failed"] == 0
         table.update(folded["columns"])
+    table.update(_days_from_reference(store, table))
     failures = [
         {"chip_id": cid, "group": g, "status": rec.status.value, "reason": rec.reason or "",
          "item_ids": list(rec.item_ids)}
