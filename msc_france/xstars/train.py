@@ -23,7 +23,6 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,8 @@ from torch.utils.data import DataLoader
 
 from msc_france.data import MSCFranceDataset, StepBatchSampler, collate
 from msc_france.data.transforms import (
-    CropGeometry,
     MultiCropConfig,
-    colocated_crops,
     multicrop_with_geometry,
-    random_window,
 )
 from msc_france.errors import BadInputError, TrainingError, first_line
 from msc_france.fsutil import exclusive_lock, refuse_inside_store
@@ -54,71 +50,18 @@ from msc_france.xstars.dino import DINOHead, DINOLoss, ema_update
 from msc_france.xstars.distributed import (
     cpu_threads,
     device_kind,
-    gather_batch,
     init_distributed,
     one_thread,
     resolve_device,
 )
-from msc_france.xstars.msad import MSADHeads, Positions, msad_loss, positions
+from msc_france.xstars.model import Student, Teacher, param_groups
+from msc_france.xstars.msad import MSADHeads
 from msc_france.xstars.schedules import cosine, linear_warmup
+from msc_france.xstars.source import import_source, load_head
+from msc_france.xstars.step import MSADInputs, Precision, micro_batches, msad_inputs, step_losses
 from msc_france.xstars.vit import ViT
 
 log = logging.getLogger(__name__)
-
-
-class Student(nn.Module):
-    """Everything the optimiser trains: backbone, DINO head, MSAD projection heads."""
-
-    def __init__(self, backbone: ViT, dino_head: DINOHead, msad_heads: MSADHeads, msad_tokens: Positions = "all",
-                 ) -> None:
-        super().__init__()
-        self.backbone, self.dino_head, self.msad_heads = backbone, dino_head, msad_heads
-        self.msad_positions: Positions = msad_tokens
-
-    def forward(self, sensor: str, global_views: torch.Tensor, local_views: torch.Tensor | None,
-                msad_views: dict[str, torch.Tensor], msad_tokens: dict[str, torch.Tensor] | None = None,
-                reuse: slice | None = None) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
-        """Everything a step needs, in one call (DDP allows one forward per backward).
-
-        Returns the DINO outputs of the global and local crops of ``sensor``, and the MSAD
-        embeddings (B, A, P, d) (A: one per argument of the loss, see
-        :meth:`MSADHeads.arguments`) of ``msad_views`` (through the backbone), of ``msad_tokens``
-        (tokens computed elsewhere, e.g. by the frozen model, through the projection heads only)
-        and, with ``reuse``, of the rows ``reuse`` of the global crops as ``sensor``'s MSAD view.
-        The global crops and the MSAD views go through the transformer as one batch.
-        """
-        toks = self.backbone.forward_many([(sensor, global_views), *msad_views.items()])
-        s_glob = self.dino_head(toks[0][:, 0])
-        s_loc = self.dino_head(self.backbone(local_views, sensor)[:, 0]) if local_views is not None else None
-        seen = dict(zip(msad_views, toks[1:], strict=True))
-        if reuse is not None:
-            seen[sensor] = toks[0][reuse]
-        emb = {s: self.msad_heads.arguments(positions(t, self.msad_positions), s) for s, t in seen.items()}
-        for s, tok in (msad_tokens or {}).items():
-            emb[s] = self.msad_heads.arguments(positions(tok, self.msad_positions), s)
-        return s_glob, s_loc, emb
-
-
-class Teacher(nn.Module):
-    """The EMA teacher: backbone + DINO head."""
-
-    def __init__(self, backbone: ViT, dino_head: DINOHead) -> None:
-        super().__init__()
-        self.backbone, self.dino_head = backbone, dino_head
-
-    def forward(self, x: torch.Tensor, sensor: str) -> torch.Tensor:
-        """DINO head outputs of images ``x`` seen by ``sensor``."""
-        return self.dino_head(self.backbone(x, sensor)[:, 0])
-
-
-def _param_groups(model: nn.Module) -> list[dict[str, Any]]:
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _plot(log_path: Path, out: Path) -> None:
@@ -210,40 +153,6 @@ def _check_resumable(resume: dict[str, Any], cfg: TrainConfig, out: Path) -> Non
                             "use a new --out")
 
 
-def _import_source(cfg: TrainConfig, ds: MSCFranceDataset, img_size: int,
-                   out: Path | None) -> tuple[ViT, dict[str, torch.Tensor] | None]:
-    """The continual run's source model from weights in another layout (``continual.init``): the
-    source sensor fed the bands the store gives it; the load report logged and written to
-    ``RUN/init-report.json``.
-    """
-    from msc_france.store import Store
-    from msc_france.xstars.weights import import_vit
-
-    c = cfg.continual
-    assert c is not None and c.init is not None
-    layer = Store.open(cfg.data.store).layer(c.source_sensor)
-    names = [layer.bands[i] for i in ds.band_index[c.source_sensor]]
-    imp = import_vit(c.init.path, c.init.format, {c.source_sensor: names}, cfg.model.arch, cfg.model.patch_size,
-                     img_size, c.init.bands, patch_embed=cfg.model.patch_embed, which=c.init.which)
-    for line in imp.report.lines():
-        log.info(f"init {c.init.path}: {line}")
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "init-report.json").write_text(json.dumps(imp.report.to_json(), indent=1))
-    return imp.vit, imp.head
-
-
-def _load_head(head: DINOHead, state: dict[str, torch.Tensor]) -> None:
-    """Start ``head`` from a source model's DINO head; a head of another size is left out, with a warning."""
-    want = {k: tuple(v.shape) for k, v in head.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if want != got:
-        log.warning("the source's DINO head has other sizes than dino.out_dim/hidden_dim/bottleneck_dim: "
-                    "the head starts from scratch")
-        return
-    head.load_state_dict(state)
-
-
 def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
     d = init_distributed(device_kind(cfg.run.device))
     device = resolve_device(cfg.run.device, d.local_rank)
@@ -284,7 +193,7 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
         src = build_backbone(source_ckpt)
         source_head = {k[len("dino_head."):]: v for k, v in source_ckpt["teacher"].items() if k.startswith("dino_head.")}
     elif cfg.continual is not None and cfg.continual.init is not None:
-        src, source_head = _import_source(cfg, ds, img_size, out if d.main else None)
+        src, source_head = import_source(cfg, ds, img_size, out if d.main else None)
     if src is not None:
         assert cfg.continual is not None
         if src.embed_mode != backbone.embed_mode:
@@ -306,7 +215,7 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
 
     head = DINOHead(backbone.dim, cfg.dino.out_dim, cfg.dino.hidden_dim, cfg.dino.bottleneck_dim)
     if source_head:  # the source's DINO head, when it has one of the configured size
-        _load_head(head, source_head)
+        load_head(head, source_head)
     student = Student(backbone, head,
                       MSADHeads(backbone.dim, list(cfg.data.sensors), cfg.msad.proj_dim, cfg.msad.dropout,
                                 layout=cfg.msad.heads, normalize=cfg.msad.normalize), cfg.msad.tokens).to(device)
@@ -315,7 +224,7 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
     n_crops = cfg.dino.global_crops + cfg.dino.local_crops
     dino_loss = DINOLoss(cfg.dino.out_dim, n_crops, cfg.dino.global_crops, cfg.dino.student_temp,
                          cfg.dino.center_momentum).to(device)
-    opt = torch.optim.AdamW(_param_groups(student))
+    opt = torch.optim.AdamW(param_groups(student))
     start = 0
     if resume is not None:
         try:
@@ -379,7 +288,7 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
         student.train()
         sensor = dino_sensors[step % len(dino_sensors)]  # DINO on one sensor per step, sensors taking turns
         opt.zero_grad(set_to_none=True)
-        parts = _micro_batches(batch, cfg.optim.accumulate)
+        parts = micro_batches(batch, cfg.optim.accumulate)
         loss = l_dino = l_msad = torch.zeros((), device=device)
         for k, part in enumerate(parts):
             # Under DDP, gradients are averaged over ranks once, at the last micro-batch.
@@ -390,14 +299,14 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
                     views = [v.to(device, non_blocking=True) for v in crops]
                     with torch.no_grad():
                         t_out = [teacher(v, sensor) for v in views[: cfg.dino.global_crops]]
-                    msad = _MSADInputs() if cfg.msad.alpha == 0 else _msad_inputs(
+                    msad = MSADInputs() if cfg.msad.alpha == 0 else msad_inputs(
                         cfg, part, frozen, g, device, sensor, step, geoms[1])
                     locals_ = torch.cat(views[cfg.dino.global_crops:]) if cfg.dino.local_crops else None
                     s_glob, s_loc, emb = model(sensor, torch.cat(views[: cfg.dino.global_crops]), locals_,
                                                msad.views, msad.tokens, msad.reuse)
                 # The losses in fp32, outside autocast: contrastive logits and DINO's sharpened
                 # softmax lose their small differences silently in half precision.
-                p_dino, p_msad = _losses(cfg, dino_loss, ttemp, s_glob, s_loc, t_out, emb, msad.pairs, device)
+                p_dino, p_msad = step_losses(cfg, dino_loss, ttemp, s_glob, s_loc, t_out, emb, msad.pairs, device)
                 p_loss = p_dino + cfg.msad.alpha * p_msad
                 if not torch.isfinite(p_loss):
                     raise TrainingError(f"loss is {p_loss.item()} at step {step}; lower optim.lr or check the data "
@@ -449,115 +358,6 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
         _plot(log_path, out / "loss.png")
     return {"steps": total - start, "start": start, "losses": losses, "elapsed_s": elapsed,
             "images_per_s": images_seen / elapsed if elapsed > 0 else 0.0, "out": str(out), "device": str(device)}
-
-
-@dataclass(frozen=True)
-class Precision:
-    """The autocast of a run: enabled, its dtype, and whether the loss is scaled (fp16 only)."""
-
-    enabled: bool
-    dtype: torch.dtype
-    scaled: bool
-
-    @classmethod
-    def of(cls, mode: str, device: torch.device) -> Precision:
-        """``run.amp`` on ``device``.
-
-        Raises:
-            BadInputError: fp16 asked for on a CPU.
-        """
-        if mode == "auto":
-            mode = "bf16" if device.type == "cuda" else "off"
-        if mode == "fp16" and device.type != "cuda":
-            raise BadInputError("run.amp fp16 needs a GPU (use bf16 on CPU)")
-        if mode == "off":
-            return cls(False, torch.float32, False)
-        return cls(True, torch.float16 if mode == "fp16" else torch.bfloat16, mode == "fp16")
-
-
-def _micro_batches(batch: dict[str, Any], k: int) -> list[dict[str, Any]]:
-    """``batch`` split into ``k`` micro-batches of its sensors' images (what a step reads)."""
-    if k == 1:
-        return [batch]
-    n = next(v["image"].shape[0] for v in batch.values() if isinstance(v, dict))
-    if n % k:
-        raise BadInputError(f"a batch of {n} samples per process does not split into {k} micro-batches")
-    return [{s: {"image": v["image"][i * n // k : (i + 1) * n // k]} for s, v in batch.items() if isinstance(v, dict)}
-            for i in range(k)]
-
-
-def _losses(cfg: TrainConfig, dino_loss: DINOLoss, ttemp: float, s_glob: torch.Tensor, s_loc: torch.Tensor | None,
-            t_out: list[torch.Tensor], emb: dict[str, torch.Tensor], pairs: list[tuple[str, str]] | None,
-            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(DINO, MSAD) of one micro-batch, in fp32 whatever the forward's precision."""
-    with torch.autocast(device_type=device.type, enabled=False):
-        s_out = list(s_glob.float().chunk(cfg.dino.global_crops))
-        if s_loc is not None:
-            s_out += list(s_loc.float().chunk(cfg.dino.local_crops))
-        l_dino = dino_loss(s_out, [t.float() for t in t_out], ttemp)
-        l_msad = torch.zeros((), device=device)
-        if cfg.msad.alpha > 0:  # MSAD on co-located views; negatives from every rank
-            gathered = {s: gather_batch(e.float()) for s, e in emb.items()}
-            second = {s: e[:, 1] for s, e in gathered.items()} if cfg.msad.heads == "per-argument" else None
-            l_msad = msad_loss({s: e[:, 0] for s, e in gathered.items()}, cfg.msad.tau, cfg.msad.smoothing,
-                               pairs=pairs, targets=cfg.msad.targets, second=second)
-    return l_dino, l_msad
-
-
-@dataclass
-class _MSADInputs:
-    """What MSAD needs in a step: views for the student, tokens of the frozen model, the rows of the
-    global crops reused as the DINO sensor's view, and the sensor pairs aligned (None: all).
-    """
-
-    views: dict[str, torch.Tensor] = field(default_factory=dict)
-    tokens: dict[str, torch.Tensor] = field(default_factory=dict)
-    reuse: slice | None = None
-    pairs: list[tuple[str, str]] | None = None
-
-
-def partners(cfg: TrainConfig, sensor: str, step: int) -> list[str]:
-    """With ``msad.views: dino``, the sensors aligned to the DINO sensor at ``step``: the others
-    in turn (every ordered pair once in ``sensors x (sensors - 1)`` steps), or the continual
-    source.
-    """
-    if cfg.continual is not None:
-        return [cfg.continual.source_sensor]
-    others = [s for s in cfg.data.sensors if s != sensor]
-    r = (step // len(cfg.data.sensors)) % len(others)
-    return (others[r:] + others[:r])[: cfg.msad.partners]
-
-
-def _msad_inputs(cfg: TrainConfig, batch: dict[str, Any], frozen: ViT | None, g: torch.Generator,
-                 device: torch.device, sensor: str, step: int, reused: list[CropGeometry]) -> _MSADInputs:
-    """Co-located views for MSAD (``reused``: the geometry of the DINO crop ``views: dino`` reuses)."""
-    sensors = list(cfg.data.sensors)
-    n = batch[sensors[0]]["image"].shape[0]
-    if cfg.msad.views == "dino":
-        # The DINO sensor's second global crop is its MSAD view; the same ground, flipped and turned
-        # the same way, is cut from each partner: token i covers the same ground in every view.
-        chosen = partners(cfg, sensor, step)
-        views = {p: torch.stack([reused[i].cut(batch[p]["image"][i], cfg.msad.size) for i in range(n)])
-                 .to(device, non_blocking=True) for p in chosen}
-        out = _MSADInputs(views, reuse=slice(n, 2 * n), pairs=[(sensor, p) for p in chosen])
-    else:
-        coarsest = min(batch[s]["image"].shape[-1] for s in sensors)
-        per_sensor: dict[str, list[torch.Tensor]] = {s: [] for s in sensors}
-        for i in range(n):  # one co-located window per image, the same ground in every sensor
-            w = random_window(coarsest, cfg.msad.scale, g)
-            crops = colocated_crops({s: batch[s]["image"][i] for s in sensors}, w, cfg.msad.size)
-            for s in sensors:
-                per_sensor[s].append(crops[s])
-        views = {s: torch.stack(v).to(device, non_blocking=True) for s, v in per_sensor.items()}
-        out = _MSADInputs(views)
-    if cfg.continual is not None:  # the source sensor through the frozen model, no gradient
-        src, tgt = cfg.continual.source_sensor, cfg.continual.target_sensor
-        img = out.views.pop(src)
-        out.views = {s: v for s, v in out.views.items() if s == tgt}
-        out.pairs = [(tgt, src)]
-        with torch.no_grad():
-            out.tokens = {src: frozen(img, src)}  # type: ignore[misc]
-    return out
 
 
 def _yaml(cfg: TrainConfig) -> str:

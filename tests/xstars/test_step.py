@@ -11,7 +11,8 @@ import torch
 from msc_france.data.transforms import CropGeometry, MultiCropConfig, multicrop, multicrop_with_geometry
 from msc_france.xstars.config import TrainConfig
 from msc_france.xstars.msad import MSADHeads, msad_loss
-from msc_france.xstars.train import partners, pretrain
+from msc_france.xstars.step import partners
+from msc_france.xstars.train import pretrain
 from msc_france.xstars.vit import ViT
 from tests.helpers import train_config as _cfg
 
@@ -113,7 +114,7 @@ def test_bf16_autocast_on_cpu_keeps_the_losses_in_fp32(tiny_store: Path, tmp_pat
     """run.amp: bf16 runs the backbone in bfloat16 on CPU too; DINO and MSAD are computed in fp32."""
     cfg: TrainConfig = _cfg(tiny_store, tmp_path / "amp", optim__steps=3, run__device="cpu", run__amp="bf16")
     seen: dict[str, list[torch.dtype]] = {"tokens": [], "msad": []}
-    import msc_france.xstars.train as train
+    import msc_france.xstars.step as train  # where the losses are computed
     from msc_france.xstars.vit import Attention
 
     real_loss, real_fwd = train.msad_loss, Attention.forward
@@ -142,7 +143,7 @@ def test_bf16_autocast_on_cpu_keeps_the_losses_in_fp32(tiny_store: Path, tmp_pat
 
 
 def test_micro_batches_split_the_batch_exactly(tiny_store: Path, tmp_path: Path) -> None:
-    from msc_france.xstars.train import _micro_batches
+    from msc_france.xstars.step import micro_batches as _micro_batches
 
     batch = {"s2": {"image": torch.arange(8.0).view(8, 1, 1, 1), "valid": torch.ones(8, 1, 1)},
              "chip_id": [str(i) for i in range(8)]}

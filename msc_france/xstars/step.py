@@ -1,0 +1,136 @@
+"""The parts of one training step: precision, micro-batches, the losses (in fp32), and the inputs
+MSAD needs (co-located views, partner sensors, the frozen model's tokens).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from msc_france.data.transforms import (
+    CropGeometry,
+    colocated_crops,
+    random_window,
+)
+from msc_france.errors import BadInputError
+from msc_france.xstars.config import TrainConfig
+from msc_france.xstars.dino import DINOLoss
+from msc_france.xstars.distributed import (
+    gather_batch,
+)
+from msc_france.xstars.msad import msad_loss
+from msc_france.xstars.vit import ViT
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The autocast of a run: enabled, its dtype, and whether the loss is scaled (fp16 only)."""
+
+    enabled: bool
+    dtype: torch.dtype
+    scaled: bool
+
+    @classmethod
+    def of(cls, mode: str, device: torch.device) -> Precision:
+        """``run.amp`` on ``device``.
+
+        Raises:
+            BadInputError: fp16 asked for on a CPU.
+        """
+        if mode == "auto":
+            mode = "bf16" if device.type == "cuda" else "off"
+        if mode == "fp16" and device.type != "cuda":
+            raise BadInputError("run.amp fp16 needs a GPU (use bf16 on CPU)")
+        if mode == "off":
+            return cls(False, torch.float32, False)
+        return cls(True, torch.float16 if mode == "fp16" else torch.bfloat16, mode == "fp16")
+
+
+def micro_batches(batch: dict[str, Any], k: int) -> list[dict[str, Any]]:
+    """``batch`` split into ``k`` micro-batches of its sensors' images (what a step reads)."""
+    if k == 1:
+        return [batch]
+    n = next(v["image"].shape[0] for v in batch.values() if isinstance(v, dict))
+    if n % k:
+        raise BadInputError(f"a batch of {n} samples per process does not split into {k} micro-batches")
+    return [{s: {"image": v["image"][i * n // k : (i + 1) * n // k]} for s, v in batch.items() if isinstance(v, dict)}
+            for i in range(k)]
+
+
+def step_losses(cfg: TrainConfig, dino_loss: DINOLoss, ttemp: float, s_glob: torch.Tensor, s_loc: torch.Tensor | None,
+            t_out: list[torch.Tensor], emb: dict[str, torch.Tensor], pairs: list[tuple[str, str]] | None,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(DINO, MSAD) of one micro-batch, in fp32 whatever the forward's precision."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        s_out = list(s_glob.float().chunk(cfg.dino.global_crops))
+        if s_loc is not None:
+            s_out += list(s_loc.float().chunk(cfg.dino.local_crops))
+        l_dino = dino_loss(s_out, [t.float() for t in t_out], ttemp)
+        l_msad = torch.zeros((), device=device)
+        if cfg.msad.alpha > 0:  # MSAD on co-located views; negatives from every rank
+            gathered = {s: gather_batch(e.float()) for s, e in emb.items()}
+            second = {s: e[:, 1] for s, e in gathered.items()} if cfg.msad.heads == "per-argument" else None
+            l_msad = msad_loss({s: e[:, 0] for s, e in gathered.items()}, cfg.msad.tau, cfg.msad.smoothing,
+                               pairs=pairs, targets=cfg.msad.targets, second=second)
+    return l_dino, l_msad
+
+
+@dataclass
+class MSADInputs:
+    """What MSAD needs in a step: views for the student, tokens of the frozen model, the rows of the
+    global crops reused as the DINO sensor's view, and the sensor pairs aligned (None: all).
+    """
+
+    views: dict[str, torch.Tensor] = field(default_factory=dict)
+    tokens: dict[str, torch.Tensor] = field(default_factory=dict)
+    reuse: slice | None = None
+    pairs: list[tuple[str, str]] | None = None
+
+
+def partners(cfg: TrainConfig, sensor: str, step: int) -> list[str]:
+    """With ``msad.views: dino``, the sensors aligned to the DINO sensor at ``step``: the others
+    in turn (every ordered pair once in ``sensors x (sensors - 1)`` steps), or the continual
+    source.
+    """
+    if cfg.continual is not None:
+        return [cfg.continual.source_sensor]
+    others = [s for s in cfg.data.sensors if s != sensor]
+    r = (step // len(cfg.data.sensors)) % len(others)
+    return (others[r:] + others[:r])[: cfg.msad.partners]
+
+
+def msad_inputs(cfg: TrainConfig, batch: dict[str, Any], frozen: ViT | None, g: torch.Generator,
+                 device: torch.device, sensor: str, step: int, reused: list[CropGeometry]) -> MSADInputs:
+    """Co-located views for MSAD (``reused``: the geometry of the DINO crop ``views: dino`` reuses)."""
+    sensors = list(cfg.data.sensors)
+    n = batch[sensors[0]]["image"].shape[0]
+    if cfg.msad.views == "dino":
+        # The DINO sensor's second global crop is its MSAD view; the same ground, flipped and turned
+        # the same way, is cut from each partner: token i covers the same ground in every view.
+        chosen = partners(cfg, sensor, step)
+        views = {p: torch.stack([reused[i].cut(batch[p]["image"][i], cfg.msad.size) for i in range(n)])
+                 .to(device, non_blocking=True) for p in chosen}
+        out = MSADInputs(views, reuse=slice(n, 2 * n), pairs=[(sensor, p) for p in chosen])
+    else:
+        coarsest = min(batch[s]["image"].shape[-1] for s in sensors)
+        per_sensor: dict[str, list[torch.Tensor]] = {s: [] for s in sensors}
+        for i in range(n):  # one co-located window per image, the same ground in every sensor
+            w = random_window(coarsest, cfg.msad.scale, g)
+            crops = colocated_crops({s: batch[s]["image"][i] for s in sensors}, w, cfg.msad.size)
+            for s in sensors:
+                per_sensor[s].append(crops[s])
+        views = {s: torch.stack(v).to(device, non_blocking=True) for s, v in per_sensor.items()}
+        out = MSADInputs(views)
+    if cfg.continual is not None:  # the source sensor through the frozen model, no gradient
+        src, tgt = cfg.continual.source_sensor, cfg.continual.target_sensor
+        img = out.views.pop(src)
+        out.views = {s: v for s, v in out.views.items() if s == tgt}
+        out.pairs = [(tgt, src)]
+        with torch.no_grad():
+            out.tokens = {src: frozen(img, src)}  # type: ignore[misc]
+    return out
