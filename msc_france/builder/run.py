@@ -70,6 +70,7 @@ class LayerRule:
     layer: Layer
     spec: SensorSpec
     min_valid_fraction: float
+    selection: str = "first-valid"  # or "clearest": every candidate read, the most valid kept
 
 
 @dataclass
@@ -114,7 +115,7 @@ def _build_layer(rule: LayerRule, chip: Chip, cands: list[tuple[SourceItem, ...]
             continue
         if best is None or r.valid_fraction > best.valid_fraction:
             best = r
-        if r.valid_fraction >= rule.min_valid_fraction:
+        if rule.selection == "first-valid" and r.valid_fraction >= rule.min_valid_fraction:
             break
     if best is None:
         return None, LayerRecord.failed(errors[-1] if errors else "no readable candidate")
@@ -329,6 +330,9 @@ def store_schema(recipe: Recipe, specs: dict[str, SensorSpec], gsds: dict[str, f
         layers.append(Layer(LABELS_GROUP, s.name, gsds[s.name], ("class",), s.dtype, True, units="class"))
         classes = s.classes
     rules = recipe.model_dump(mode="json")
+    for sensor_rules in rules["sensors"].values():
+        if sensor_rules.get("selection") == "first-valid":  # the rule stores had before it was a choice
+            sensor_rules.pop("selection")
     if recipe.coregistration.max_misregistration_m is None:
         # Measuring changes no pixel and no status: recorded only when it can flag chips, so that
         # stores built before co-registration existed still append.
@@ -375,7 +379,8 @@ def run_build(
     rules = []
     for L in layers:
         minv = 0.0 if L.is_label else recipe.sensors[L.sensor].min_valid_fraction
-        rules.append(LayerRule(L, specs[L.sensor], minv))
+        sel = "first-valid" if L.is_label else recipe.sensors[L.sensor].selection
+        rules.append(LayerRule(L, specs[L.sensor], minv, sel))
     with store.lock():
         index_of = store.register(plan.chips, plan.region.name, recipe.split.rule())
         group_sensor = {L.group: L.sensor for L in layers}

@@ -23,6 +23,9 @@ class SensorRecipe(StrictModel):
     max_cloud_cover: float = Field(60.0, ge=0, le=100, description="item-level cloud cover filter, percent")
     min_valid_fraction: float = Field(0.7, ge=0, le=1)
     max_candidates: int = Field(3, ge=1, description="acquisitions tried per chip, best first")
+    selection: Literal["first-valid", "clearest"] = Field(
+        "first-valid", description="first-valid: the first candidate (in plan rank) valid enough; clearest: read "
+        "every candidate and keep the one with the most valid (clear, covered) pixels inside the chip")
     overviews: list[int] = Field(default_factory=list, description="overview factors stored next to full "
                                  "resolution (each must divide the chip's pixel side), e.g. [5] for training "
                                  "at 128 px from 640 px aerial chips")

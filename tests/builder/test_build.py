@@ -291,3 +291,23 @@ def test_blocked_split_recipe_gives_every_chip_its_rule_split(tmp_path: Path, ti
         want = "buffer" if any(rank[n] < rank[own] for n in near) else own
         assert got == want, cid
     assert main(["info", str(out)]) == 0
+
+
+def test_clearest_selection_keeps_the_most_valid_candidate(tiny_world: Path, tiny_recipe: Path, tiny_region: Path,
+                                                           tiny_store: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from msc_france.store import Store
+
+    rec = yaml.safe_load(tiny_recipe.read_text())
+    for s in rec["sensors"].values():
+        s.update(selection="clearest", min_valid_fraction=0.0)  # first-valid would stop at rank 1
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(rec))
+    out = tmp_path / "clear.zarr"
+    assert main(["build", "--region", str(tiny_region), "--recipe", str(tmp_path / "r.yaml"), "--out", str(out),
+                 "--quiet"]) == 0
+    first, clear = Store.open(tiny_store).index(), Store.open(out).index()
+    for col in ("sentinel_2_l2a", "landsat_8_c2_l2"):
+        assert (clear[f"valid_fraction_{col}"] >= first[f"valid_fraction_{col}"] - 1e-9).all()
+    assert Store.open(out).meta["recipe"]["sensors"]["sentinel-2-l2a"]["selection"] == "clearest"
+    assert "selection" not in Store.open(tiny_store).meta["recipe"]["sensors"]["sentinel-2-l2a"]
