@@ -345,3 +345,15 @@ def test_bdortho_fill_is_white_in_every_band(tmp_path: Path) -> None:
     assert differs.sum() >= 5, "the patches no longer hold pixels where the two rules differ"
     closer = np.abs(got - want)[:, covered] < np.abs(got - per_band)[:, covered]
     assert closer[differs].all()
+    # GDAL's own warper on the top tile alone (its rows 0-28 lie wholly in it), nodata 255 for
+    # all bands: GDAL's default (UNIFIED_SRC_NODATA=PARTIAL) is the same all-bands rule.
+    import rasterio
+    from affine import Affine
+    from rasterio.warp import Resampling, reproject
+
+    top = sorted((src / "rgb").iterdir())[0]
+    with rasterio.open(top) as r:
+        gdal = np.zeros((3, 50, 50), np.float32)
+        reproject(r.read(), gdal, src_transform=r.transform, src_crs=r.crs, src_nodata=255,
+                  dst_transform=Affine(1.0, 0, x0, 0, -1.0, y0 + size), dst_crs=r.crs, resampling=Resampling.average)
+    assert np.abs(got[:, :29] - gdal[:, :29]).max() <= 1.0
