@@ -68,9 +68,54 @@ def export_model(run: Path, out: Path, which: str) -> None:
     vit = build_backbone(ckpt, which)
     claim_output_dir(out, "export-model", lambda n: n in ("model.safetensors", "config.json"))
     bands = ckpt.get("bands")
+    cfg = ckpt.get("config") or {}
+    store_path = (cfg.get("data") or {}).get("store")
+    gsds: dict[str, float] = {}
+    licences: dict[str, str] = {}
+    try:  # the store the run trained on, when it is still there: GSDs and the data's licences
+        from msc_france.card import SOURCES
+        from msc_france.store import Store
+
+        if store_path is None:
+            raise FileNotFoundError("no data.store in the checkpoint's config")
+        st = Store.open(str(store_path))
+        gsds = {s: st.layer(s).gsd for s in ckpt["sensors"]}
+        licences = {s: SOURCES.get(st.layer(s).sensor, ("", "see the source"))[1] for s in ckpt["sensors"]}
+    except Exception:  # noqa: BLE001 (moved or remote: the export goes on without them, and says so)
+        gsds = {}
     meta = {"sensors": {s: list(bands) if bands else int(c) for s, c in ckpt["sensors"].items()},
+            "gsd_m": gsds or "unknown (the training store was not found)",
             "normalization": ckpt.get("normalization", {}), "source": {"checkpoint": str(ckpt_path),
                                                                        "step": ckpt.get("step"), "network": which},
             "load_with": "msc_france.xstars.weights.import_vit(path, 'timm', sensors, arch, patch_size, img_size)"}
-    for p in export_encoder(vit, out, meta):
+    card = _model_card(run, ckpt, which, gsds, licences)
+    for p in export_encoder(vit, out, meta, card):
         say(f"wrote {p}")
+
+
+def _model_card(run: Path, ckpt: dict, which: str, gsds: dict[str, float], licences: dict[str, str]) -> str:
+    """README.md of an exported encoder: what it is, what it saw, how it scored, how to load it."""
+    import json as _json
+
+    cfg = ckpt.get("config") or {}
+    m = ckpt["model"]
+    lines = [f"# {cfg.get('name', 'msc-france')} encoder ({m['arch']}/{m['patch_size']}, {which})", "",
+             f"Trained with msc-france for {ckpt.get('step')} steps on `{(cfg.get('data') or {}).get('store')}` "
+             f"(split `{(cfg.get('data') or {}).get('split')}`), input {m['img_size']} px.", "",
+             "| sensor | bands | GSD (m) | data licence |", "|---|---|---|---|"]
+    for s in ckpt["sensors"]:
+        lines.append(f"| {s} | {', '.join(ckpt.get('bands') or [])} | {gsds.get(s, '?')} | {licences.get(s, '?')} |")
+    lines += ["", "Evaluation: `msc-france eval --checkpoint` on the run's checkpoint scores it against the "
+              "learning-free baselines (docs/results.md); the numbers are not copied here."]
+    lines += ["", "Normalisation (per sensor, stored units):", "", "```json",
+              _json.dumps(ckpt.get("normalization", {}), indent=1), "```", "",
+              "## Loading", "", "```python", "import torch",
+              "from safetensors.torch import load_file", "",
+              "sd = load_file('model.safetensors')  # timm key layout; one patch_embed.<sensor>.proj per sensor",
+              f"sensor = '{next(iter(ckpt['sensors']))}'",
+              "timm_sd = {k: v for k, v in sd.items() if not k.startswith('patch_embed.')}",
+              "timm_sd['patch_embed.proj.weight'] = sd[f'patch_embed.{sensor}.proj.weight']",
+              "timm_sd['patch_embed.proj.bias'] = sd[f'patch_embed.{sensor}.proj.bias']",
+              "# with timm installed: model = timm.create_model('vit_tiny_patch16_224', img_size=..., in_chans=...,",
+              "#     num_classes=0); model.load_state_dict(timm_sd)", "```", ""]
+    return "\n".join(lines)

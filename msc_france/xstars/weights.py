@@ -252,8 +252,9 @@ def import_vit(path: str | Path, fmt: Format, sensors: Mapping[str, Sequence[str
         report.loaded.append(k)
     report.unexpected = sorted(k for k in src if k not in used)
     if report.missing:
+        shown = ", ".join(report.missing[:5]) + (f" (+{len(report.missing) - 5} more)" if len(report.missing) > 5 else "")
         raise TrainingError(f"{path}: {len(report.missing)} backbone tensor(s) are neither in the weights nor "
-                            f"adapted (first: {report.missing[0]}); is it a {arch}/{patch_size} in {fmt} layout?")
+                            f"adapted: {shown}; is it a {arch}/{patch_size} in {fmt} layout?")
     vit.load_state_dict(from_timm(out), strict=True)
     kept = head or None
     report.head = "kept from the source" if kept else "the source has none"
@@ -274,10 +275,10 @@ def from_timm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_encoder(vit: ViT, out: Path, meta: Mapping[str, Any]) -> list[Path]:
+def export_encoder(vit: ViT, out: Path, meta: Mapping[str, Any], card: str | None = None) -> list[Path]:
     """Write ``model.safetensors`` (the encoder in timm's key layout, one ``patch_embed.<sensor>``
-    per sensor) and ``config.json`` (architecture, sensors and their bands, normalisation, and
-    ``meta``) into ``out``.
+    per sensor), ``config.json`` (architecture, sensors and their bands, normalisation, and
+    ``meta``) and, given ``card``, the model card ``README.md`` into ``out``.
     """
     from safetensors.torch import save_file
 
@@ -295,7 +296,12 @@ def export_encoder(vit: ViT, out: Path, meta: Mapping[str, Any]) -> list[Path]:
            "global_pool": "token", "patch_embed": vit.embed_mode, **meta}
     with atomic_path(config) as tmp:
         tmp.write_text(json.dumps(cfg, indent=1))
-    return [weights, config]
+    paths = [weights, config]
+    if card is not None:
+        with atomic_path(out / "README.md") as tmp:
+            tmp.write_text(card)
+        paths.append(out / "README.md")
+    return paths
 
 
 __all__ = ["BAND_PRESETS", "Imported", "LoadReport", "band_names", "export_encoder", "from_timm", "import_vit",

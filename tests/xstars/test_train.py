@@ -189,6 +189,11 @@ def test_continual_from_an_exported_timm_encoder(trained, tiny_store: Path, tmp_
     assert main(["export-model", str(out), "--out", str(tmp_path / "enc")]) == 0
     assert "model.safetensors" in capsys.readouterr().out
     exported = load_file(str(tmp_path / "enc" / "model.safetensors"))
+    config = json.loads((tmp_path / "enc" / "config.json").read_text())
+    assert config["gsd_m"] == {"sentinel-2-l2a": 10.0, "landsat-8-c2-l2": 30.0, "aerial": 1.5}
+    assert set(config["normalization"]) == {"sentinel-2-l2a", "landsat-8-c2-l2", "aerial"}
+    card = (tmp_path / "enc" / "README.md").read_text()
+    assert "| aerial | red, green, blue | 1.5 | Etalab Licence Ouverte 2.0 |" in card and "load_file" in card
     cfg = _continual(_cfg(tiny_store, tmp_path / "c", optim__steps=2, run__checkpoint_every=2),
                      {"init": {"format": "timm", "path": str(tmp_path / "enc" / "model.safetensors")}})
     pretrain(cfg, progress=False)

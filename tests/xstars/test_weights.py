@@ -118,7 +118,8 @@ def test_what_does_not_fit_is_refused(tmp_path: Path) -> None:
     sd = _timm_state(bands=3, tokens=16, extra=False)
     del sd["blocks.1.attn.qkv.weight"]
     torch.save(sd, tmp_path / "a.pth")
-    with pytest.raises(TrainingError, match=r"neither in the weights nor adapted \(first: blocks.1.attn.qkv.weight\)"):
+    missing = r"1 backbone tensor\(s\) are neither in the weights nor adapted: blocks.1.attn.qkv.weight;"
+    with pytest.raises(TrainingError, match=missing):
         import_vit(tmp_path / "a.pth", "timm", {"s": ["red", "green", "blue"]}, "vit_test", PATCH, 32)
     torch.save(_timm_state(bands=13, tokens=16), tmp_path / "b.pth")
     with pytest.raises(TrainingError, match="name the source's bands"):
@@ -150,3 +151,12 @@ def test_exported_encoders_load_with_plain_torch_and_back(tmp_path: Path) -> Non
                           "vit_test", PATCH, 32)
         assert torch.allclose(back.vit.eval()(x, "aerial"), ours, atol=1e-6)
         assert not back.report.adapted and not back.report.unexpected
+
+
+def test_resized_position_embeddings_equal_an_independent_interpolation(tmp_path: Path) -> None:
+    sd = _timm_state(bands=3, tokens=16, extra=False)
+    torch.save(sd, tmp_path / "vit.pth")
+    imp = import_vit(tmp_path / "vit.pth", "timm", {"s": ["red", "green", "blue"]}, "vit_test", PATCH, 48)
+    grid = sd["pos_embed"][0, 1:].reshape(4, 4, DIM).permute(2, 0, 1)[None]  # (1, dim, 4, 4)
+    want = F.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=False)[0].permute(1, 2, 0).reshape(36, DIM)
+    assert torch.allclose(imp.vit.pos_embed.detach()[0, 1:], want, atol=1e-6)
