@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import yaml
 
 from msc_france.store import Store
 from msc_france.store.records import Status
-from msc_france.store.schema import column
 
 #: Where each sensor's data come from, and under which licence (by the catalogs' sensor names).
 SOURCES = {
@@ -35,7 +33,8 @@ SOURCES = {
 
 def summarise(store: Store) -> dict[str, Any]:
     """The card's numbers, from the index and the attributes only."""
-    idx = store.index()
+    ci = store.chip_index()
+    idx = ci.frame
     meta = store.meta
     out: dict[str, Any] = {
         "store": store.url, "n_chips": int(len(idx)), "chip_size_m": meta["chip_size_m"],
@@ -44,8 +43,8 @@ def summarise(store: Store) -> dict[str, Any]:
         "layers": {},
     }
     for L in store.layers:
-        c = column(L.group)
-        st = idx[f"status_{c}"].astype(str)
+        g = L.group
+        st = ci.status(g)
         row: dict[str, Any] = {
             "sensor": L.sensor, "gsd_m": L.gsd, "bands": list(L.bands),
             "status": {s.value: int((st == s.value).sum()) for s in Status if (st == s.value).any()},
@@ -54,18 +53,16 @@ def summarise(store: Store) -> dict[str, Any]:
             "source": SOURCES.get(L.sensor, ("(not listed)", "see the source"))[0],
             "licence": SOURCES.get(L.sensor, ("", "see the source"))[1],
         }
-        vf = idx[f"valid_fraction_{c}"].to_numpy(dtype=float)
+        vf = ci.get("valid_fraction", g).to_numpy(dtype=float)
         row["valid_fraction"] = _quantiles(vf)
-        when = pd.to_datetime(idx[f"datetime_{c}"], utc=True)
+        when = ci.datetime(g)
         if when.notna().any():
             row["dates"] = {"first": when.min().date().isoformat(), "last": when.max().date().isoformat(),
                             "distinct_days": int(when.dt.date.nunique())}
-        if f"shift_x_m_{c}" in idx.columns:
-            q = idx[f"coreg_quality_{c}"].to_numpy(dtype=float)
-            d = np.hypot(idx[f"shift_x_m_{c}"].to_numpy(dtype=float), idx[f"shift_y_m_{c}"].to_numpy(dtype=float))
-            row["shift_m"] = {"x": _quantiles(idx[f"shift_x_m_{c}"].to_numpy(dtype=float)),
-                              "y": _quantiles(idx[f"shift_y_m_{c}"].to_numpy(dtype=float)),
-                              "distance": _quantiles(d), "quality": _quantiles(q)}
+        if ci.has("shift_x_m", g):
+            sx, sy = ci.get("shift_x_m", g).to_numpy(dtype=float), ci.get("shift_y_m", g).to_numpy(dtype=float)
+            row["shift_m"] = {"x": _quantiles(sx), "y": _quantiles(sy), "distance": _quantiles(np.hypot(sx, sy)),
+                              "quality": _quantiles(ci.get("coreg_quality", g).to_numpy(dtype=float))}
         out["layers"][L.group] = row
     measured = [g for g, r in out["layers"].items() if "shift_m" in r]
     for L in store.layers:  # the sensor the others were measured against
@@ -93,7 +90,8 @@ def write_card(store: Store, out: Path) -> list[Path]:
     from msc_france.fsutil import atomic_path
 
     s = summarise(store)
-    idx = store.index()
+    ci = store.chip_index()
+    idx = ci.frame
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     fig, ax = plt.subplots(figsize=(6, 6))
@@ -107,8 +105,8 @@ def write_card(store: Store, out: Path) -> list[Path]:
     groups = [L for L in store.layers if not L.is_label]
     fig, axes = plt.subplots(3, len(groups), figsize=(4 * len(groups), 9), squeeze=False)
     for j, L in enumerate(groups):
-        c = column(L.group)
-        when = pd.to_datetime(idx[f"datetime_{c}"], utc=True).dropna()
+        g = L.group
+        when = ci.datetime(g).dropna()
         if len(when):
             import matplotlib.dates as mdates
 
@@ -117,10 +115,10 @@ def write_card(store: Store, out: Path) -> list[Path]:
             axes[0, j].xaxis.set_major_locator(loc)
             axes[0, j].xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
         axes[0, j].set_title(f"{L.group}: acquisition dates", fontsize=9)
-        axes[1, j].hist(idx[f"valid_fraction_{c}"].dropna(), bins=20, range=(0, 1), color="#2ca02c")
+        axes[1, j].hist(ci.get("valid_fraction", g).dropna(), bins=20, range=(0, 1), color="#2ca02c")
         axes[1, j].set_title("valid fraction", fontsize=9)
-        if f"shift_x_m_{c}" in idx.columns:
-            axes[2, j].scatter(idx[f"shift_x_m_{c}"], idx[f"shift_y_m_{c}"], s=6, c=idx[f"coreg_quality_{c}"],
+        if ci.has("shift_x_m", g):
+            axes[2, j].scatter(ci.get("shift_x_m", g), ci.get("shift_y_m", g), s=6, c=ci.get("coreg_quality", g),
                                cmap="viridis", vmin=0, vmax=1)
             axes[2, j].axhline(0, color="#999999", lw=0.5)
             axes[2, j].axvline(0, color="#999999", lw=0.5)

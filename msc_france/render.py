@@ -12,7 +12,8 @@ from msc_france.grid import Chip
 from msc_france.progress import Progress
 from msc_france.regions import check_region_name
 from msc_france.store import ChipReader, Layer, Store
-from msc_france.store.schema import column
+from msc_france.store.chip_index import ChipIndex
+from msc_france.store.records import Status
 
 # Sensor folder names of the X-STARS reference code; other sensors keep their own name.
 XSTARS_NAMES = {"sentinel-2-l2a": "Sentinel", "landsat-8-c2-l2": "Landsat", "aerial": "SPOT"}
@@ -70,7 +71,8 @@ def preview(store: Store, out: Path, n_chips: int = 6, seed: int = 0, progress: 
 
     out.mkdir(parents=True, exist_ok=True)
     idx = store.index()
-    built = idx[idx[[c for c in idx.columns if c.startswith("status_")]].isin(["ok", "flagged"]).all(axis=1)]
+    ci = ChipIndex(idx)
+    built = idx[ci.built([L.group for L in store.layers], (Status.OK, Status.FLAGGED))]
     if built.empty:
         raise BadInputError(f"store {store.path} has no built chip to preview")
     rng = np.random.default_rng(seed)
@@ -104,7 +106,7 @@ def preview(store: Store, out: Path, n_chips: int = 6, seed: int = 0, progress: 
     colors = {"ok": "#2ca02c", "flagged": "#ff7f0e", "dropped": "#9467bd", "failed": "#d62728",
               "nodata": "#7f7f7f", "pending": "#ffffff"}
     for ax, L in zip(axes[0], layers, strict=True):
-        col = idx[f"status_{column(L.group)}"]
+        col = ChipIndex(idx).status(L.group)
         for st, color in colors.items():
             sub = idx[col == st]
             if len(sub):
@@ -133,7 +135,7 @@ def export_xstars(store: Store, out: Path, split: str | None = None, progress: P
 
     idx = store.index()
     layers = [L for L in store.layers if not L.is_label]
-    ok = idx[[f"status_{column(L.group)}" for L in layers]].isin(["ok"]).all(axis=1)
+    ok = ChipIndex(idx).built([L.group for L in layers])
     rows = idx[ok]
     if split:
         rows = rows[rows["split"] == split]

@@ -34,7 +34,7 @@ from msc_france.errors import BadInputError, StoreError
 from msc_france.grid import Chip
 from msc_france.splits import ALL_SPLITS
 from msc_france.store import ChipReader, Store
-from msc_france.store.schema import column
+from msc_france.store.chip_index import ChipIndex
 
 Sample = dict[str, Any]
 
@@ -183,14 +183,14 @@ class MSCFranceDataset(Dataset):
                     raise BadInputError(f"unknown split '{s_}' ({', '.join(ALL_SPLITS)})")
             keep &= idx["split"].isin(wanted).to_numpy()
         for name in self.sensors:
-            keep &= idx[f"status_{column(name)}"].isin(list(statuses)).to_numpy()
+            keep &= ChipIndex(idx).status(name).isin(list(statuses)).to_numpy()
         rows = idx[keep]
         self.chip_ids: list[str] = rows["chip_id"].tolist()
         self.chip_index: list[int] = rows["chip_index"].astype(int).tolist()
         self._members = frozenset(self.chip_index)
-        self.status = {name: rows[f"status_{column(name)}"].tolist() for name in self.sensors}
+        self.status = {name: ChipIndex(rows).status(name).tolist() for name in self.sensors}
         # Acquisition times per chip and sensor (POSIX seconds, NaN when unknown) for ``bounds``.
-        self._times = {name: (rows[f"datetime_{column(name)}"] - pd.Timestamp(0, tz="UTC"))
+        self._times = {name: (ChipIndex(rows).datetime(name) - pd.Timestamp(0, tz="UTC"))
                        .dt.total_seconds().to_numpy() for name in self.sensors}
         self.transform = transform
         self._store: Store | None = None

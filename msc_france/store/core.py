@@ -40,6 +40,7 @@ from msc_france.errors import BadInputError, StoreError, first_line
 from msc_france.fsutil import atomic_path, interrupted_writes
 from msc_france.grid import Chip
 from msc_france.splits import SplitRule
+from msc_france.store.chip_index import ChipIndex
 from msc_france.store.overviews import overview_path
 from msc_france.store.records import ChipRecord, ShardCommit
 from msc_france.store.schema import (
@@ -504,6 +505,10 @@ class Store:
         from msc_france.store.consolidate import consolidate
 
         return consolidate(self)
+
+    def chip_index(self) -> ChipIndex:
+        """The checked chip index as a :class:`ChipIndex` (per-group fields by name)."""
+        return ChipIndex(self.index())
 
     def index(self, checked: bool = True) -> gpd.GeoDataFrame:
         """The chip index (GeoParquet).

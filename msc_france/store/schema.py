@@ -19,6 +19,7 @@ from zarr.codecs import ZstdCodec
 
 from msc_france.crs import L93
 from msc_france.grid import pixels_per_chip
+from msc_france.store.chip_index import column  # noqa: F401 (the index's naming, re-exported)
 from msc_france.store.overviews import OVERVIEWS, overview_path
 from msc_france.store.records import Status
 
@@ -97,11 +98,6 @@ def chip_checksum(data: np.ndarray, valid: np.ndarray) -> str:
     h = hashlib.sha256(np.ascontiguousarray(data).tobytes())
     h.update(np.ascontiguousarray(valid).tobytes())
     return h.hexdigest()
-
-
-def column(group: str) -> str:
-    """A group name usable in an index column name without quoting (``sentinel-2-l2a`` -> ``sentinel_2_l2a``)."""
-    return group.replace("-", "_")
 
 
 def grid_mapping_attrs() -> dict[str, Any]:

@@ -20,7 +20,7 @@ from shapely.ops import unary_union
 
 from msc_france.crs import L93, WGS84, reproject_geometry
 from msc_france.splits import ALL_SPLITS
-from msc_france.store.schema import column
+from msc_france.store.chip_index import column, field_column
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -106,7 +106,7 @@ def describe(store: Store, index: gpd.GeoDataFrame) -> tuple[pystac.Collection, 
             "msc_france:splits": {s: int((rows["split"] == s).sum()) for s in ALL_SPLITS},
         }
         for L in store.layers:
-            col = f"status_{column(L.group)}"
+            col = field_column("status", L.group)
             props[f"msc_france:ok_{column(L.group)}"] = int((rows[col] == "ok").sum())
         r_start, r_end = r_start or start, r_end or end
         when = None

@@ -12,9 +12,10 @@ from msc_france.fsutil import interrupted_writes
 from msc_france.progress import Progress
 from msc_france.splits import ALL_SPLITS
 from msc_france.store import FORMAT_VERSION, ChipReader, Layer, Store
+from msc_france.store.chip_index import field_column
 from msc_france.store.overviews import overview_path
 from msc_france.store.records import Commits, Status
-from msc_france.store.schema import chip_checksum, column
+from msc_france.store.schema import chip_checksum
 
 
 def info(store: Store) -> dict[str, Any]:
@@ -304,7 +305,7 @@ def _check_index(store: Store, ids: list[str], commits: Commits, rep: Validation
                            f"{ids[bad]} there (run build again to rewrite the index)")
         return
     for L in store.layers:
-        col = f"status_{column(L.group)}"
+        col = field_column("status", L.group)
         if col not in idx.columns:
             rep.corrupt.append(f"index.parquet lacks column {col}")
             continue

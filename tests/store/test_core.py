@@ -129,3 +129,16 @@ def test_the_build_lock_admits_one_holder(store: Store) -> None:
                 pass
     with st.lock():  # released on exit
         pass
+
+
+def test_the_chip_index_names_fields_by_group(store: Store) -> None:
+    from msc_france.store.chip_index import field_column
+
+    ci = store.chip_index()
+    assert len(ci) == 3 and ci.groups == ["s2"]
+    assert list(ci.status("s2")) == ["ok"] * 3 and ci.built(["s2"]).all()
+    assert field_column("status", "sentinel-2-l2a") == "status_sentinel_2_l2a"
+    assert [t.timestamp() for t in ci.datetime("s2")] == [1_623_664_000 + i for i in range(3)]
+    assert not ci.has("shift_x_m", "s2")
+    with pytest.raises(KeyError, match="unknown index field 'colour'"):
+        field_column("colour", "s2")

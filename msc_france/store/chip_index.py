@@ -1,0 +1,72 @@
+"""The chip index as a value: ``index.parquet`` read once, its per-group columns reached by group
+name and field, never by rebuilding column names (``status_<group with _>`` and friends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+
+from msc_france.store.records import Status
+
+#: Per-group fields of the index, in the order consolidation writes them.
+FIELDS = ("status", "valid_fraction", "cloud_fraction", "datetime", "item_ids", "shift_x_m", "shift_y_m",
+          "coreg_quality", "days_from_reference")
+
+
+def column(group: str) -> str:
+    """A group's name as it appears in index columns (``-`` -> ``_``: columns are identifiers)."""
+    return group.replace("-", "_")
+
+
+def field_column(field: str, group: str) -> str:
+    """The index column of ``field`` for ``group`` (``status``, ``sentinel-2-l2a`` -> ``status_sentinel_2_l2a``)."""
+    if field not in FIELDS:
+        raise KeyError(f"unknown index field '{field}' (known: {', '.join(FIELDS)})")
+    return f"{field}_{column(group)}"
+
+
+@dataclass(frozen=True)
+class ChipIndex:
+    """One row per chip, in store order; per-group fields by name."""
+
+    frame: gpd.GeoDataFrame
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def groups(self) -> list[str]:
+        """The group columns present (as they appear in column names)."""
+        return [c.removeprefix("status_") for c in self.frame.columns if c.startswith("status_")]
+
+    def has(self, field: str, group: str) -> bool:
+        """Whether the index holds ``field`` for ``group`` (co-registration columns are optional)."""
+        return field_column(field, group) in self.frame.columns
+
+    def get(self, field: str, group: str) -> pd.Series:
+        """The ``field`` column of ``group``."""
+        return self.frame[field_column(field, group)]
+
+    def status(self, group: str) -> pd.Series:
+        """Status names of ``group`` per chip."""
+        return self.get("status", group).astype(str)
+
+    def built(self, groups: Iterable[str], statuses: Sequence[str | Status] = (Status.OK,)) -> np.ndarray:
+        """Rows whose every group in ``groups`` has one of ``statuses``."""
+        names = [str(s) for s in statuses]
+        keep = np.ones(len(self.frame), bool)
+        for g in groups:
+            keep &= self.status(g).isin(names).to_numpy()
+        return keep
+
+    def datetime(self, group: str) -> pd.Series:
+        """Acquisition times of ``group`` (UTC; NaT where none)."""
+        return pd.to_datetime(self.get("datetime", group), utc=True)
+
+
+__all__ = ["FIELDS", "ChipIndex", "column", "field_column"]
