@@ -120,6 +120,7 @@ class CoregRule:
     moving: tuple[tuple[str, float], ...]  # (group, gsd)
     max_misregistration_m: float | None = None
     min_quality: float = 0.3
+    correct: bool = False  # re-read a measured sensor from a grid displaced by its shift
 
     def flag(self, s: Shift) -> str | None:
         """The reason to flag a chip measured ``s`` (None: not flagged)."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from affine import Affine
 
 from msc_france.builder.coreg import CoregRule, area_mean, luminance, measure
 from msc_france.builder.read import ChipRead, read_candidate
@@ -27,7 +28,7 @@ from msc_france.builder.scheduler import Completed, ThreadClient, check_schedule
 from msc_france.builder.warp import clear_http_cache, gdal_env
 from msc_france.config import Catalog, Recipe, SensorSpec
 from msc_france.errors import BadInputError, SourceError, first_line
-from msc_france.grid import Chip, pixels_per_chip
+from msc_france.grid import Chip, PixelGrid, pixels_per_chip
 from msc_france.plan import Plan
 from msc_france.products import SourceItem, rules_for
 from msc_france.progress import Progress
@@ -96,9 +97,17 @@ class BuildSummary:
 
 
 def _build_layer(rule: LayerRule, chip: Chip, cands: list[tuple[SourceItem, ...] | str],
-                 policy: str) -> tuple[ChipRead | None, LayerRecord]:
-    """Try the candidates in rank order; keep the first that is valid enough, else the best."""
+                 policy: str, shift_m: tuple[float, float] = (0.0, 0.0)) -> tuple[ChipRead | None, LayerRecord]:
+    """Try the candidates in rank order; keep the first that is valid enough, else the best.
+
+    ``shift_m`` (co-registration correction): the sensor shows ground features that many metres
+    east and north of where they are, so the chip is read from a grid displaced by it.
+    """
     grid = chip.pixel_grid(rule.layer.gsd)
+    if shift_m != (0.0, 0.0):
+        t = grid.transform
+        grid = PixelGrid(grid.crs, Affine(t.a, t.b, t.c + shift_m[0], t.d, t.e, t.f + shift_m[1]), grid.height,
+                         grid.width)
     signer = make_signer(rule.spec.source.signing)
     if not cands:
         return None, LayerRecord(Status.NODATA, reason="no item covers this chip")
@@ -150,9 +159,11 @@ def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_s
     rebuild = {j.chip_id for j in task.jobs}
     keep = {cid: rec for cid, rec in existing.items() if cid not in rebuild}
     layers: dict[str, dict[str, LayerRecord]] = {j.chip_id: {} for j in task.jobs}
-    views: dict[str, dict[str | float, np.ndarray]] = {j.chip_id: {} for j in task.jobs}  # for coreg
+    views: dict[str, dict[str | float, np.ndarray]] = {j.chip_id: {} for j in task.jobs}  # the reference's
     n = task.stop - task.start
     clear_http_cache()  # a long-lived worker must not remember an earlier task's failed opens
+    if coreg is not None:  # the reference first: the others are measured (and corrected) against it
+        rules = sorted(rules, key=lambda r: r.layer.group != coreg.reference)
     for rule in rules:
         with rasterio.Env(**gdal_env(rule.spec.source.gdal)):
             L = rule.layer
@@ -169,13 +180,13 @@ def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_s
                 chip = Chip.from_id(job.chip_id)
                 try:
                     res, rec = _build_layer(rule, chip, job.candidates.get(L.group, []), policy)
+                    if coreg is not None and res is not None:
+                        res, rec = _coregister(coreg, rule, chip, job, policy, res, rec, views[job.chip_id])
                 except Exception as e:  # a bug or an unexpected library error: fail this chip only
                     res, rec = None, LayerRecord.failed(f"{type(e).__name__}: {e}"[:300], traceback.format_exc(limit=3))
                 if res is not None:
                     data[i] = res.data[0] if L.is_label else res.data
                     valid[i] = res.valid
-                    if coreg is not None:
-                        _keep_view(coreg, L, data[i], valid[i], views[job.chip_id])
                 else:
                     data[i] = 0
                     valid[i] = 0
@@ -191,41 +202,45 @@ def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_s
                     if rec.checksum is not None:  # validate checks each level as it checks full resolution
                         i = job.index - task.start
                         layers[job.chip_id][L.group] = rec.with_overview(f, chip_checksum(og_data[i], og_valid[i]))
-    if coreg is not None:
-        for job in task.jobs:
-            _coregister(coreg, layers[job.chip_id], views[job.chip_id])
     records = {j.chip_id: ChipRecord(j.index, worker, layers[j.chip_id]) for j in task.jobs}
     store.write_commit(ShardCommit(task.shard, {**keep, **records}))  # the done mark, after the data
     return records
 
 
-def _keep_view(rule: CoregRule, L: Layer, data: np.ndarray, valid: np.ndarray,
-               views: dict[str | float, np.ndarray]) -> None:
-    """What co-registration needs of one built chip: the reference averaged onto every other
-    sensor's grid (keyed by GSD: small, whatever the reference's resolution), the others as they are.
+def _coregister(rule: CoregRule, layer_rule: LayerRule, chip: Chip, job: ChipJob, policy: str, res: ChipRead,
+                rec: LayerRecord, views: dict[str | float, np.ndarray]) -> tuple[ChipRead, LayerRecord]:
+    """The reference's views kept, or this sensor measured against them: its shift recorded, the chip
+    flagged when the rule says so, and with ``correct`` read again from a grid displaced by the shift
+    (the residual is then what the record's shift says; the applied one is recorded too).
     """
+    L = layer_rule.layer
+    data, valid = (res.data[0] if L.is_label else res.data), res.valid
     if L.group == rule.reference:
         lum = luminance(data, valid)
-        for gsd in {g for _, g in rule.moving}:
-            views[gsd] = area_mean(lum, L.gsd, gsd)
-    elif any(g == L.group for g, _ in rule.moving):
-        views[L.group] = luminance(data, valid)
-
-
-def _coregister(rule: CoregRule, recs: dict[str, LayerRecord], views: dict[str | float, np.ndarray]) -> None:
-    """Add each sensor's measured shift to its record (and flag it when the rule says so)."""
-    for group, gsd in rule.moving:
-        rec = recs.get(group)
-        if rec is None or not rec.status.written or group not in views or gsd not in views:
-            continue
-        s = measure(views[gsd], views[group], gsd)
-        if s is None:
-            continue
-        rec = replace(rec, shift_x_m=s.x_m, shift_y_m=s.y_m, coreg_quality=s.quality, coreg_overlap=s.overlap)
-        why = rule.flag(s)
-        if why is not None:
-            rec = replace(rec, status=Status.FLAGGED, reason=f"{rec.reason}; {why}" if rec.reason else why)
-        recs[group] = rec
+        for g in {g for _, g in rule.moving}:
+            views[g] = area_mean(lum, L.gsd, g)
+        return res, rec
+    moving = dict(rule.moving)
+    if L.group not in moving or moving[L.group] not in views or not rec.status.written:
+        return res, rec
+    gsd = moving[L.group]
+    s = measure(views[gsd], luminance(data, valid), gsd)
+    if s is None:
+        return res, rec
+    applied = None
+    if rule.correct and s.quality >= rule.min_quality and np.hypot(s.x_m, s.y_m) > 0.05 * gsd:
+        res2, rec2 = _build_layer(layer_rule, chip, job.candidates.get(L.group, []), policy, (s.x_m, s.y_m))
+        if res2 is not None and rec2.status.written:
+            again = measure(views[gsd], luminance(res2.data[0] if L.is_label else res2.data, res2.valid), gsd)
+            if again is not None:
+                res, rec, applied, s = res2, rec2, (s.x_m, s.y_m), again
+    rec = replace(rec, shift_x_m=s.x_m, shift_y_m=s.y_m, coreg_quality=s.quality, coreg_overlap=s.overlap,
+                  applied_shift_x_m=None if applied is None else applied[0],
+                  applied_shift_y_m=None if applied is None else applied[1])
+    why = rule.flag(s)
+    if why is not None:
+        rec = replace(rec, status=Status.FLAGGED, reason=f"{rec.reason}; {why}" if rec.reason else why)
+    return res, rec
 
 
 def coreg_rule(recipe: Recipe, layers: list[Layer]) -> CoregRule | None:
@@ -243,7 +258,7 @@ def coreg_rule(recipe: Recipe, layers: list[Layer]) -> CoregRule | None:
                             f"({', '.join(L.group for L in sensors)})")
     ref = next(L for L in sensors if L.group == c.reference) if c.reference else min(sensors, key=lambda L: L.gsd)
     return CoregRule(ref.group, ref.gsd, tuple((L.group, L.gsd) for L in sensors if L.group != ref.group),
-                     c.max_misregistration_m, c.min_quality)
+                     c.max_misregistration_m, c.min_quality, c.correct)
 
 
 def _worker_name() -> str:
@@ -333,9 +348,9 @@ def store_schema(recipe: Recipe, specs: dict[str, SensorSpec], gsds: dict[str, f
     for sensor_rules in rules["sensors"].values():
         if sensor_rules.get("selection") == "first-valid":  # the rule stores had before it was a choice
             sensor_rules.pop("selection")
-    if recipe.coregistration.max_misregistration_m is None:
-        # Measuring changes no pixel and no status: recorded only when it can flag chips, so that
-        # stores built before co-registration existed still append.
+    if recipe.coregistration.max_misregistration_m is None and not recipe.coregistration.correct:
+        # Measuring changes no pixel and no status: recorded only when it can flag or correct
+        # chips, so that stores built before co-registration existed still append.
         rules.pop("coregistration")
     if recipe.split.block_chips == 1 and recipe.split.buffer_chips == 0:
         # The per-chip rule is stored as it was before blocks existed, so older stores still append.

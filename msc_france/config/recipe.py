@@ -100,7 +100,10 @@ class Coregistration(StrictModel):
     max_misregistration_m: float | None = Field(
         None, gt=0, description="flag a sensor of a chip whose measured shift exceeds this (status flagged, reason "
         "recorded); None: measure only")
-    min_quality: float = Field(0.3, ge=0, le=1, description="shifts measured with a lower quality never flag a chip")
+    min_quality: float = Field(0.3, ge=0, le=1, description="shifts measured with a lower quality never flag nor "
+                               "correct a chip")
+    correct: bool = Field(False, description="re-read a sensor from a grid displaced by its measured shift (same "
+                          "resampling, sub-pixel), record the shift applied, then measure the residual")
 
 
 class Limits(StrictModel):

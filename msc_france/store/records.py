@@ -81,6 +81,8 @@ class LayerRecord:
     shift_y_m: float | None = None
     coreg_quality: float | None = None
     coreg_overlap: float | None = None
+    applied_shift_x_m: float | None = None  # co-registration correction applied (coregistration.correct)
+    applied_shift_y_m: float | None = None
 
     @classmethod
     def failed(cls, reason: str, traceback: str | None = None) -> LayerRecord:
@@ -95,7 +97,8 @@ class LayerRecord:
         """The JSON object of a done mark (empty and unset fields left out)."""
         d: dict[str, Any] = {"status": self.status.value}
         for k in ("reason", "datetime", "cloud_fraction", "valid_fraction", "covered_fraction", "clipped",
-                  "checksum", "traceback", "shift_x_m", "shift_y_m", "coreg_quality", "coreg_overlap"):
+                  "checksum", "traceback", "shift_x_m", "shift_y_m", "coreg_quality", "coreg_overlap",
+                  "applied_shift_x_m", "applied_shift_y_m"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
@@ -125,7 +128,8 @@ class LayerRecord:
             checksum=d.get("checksum"), overview_checksums=dict(d.get("overview_checksums") or {}),
             stats=d.get("stats"), traceback=d.get("traceback"), shift_x_m=_float(d.get("shift_x_m")),
             shift_y_m=_float(d.get("shift_y_m")), coreg_quality=_float(d.get("coreg_quality")),
-            coreg_overlap=_float(d.get("coreg_overlap")))
+            coreg_overlap=_float(d.get("coreg_overlap")), applied_shift_x_m=_float(d.get("applied_shift_x_m")),
+            applied_shift_y_m=_float(d.get("applied_shift_y_m")))
 
 
 def _float(v: Any) -> float | None:

@@ -130,3 +130,30 @@ def test_a_misregistration_threshold_flags_the_chips_beyond_it(tiny_world, tiny_
     reasons = [c["reason"] for c in json.loads((out / "failures.json").read_text())["chips"]
                if c["group"] == "landsat-8-c2-l2"]
     assert len(reasons) == int(far.sum()) and all("against aerial (max_misregistration_m 5" in r for r in reasons)
+
+
+def test_correction_then_remeasurement_leaves_under_a_tenth_of_a_pixel(tiny_world, tiny_recipe, tiny_region,
+                                                                      tiny_store, tmp_path) -> None:
+    import yaml
+
+    from msc_france.cli import main
+    from msc_france.store import Store
+
+    rec = yaml.safe_load(tiny_recipe.read_text())
+    rec["coregistration"] = {"correct": True}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(rec))
+    out = tmp_path / "s.zarr"
+    assert main(["build", "--region", str(tiny_region), "--recipe", str(tmp_path / "r.yaml"), "--out", str(out),
+                 "--quiet"]) == 0
+    assert main(["validate", str(out)]) == 0  # the corrected chips' checksums are what was written
+    before, after = Store.open(tiny_store).index(), Store.open(out).index()
+    commits = Store.open(out).read_commits()
+    for col, group, gsd in (("sentinel_2_l2a", "sentinel-2-l2a", 10.0), ("landsat_8_c2_l2", "landsat-8-c2-l2", 30.0)):
+        residual = np.hypot(after[f"shift_x_m_{col}"], after[f"shift_y_m_{col}"])
+        assert (residual <= 0.1 * gsd).all(), (col, residual.tolist())
+        for i, cid in enumerate(after["chip_id"]):
+            r = commits[cid].layers[group]
+            # The shift applied is the one measured without correction (the tiny store's).
+            assert r.applied_shift_x_m == pytest.approx(before[f"shift_x_m_{col}"].iloc[i], abs=1e-6)
+            assert r.applied_shift_y_m == pytest.approx(before[f"shift_y_m_{col}"].iloc[i], abs=1e-6)
+    assert Store.open(out).meta["recipe"]["coregistration"]["correct"] is True
