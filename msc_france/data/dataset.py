@@ -130,10 +130,8 @@ class MSCFranceDataset(Dataset):
         self.class_names: dict[int, str] = {}
         self._lut = np.full(256, IGNORE_INDEX, np.int64)
         if self.labels:
-            attrs = s.root["labels"].attrs
-            self.class_index = {int(k): int(v) for k, v in attrs["class_index"].items()}
-            names = attrs.get("classes", {})
-            self.class_names = {i: str(names.get(str(c), c)) for c, i in self.class_index.items()}
+            self.class_index, names = s.classes()
+            self.class_names = {i: names[c] for c, i in self.class_index.items()}
             for code, i in self.class_index.items():
                 self._lut[code] = i
         self.band_index: dict[str, list[int]] = {}
@@ -146,7 +144,7 @@ class MSCFranceDataset(Dataset):
             if missing:
                 raise BadInputError(f"sensor {name} has no band(s) {missing} (has {list(L.bands)})")
             self.band_index[name] = [L.bands.index(b) for b in wanted]
-            stats = s.root[name].attrs.get("stats")
+            stats = s.stats(name)
             if normalize and not stats:
                 raise StoreError(f"store {self.path} has no statistics for {name}; rebuild it")
             if stats:

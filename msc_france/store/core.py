@@ -506,6 +506,24 @@ class Store:
 
         return consolidate(self)
 
+    def stats(self, group: str) -> dict[str, Any] | None:
+        """The normalisation statistics of ``group`` (per-band ``mean``, ``std``, ``count``, ``units``,
+        ``over``), from consolidation; None before the first consolidation.
+        """
+        st = self.root[group].attrs.get("stats")
+        return dict(st) if st else None
+
+    def classes(self) -> tuple[dict[int, int], dict[int, str]]:
+        """The label classes: code -> contiguous index, and code -> name ({} and {} without labels)."""
+        from msc_france.store.schema import LABELS_GROUP
+
+        if LABELS_GROUP not in {L.group for L in self.layers}:
+            return {}, {}
+        attrs = self.root[LABELS_GROUP].attrs
+        index = {int(k): int(v) for k, v in attrs["class_index"].items()}
+        names = attrs.get("classes", {})
+        return index, {c: str(names.get(str(c), c)) for c in index}
+
     def chip_index(self) -> ChipIndex:
         """The checked chip index as a :class:`ChipIndex` (per-group fields by name)."""
         return ChipIndex(self.index())
