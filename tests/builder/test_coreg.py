@@ -80,8 +80,8 @@ def test_the_demo_worlds_injected_shifts_are_recovered_per_chip(tiny_store) -> N
     """The generator mis-registers each Sentinel-2 tile and the Landsat-8 scene by known metres
     (``SENSOR_MODELS``; a pixel at x shows the ground at x + shift, so features appear at -shift);
     the aerial reference is exact. Every chip recovers them within 0.2 px, never with the wrong sign;
-    on the 256 chips of the demo store, Sentinel-2 has a median error of 0.65 m, 80 % within 1 m,
-    and Landsat-8 2.5 m, 70 % within 3 m (docs/results.md).
+    on the 256 chips of the demo store, Sentinel-2 has a median error of 0.72 m, 77 % within 1 m,
+    and Landsat-8 2.7 m, 70 % within 3 m (docs/results.md).
     """
     from msc_france.sources.demo_world import SENSOR_MODELS
     from msc_france.store import Store
