@@ -129,7 +129,7 @@ def bench_build(quick: bool, reps: int, recipe: str, region_name: str) -> list[d
             row("build scaling, 2 workers vs 1", cps, "chips/s", cps_one, "the same build with 1 worker thread",
                 "report only", note=f"{cps:.2f} vs {cps_one:.2f} chips/s on {os.cpu_count()} cores")]
     share = (t_ours - t_nc) / t_ours
-    rows.append(row("co-registration share of the build", 100 * share, "%", None,
+    rows.append(row("co-registration overhead of the build", 100 * share, "%", None,
                     "the same build with coregistration.measure off", "<= 10 %", higher_is_better=False,
                     met=share <= 0.10, note=f"{1000 * (t_ours - t_nc) / n:.0f} ms per chip of wall time ({n} chips, "
                     f"{os.cpu_count()} workers); 2 sensors measured per chip"))
