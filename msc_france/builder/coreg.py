@@ -47,19 +47,6 @@ def luminance(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where(valid > 0, lum, np.nan)
 
 
-def block_mean(img: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of ``factor`` x ``factor`` blocks of the finite pixels (NaN where a block has none)."""
-    if factor == 1:
-        return img
-    h, w = img.shape[0] // factor, img.shape[1] // factor
-    blocks = img[: h * factor, : w * factor].reshape(h, factor, w, factor)
-    ok = np.isfinite(blocks)
-    n = ok.sum(axis=(1, 3))
-    s = np.where(ok, blocks, 0).sum(axis=(1, 3))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, s / np.maximum(n, 1), np.nan)
-
-
 def area_mean(img: np.ndarray, src_gsd: float, dst_gsd: float) -> np.ndarray:
     """Exact area mean of the finite pixels of ``img`` (pixels of ``src_gsd``) on the grid of pixel
     ``dst_gsd`` with the same origin (a chip's grids share their corner); NaN where none is finite.
@@ -141,4 +128,4 @@ class CoregRule:
                 f"{self.max_misregistration_m:g}; quality {s.quality:.2f})")
 
 
-__all__ = ["MIN_OVERLAP", "CoregRule", "Shift", "area_mean", "block_mean", "luminance", "measure"]
+__all__ = ["MIN_OVERLAP", "CoregRule", "Shift", "area_mean", "luminance", "measure"]

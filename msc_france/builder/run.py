@@ -36,7 +36,7 @@ from msc_france.sources.signing import make_signer
 from msc_france.store import LABELS_GROUP, Layer, Store, StoreSchema
 from msc_france.store.overviews import shard_overview
 from msc_france.store.records import ChipRecord, Commits, LayerRecord, ShardCommit, Status
-from msc_france.store.schema import chip_checksum
+from msc_france.store.schema import chip_checksum, reference_layer
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,8 @@ def coreg_rule(recipe: Recipe, layers: list[Layer]) -> CoregRule | None:
     if c.reference is not None and c.reference not in {L.group for L in sensors}:
         raise BadInputError(f"coregistration.reference '{c.reference}' is not a sensor of the recipe "
                             f"({', '.join(L.group for L in sensors)})")
-    ref = next(L for L in sensors if L.group == c.reference) if c.reference else min(sensors, key=lambda L: L.gsd)
+    ref = reference_layer(sensors, c.reference)
+    assert ref is not None  # two sensors at least
     return CoregRule(ref.group, ref.gsd, tuple((L.group, L.gsd) for L in sensors if L.group != ref.group),
                      c.max_misregistration_m, c.min_quality, c.correct)
 

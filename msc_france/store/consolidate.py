@@ -19,7 +19,7 @@ from msc_france.grid import Chip
 from msc_france.splits import ALL_SPLITS
 from msc_france.store import stac
 from msc_france.store.records import Commits, Status
-from msc_france.store.schema import Layer, column
+from msc_france.store.schema import Layer, column, reference_layer
 
 if TYPE_CHECKING:
     from msc_france.store.core import Store
@@ -98,11 +98,11 @@ def _days_from_reference(store: Store, table: dict[str, Any]) -> dict[str, Any]:
     """``days_from_reference_<group>``: days between each sensor's acquisition and the reference
     sensor's (the co-registration reference: the recipe's, else the finest sensor), per chip.
     """
-    sensors = [L for L in store.layers if not L.is_label]
-    if len(sensors) < 2:
-        return {}
     chosen = (store.meta.get("recipe") or {}).get("coregistration", {}).get("reference")
-    ref = next((L for L in sensors if L.group == chosen), None) or min(sensors, key=lambda L: L.gsd)
+    ref = reference_layer(store.layers, chosen)
+    if ref is None:
+        return {}
+    sensors = [L for L in store.layers if not L.is_label]
     t_ref = pd.Series(table[f"datetime_{column(ref.group)}"])
     out = {}
     for L in sensors:

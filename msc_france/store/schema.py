@@ -10,6 +10,7 @@ machine-readable per-chip affine transform ``spatial_transform (chip, 6)``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,16 @@ class StoreSchema:
     layers: tuple[Layer, ...]
     rules: dict[str, Any] = field(default_factory=dict)
     classes: dict[int, str] | None = None
+
+
+def reference_layer(layers: Sequence[Layer], chosen: str | None = None) -> Layer | None:
+    """The co-registration reference among ``layers``: ``chosen`` when it names a sensor layer,
+    else the finest sensor; None without two sensor layers.
+    """
+    sensors = [L for L in layers if not L.is_label]
+    if len(sensors) < 2:
+        return None
+    return next((L for L in sensors if L.group == chosen), None) or min(sensors, key=lambda L: L.gsd)
 
 
 def chip_checksum(data: np.ndarray, valid: np.ndarray) -> str:

@@ -10,7 +10,7 @@ import rasterio
 from affine import Affine
 from rasterio.warp import Resampling, reproject
 
-from msc_france.builder.coreg import block_mean, luminance, measure
+from msc_france.builder.coreg import luminance, measure
 from tests.helpers import realdata
 
 
@@ -57,12 +57,6 @@ def test_too_little_overlap_measures_nothing() -> None:
     half = img.copy()
     half[:, :20] = np.nan
     assert measure(img, half, 10.0) is None
-
-
-def test_block_mean_ignores_invalid_pixels() -> None:
-    img = np.array([[1, 2, 10, np.nan], [3, 4, np.nan, np.nan]], np.float32)
-    assert np.allclose(block_mean(img, 2), [[2.5, 10.0]], equal_nan=True)
-    assert np.isnan(block_mean(np.full((2, 2), np.nan, np.float32), 2)).all()
 
 
 def test_area_mean_on_a_grid_that_does_not_divide() -> None:
