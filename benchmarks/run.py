@@ -389,7 +389,8 @@ def bench_training(store: Path, quick: bool) -> list[dict[str, Any]]:
         res = {}
         variants = (("xstars", []), ("dino", ["msad.alpha=0"]), ("xstars-1-thread", ["run.threads=1"]),
                     ("views-dino-1", ["msad.views=dino", "msad.partners=1"]),
-                    ("views-dino-2", ["msad.views=dino", "msad.partners=2"]))
+                    ("views-dino-2", ["msad.views=dino", "msad.partners=2"]),
+                    ("keep-0.5", ["msad.keep=0.5"]), ("keep-0.25", ["msad.keep=0.25"]))
         for name, extra in variants:
             cfg = load_train_config(str(ROOT / "pipelines" / "pretrain-xstars.yaml"),
                                     sets + extra + [f"run.out={tmp / name}", f"data.store={store}"])
@@ -414,6 +415,12 @@ def bench_training(store: Path, quick: bool) -> list[dict[str, Any]]:
               note=f"step {res[f'views-dino-{k}'][0] * 1000:.0f} ms; the DINO sensor's second global crop reused as "
                    f"its MSAD view, {k} other sensor(s) cut at the same window (docs/training.md); its val "
                    "numbers are in docs/results.md") for k in (1, 2)],
+        *[row(f"X-STARS step overhead, msad.keep {k}", (res[f"keep-{k}"][0] / res["dino"][0] - 1) * 100,
+              "% overhead", None, "DINO-only step (alpha = 0), same config", "<= 25%", higher_is_better=False,
+              met=res[f"keep-{k}"][0] / res["dino"][0] - 1 <= 0.25,
+              note=f"step {res[f'keep-{k}'][0] * 1000:.0f} ms; separate co-located views of every sensor, a fraction "
+                   f"{k} of their patch tokens through the transformer (the same positions in every sensor); its "
+                   "val numbers are in docs/results.md") for k in ("0.5", "0.25")],
         row("X-STARS step, 2 torch threads vs 1", res["xstars-1-thread"][0] / res["xstars"][0], "x speed-up", 1.0,
             "the same step with run.threads=1", "report only",
             note=f"2 threads {res['xstars'][0] * 1000:.0f} ms, 1 thread {res['xstars-1-thread'][0] * 1000:.0f} ms; "

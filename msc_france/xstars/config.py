@@ -95,6 +95,9 @@ class MSADConfig(StrictModel):
         "DINO sensor's second global crop is its MSAD view (its tokens reused, no extra pass), the same window cut "
         "from `partners` other sensors in turn, pairs (DINO sensor, partner)")
     partners: int = Field(1, ge=1, description="with views: dino, other sensors aligned to the DINO sensor per step")
+    keep: float = Field(1.0, gt=0, le=1, description="fraction of the MSAD views' patch tokens that go through the "
+                        "transformer (one random set of positions per step, the same in every sensor and image; "
+                        "the loss is computed at those positions and the CLS token): fewer tokens, a cheaper step")
 
     @model_validator(mode="before")
     @classmethod
@@ -194,6 +197,8 @@ class TrainConfig(StrictModel):
         if self.optim.batch_size % self.optim.accumulate:
             raise ValueError(f"optim.batch_size {self.optim.batch_size} is not divisible into "
                              f"{self.optim.accumulate} micro-batches")
+        if self.msad.views == "dino" and self.msad.keep < 1:
+            raise ValueError("msad.keep below 1 needs msad.views separate (views: dino reuses whole DINO crops)")
         if self.msad.views == "dino" and self.msad.size != self.dino.global_size:
             raise ValueError(f"msad.views dino reuses a global crop: msad.size ({self.msad.size}) must equal "
                              f"dino.global_size ({self.dino.global_size})")

@@ -28,7 +28,8 @@ class Student(nn.Module):
 
     def forward(self, sensor: str, global_views: torch.Tensor, local_views: torch.Tensor | None,
                 msad_views: dict[str, torch.Tensor], msad_tokens: dict[str, torch.Tensor] | None = None,
-                reuse: slice | None = None) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+                reuse: slice | None = None, keep: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
         """Everything a step needs, in one call (DDP allows one forward per backward).
 
         Returns the DINO outputs of the global and local crops of ``sensor``, and the MSAD
@@ -36,9 +37,11 @@ class Student(nn.Module):
         :meth:`MSADHeads.arguments`) of ``msad_views`` (through the backbone), of ``msad_tokens``
         (tokens computed elsewhere, e.g. by the frozen model, through the projection heads only)
         and, with ``reuse``, of the rows ``reuse`` of the global crops as ``sensor``'s MSAD view.
-        The global crops and the MSAD views go through the transformer as one batch.
+        The global crops and the MSAD views go through the transformer as one batch; with ``keep``,
+        only those patch positions of the MSAD views do (and ``msad_tokens`` hold the same ones).
         """
-        toks = self.backbone.forward_many([(sensor, global_views), *msad_views.items()])
+        toks = self.backbone.forward_many([(sensor, global_views), *msad_views.items()],
+                                          keep=[None, *[keep] * len(msad_views)])
         s_glob = self.dino_head(toks[0][:, 0])
         s_loc = self.dino_head(self.backbone(local_views, sensor)[:, 0]) if local_views is not None else None
         seen = dict(zip(msad_views, toks[1:], strict=True))

@@ -83,13 +83,27 @@ def step_losses(cfg: TrainConfig, dino_loss: DINOLoss, ttemp: float, s_glob: tor
 @dataclass
 class MSADInputs:
     """What MSAD needs in a step: views for the student, tokens of the frozen model, the rows of the
-    global crops reused as the DINO sensor's view, and the sensor pairs aligned (None: all).
+    global crops reused as the DINO sensor's view, the sensor pairs aligned (None: all), and the
+    patch positions kept (``msad.keep``; None: all).
     """
 
     views: dict[str, torch.Tensor] = field(default_factory=dict)
     tokens: dict[str, torch.Tensor] = field(default_factory=dict)
     reuse: slice | None = None
     pairs: list[tuple[str, str]] | None = None
+    keep: torch.Tensor | None = None
+
+
+def kept_positions(cfg: TrainConfig, patch_size: int, g: torch.Generator, device: torch.device) -> torch.Tensor | None:
+    """The patch positions of this step's MSAD views that go through the transformer (``msad.keep``):
+    a random set drawn from ``g``, sorted, shared by every sensor and image so that position ``i``
+    is the same ground in every view and MSAD's negatives stay position by position; None for all.
+    """
+    if cfg.msad.keep >= 1:
+        return None
+    n = (cfg.msad.size // patch_size) ** 2
+    k = max(1, round(cfg.msad.keep * n))
+    return torch.randperm(n, generator=g)[:k].sort().values.to(device)
 
 
 def partners(cfg: TrainConfig, sensor: str, step: int) -> list[str]:
@@ -105,8 +119,11 @@ def partners(cfg: TrainConfig, sensor: str, step: int) -> list[str]:
 
 
 def msad_inputs(cfg: TrainConfig, batch: dict[str, Any], frozen: ViT | None, g: torch.Generator,
-                 device: torch.device, sensor: str, step: int, reused: list[CropGeometry]) -> MSADInputs:
-    """Co-located views for MSAD (``reused``: the geometry of the DINO crop ``views: dino`` reuses)."""
+                 device: torch.device, sensor: str, step: int, reused: list[CropGeometry],
+                 patch_size: int = 16) -> MSADInputs:
+    """Co-located views for MSAD (``reused``: the geometry of the DINO crop ``views: dino`` reuses;
+    ``patch_size``: the student's, for ``msad.keep``).
+    """
     sensors = list(cfg.data.sensors)
     n = batch[sensors[0]]["image"].shape[0]
     if cfg.msad.views == "dino":
@@ -125,12 +142,12 @@ def msad_inputs(cfg: TrainConfig, batch: dict[str, Any], frozen: ViT | None, g: 
             for s in sensors:
                 per_sensor[s].append(crops[s])
         views = {s: torch.stack(v).to(device, non_blocking=True) for s, v in per_sensor.items()}
-        out = MSADInputs(views)
+        out = MSADInputs(views, keep=kept_positions(cfg, patch_size, g, device))
     if cfg.continual is not None:  # the source sensor through the frozen model, no gradient
         src, tgt = cfg.continual.source_sensor, cfg.continual.target_sensor
         img = out.views.pop(src)
         out.views = {s: v for s, v in out.views.items() if s == tgt}
         out.pairs = [(tgt, src)]
-        with torch.no_grad():
-            out.tokens = {src: frozen(img, src)}  # type: ignore[misc]
+        with torch.no_grad():  # the frozen model sees the same kept positions as the student
+            out.tokens = {src: frozen.forward_many([(src, img)], keep=[out.keep])[0]}  # type: ignore[union-attr]
     return out

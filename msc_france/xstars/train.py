@@ -300,10 +300,10 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
                     with torch.no_grad():
                         t_out = [teacher(v, sensor) for v in views[: cfg.dino.global_crops]]
                     msad = MSADInputs() if cfg.msad.alpha == 0 else msad_inputs(
-                        cfg, part, frozen, g, device, sensor, step, geoms[1])
+                        cfg, part, frozen, g, device, sensor, step, geoms[1], cfg.model.patch_size)
                     locals_ = torch.cat(views[cfg.dino.global_crops:]) if cfg.dino.local_crops else None
                     s_glob, s_loc, emb = model(sensor, torch.cat(views[: cfg.dino.global_crops]), locals_,
-                                               msad.views, msad.tokens, msad.reuse)
+                                               msad.views, msad.tokens, msad.reuse, msad.keep)
                 # The losses in fp32, outside autocast: contrastive logits and DINO's sharpened
                 # softmax lose their small differences silently in half precision.
                 p_dino, p_msad = step_losses(cfg, dino_loss, ttemp, s_glob, s_loc, t_out, emb, msad.pairs, device)

@@ -13,6 +13,7 @@ Everything after the embedding (position embeddings, CLS token, blocks, norm) is
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -176,14 +177,25 @@ class ViT(nn.Module):
         """All tokens of ``x`` (N, bands, H, W) seen by ``sensor``'s patch embedding."""
         return self._encode(self._embed(x, sensor))
 
-    def forward_many(self, views: list[tuple[str, torch.Tensor]]) -> list[torch.Tensor]:
+    def forward_many(self, views: list[tuple[str, torch.Tensor]],
+                     keep: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
         """All tokens of several (sensor, images) batches, through the shared blocks in one batch.
 
         Equal to ``[self(x, s) for s, x in views]`` (each sensor's own patch embedding, then the
-        shared transformer), but one large batch where the images have one size: fewer, larger
+        shared transformer), but one large batch where the token counts agree: fewer, larger
         matrix products (what a GPU needs). Batches of other sizes go through on their own.
+
+        Args:
+            views: (sensor, images) batches.
+            keep: per batch, the indices of the patch positions that go through the transformer
+                (after the position embedding is added, so each kept token knows where it is), or
+                None for all of them; the CLS token is always kept. The output then holds the CLS
+                token and the kept positions, in the order given (FLIP's token dropping).
         """
         tokens = [self._embed(x, s) for s, x in views]
+        for i, k in enumerate(keep or []):
+            if k is not None:
+                tokens[i] = torch.cat([tokens[i][:, :1], tokens[i][:, 1:].index_select(1, k)], dim=1)
         out: list[torch.Tensor | None] = [None] * len(tokens)
         by_len: dict[int, list[int]] = {}
         for i, t in enumerate(tokens):

@@ -162,3 +162,62 @@ def test_gradient_accumulation_trains(tiny_store: Path, tmp_path: Path) -> None:
     assert two["losses"] != one["losses"]  # MSAD over micro-batches of 2 has fewer negatives
     rows = [json.loads(line) for line in (tmp_path / "a2" / "log.jsonl").read_text().splitlines()]
     assert all(r["msad"] > 0 for r in rows)
+
+
+def _masked_full_forward(vit: ViT, x: torch.Tensor, sensor: str, keep: torch.Tensor) -> torch.Tensor:
+    """Independent of token dropping: every token goes through every block, but attention may only
+    look at the CLS token and the kept positions (a key mask); the kept rows are read at the end.
+    """
+    t = vit._embed(x, sensor)
+    allowed = torch.zeros(t.shape[1], dtype=torch.bool)
+    allowed[0] = True
+    allowed[1 + keep] = True
+    for blk in vit.blocks:
+        h = blk.norm1(t)
+        b, n, d = h.shape
+        qkv = blk.attn.qkv(h).view(b, n, 3, blk.attn.heads, d // blk.attn.heads).permute(2, 0, 3, 1, 4)
+        att = torch.nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=allowed[None, :])
+        t = t + blk.attn.proj(att.transpose(1, 2).reshape(b, n, d))
+        t = t + blk.mlp(blk.norm2(t))
+    return vit.norm(t)[:, torch.cat([torch.zeros(1, dtype=torch.long), 1 + keep])]
+
+
+def test_dropped_tokens_equal_a_key_masked_full_forward() -> None:
+    """msad.keep's token dropping: the kept tokens equal those of a full forward whose attention
+    cannot see the dropped positions; keeping every position is the plain forward.
+    """
+    torch.manual_seed(0)
+    vit = ViT(SENSORS, "vit_test", patch_size=8, img_size=32, drop_path=0.0).eval()
+    x, y = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
+    keep = torch.tensor([0, 3, 4, 9, 15])
+    with torch.no_grad():
+        glob, dropped, other = vit.forward_many([("s2", x), ("l8", y), ("aerial", y)], keep=[None, keep, keep])
+        torch.testing.assert_close(glob, vit(x, "s2"), rtol=1e-5, atol=1e-5)
+        assert dropped.shape == (3, 1 + len(keep), vit.dim)
+        torch.testing.assert_close(dropped, _masked_full_forward(vit, y, "l8", keep), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(other, _masked_full_forward(vit, y, "aerial", keep), rtol=1e-4, atol=1e-5)
+        every = vit.forward_many([("l8", y)], keep=[torch.arange(16)])[0]
+        torch.testing.assert_close(every, vit(y, "l8"), rtol=1e-5, atol=1e-5)
+
+
+def test_kept_positions_are_one_sorted_draw_of_the_asked_fraction(tiny_store: Path, tmp_path: Path) -> None:
+    from msc_france.xstars.step import kept_positions
+
+    cfg = _cfg(tiny_store, tmp_path, msad__keep=0.25)
+    n = (cfg.msad.size // 8) ** 2
+    a = kept_positions(cfg, 8, torch.Generator().manual_seed(3), torch.device("cpu"))
+    b = kept_positions(cfg, 8, torch.Generator().manual_seed(3), torch.device("cpu"))
+    assert a is not None and b is not None and torch.equal(a, b)
+    assert len(a) == round(0.25 * n) and len(set(a.tolist())) == len(a)
+    assert torch.equal(a, a.sort().values) and int(a.max()) < n
+    assert kept_positions(_cfg(tiny_store, tmp_path), 8, torch.Generator(), torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="msad.keep"):
+        _cfg(tiny_store, tmp_path, msad__keep=0.5, msad__views="dino")
+
+
+@pytest.mark.timeout(300)
+def test_token_dropping_trains_and_aligns(tiny_store: Path, tmp_path: Path) -> None:
+    s = pretrain(_cfg(tiny_store, tmp_path / "keep", msad__keep=0.5, optim__steps=24), progress=False)
+    msad = [json.loads(line)["msad"] for line in (tmp_path / "keep" / "log.jsonl").read_text().splitlines()]
+    assert len(msad) == 24 and all(torch.isfinite(torch.tensor(s["losses"])))
+    assert sum(msad[-5:]) / 5 < 0.85 * sum(msad[:5]) / 5
