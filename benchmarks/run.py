@@ -394,12 +394,12 @@ def bench_training(store: Path, quick: bool) -> list[dict[str, Any]]:
         for name, extra in variants:
             cfg = load_train_config(str(ROOT / "pipelines" / "pretrain-xstars.yaml"),
                                     sets + extra + [f"run.out={tmp / name}", f"data.store={store}"])
-            s = pretrain(cfg, progress=False)
+            s = pretrain(cfg)
             # Skip the first steps (worker start-up, allocator warm-up) from the step times.
             rows = [json.loads(x) for x in (tmp / name / "log.jsonl").read_text().splitlines()]
             el = [r["elapsed_s"] for r in rows]
-            per_step = statistics.median(np.diff(el[1:]).tolist()) if len(el) > 2 else s["elapsed_s"] / steps
-            res[name] = (per_step, cfg.optim.batch_size / per_step, s["device"])
+            per_step = statistics.median(np.diff(el[1:]).tolist()) if len(el) > 2 else s.elapsed_s / steps
+            res[name] = (per_step, cfg.optim.batch_size / per_step, s.device)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     overhead = res["xstars"][0] / res["dino"][0] - 1
@@ -457,7 +457,7 @@ def bench_gpu(store: Path, quick: bool) -> list[dict[str, Any]]:
                         "optim.batch_size=64", "data.num_workers=8", "data.cache=true", "run.device=cuda",
                         "run.amp=bf16", "run.threads=4", f"run.out={tmp / (arch + kind)}", f"data.store={store}"]
                 cfg = load_train_config(str(ROOT / "pipelines" / "pretrain-xstars.yaml"), sets + extra)
-                pretrain(cfg, progress=False)
+                pretrain(cfg)
                 log = [json.loads(x) for x in (tmp / (arch + kind) / "log.jsonl").read_text().splitlines()]
                 el = [r["elapsed_s"] for r in log]
                 per_step = statistics.median(np.diff(el[len(el) // 4 :]).tolist())

@@ -26,7 +26,7 @@ def env(tiny_store: Path, tiny_recipe: Path, tiny_region: Path, tmp_path: Path) 
     from msc_france.xstars.train import pretrain
     from tests.helpers import train_config as _cfg
 
-    pretrain(_cfg(tiny_store, run, optim__steps=2, run__checkpoint_every=2), progress=False)
+    pretrain(_cfg(tiny_store, run, optim__steps=2, run__checkpoint_every=2))
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
     return {"store": store, "recipe": tiny_recipe, "region": tiny_region, "tmp": tmp_path, "run": run,

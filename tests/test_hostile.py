@@ -62,7 +62,7 @@ def small_run(tiny_store: Path, tmp_path: Path) -> dict[str, Path]:
     from tests.helpers import train_config as _cfg
 
     run = tmp_path / "run"
-    pretrain(_cfg(tiny_store, run, optim__steps=2, run__checkpoint_every=2), progress=False)
+    pretrain(_cfg(tiny_store, run, optim__steps=2, run__checkpoint_every=2))
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
     return {"run": run, "train": tmp_path / "train.yaml", "store": tiny_store}

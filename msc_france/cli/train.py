@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from msc_france.cli.common import cli, quiet_mode, say
 from msc_france.fsutil import claim_output_dir
+
+if TYPE_CHECKING:
+    from msc_france.xstars.checkpoint import Checkpoint
 
 # --------------------------------------------------------------------------- training
 
@@ -21,14 +25,12 @@ from msc_france.fsutil import claim_output_dir
 def pretrain(config_path: str, store: str | None, out: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
     """Pretrain an X-STARS (or DINO-only, or continual) model; resumes from the run's last checkpoint."""
     from msc_france.xstars.config import load_train_config
+    from msc_france.xstars.summary import print_progress
     from msc_france.xstars.train import pretrain as run_pretrain
 
     cfg = load_train_config(config_path, list(overrides), **{"data.store": store, "run.out": out})
-    s = run_pretrain(cfg, progress=not (quiet or quiet_mode()))
-    first = f"{s['losses'][0]:.4f}" if s["losses"] else "-"
-    lastv = f"{s['losses'][-1]:.4f}" if s["losses"] else "-"
-    say(f"trained steps {s['start']}..{s['start'] + s['steps']} on {s['device']} in {s['elapsed_s']:.1f} s "
-               f"({s['images_per_s']:.1f} images/s); loss {first} -> {lastv}; run in {s['out']}")
+    s = run_pretrain(cfg, progress=None if quiet or quiet_mode() else print_progress)
+    say(s.line())
 
 
 @cli.command("eval")
@@ -67,9 +69,8 @@ def export_model(run: Path, out: Path, which: str) -> None:
     ckpt = load_checkpoint(ckpt_path)
     vit = build_backbone(ckpt, which)
     claim_output_dir(out, "export-model", lambda n: n in ("model.safetensors", "config.json"))
-    bands = ckpt.get("bands")
-    cfg = ckpt.get("config") or {}
-    store_path = (cfg.get("data") or {}).get("store")
+    bands = ckpt.bands
+    store_path = ckpt.section("data").get("store")
     gsds: dict[str, float] = {}
     licences: dict[str, str] = {}
     try:  # the store the run trained on, when it is still there: GSDs and the data's licences
@@ -79,40 +80,39 @@ def export_model(run: Path, out: Path, which: str) -> None:
         if store_path is None:
             raise FileNotFoundError("no data.store in the checkpoint's config")
         st = Store.open(str(store_path))
-        gsds = {s: st.layer(s).gsd for s in ckpt["sensors"]}
-        licences = {s: SOURCES.get(st.layer(s).sensor, ("", "see the source"))[1] for s in ckpt["sensors"]}
+        gsds = {s: st.layer(s).gsd for s in ckpt.sensors}
+        licences = {s: SOURCES.get(st.layer(s).sensor, ("", "see the source"))[1] for s in ckpt.sensors}
     except Exception:  # noqa: BLE001 (moved or remote: the export goes on without them, and says so)
         gsds = {}
-    meta = {"sensors": {s: list(bands) if bands else int(c) for s, c in ckpt["sensors"].items()},
+    meta = {"sensors": {s: list(bands) if bands else int(c) for s, c in ckpt.sensors.items()},
             "gsd_m": gsds or "unknown (the training store was not found)",
-            "normalization": ckpt.get("normalization", {}), "source": {"checkpoint": str(ckpt_path),
-                                                                       "step": ckpt.get("step"), "network": which},
+            "normalization": ckpt.normalization, "source": {"checkpoint": str(ckpt_path), "step": ckpt.step,
+                                                            "network": which},
             "load_with": "msc_france.xstars.weights.import_vit(path, 'timm', sensors, arch, patch_size, img_size)"}
     card = _model_card(run, ckpt, which, gsds, licences)
     for p in export_encoder(vit, out, meta, card):
         say(f"wrote {p}")
 
 
-def _model_card(run: Path, ckpt: dict, which: str, gsds: dict[str, float], licences: dict[str, str]) -> str:
+def _model_card(run: Path, ckpt: Checkpoint, which: str, gsds: dict[str, float], licences: dict[str, str]) -> str:
     """README.md of an exported encoder: what it is, what it saw, how it scored, how to load it."""
     import json as _json
 
-    cfg = ckpt.get("config") or {}
-    m = ckpt["model"]
-    lines = [f"# {cfg.get('name', 'msc-france')} encoder ({m['arch']}/{m['patch_size']}, {which})", "",
-             f"Trained with msc-france for {ckpt.get('step')} steps on `{(cfg.get('data') or {}).get('store')}` "
-             f"(split `{(cfg.get('data') or {}).get('split')}`), input {m['img_size']} px.", "",
+    m, data = ckpt.model, ckpt.section("data")
+    lines = [f"# {ckpt.config.get('name', 'msc-france')} encoder ({m.arch}/{m.patch_size}, {which})", "",
+             f"Trained with msc-france for {ckpt.step} steps on `{data.get('store')}` "
+             f"(split `{data.get('split')}`), input {m.img_size} px.", "",
              "| sensor | bands | GSD (m) | data licence |", "|---|---|---|---|"]
-    for s in ckpt["sensors"]:
-        lines.append(f"| {s} | {', '.join(ckpt.get('bands') or [])} | {gsds.get(s, '?')} | {licences.get(s, '?')} |")
+    for s in ckpt.sensors:
+        lines.append(f"| {s} | {', '.join(ckpt.bands or [])} | {gsds.get(s, '?')} | {licences.get(s, '?')} |")
     lines += ["", "Evaluation: `msc-france eval --checkpoint` on the run's checkpoint scores it against the "
               "learning-free baselines (docs/results.md); the numbers are not copied here."]
     lines += ["", "Normalisation (per sensor, stored units):", "", "```json",
-              _json.dumps(ckpt.get("normalization", {}), indent=1), "```", "",
+              _json.dumps(ckpt.normalization, indent=1), "```", "",
               "## Loading", "", "```python", "import torch",
               "from safetensors.torch import load_file", "",
               "sd = load_file('model.safetensors')  # timm key layout; one patch_embed.<sensor>.proj per sensor",
-              f"sensor = '{next(iter(ckpt['sensors']))}'",
+              f"sensor = '{next(iter(ckpt.sensors))}'",
               "timm_sd = {k: v for k, v in sd.items() if not k.startswith('patch_embed.')}",
               "timm_sd['patch_embed.proj.weight'] = sd[f'patch_embed.{sensor}.proj.weight']",
               "timm_sd['patch_embed.proj.bias'] = sd[f'patch_embed.{sensor}.proj.bias']",

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+
+from msc_france.config.base import StrictModel
 
 Window = tuple[float, float, float, float]  # x0, y0, w, h as fractions of the chip
 
@@ -72,17 +75,18 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return x[0]
 
 
-@dataclass(frozen=True)
-class MultiCropConfig:
-    """DINO multi-crop parameters (sizes in pixels of the network input)."""
+class MultiCropConfig(StrictModel):
+    """DINO multi-crop parameters (sizes in pixels of the network input); the ``dino`` section of a
+    training config is one (:class:`~msc_france.xstars.config.DinoConfig` extends it).
+    """
 
-    global_crops: int = 2
-    local_crops: int = 4
-    global_size: int = 64
-    local_size: int = 32
+    global_crops: int = Field(2, ge=2)
+    local_crops: int = Field(4, ge=0)
+    global_size: int = Field(64, ge=8, le=4096)
+    local_size: int = Field(32, ge=8, le=4096)
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.4)
-    dihedral: bool = False
+    dihedral: bool = Field(False, description="random quarter turns as well as flips in the DINO views")
 
 
 @dataclass(frozen=True)

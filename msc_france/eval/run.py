@@ -70,7 +70,7 @@ from msc_france.eval.probes import (
     shifted_retrieval,
 )
 from msc_france.store import Store
-from msc_france.xstars.checkpoint import build_backbone, load_checkpoint
+from msc_france.xstars.checkpoint import Checkpoint, build_backbone, load_checkpoint
 from msc_france.xstars.distributed import resolve_device
 from msc_france.xstars.msad import MSADHeads
 from msc_france.xstars.vit import ViT
@@ -182,7 +182,7 @@ class Model:
     name: str
     encoder: Encoder
     meta: dict[str, Any]
-    ckpt: dict[str, Any] | None = None
+    ckpt: Checkpoint | None = None
     baseline: bool = False
     ridge: bool = False
     group: str | None = None
@@ -197,9 +197,9 @@ def _models(cfg: EvalConfig) -> list[Model]:
                 continue
             raise BadInputError(f"checkpoint not found: {m.checkpoint} (run make pretrain first)")
         ckpt = load_checkpoint(m.checkpoint)
-        out.append(Model(m.name, build_backbone(ckpt, cfg.features), ckpt["model"], ckpt, m.baseline, m.ridge,
-                         m.group))
-        arch = arch or ckpt["model"]
+        out.append(Model(m.name, build_backbone(ckpt, cfg.features), ckpt.model.to_json(), ckpt, m.baseline,
+                         m.ridge, m.group))
+        arch = arch or ckpt.model.to_json()
     fixed = [Model(b, FIXED[b](), {"arch": b}, baseline=True) for b in cfg.baselines if b in FIXED]
     a = arch or {"arch": "vit_tiny", "patch_size": 16, "img_size": cfg.input_size}
     for b in cfg.baselines:
@@ -218,14 +218,14 @@ def _models(cfg: EvalConfig) -> list[Model]:
     return out
 
 
-def _msad_heads(ckpt: dict[str, Any]) -> MSADHeads | None:
+def _msad_heads(ckpt: Checkpoint) -> MSADHeads | None:
     """The student's MSAD projection heads of a checkpoint (None when it trained without MSAD)."""
-    c = ckpt["config"]["msad"]
-    keys = {k[len("msad_heads."):]: v for k, v in ckpt["student"].items() if k.startswith("msad_heads.")}
+    c = ckpt.section("msad")
+    keys = {k[len("msad_heads."):]: v for k, v in ckpt.student.items() if k.startswith("msad_heads.")}
     if not keys or float(c.get("alpha", 0)) == 0:
         return None
-    dim = ckpt["student"]["backbone.pos_embed"].shape[-1]
-    heads = MSADHeads(dim, list(ckpt["sensors"]), c["proj_dim"], c["dropout"], layout=c.get("heads", "shared"),
+    dim = ckpt.student["backbone.pos_embed"].shape[-1]
+    heads = MSADHeads(dim, list(ckpt.sensors), c["proj_dim"], c["dropout"], layout=c.get("heads", "shared"),
                       normalize=c.get("normalize", True))
     heads.load_state_dict(keys)
     return heads.eval()
@@ -246,11 +246,9 @@ def _diagnostics(m: Model, held: MSCFranceDataset, cfg: EvalConfig, class_index:
                 for s in sensors if not heads.has_per_sensor or s in heads.per_sensor}
         flat = {s: (p.flatten(1) / p.shape[1] ** 0.5) for s, p in proj.items()}
         out["msad_projection"] = {f"{a}->{b}": pair_retrieval(flat[a], flat[b]) for a in flat for b in flat if a != b}
-    cont = m.ckpt["config"].get("continual")
-    if cont and "frozen" in m.ckpt:
-        frozen = ViT(dict(m.ckpt.get("frozen_sensors", m.ckpt["sensors"])), m.meta["arch"], m.meta["patch_size"],
-                     m.meta["img_size"], drop_path=0.0, patch_embed=m.meta.get("patch_embed", "per-sensor"))
-        frozen.load_state_dict(m.ckpt["frozen"])
+    cont = m.ckpt.section("continual")
+    if cont and m.ckpt.frozen is not None:
+        frozen = build_backbone(m.ckpt, frozen=True)
         src, tgt = cont["source_sensor"], cont["target_sensor"]
         fz = extract(frozen, _subset(held, [src]), cfg.tiles, cfg.input_size, class_index, device)
         own = extract(build_backbone(m.ckpt, cfg.features), _subset(held, [tgt]), cfg.tiles, cfg.input_size,

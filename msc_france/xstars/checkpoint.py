@@ -1,5 +1,6 @@
-"""Checkpoints: written atomically, read with ``weights_only=True`` (no pickled code), RNG states as
-tensors; the backbone of a checkpoint for evaluation and continual pretraining.
+"""Checkpoints: a typed :class:`Checkpoint` written atomically and read with ``weights_only=True``
+(no pickled code), RNG states as tensors; the backbone of a checkpoint for evaluation and continual
+pretraining.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,103 @@ from msc_france.fsutil import atomic_path
 from msc_france.xstars.vit import ARCHS, ViT
 
 CKPT_FORMAT = "msc-france-xstars-1"
+
+StateDict = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The backbone a checkpoint's weights belong to."""
+
+    arch: str
+    patch_size: int
+    img_size: int
+    patch_embed: str = "per-sensor"
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain values, as stored."""
+        return {"arch": self.arch, "patch_size": self.patch_size, "img_size": self.img_size,
+                "patch_embed": self.patch_embed}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a training run saves, and the only way a checkpoint is read (train, eval, export).
+
+    Attributes:
+        step: steps done.
+        config: the run's :class:`~msc_france.xstars.config.TrainConfig`, as JSON.
+        model: the backbone's architecture.
+        sensors: sensor -> input bands of the student.
+        bands: the band names read (every sensor), when known.
+        normalization: sensor -> {"mean": [...], "std": [...]} in stored units (training chips).
+        student, teacher, dino_loss, optimizer: state dicts.
+        rng: every RNG's state (:func:`rng_state`).
+        frozen: the frozen source backbone of a continual run, and its sensors.
+    """
+
+    step: int
+    config: dict[str, Any]
+    model: ModelSpec
+    sensors: dict[str, int]
+    student: StateDict
+    teacher: StateDict
+    bands: list[str] | None = None
+    normalization: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    dino_loss: StateDict = field(default_factory=dict)
+    optimizer: StateDict = field(default_factory=dict)
+    rng: dict[str, Any] = field(default_factory=dict)
+    frozen: StateDict | None = None
+    frozen_sensors: dict[str, int] | None = None
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One section of the run's config (``msad``, ``data``, ...), empty when absent."""
+        v = self.config.get(name)
+        return v if isinstance(v, dict) else {}
+
+    def network(self, which: str) -> StateDict:
+        """The ``teacher`` or ``student`` state dict."""
+        if which not in ("teacher", "student"):
+            raise ValueError(f"a checkpoint holds a teacher and a student, not {which!r}")
+        return self.teacher if which == "teacher" else self.student
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form (tensors and plain values only, loadable with ``weights_only=True``)."""
+        d: dict[str, Any] = {
+            "format": CKPT_FORMAT, "step": self.step, "config": self.config, "model": self.model.to_json(),
+            "sensors": dict(self.sensors), "bands": self.bands, "normalization": self.normalization,
+            "student": self.student, "teacher": self.teacher, "dino_loss": self.dino_loss,
+            "optimizer": self.optimizer, "rng": self.rng}
+        if self.frozen is not None:
+            d["frozen"], d["frozen_sensors"] = self.frozen, dict(self.frozen_sensors or self.sensors)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "checkpoint") -> Checkpoint:
+        """Parse the stored form once; a missing or mistyped entry is a one-line error.
+
+        Raises:
+            TrainingError: not an msc-france checkpoint, or one that does not describe itself.
+        """
+        if not isinstance(d, dict) or d.get("format") != CKPT_FORMAT:
+            raise TrainingError(f"{source} is not an msc-france X-STARS checkpoint")
+        try:
+            m = d["model"]
+            spec = ModelSpec(str(m["arch"]), int(m["patch_size"]), int(m["img_size"]),
+                             str(m.get("patch_embed", "per-sensor")))
+            frozen = d.get("frozen")
+            return cls(
+                step=int(d["step"]), config=dict(d.get("config") or {}), model=spec,
+                sensors={str(k): int(v) for k, v in dict(d["sensors"]).items()},
+                student=dict(d["student"]), teacher=dict(d["teacher"]),
+                bands=[str(b) for b in d["bands"]] if d.get("bands") else None,
+                normalization=dict(d.get("normalization") or {}), dino_loss=dict(d.get("dino_loss") or {}),
+                optimizer=dict(d.get("optimizer") or {}), rng=dict(d.get("rng") or {}),
+                frozen=dict(frozen) if frozen is not None else None,
+                frozen_sensors={str(k): int(v) for k, v in dict(d["frozen_sensors"]).items()}
+                if d.get("frozen_sensors") else None)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise TrainingError(f"{source} does not describe its own weights: {first_line(e)[:200]}") from None
 
 
 def rng_state() -> dict[str, Any]:
@@ -49,7 +148,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint written by :func:`pretrain`, with one-line errors.
 
     The file's container is checked first (torch's zip format), then it is read with
@@ -69,13 +168,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses anything but tensors and plain containers
         raise TrainingError(f"cannot read checkpoint {p}: {first_line(e)[:200]}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
-        raise TrainingError(f"{p} is not an msc-france X-STARS checkpoint")
-    return ckpt
+    return Checkpoint.from_dict(ckpt, str(p))
 
 
-def build_backbone(ckpt: dict[str, Any], which: str = "teacher") -> ViT:
-    """The ViT of a checkpoint (``teacher`` backbone by default, as DINO evaluates).
+def build_backbone(ckpt: Checkpoint, which: str = "teacher", frozen: bool = False) -> ViT:
+    """The ViT of a checkpoint (``teacher`` backbone by default, as DINO evaluates; ``frozen``: the
+    frozen source backbone of a continual run).
 
     The declared architecture is checked against the tensors before any model is built: a crafted
     ``img_size`` of 32,768 would otherwise allocate gigabytes of position embeddings.
@@ -84,11 +182,16 @@ def build_backbone(ckpt: dict[str, Any], which: str = "teacher") -> ViT:
         TrainingError: the declaration and the tensors disagree, or the weights do not load.
     """
     try:
-        m = ckpt["model"]
-        prefix = "backbone."
-        sd = {k[len(prefix):]: v for k, v in ckpt[which].items() if k.startswith(prefix)}
-        arch, patch, img = str(m["arch"]), int(m["patch_size"]), int(m["img_size"])
-        sensors = {str(k): int(v) for k, v in dict(ckpt["sensors"]).items()}
+        m = ckpt.model
+        if frozen:
+            if ckpt.frozen is None:
+                raise ValueError("no frozen backbone (not a continual run)")
+            sd, sensors = dict(ckpt.frozen), dict(ckpt.frozen_sensors or ckpt.sensors)
+        else:
+            prefix = "backbone."
+            sd = {k[len(prefix):]: v for k, v in ckpt.network(which).items() if k.startswith(prefix)}
+            sensors = dict(ckpt.sensors)
+        arch, patch, img = m.arch, m.patch_size, m.img_size
         pos = sd.get("pos_embed")
         if arch not in ARCHS or pos is None or patch < 1 or img < patch:
             raise ValueError(f"declares {arch}/{patch} at {img} px without matching weights")
@@ -97,14 +200,14 @@ def build_backbone(ckpt: dict[str, Any], which: str = "teacher") -> ViT:
             raise ValueError(f"declares {arch}/{patch} at {img} px ({want}), its pos_embed is {tuple(pos.shape)}")
         if not sensors or any(c < 1 or c > 1024 for c in sensors.values()):
             raise ValueError(f"declares sensors {sensors}")
-        vit = ViT(sensors, arch, patch, img, drop_path=0.0, patch_embed=m.get("patch_embed", "per-sensor"))
+        vit = ViT(sensors, arch, patch, img, drop_path=0.0, patch_embed=m.patch_embed)
         vit.load_state_dict(sd)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise TrainingError(f"checkpoint does not describe its own weights: {first_line(e)[:200]}") from None
     return vit
 
 
-def write_checkpoint(obj: Any, path: Path) -> None:
+def write_checkpoint(obj: Checkpoint, path: Path) -> None:
     """Write a checkpoint through a temp file and a rename; a failed write leaves nothing behind.
 
     torch reports a full disk as ``RuntimeError: [enforce fail at inline_container.cc...] file
@@ -112,7 +215,7 @@ def write_checkpoint(obj: Any, path: Path) -> None:
     """
     try:
         with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
+            torch.save(obj.to_dict(), tmp)
     except RuntimeError as e:
         if "write failed" in str(e) or "enforce fail" in str(e):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None

@@ -8,6 +8,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from msc_france.config import StrictModel, load_config_mapping, parse_model
+from msc_france.data.transforms import MultiCropConfig
 from msc_france.errors import BadInputError
 from msc_france.xstars.msad import Positions, Targets
 
@@ -40,25 +41,21 @@ class ModelConfig(StrictModel):
         "per-sensor", description="one patch embedding per sensor, or one for all (sensors with the same bands)")
 
 
-class DinoConfig(StrictModel):
-    """DINO self-distillation (defaults scaled down from the paper's for CPU)."""
+class DinoConfig(MultiCropConfig):
+    """DINO self-distillation (defaults scaled down from the paper's for CPU): its multi-crop
+    (:class:`~msc_france.data.transforms.MultiCropConfig`, the fields defined once), head and
+    temperatures.
+    """
 
     out_dim: int = Field(4096, ge=2, le=262144)
     hidden_dim: int = Field(512, ge=1, le=65536)
     bottleneck_dim: int = Field(128, ge=1, le=65536)
-    global_crops: int = Field(2, ge=2)
-    local_crops: int = Field(4, ge=0)
-    global_size: int = Field(64, ge=8, le=4096)
-    local_size: int = Field(32, ge=8, le=4096)
-    global_scale: tuple[float, float] = (0.4, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.4)
     student_temp: float = Field(0.1, gt=0)
     teacher_temp: float = Field(0.04, gt=0)
     warmup_teacher_temp: float = Field(0.04, gt=0)
     warmup_teacher_temp_steps: int = Field(0, ge=0)
     center_momentum: float = Field(0.9, ge=0, le=1)
     freeze_last_layer_steps: int = Field(0, ge=0)
-    dihedral: bool = Field(False, description="random quarter turns as well as flips in the DINO views")
 
 
 #: The reference code's MSAD (its bugs fixed: gradient kept, heads trained), as ``msad.preset``.

@@ -32,13 +32,13 @@ from torch.utils.data import DataLoader
 
 from msc_france.data import MSCFranceDataset, StepBatchSampler, collate
 from msc_france.data.transforms import (
-    MultiCropConfig,
     multicrop_with_geometry,
 )
 from msc_france.errors import BadInputError, TrainingError, first_line
 from msc_france.fsutil import exclusive_lock, refuse_inside_store
 from msc_france.xstars.checkpoint import (
-    CKPT_FORMAT,
+    Checkpoint,
+    ModelSpec,
     build_backbone,
     load_checkpoint,
     rng_state,
@@ -59,6 +59,7 @@ from msc_france.xstars.msad import MSADHeads
 from msc_france.xstars.schedules import cosine, linear_warmup
 from msc_france.xstars.source import import_source, load_head
 from msc_france.xstars.step import MSADInputs, Precision, micro_batches, msad_inputs, step_losses
+from msc_france.xstars.summary import Progress, StepRecord, TrainSummary
 from msc_france.xstars.vit import ViT
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,8 @@ def check_run_dir(out: Path) -> None:
                                 "use a new --out")
 
 
-def pretrain(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) the run described by ``cfg``; returns a summary.
+def pretrain(cfg: TrainConfig, progress: Progress | None = None) -> TrainSummary:
+    """Train (or resume) the run described by ``cfg``; reports every step to ``progress`` (rank 0).
 
     One trainer per run directory: rank 0 holds ``RUN/.run.lock`` for the whole run.
 
@@ -138,9 +139,9 @@ _SHAPES = {"model": None, "dino": ("out_dim", "hidden_dim", "bottleneck_dim", "g
            "msad": ("proj_dim", "heads", "normalize"), "data": ("sensors", "bands")}
 
 
-def _check_resumable(resume: dict[str, Any], cfg: TrainConfig, out: Path) -> None:
+def _check_resumable(resume: Checkpoint, cfg: TrainConfig, out: Path) -> None:
     """Refuse to resume a run whose weights were made with other shapes, naming the settings."""
-    old = resume.get("config") or {}
+    old = resume.config
     new = cfg.model_dump(mode="json")
     diffs = []
     for section, keys in _SHAPES.items():
@@ -153,7 +154,7 @@ def _check_resumable(resume: dict[str, Any], cfg: TrainConfig, out: Path) -> Non
                             "use a new --out")
 
 
-def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
+def _pretrain(cfg: TrainConfig, progress: Progress | None) -> TrainSummary:
     d = init_distributed(device_kind(cfg.run.device))
     device = resolve_device(cfg.run.device, d.local_rank)
     out = Path(cfg.run.out)
@@ -169,11 +170,11 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
     source_ckpt = None
     if cfg.continual is not None and cfg.continual.checkpoint is not None:
         source_ckpt = load_checkpoint(cfg.continual.checkpoint)
-        if source_ckpt["model"]["arch"] != cfg.model.arch or source_ckpt["model"]["patch_size"] != cfg.model.patch_size:
+        if source_ckpt.model.arch != cfg.model.arch or source_ckpt.model.patch_size != cfg.model.patch_size:
             raise TrainingError(
-                f"checkpoint {cfg.continual.checkpoint} is a {source_ckpt['model']['arch']}/"
-                f"{source_ckpt['model']['patch_size']}, the config asks for {cfg.model.arch}/{cfg.model.patch_size}")
-        if cfg.continual.source_sensor not in source_ckpt["sensors"]:
+                f"checkpoint {cfg.continual.checkpoint} is a {source_ckpt.model.arch}/"
+                f"{source_ckpt.model.patch_size}, the config asks for {cfg.model.arch}/{cfg.model.patch_size}")
+        if cfg.continual.source_sensor not in source_ckpt.sensors:
             raise BadInputError(f"checkpoint {cfg.continual.checkpoint} has no sensor '{cfg.continual.source_sensor}'")
 
     dino_sensors = [cfg.continual.target_sensor] if cfg.continual else list(cfg.data.sensors)
@@ -191,7 +192,7 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
     source_head: dict[str, torch.Tensor] | None = None
     if source_ckpt is not None:
         src = build_backbone(source_ckpt)
-        source_head = {k[len("dino_head."):]: v for k, v in source_ckpt["teacher"].items() if k.startswith("dino_head.")}
+        source_head = {k[len("dino_head."):]: v for k, v in source_ckpt.teacher.items() if k.startswith("dino_head.")}
     elif cfg.continual is not None and cfg.continual.init is not None:
         src, source_head = import_source(cfg, ds, img_size, out if d.main else None)
     if src is not None:
@@ -228,13 +229,13 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
     start = 0
     if resume is not None:
         try:
-            student.load_state_dict(resume["student"])
-            teacher.load_state_dict(resume["teacher"])
-            dino_loss.load_state_dict(resume["dino_loss"])
-            opt.load_state_dict(resume["optimizer"])
-            if frozen is not None and "frozen" in resume:
-                frozen.load_state_dict(resume["frozen"])
-            start = int(resume["step"])
+            student.load_state_dict(resume.student)
+            teacher.load_state_dict(resume.teacher)
+            dino_loss.load_state_dict(resume.dino_loss)
+            opt.load_state_dict(resume.optimizer)
+            if frozen is not None and resume.frozen is not None:
+                frozen.load_state_dict(resume.frozen)
+            start = resume.step
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise BadInputError(f"run directory {out}: its checkpoint does not fit this configuration "
                                 f"({first_line(e)[:160]}); use a new --out") from None
@@ -254,8 +255,7 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
                         worker_init_fn=one_thread,
                         pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0)
-    mc = MultiCropConfig(cfg.dino.global_crops, cfg.dino.local_crops, cfg.dino.global_size, cfg.dino.local_size,
-                         cfg.dino.global_scale, cfg.dino.local_scale, cfg.dino.dihedral)
+    mc = cfg.dino  # a DinoConfig is a MultiCropConfig
     lr_peak = cfg.optim.lr * cfg.optim.batch_size / 256
     precision = Precision.of(cfg.run.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)
@@ -274,7 +274,7 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
     images_seen = 0
     it: Iterator[dict[str, Any]] = iter(loader)  # draws a base seed from the global RNG
     if resume is not None:
-        set_rng_state(resume["rng"])  # after that draw, so the steps see the checkpointed stream
+        set_rng_state(resume.rng)  # after that draw, so the steps see the checkpointed stream
     for step in range(start, total):
         batch = next(it)
         g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step * 101 + d.rank)
@@ -327,37 +327,31 @@ def _pretrain(cfg: TrainConfig, progress: bool) -> dict[str, Any]:
         images_seen += batch[sensor]["image"].shape[0] * d.world
         losses.append(float(loss.detach()))
         if d.main:
-            rec = {"step": step, "loss": float(loss.detach()), "dino": float(l_dino.detach()),
-                   "msad": float(l_msad.detach()), "alpha": cfg.msad.alpha, "lr": lr,
-                   "wd": wd, "momentum": mom, "teacher_temp": ttemp, "dino_sensor": sensor,
-                   "elapsed_s": round(time.perf_counter() - t0, 3)}
+            rec = StepRecord(step, float(loss.detach()), float(l_dino.detach()), float(l_msad.detach()),
+                             cfg.msad.alpha, lr, wd, mom, ttemp, sensor, round(time.perf_counter() - t0, 3))
             with open(log_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            if progress:
-                print(f"step {step + 1}/{total} loss {rec['loss']:.4f} (dino {rec['dino']:.4f}, msad {rec['msad']:.4f})",
-                      flush=True)
+                f.write(json.dumps(rec.to_json()) + "\n")
+            if progress is not None:
+                progress(rec, total)
         done = step + 1
         if d.main and (done % cfg.run.checkpoint_every == 0 or done == total):
-            ckpt = {
-                "format": CKPT_FORMAT, "step": done, "config": cfg.model_dump(mode="json"),
-                "model": {"arch": cfg.model.arch, "patch_size": cfg.model.patch_size, "img_size": img_size,
-                          "patch_embed": cfg.model.patch_embed},
-                "sensors": bands, "bands": cfg.data.bands,
-                "normalization": {s: {"mean": ds.mean[s].flatten().tolist(), "std": ds.std[s].flatten().tolist()}
-                                  for s in cfg.data.sensors},
-                "student": student.state_dict(), "teacher": teacher.state_dict(),
-                "dino_loss": dino_loss.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(),
-            }
-            if frozen is not None:
-                ckpt["frozen"] = frozen.state_dict()
-                ckpt["frozen_sensors"] = dict(frozen.sensor_bands)
+            ckpt = Checkpoint(
+                step=done, config=cfg.model_dump(mode="json"),
+                model=ModelSpec(cfg.model.arch, cfg.model.patch_size, img_size, cfg.model.patch_embed),
+                sensors=bands, bands=list(cfg.data.bands) if cfg.data.bands else None,
+                normalization={s: {"mean": ds.mean[s].flatten().tolist(), "std": ds.std[s].flatten().tolist()}
+                               for s in cfg.data.sensors},
+                student=student.state_dict(), teacher=teacher.state_dict(), dino_loss=dino_loss.state_dict(),
+                optimizer=opt.state_dict(), rng=rng_state(),
+                frozen=frozen.state_dict() if frozen is not None else None,
+                frozen_sensors=dict(frozen.sensor_bands) if frozen is not None else None)
             write_checkpoint(ckpt, ckpt_dir / f"ckpt-{done:06d}.pt")
             write_checkpoint(ckpt, ckpt_dir / "last.pt")
     elapsed = time.perf_counter() - t0
     if d.main and log_path.exists():
         _plot(log_path, out / "loss.png")
-    return {"steps": total - start, "start": start, "losses": losses, "elapsed_s": elapsed,
-            "images_per_s": images_seen / elapsed if elapsed > 0 else 0.0, "out": str(out), "device": str(device)}
+    return TrainSummary(total - start, start, losses, elapsed, images_seen / elapsed if elapsed > 0 else 0.0,
+                        str(out), str(device))
 
 
 def _yaml(cfg: TrainConfig) -> str:

@@ -86,7 +86,7 @@ def test_sigkill_during_pretraining_resumes_exactly(tiny_store: Path, tmp_path: 
     from msc_france.xstars.config import TrainConfig
     from msc_france.xstars.train import pretrain
 
-    ref = pretrain(TrainConfig.model_validate(_train_cfg(tiny_store, tmp_path / "ref")), progress=False)
+    ref = pretrain(TrainConfig.model_validate(_train_cfg(tiny_store, tmp_path / "ref")))
     run = tmp_path / "killed"
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(_train_cfg(tiny_store, run)))
@@ -102,4 +102,4 @@ def test_sigkill_during_pretraining_resumes_exactly(tiny_store: Path, tmp_path: 
     assert main(["pretrain", "--config", str(cfg_path), "--quiet"]) == 0
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(12))
-    assert [r["loss"] for r in rows] == ref["losses"]  # the sequence continues exactly
+    assert [r["loss"] for r in rows] == ref.losses  # the sequence continues exactly

@@ -77,8 +77,8 @@ def test_build_info_validate_and_train_on_s3(s3: str, tiny_store: Path, tiny_rec
 
     ds = MSCFranceDataset(url, split=None)
     assert len(ds) == 4 and ds[0]["aerial"]["image"].shape == (4, 640, 640)
-    s = pretrain(_cfg(url, tmp_path / "run", optim__steps=2, run__checkpoint_every=2), progress=False)
-    assert len(s["losses"]) == 2 and (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    s = pretrain(_cfg(url, tmp_path / "run", optim__steps=2, run__checkpoint_every=2))
+    assert len(s.losses) == 2 and (tmp_path / "run" / "checkpoints" / "last.pt").exists()
 
 
 def test_missing_remote_store(s3: str, capsys: pytest.CaptureFixture) -> None:

@@ -17,7 +17,7 @@ from tests.helpers import train_config as _cfg
 @pytest.fixture(scope="module")
 def tiny_ckpt(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("evalrun") / "xs"
-    pretrain(_cfg(tiny_store, out, optim__steps=4, run__checkpoint_every=4), progress=False)
+    pretrain(_cfg(tiny_store, out, optim__steps=4, run__checkpoint_every=4))
     return out / "checkpoints" / "last.pt"
 
 

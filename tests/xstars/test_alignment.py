@@ -36,7 +36,7 @@ def test_msad_moves_retrieval_from_chance(tiny_store: Path, tmp_path: Path, alph
     out = tmp_path / f"a{alpha}"
     cfg = _cfg(tiny_store, out, data__tiles=4, data__size=32, optim__steps=40, optim__batch_size=16,
                optim__lr=0.01, msad__alpha=alpha, msad__heads="shared", run__checkpoint_every=40)
-    pretrain(cfg, progress=False)
+    pretrain(cfg)
     r1 = _retrieval_r1(tiny_store, out / "checkpoints" / "last.pt")
     chance = 1 / 64
     if alpha == 0:  # DINO alone: per-sensor embeddings keep sensors apart (measured 0.013 / 0.010)

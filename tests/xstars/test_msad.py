@@ -172,10 +172,10 @@ def test_reference_preset_trains_end_to_end(tiny_store, tmp_path) -> None:  # no
     from tests.helpers import train_config
 
     cfg = train_config(tiny_store, tmp_path / "run", optim__steps=2, msad__preset="reference", msad__alpha=1.0)
-    summary = pretrain(cfg, progress=False)
-    assert len(summary["losses"]) == 2 and all(math.isfinite(v) for v in summary["losses"])
+    summary = pretrain(cfg)
+    assert len(summary.losses) == 2 and all(math.isfinite(v) for v in summary.losses)
     ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    keys = [k for k in ck["student"] if k.startswith("msad_heads.per_argument.")]
+    keys = [k for k in ck.student if k.startswith("msad_heads.per_argument.")]
     assert keys and not cfg.msad.normalize and cfg.msad.targets == "soft"  # the preset under the helper's width
 
 
@@ -191,4 +191,4 @@ def test_global_positions_pool_before_the_heads(tiny_store, tmp_path) -> None:  
     with pytest.raises(ValueError, match="tokens"):
         positions(tok, "max")  # type: ignore[arg-type]
     cfg = train_config(tiny_store, tmp_path / "run", optim__steps=2, msad__tokens="mean")
-    assert all(math.isfinite(v) for v in pretrain(cfg, progress=False)["losses"])
+    assert all(math.isfinite(v) for v in pretrain(cfg).losses)

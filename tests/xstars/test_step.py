@@ -77,7 +77,7 @@ def test_crop_geometry_cuts_the_same_ground_from_a_finer_sensor() -> None:
 
 def test_multicrop_geometry_is_a_record_of_the_same_draws() -> None:
     imgs = torch.randn(3, 3, 32, 32)
-    cfg = MultiCropConfig(2, 2, 32, 16, dihedral=True)
+    cfg = MultiCropConfig(global_crops=2, local_crops=2, global_size=32, local_size=16, dihedral=True)
     plain = multicrop(imgs, cfg, torch.Generator().manual_seed(5))
     views, geoms = multicrop_with_geometry(imgs, cfg, torch.Generator().manual_seed(5))
     assert len(geoms) == 4 and all(len(gm) == 3 for gm in geoms)
@@ -102,9 +102,9 @@ def test_reused_crop_needs_the_global_size(tiny_store: Path, tmp_path: Path) -> 
 
 @pytest.mark.timeout(300)
 def test_reused_crop_trains_and_aligns_its_pairs(tiny_store: Path, tmp_path: Path) -> None:
-    s = pretrain(_cfg(tiny_store, tmp_path / "dino-views", msad__views="dino", optim__steps=24), progress=False)
+    s = pretrain(_cfg(tiny_store, tmp_path / "dino-views", msad__views="dino", optim__steps=24))
     rows = [json.loads(line) for line in (tmp_path / "dino-views" / "log.jsonl").read_text().splitlines()]
-    assert len(rows) == 24 and all(torch.isfinite(torch.tensor(s["losses"])))
+    assert len(rows) == 24 and all(torch.isfinite(torch.tensor(s.losses)))
     msad = [r["msad"] for r in rows]
     assert all(m > 0 for m in msad)
     assert sum(msad[-5:]) / 5 < 0.85 * sum(msad[:5]) / 5
@@ -134,12 +134,12 @@ def test_bf16_autocast_on_cpu_keeps_the_losses_in_fp32(tiny_store: Path, tmp_pat
     mp.setattr(train, "msad_loss", spy_loss)
     mp.setattr(Attention, "forward", spy_fwd)
     try:
-        s = pretrain(cfg, progress=False)
+        s = pretrain(cfg)
     finally:
         mp.undo()
     assert set(seen["tokens"]) == {torch.bfloat16}  # attention's matrix products ran in bfloat16
     assert set(seen["msad"]) == {torch.float32}  # the loss saw fp32 and returned fp32
-    assert all(torch.isfinite(torch.tensor(s["losses"])))
+    assert all(torch.isfinite(torch.tensor(s.losses)))
 
 
 def test_micro_batches_split_the_batch_exactly(tiny_store: Path, tmp_path: Path) -> None:
@@ -156,10 +156,10 @@ def test_micro_batches_split_the_batch_exactly(tiny_store: Path, tmp_path: Path)
 
 @pytest.mark.timeout(300)
 def test_gradient_accumulation_trains(tiny_store: Path, tmp_path: Path) -> None:
-    one = pretrain(_cfg(tiny_store, tmp_path / "a1", optim__steps=3), progress=False)
-    two = pretrain(_cfg(tiny_store, tmp_path / "a2", optim__steps=3, optim__accumulate=2), progress=False)
-    assert len(two["losses"]) == 3 and all(torch.isfinite(torch.tensor(two["losses"])))
-    assert two["losses"] != one["losses"]  # MSAD over micro-batches of 2 has fewer negatives
+    one = pretrain(_cfg(tiny_store, tmp_path / "a1", optim__steps=3))
+    two = pretrain(_cfg(tiny_store, tmp_path / "a2", optim__steps=3, optim__accumulate=2))
+    assert len(two.losses) == 3 and all(torch.isfinite(torch.tensor(two.losses)))
+    assert two.losses != one.losses  # MSAD over micro-batches of 2 has fewer negatives
     rows = [json.loads(line) for line in (tmp_path / "a2" / "log.jsonl").read_text().splitlines()]
     assert all(r["msad"] > 0 for r in rows)
 
@@ -217,7 +217,7 @@ def test_kept_positions_are_one_sorted_draw_of_the_asked_fraction(tiny_store: Pa
 
 @pytest.mark.timeout(300)
 def test_token_dropping_trains_and_aligns(tiny_store: Path, tmp_path: Path) -> None:
-    s = pretrain(_cfg(tiny_store, tmp_path / "keep", msad__keep=0.5, optim__steps=24), progress=False)
+    s = pretrain(_cfg(tiny_store, tmp_path / "keep", msad__keep=0.5, optim__steps=24))
     msad = [json.loads(line)["msad"] for line in (tmp_path / "keep" / "log.jsonl").read_text().splitlines()]
-    assert len(msad) == 24 and all(torch.isfinite(torch.tensor(s["losses"])))
+    assert len(msad) == 24 and all(torch.isfinite(torch.tensor(s.losses)))
     assert sum(msad[-5:]) / 5 < 0.85 * sum(msad[:5]) / 5

@@ -21,7 +21,7 @@ from tests.helpers import train_config as _cfg
 @pytest.fixture(scope="module")
 def trained(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("runs") / "xstars"
-    return out, pretrain(_cfg(tiny_store, out), progress=False)
+    return out, pretrain(_cfg(tiny_store, out))
 
 
 def test_loss_decreases(trained) -> None:
@@ -32,7 +32,7 @@ def test_loss_decreases(trained) -> None:
     and calendars make views of one tile differ more, it ends at 6.05 against ln(256) = 5.55.
     """
     out, s = trained
-    assert len(s["losses"]) == 40 and all(torch.isfinite(torch.tensor(s["losses"])))
+    assert len(s.losses) == 40 and all(torch.isfinite(torch.tensor(s.losses)))
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     msad = [r["msad"] for r in rows]
     dino = [r["dino"] for r in rows]
@@ -50,9 +50,9 @@ def test_run_directory(trained) -> None:
     assert {r["dino_sensor"] for r in rows} == {"sentinel-2-l2a", "landsat-8-c2-l2", "aerial"}
     assert (out / "loss.png").stat().st_size > 5000 and (out / "config.yaml").exists()
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert ckpt["step"] == 40
-    assert any(k.startswith("msad_heads.shared.") for k in ckpt["student"])  # the (shared) heads are saved
-    assert {"torch", "numpy", "python"} <= set(ckpt["rng"])
+    assert ckpt.step == 40
+    assert any(k.startswith("msad_heads.shared.") for k in ckpt.student)  # the (shared) heads are saved
+    assert {"torch", "numpy", "python"} <= set(ckpt.rng)
     vit = build_backbone(ckpt)
     assert vit(torch.zeros(1, 3, 32, 32), "aerial").shape == (1, 17, 64)
 
@@ -62,22 +62,20 @@ def test_resume_reproduces_losses_exactly(trained, tiny_store: Path, tmp_path: P
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copy(out / "checkpoints" / "ckpt-000020.pt", resumed / "checkpoints" / "last.pt")
-    r = pretrain(_cfg(tiny_store, resumed), progress=False)
-    assert r["start"] == 20
-    assert r["losses"] == s["losses"][20:]  # bit-for-bit
+    r = pretrain(_cfg(tiny_store, resumed))
+    assert r.start == 20
+    assert r.losses == s.losses[20:]  # bit-for-bit
 
 
 def test_alpha_changes_the_update(tiny_store: Path, tmp_path: Path) -> None:
-    a = pretrain(_cfg(tiny_store, tmp_path / "a", optim__steps=1, optim__warmup_steps=0, run__checkpoint_every=1),
-                 progress=False)
+    a = pretrain(_cfg(tiny_store, tmp_path / "a", optim__steps=1, optim__warmup_steps=0, run__checkpoint_every=1))
     b = pretrain(_cfg(tiny_store, tmp_path / "b", optim__steps=1, optim__warmup_steps=0, run__checkpoint_every=1,
-                      msad__alpha=0.0),
-                 progress=False)
-    wa = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["student"]
-    wb = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["student"]
+                      msad__alpha=0.0))
+    wa = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt").student
+    wb = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt").student
     diff = max(float((wa[k] - wb[k]).abs().max()) for k in wa if k.startswith("backbone.blocks"))
     assert diff > 0
-    assert a["losses"][0] != b["losses"][0]
+    assert a.losses[0] != b.losses[0]
 
 
 def test_continual_keeps_the_frozen_model(trained, tiny_store: Path, tmp_path: Path) -> None:
@@ -89,11 +87,11 @@ def test_continual_keeps_the_frozen_model(trained, tiny_store: Path, tmp_path: P
                                       "continual": {"checkpoint": str(src), "source_sensor": "sentinel-2-l2a",
                                                     "target_sensor": "aerial"}})
     before = build_backbone(load_checkpoint(src)).state_dict()
-    pretrain(cfg, progress=False)
+    pretrain(cfg)
     after = load_checkpoint(tmp_path / "cont" / "checkpoints" / "last.pt")
-    frozen = after["frozen"]
+    frozen = after.frozen
     assert all(torch.equal(frozen[k], before[k]) for k in before)
-    student = {k[len("backbone."):]: v for k, v in after["student"].items() if k.startswith("backbone.")}
+    student = {k[len("backbone."):]: v for k, v in after.student.items() if k.startswith("backbone.")}
     assert any(not torch.equal(student[k], before[k]) for k in before if k in student)
     rows = [json.loads(line) for line in (tmp_path / "cont" / "log.jsonl").read_text().splitlines()]
     assert {r["dino_sensor"] for r in rows} == {"aerial"} and all(r["msad"] > 0 for r in rows)
@@ -110,7 +108,7 @@ def test_continual_architecture_mismatch(trained, tiny_store: Path, tmp_path: Pa
     d["continual"] = {"checkpoint": str(out / "checkpoints" / "last.pt"), "source_sensor": "sentinel-2-l2a",
                       "target_sensor": "aerial"}
     with pytest.raises(TrainingError, match="is a vit_test/8, the config asks for vit_tiny/16"):
-        pretrain(TrainConfig.model_validate(d), progress=False)
+        pretrain(TrainConfig.model_validate(d))
 
 
 def test_cli_errors(tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -172,11 +170,11 @@ def _continual(cfg: TrainConfig, continual: dict) -> TrainConfig:
 def test_continual_keeps_the_source_dino_head(trained, tiny_store: Path, tmp_path: Path) -> None:
     out, _ = trained
     src = load_checkpoint(out / "checkpoints" / "last.pt")
-    head = {k: v for k, v in src["teacher"].items() if k.startswith("dino_head.")}
+    head = {k: v for k, v in src.teacher.items() if k.startswith("dino_head.")}
     cfg = _continual(_cfg(tiny_store, tmp_path / "c", optim__steps=1, run__checkpoint_every=1),
                      {"checkpoint": str(out / "checkpoints" / "last.pt")})
-    pretrain(cfg, progress=False)
-    after = load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt")["teacher"]
+    pretrain(cfg)
+    after = load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt").teacher
     for k, v in head.items():  # one small step from the source's head, not a fresh one
         assert (after[k] - v).norm() <= 0.05 * v.norm() + 1e-6, k
 
@@ -196,8 +194,8 @@ def test_continual_from_an_exported_timm_encoder(trained, tiny_store: Path, tmp_
     assert "| aerial | red, green, blue | 1.5 | Etalab Licence Ouverte 2.0 |" in card and "load_file" in card
     cfg = _continual(_cfg(tiny_store, tmp_path / "c", optim__steps=2, run__checkpoint_every=2),
                      {"init": {"format": "timm", "path": str(tmp_path / "enc" / "model.safetensors")}})
-    pretrain(cfg, progress=False)
-    frozen = load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt")["frozen"]
+    pretrain(cfg)
+    frozen = load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt").frozen
     assert torch.equal(frozen["blocks.0.attn.qkv.weight"], exported["blocks.0.attn.qkv.weight"])
     assert torch.equal(frozen["blocks.1.mlp.0.weight"], exported["blocks.1.mlp.fc1.weight"])
     assert torch.equal(frozen["patch_embed.sentinel-2-l2a.weight"], exported["patch_embed.sentinel-2-l2a.proj.weight"])
@@ -217,8 +215,8 @@ def test_continual_from_13_band_weights_of_another_size(tiny_store: Path, tmp_pa
     torch.save({"state_dict": {f"backbone.{k}": v for k, v in sd.items()}}, tmp_path / "ssl4eo.ckpt")
     cfg = _continual(_cfg(tiny_store, tmp_path / "c", optim__steps=2, run__checkpoint_every=2),
                      {"init": {"format": "timm", "path": str(tmp_path / "ssl4eo.ckpt"), "bands": "ssl4eo-s12"}})
-    pretrain(cfg, progress=False)
-    frozen = load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt")["frozen"]
+    pretrain(cfg)
+    frozen = load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt").frozen
     # red = B04 (index 3), green = B03 (2), blue = B02 (1) of SSL4EO's order.
     assert torch.equal(frozen["patch_embed.sentinel-2-l2a.weight"], sd["patch_embed.proj.weight"][:, [3, 2, 1]])
     assert frozen["pos_embed"].shape == (1, 17, 64)
