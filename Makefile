@@ -7,7 +7,7 @@ DEMO_STORE ?= data/demo.zarr
 DEMO_PREVIEW ?= data/demo-preview
 WORKERS ?= 2
 
-.PHONY: install test demo pretrain baselines eval seeds bench clean-demo continual-s2
+.PHONY: install test demo pretrain baselines eval seeds bench clean-demo continual-s2 step-variants
 
 # torch first, pinned to the CPU wheel, so that no extra resolves a CUDA build.
 $(STAMP): pyproject.toml
@@ -77,6 +77,15 @@ seeds: install
 	done
 	$(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data "$(DEMO_STORE)" --out runs/xstars-seed0-rerun --quiet
 	$(BIN)/msc-france eval --config pipelines/eval-seeds.yaml --data "$(DEMO_STORE)"
+
+# Cheaper steps (msad.keep: a fraction of the MSAD views' tokens through the transformer) against
+# the shipped step, seed 0, read on val only (runs/eval-step-variants/report.md). About 15 minutes.
+step-variants: install
+	@test -f runs/xstars/checkpoints/last.pt || { echo "error: no pretrained model; run 'make pretrain' first"; exit 2; }
+	for k in 0.5 0.25; do \
+	  $(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data "$(DEMO_STORE)" --out runs/xstars-keep$$k --set msad.keep=$$k --quiet || exit 1; \
+	done
+	$(BIN)/msc-france eval --config pipelines/eval-step-variants.yaml --data "$(DEMO_STORE)"
 
 # Benchmarks against baselines (docs/benchmarks.md, benchmarks/results/latest.json); needs `make demo`.
 bench: install

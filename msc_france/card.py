@@ -37,8 +37,8 @@ def summarise(store: Store) -> dict[str, Any]:
     idx = ci.frame
     meta = store.meta
     out: dict[str, Any] = {
-        "store": store.url, "n_chips": int(len(idx)), "chip_size_m": meta["chip_size_m"],
-        "regions": meta["regions"], "complete": bool(meta.get("complete", False)), "recipe": meta["recipe"],
+        "store": store.url, "n_chips": int(len(idx)), "chip_size_m": meta.chip_size_m,
+        "regions": list(meta.regions), "complete": meta.complete, "recipe": dict(meta.recipe),
         "splits": {str(k): int(v) for k, v in idx["split"].value_counts().sort_index().items() if v},
         "layers": {},
     }

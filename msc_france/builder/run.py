@@ -416,7 +416,7 @@ def run_build(
         # elsewhere) is removed before the store is consolidated.
         store.remove_interrupted_writes()
         cons = store.consolidate()
-    summary.complete = cons["complete"]
+    summary.complete = cons.complete
     summary.elapsed_s = time.perf_counter() - t0
     return summary
 

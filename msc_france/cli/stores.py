@@ -25,21 +25,18 @@ def info(store: str, as_json: bool) -> None:
 
     s = store_info(Store.open(store))
     if as_json:
-        print_json(s)
+        print_json(s.to_json())
         return
-    say(f"{s['path']}: format v{s['format_version']}, recipe {s['recipe']}, {s['n_chips']} chips of "
-               f"{s['chip_size_m']} m ({s['chips_per_shard']} per shard), regions {', '.join(s['regions'])}, "
-               f"{'complete' if s['complete'] else 'INCOMPLETE'}")
-    click.echo("splits: " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
+    say(s.line())
+    click.echo("splits: " + ", ".join(f"{k} {v}" for k, v in s.splits.items()))
     rows = []
-    for g, L in s["layers"].items():
-        st = L["stats"]
-        mean = " ".join(f"{v:.0f}" for v in st["mean"]) if st else "-"
-        mvf = "-" if L["mean_valid_fraction"] is None else f"{L['mean_valid_fraction']:.2f}"
-        rows.append([g, f"{L['gsd']:g}", L["chip_pixels"], " ".join(L["bands"]), L["dtype"],
-                     " ".join(f"{k}={v}" for k, v in L["status"].items()), mvf, mean])
+    for g, L in s.layers.items():
+        mean = " ".join(f"{v:.0f}" for v in L.stats["mean"]) if L.stats else "-"
+        mvf = "-" if L.mean_valid_fraction is None else f"{L.mean_valid_fraction:.2f}"
+        rows.append([g, f"{L.gsd:g}", L.chip_pixels, " ".join(L.bands), L.dtype,
+                     " ".join(f"{k}={v}" for k, v in L.status.items()), mvf, mean])
     echo_table(rows, ["group", "gsd m", "px", "bands", "dtype", "status", "valid", "band means"])
-    for p in s["problems"]:
+    for p in s.problems:
         say(f"PROBLEM: {p}")
 
 

@@ -18,6 +18,7 @@ from msc_france.crs import L93, WGS84, reproject_geometry
 from msc_france.grid import Chip
 from msc_france.splits import ALL_SPLITS
 from msc_france.store import stac
+from msc_france.store.meta import ConsolidateSummary, LayerSummary
 from msc_france.store.records import Commits, Status
 from msc_france.store.schema import Layer, column, reference_layer
 
@@ -98,7 +99,7 @@ def _days_from_reference(store: Store, table: dict[str, Any]) -> dict[str, Any]:
     """``days_from_reference_<group>``: days between each sensor's acquisition and the reference
     sensor's (the co-registration reference: the recipe's, else the finest sensor), per chip.
     """
-    chosen = (store.meta.get("recipe") or {}).get("coregistration", {}).get("reference")
+    chosen = (store.meta.recipe.get("coregistration") or {}).get("reference")
     ref = reference_layer(store.layers, chosen)
     if ref is None:
         return {}
@@ -112,7 +113,7 @@ def _days_from_reference(store: Store, table: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def consolidate(store: Store) -> dict[str, Any]:
+def consolidate(store: Store) -> ConsolidateSummary:
     """Fold the done marks into per-chip metadata, statistics, ``index.parquet``, ``failures.json``
     and Zarr's consolidated metadata.
 
@@ -125,7 +126,7 @@ def consolidate(store: Store) -> dict[str, Any]:
     commits = store.read_commits(tolerant=True)
     ids = store.chip_ids()
     n = len(ids)
-    summary: dict[str, Any] = {"n_chips": n, "layers": {}}
+    layers: dict[str, LayerSummary] = {}
     complete = n > 0
     table: dict[str, Any] = {"chip_id": ids, "chip_index": np.arange(n, dtype=np.int64)}
     regions = store.chip_regions()
@@ -138,7 +139,7 @@ def consolidate(store: Store) -> dict[str, Any]:
         table[name] = [b[j] for b in wgs]
     for L in store.layers:
         folded = _fold_layer(store, L, ids, splits, commits)
-        summary["layers"][L.group] = {"counts": folded["counts"], "stats": folded["stats"]}
+        layers[L.group] = LayerSummary(folded["counts"], folded["stats"])
         complete = complete and folded["counts"]["pending"] == 0 and folded["counts"]["failed"] == 0
         table.update(folded["columns"])
     table.update(_days_from_reference(store, table))
@@ -154,14 +155,10 @@ def consolidate(store: Store) -> dict[str, Any]:
     gdf.to_parquet(buf, write_covering_bbox=True)
     store.write_bytes_atomic("index.parquet", buf.getvalue())
     stac.write(store, gdf)
-    meta = store.meta
-    meta["n_chips"] = n
-    meta["complete"] = bool(complete)
-    meta["consolidated"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    store.root.attrs["msc_france"] = meta
+    store.write_meta(store.meta.but(n_chips=n, complete=bool(complete),
+                                    consolidated=dt.datetime.now(dt.UTC).isoformat(timespec="seconds")))
     # Last: readers (xarray, zarr) open from this one document, without listing the side files.
     with warnings.catch_warnings():  # zarr's notes on our side files and on the v3 extension
         warnings.filterwarnings("ignore", category=UserWarning, module=r"zarr\.")
         zarr.consolidate_metadata(store.root.store, zarr_format=3)
-    summary["complete"] = bool(complete)
-    return summary
+    return ConsolidateSummary(n, layers, bool(complete))

@@ -41,11 +41,11 @@ from msc_france.fsutil import atomic_path, interrupted_writes
 from msc_france.grid import Chip
 from msc_france.splits import SplitRule
 from msc_france.store.chip_index import ChipIndex
+from msc_france.store.meta import ConsolidateSummary, StoreMeta
 from msc_france.store.overviews import overview_path
 from msc_france.store.records import ChipRecord, ShardCommit
 from msc_france.store.schema import (
     FORMAT_VERSION,
-    ROOT_KEYS,
     Layer,
     StoreSchema,
     chip_transforms,
@@ -145,9 +145,13 @@ class Store:
     # ------------------------------------------------------------------ opening
 
     @property
-    def meta(self) -> dict[str, Any]:
-        """The root ``msc_france`` attributes."""
-        return dict(self.root.attrs["msc_france"])
+    def meta(self) -> StoreMeta:
+        """The root ``msc_france`` attributes, parsed."""
+        return StoreMeta.from_json(self.root.attrs["msc_france"])
+
+    def write_meta(self, meta: StoreMeta) -> None:
+        """Replace the root ``msc_france`` attributes."""
+        self.root.attrs["msc_france"] = meta.to_json()
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> Store:
@@ -168,13 +172,16 @@ class Store:
             g = zarr.open_group(p, mode=mode, zarr_format=3, use_consolidated=False)
         except Exception as e:
             raise StoreError(f"cannot open store {p}: {first_line(e)}") from None
-        meta = g.attrs.get("msc_france")
-        if not isinstance(meta, dict) or "format_version" not in meta:
+        raw = g.attrs.get("msc_france")
+        if not isinstance(raw, dict) or "format_version" not in raw:
             raise StoreError(f"{p} is a Zarr group but not an msc-france store")
-        missing = [k for k in ROOT_KEYS if k not in meta]
-        if missing:
-            raise StoreError(f"store {p} is damaged: its root attributes lack {', '.join(missing)}")
-        version = int(meta["format_version"])
+        try:
+            meta = StoreMeta.from_json(raw)
+        except KeyError as e:
+            raise StoreError(f"store {p} is damaged: its root attributes lack {e.args[0]}") from None
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"store {p} is damaged: its root attributes are malformed ({first_line(e)})") from None
+        version = meta.format_version
         if version > FORMAT_VERSION:
             raise StoreError(f"store {p} has format version {version}, newer than this msc-france supports "
                              f"({FORMAT_VERSION}); upgrade msc-france")
@@ -198,7 +205,7 @@ class Store:
             n = int(self.root["chip_id"].shape[0])
             # register() records the count it is growing to before it resizes (a killed
             # registration leaves arrays up to that size).
-            bound = max(int(meta.get("n_chips", 0)), int(meta.get("n_chips_pending", 0)))
+            bound = meta.chip_bound
             if n > bound or n > MAX_STORE_CHIPS:
                 raise StoreError(f"store {self.url} is damaged: chip_id holds {n} entries, its attributes "
                                  f"record {bound} chips")
@@ -271,15 +278,15 @@ class Store:
 
     def _check_compatible(self, schema: StoreSchema) -> None:
         m = self.meta
-        if m["chip_size_m"] != schema.chip_size_m:
+        if m.chip_size_m != schema.chip_size_m:
             raise BadInputError(
-                f"store {self.path} has chip size {m['chip_size_m']} m; the recipe asks for {schema.chip_size_m} m"
+                f"store {self.path} has chip size {m.chip_size_m} m; the recipe asks for {schema.chip_size_m} m"
             )
-        have = [L["group"] for L in m["layers"]]
+        have = [L.group for L in m.layers]
         want = [L.group for L in schema.layers]
         if have != want:
             raise BadInputError(f"store {self.path} holds sensors {have}; the recipe asks for {want}")
-        diffs = recipe_differences(m["recipe"], schema.rules)
+        diffs = recipe_differences(dict(m.recipe), schema.rules)
         if diffs:
             shown = "; ".join(diffs[:6]) + (f" (+{len(diffs) - 6} more)" if len(diffs) > 6 else "")
             raise BadInputError(f"store {self.path} was built with other rules: {shown}. One store holds one set of "
@@ -287,33 +294,17 @@ class Store:
 
     def _create(self, schema: StoreSchema) -> None:
         create_layout(self.root, schema)
-        self.root.attrs["msc_france"] = {
-            "format_version": FORMAT_VERSION,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "recipe": schema.rules,
-            "chip_size_m": schema.chip_size_m,
-            "chips_per_shard": schema.chips_per_shard,
-            "crs": "EPSG:2154",
-            "layers": [L.record() for L in schema.layers],
-            "regions": [],
-            "n_chips": 0,
-            "complete": False,
-        }
+        self.write_meta(StoreMeta(
+            format_version=FORMAT_VERSION, recipe=schema.rules, chip_size_m=schema.chip_size_m,
+            chips_per_shard=schema.chips_per_shard, layers=tuple(schema.layers),
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds")))
 
     # ------------------------------------------------------------------ structure
 
     @property
     def layers(self) -> list[Layer]:
         """The store's groups."""
-        out = []
-        for d in self.meta["layers"]:
-            # Stores written before the encoding was declared: uint16 reflectance x 10000, else DN.
-            scaled = d["dtype"] == "uint16" and not d["is_label"]
-            out.append(Layer(d["group"], d["sensor"], d["gsd"], tuple(d["bands"]), d["dtype"], d["is_label"],
-                             d.get("scale", 1e-4 if scaled else 1.0), d.get("offset", 0.0),
-                             d.get("units", "physical = stored * 0.0001 +0" if scaled else "DN"),
-                             tuple(d.get("overviews", ()))))
-        return out
+        return list(self.meta.layers)
 
     def layer(self, group: str) -> Layer:
         """The layer called ``group``."""
@@ -325,12 +316,12 @@ class Store:
     @property
     def chip_size_m(self) -> int:
         """Chip side in metres."""
-        return int(self.meta["chip_size_m"])
+        return self.meta.chip_size_m
 
     @property
     def chips_per_shard(self) -> int:
         """Chips per shard file."""
-        return int(self.meta["chips_per_shard"])
+        return self.meta.chips_per_shard
 
     @property
     def n_chips(self) -> int:
@@ -352,9 +343,8 @@ class Store:
         new = [c for c in chips if c.id not in existing]
         if new:
             n0, n1 = self.n_chips, self.n_chips + len(new)
-            pending = self.meta
-            pending["n_chips_pending"] = n1  # the bound Store.open checks array lengths against
-            self.root.attrs["msc_france"] = pending
+            # The bound Store.open checks array lengths against.
+            self.write_meta(self.meta.but(n_chips_pending=n1))
             ids = np.array([c.id for c in new])
             xmin = np.array([c.bounds[0] for c in new], np.float64)
             ymax = np.array([c.bounds[3] for c in new], np.float64)
@@ -389,11 +379,8 @@ class Store:
             for i, c in enumerate(new):
                 existing[c.id] = n0 + i
         meta = self.meta
-        if region not in meta["regions"]:
-            meta["regions"] = [*meta["regions"], region]
-        meta["n_chips"] = self.n_chips
-        meta["complete"] = False
-        self.root.attrs["msc_france"] = meta
+        regions_now = meta.regions if region in meta.regions else (*meta.regions, region)
+        self.write_meta(meta.but(regions=regions_now, n_chips=self.n_chips, complete=False))
         regions = self.chip_regions()
         for c in chips:
             regions.setdefault(c.id, [])
@@ -498,7 +485,7 @@ class Store:
 
     # ------------------------------------------------------------------ consolidation
 
-    def consolidate(self) -> dict[str, Any]:
+    def consolidate(self) -> ConsolidateSummary:
         """Fold the done marks into per-chip metadata, statistics, ``index.parquet`` and the
         consolidated Zarr metadata (see :func:`msc_france.store.consolidate.consolidate`).
         """

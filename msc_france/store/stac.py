@@ -78,11 +78,11 @@ def describe(store: Store, index: gpd.GeoDataFrame) -> tuple[pystac.Collection, 
     start, end = _time_range(index)
     geoms = [reproject_geometry(box(*g.bounds), L93, WGS84) for g in index.geometry]
     bbox = list(unary_union(geoms).bounds) if geoms else [-180.0, -90.0, 180.0, 90.0]
-    name = str(meta["recipe"].get("name", "msc-france"))
+    name = meta.recipe_name
     collection = pystac.Collection(
         id=f"msc-france-{name}",
         description=f"MSC-France store built with recipe {name}: {len(index)} co-located chips of "
-                    f"{meta['chip_size_m']} m in EPSG:2154, groups {', '.join(L.group for L in store.layers)}",
+                    f"{meta.chip_size_m} m in EPSG:2154, groups {', '.join(L.group for L in store.layers)}",
         extent=pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent([[start, end]])),
         license="other",
         stac_extensions=[DATACUBE],
@@ -111,7 +111,7 @@ def describe(store: Store, index: gpd.GeoDataFrame) -> tuple[pystac.Collection, 
         r_start, r_end = r_start or start, r_end or end
         when = None
         if r_start is None or r_end is None:  # nothing acquired (every chip failed): when it was built
-            when = dt.datetime.fromisoformat(meta["created"])
+            when = dt.datetime.fromisoformat(meta.created) if meta.created else dt.datetime.now(dt.UTC)
             r_start = r_end = None
         item = pystac.Item(id=f"{collection.id}-{region}", geometry=mapping(footprint), bbox=list(footprint.bounds),
                            datetime=when, start_datetime=r_start, end_datetime=r_end,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -13,35 +12,31 @@ from msc_france.progress import Progress
 from msc_france.splits import ALL_SPLITS
 from msc_france.store import FORMAT_VERSION, ChipReader, Layer, Store
 from msc_france.store.chip_index import field_column
+from msc_france.store.meta import LayerInfo, StoreInfo
 from msc_france.store.overviews import overview_path
 from msc_france.store.records import Commits, Status
 from msc_france.store.schema import chip_checksum
 
 
-def info(store: Store) -> dict[str, Any]:
+def info(store: Store) -> StoreInfo:
     """A summary of the store: format, chips, regions, splits, per-layer status and statistics."""
     m = store.meta
-    out: dict[str, Any] = {
-        "path": store.url, "format_version": m["format_version"], "recipe": m["recipe"]["name"],
-        "chip_size_m": m["chip_size_m"], "chips_per_shard": m["chips_per_shard"], "n_chips": store.n_chips,
-        "regions": m["regions"], "complete": m.get("complete", False), "layers": {},
-    }
-    out["problems"] = cheap_problems(store)
     n = store.n_chips
     splits = [str(s) for s in store.root["split"][:n]] if n else []
-    out["splits"] = {s: splits.count(s) for s in ALL_SPLITS}
+    layers = {}
     for L in store.layers:
         g = store.root[L.group]
         status = g["status"][:n] if n else np.zeros(0, np.uint8)
         vf = g["valid_fraction"][:n] if n else np.zeros(0)
-        out["layers"][L.group] = {
-            "sensor": L.sensor, "gsd": L.gsd, "bands": list(L.bands), "dtype": L.dtype,
-            "chip_pixels": L.pixels(store.chip_size_m),
-            "status": {k.value: int((status == k.code).sum()) for k in Status if (status == k.code).any()},
-            "mean_valid_fraction": float(np.nanmean(vf)) if n and np.isfinite(vf).any() else None,
-            "stats": g.attrs.get("stats"),
-        }
-    return out
+        layers[L.group] = LayerInfo(
+            sensor=L.sensor, gsd=L.gsd, bands=L.bands, dtype=L.dtype, chip_pixels=L.pixels(store.chip_size_m),
+            status={k.value: int((status == k.code).sum()) for k in Status if (status == k.code).any()},
+            mean_valid_fraction=float(np.nanmean(vf)) if n and np.isfinite(vf).any() else None,
+            stats=g.attrs.get("stats"))
+    return StoreInfo(path=store.url, format_version=m.format_version, recipe=m.recipe_name,
+                     chip_size_m=m.chip_size_m, chips_per_shard=m.chips_per_shard, n_chips=n, regions=m.regions,
+                     complete=m.complete, layers=layers, splits={s: splits.count(s) for s in ALL_SPLITS},
+                     problems=tuple(cheap_problems(store)))
 
 
 def cheap_problems(store: Store) -> list[str]:
@@ -113,8 +108,8 @@ def validate(store: Store, checksums: bool = True, progress: Progress | None = N
     """
     rep = ValidationReport()
     m = store.meta
-    if int(m["format_version"]) != FORMAT_VERSION:
-        rep.corrupt.append(f"format version {m['format_version']} (this msc-france reads and checks version "
+    if m.format_version != FORMAT_VERSION:
+        rep.corrupt.append(f"format version {m.format_version} (this msc-france reads and checks version "
                            f"{FORMAT_VERSION}; rebuild the store)")
         return rep
     n = store.n_chips

@@ -192,7 +192,7 @@ def test_append_second_region(tiny_store: Path, tiny_recipe: Path, tmp_path: Pat
     assert main(["build", "--region", str(east), "--recipe", str(tiny_recipe), "--out", str(copy), "--quiet"]) == 0
     s = Store.open(copy)
     assert s.n_chips == 6
-    assert s.meta["regions"] == ["tiny", "east"]
+    assert s.meta.regions == ("tiny", "east")
     np.testing.assert_array_equal(s.root["sentinel-2-l2a"]["image"][:4], old_s2)
     idx = s.index()
     assert list(idx["region"][-2:]) == ["east", "east"]
@@ -309,5 +309,5 @@ def test_clearest_selection_keeps_the_most_valid_candidate(tiny_world: Path, tin
     first, clear = Store.open(tiny_store).index(), Store.open(out).index()
     for col in ("sentinel_2_l2a", "landsat_8_c2_l2"):
         assert (clear[f"valid_fraction_{col}"] >= first[f"valid_fraction_{col}"] - 1e-9).all()
-    assert Store.open(out).meta["recipe"]["sensors"]["sentinel-2-l2a"]["selection"] == "clearest"
-    assert "selection" not in Store.open(tiny_store).meta["recipe"]["sensors"]["sentinel-2-l2a"]
+    assert Store.open(out).meta.recipe["sensors"]["sentinel-2-l2a"]["selection"] == "clearest"
+    assert "selection" not in Store.open(tiny_store).meta.recipe["sensors"]["sentinel-2-l2a"]

@@ -150,4 +150,4 @@ def test_correction_then_remeasurement_leaves_under_a_tenth_of_a_pixel(tiny_worl
             # The shift applied is the one measured without correction (the tiny store's).
             assert r.applied_shift_x_m == pytest.approx(before[f"shift_x_m_{col}"].iloc[i], abs=1e-6)
             assert r.applied_shift_y_m == pytest.approx(before[f"shift_y_m_{col}"].iloc[i], abs=1e-6)
-    assert Store.open(out).meta["recipe"]["coregistration"]["correct"] is True
+    assert Store.open(out).meta.recipe["coregistration"]["correct"] is True

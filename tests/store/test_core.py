@@ -54,7 +54,7 @@ def store(tmp_path: Path) -> Store:
         st.write_shard("s2", shard, data, valid)
         st.write_commit(ShardCommit(shard, {CHIPS[i].id: ChipRecord(i, "test", {"s2": _record(i)}) for i in members}))
     summary = st.consolidate()
-    assert summary["complete"] and summary["layers"]["s2"]["counts"]["ok"] == 3
+    assert summary.complete and summary.layers["s2"].count("ok") == 3
     return Store.open(tmp_path / "s.zarr")
 
 
