@@ -29,6 +29,7 @@ from msc_france.crs import L93, WGS84, reproject_geometry
 from msc_france.errors import BadInputError, first_line
 from msc_france.fsutil import atomic_path
 from msc_france.grid import Chip, chips_in
+from msc_france.products import check_sensor
 from msc_france.regions import Region
 from msc_france.sources import SearchQuery, make_source
 
@@ -378,6 +379,8 @@ def make_plan(region: Region, recipe: Recipe, catalog: Catalog, use_cache: bool 
         SourceError: a source failed.
     """
     gsds = sensor_gsds(recipe, catalog)
+    for name in gsds:  # before any search: a spec its product cannot read
+        check_sensor(catalog.sensor(name))
     chips = chips if chips is not None else chips_in(region.geometry, recipe.chip_size_m)
     if not chips:
         raise BadInputError(f"region '{region.name}' covers no chip of {recipe.chip_size_m} m")

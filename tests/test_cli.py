@@ -203,3 +203,18 @@ def test_build_reports_progress_per_chip_and_sensor(tiny_recipe: Path, tiny_regi
     p2 = Record()
     run_build(plan, tmp_path / "s.zarr", workers=1, progress=p2)  # nothing left to do
     assert p2.total == 0 and p2.steps == []
+
+
+def test_a_catalog_naming_an_unknown_product_is_refused_before_any_search(capsys: pytest.CaptureFixture,
+                                                                          tmp_path: Path, tiny_region: Path) -> None:
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    spec = yaml.safe_load((catalogs_dir() / "default" / "sentinel-2-l2a.yaml").read_text())
+    spec["product"] = "sentinel-2-l1c"
+    (cat / "sentinel-2-l2a.yaml").write_text(yaml.safe_dump(spec))
+    for args in (("sensors", "--catalog", str(cat)),
+                 ("plan", "--region", str(tiny_region), "--catalog", str(cat), "--out", str(tmp_path / "p.parquet"))):
+        code, out, err = run(capsys, *args)
+        assert code == 2 and err.count("\n") == 1, err
+        assert "sensor 'sentinel-2-l2a': unknown product 'sentinel-2-l1c'" in err and str(cat) in err
+    assert not (tmp_path / "p.parquet").exists()

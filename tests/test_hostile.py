@@ -337,7 +337,7 @@ DISGUISED = ["127.1", "2130706433", "0x7f000001", "0177.0.0.1", "127.0.0.1.", "l
 
 @pytest.mark.parametrize("host", DISGUISED)
 def test_disguised_private_addresses_are_refused(host: str) -> None:
-    from msc_france.sources.urls import check_href, check_url
+    from msc_france.urls import check_href, check_url
 
     with pytest.raises(SourceError, match="loopback or private address"):
         check_href(f"http://{host}:8080/a.tif", local_ok=False)
@@ -348,7 +348,7 @@ def test_disguised_private_addresses_are_refused(host: str) -> None:
 def test_names_resolving_to_private_addresses_are_refused() -> None:
     import socket
 
-    from msc_france.sources.urls import check_href, host_addresses
+    from msc_france.urls import check_href, host_addresses
 
     name = socket.gethostname()
     addrs = host_addresses(name)
@@ -402,7 +402,7 @@ def test_catalog_whose_links_form_a_cycle(tmp_path: Path) -> None:
 
 
 def test_allowed_hosts_policy() -> None:
-    from msc_france.sources.urls import check_href
+    from msc_france.urls import check_href
 
     assert check_href("https://data.example.org/a.tif", local_ok=False, allowed_hosts=["example.org"])
     with pytest.raises(SourceError, match="not in the source's allowed_hosts"):

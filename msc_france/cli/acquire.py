@@ -46,9 +46,10 @@ def regions(as_json: bool) -> None:
 def sensors(catalog_name: str, as_json: bool) -> None:
     """List the sensors of a catalog and where their items come from."""
     from msc_france.config import load_catalog
-    from msc_france.sources.urls import redact
+    from msc_france.products import check_catalog
+    from msc_france.urls import redact
 
-    cat = load_catalog(catalog_name)
+    cat = check_catalog(load_catalog(catalog_name))
     rows, records = [], []
     for s in cat.sensors.values():
         where = redact(s.source.url) if s.source.url else (s.source.path or "generated demo world")  # no secrets
@@ -68,10 +69,11 @@ def sensors(catalog_name: str, as_json: bool) -> None:
 
 def _load_inputs(region: str, catalog: str | None, recipe: str) -> tuple[Any, Any, Any]:  # Region, Recipe, Catalog
     from msc_france.config import load_catalog, load_recipe
+    from msc_france.products import check_catalog
     from msc_france.regions import parse_region
 
     rec = load_recipe(recipe)
-    cat = load_catalog(catalog or rec.catalog)
+    cat = check_catalog(load_catalog(catalog or rec.catalog))
     reg = parse_region(region)
     if reg.name == "demo" and cat.world is None:
         raise BadInputError(f"region 'demo' is the offline demo world, but catalog '{cat.name}' searches real "

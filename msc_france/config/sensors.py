@@ -109,7 +109,8 @@ class SensorSpec(StrictModel):
     source: SourceSpec
     native_gsd: float = Field(gt=0)
     default_gsd: float = Field(gt=0, description="GSD the store holds this sensor at, unless the recipe overrides it")
-    product: str = Field("raster", description="product rules that read its items (msc_france.products)")
+    product: str = Field("raster", description="product rules that read its items (msc_france.products, which "
+                         "checks the name and the masks: msc_france.products.check_catalog)")
     nodata: float | None = Field(
         0, description="source nodata used when neither the file nor the item declares one (None: none)"
     )
@@ -146,14 +147,6 @@ class SensorSpec(StrictModel):
             raise ValueError(f"rgb names unknown bands {unknown}")
         if self.kind == "labels" and not self.classes:
             raise ValueError("a labels sensor needs 'classes'")
-        from msc_france.products import PRODUCTS  # the product modules are the registry
-
-        rules = PRODUCTS.get(self.product)
-        if rules is None:
-            raise ValueError(f"unknown product '{self.product}' (known: {', '.join(sorted(PRODUCTS))})")
-        bad = [m.type for m in self.masks if m.type not in rules.mask_types]
-        if bad:
-            raise ValueError(f"product '{self.product}' has no mask type {bad} (it has {list(rules.mask_types)})")
         lo, hi = self.stored_range
         if not 0 <= lo <= hi <= np.iinfo(self.dtype).max:
             raise ValueError(f"valid_range {[lo, hi]} does not fit {self.dtype}")

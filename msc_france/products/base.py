@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from msc_france.errors import SourceError
+from msc_france.errors import BadInputError, SourceError
 
 if TYPE_CHECKING:
     from msc_france.config import SensorSpec
@@ -89,8 +89,8 @@ def band_info(asset: dict[str, Any], index: int) -> dict[str, Any]:
 
 
 def _href(spec: SensorSpec, asset: dict[str, Any]) -> str:
-    """The asset's href after the source's href policy (see :mod:`msc_france.sources.urls`)."""
-    from msc_france.sources.urls import check_href
+    """The asset's href after the source's href policy (see :mod:`msc_france.urls`)."""
+    from msc_france.urls import check_href
 
     href = asset.get("href")
     if not isinstance(href, str) or not href:
@@ -137,6 +137,17 @@ class ProductRules(ABC):
     name: ClassVar[str]
     #: Mask types this product decodes (the ``type`` of a sensor's ``masks`` entries).
     mask_types: ClassVar[tuple[str, ...]] = ()
+
+    def check(self, spec: SensorSpec) -> None:
+        """Refuse a sensor spec this product cannot read (mask types it does not decode).
+
+        Raises:
+            BadInputError: naming the sensor and what is wrong.
+        """
+        bad = [m.type for m in spec.masks if m.type not in self.mask_types]
+        if bad:
+            raise BadInputError(f"sensor '{spec.name}': product '{self.name}' has no mask type {bad} "
+                                f"(it has {list(self.mask_types)})")
 
     def radiometry(self, spec: SensorSpec, item: dict[str, Any], key: str,
                    asset: dict[str, Any], index: int) -> tuple[float, float, str]:

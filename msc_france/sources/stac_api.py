@@ -19,7 +19,7 @@ from urllib3.util.retry import Retry
 
 from msc_france.errors import SourceError
 from msc_france.sources.base import SearchQuery, Source
-from msc_france.sources.urls import check_url, redact
+from msc_france.urls import check_url, redact
 
 MAX_REDIRECTS = 5
 QUERY_CONFORMANCE = "https://api.stacspec.org/v1.0.0-rc.1/item-search#query"

@@ -16,7 +16,7 @@ import pystac
 
 from msc_france.errors import SourceError, first_line
 from msc_france.sources.base import SearchQuery, Source
-from msc_france.sources.urls import check_url, redact
+from msc_france.urls import check_url, redact
 
 
 class FsspecStacIO(pystac.StacIO):
@@ -24,7 +24,7 @@ class FsspecStacIO(pystac.StacIO):
 
     Every link it follows obeys the catalog's place: a local catalog links to local files only (a
     child link to ``http://127.0.0.1`` is never fetched); a remote one to remote URLs that pass the
-    href policy (:func:`msc_france.sources.urls.check_url`), never to local paths.
+    href policy (:func:`msc_france.urls.check_url`), never to local paths.
     """
 
     def __init__(self, root: str = "", private_ok: bool = False) -> None:

@@ -77,16 +77,35 @@ def test_multiband_asset_without_band_names_is_refused() -> None:
 
 
 def test_unknown_product_or_mask_type_in_a_sensor_yaml() -> None:
+    """The schema names no product; the product modules check the specs that name them."""
     from msc_france.config import SensorSpec
+    from msc_france.errors import BadInputError
+    from msc_france.products import check_sensor
 
     base = dict(name="x", title="x", source={"type": "static", "path": "p", "collection": "c"}, native_gsd=10,
                 default_gsd=10, dtype="uint16", bands=[{"name": "b", "asset": "a"}])
-    with pytest.raises(ValueError, match="unknown product 'safe'"):
-        SensorSpec(**base, product="safe")
-    with pytest.raises(ValueError, match="product 'theia-l2a' has no mask type \\['scl'\\]"):
-        SensorSpec(**base, product="theia-l2a", masks=[{"asset": "CLM", "type": "scl"}])
+    with pytest.raises(BadInputError, match="sensor 'x': unknown product 'safe'"):
+        check_sensor(SensorSpec(**base, product="safe"))
+    with pytest.raises(BadInputError, match="product 'theia-l2a' has no mask type \\['scl'\\]"):
+        check_sensor(SensorSpec(**base, product="theia-l2a", masks=[{"asset": "CLM", "type": "scl"}]))
+    assert check_sensor(SensorSpec(**base, product="theia-l2a", masks=[{"asset": "CLM", "type": "maja-clm"}])).name \
+        == "theia-l2a"
     with pytest.raises(ValueError, match="does not fit uint16"):
         SensorSpec(**base, valid_range=(0, 70000))
+
+
+def test_config_imports_no_product_and_products_no_source() -> None:
+    """The layers: config (schema) <- products <- sources; urls below products. Checked in a fresh
+    interpreter, so nothing imported by other tests hides a cycle.
+    """
+    import subprocess
+    import sys
+
+    code = ("import sys, msc_france.config; bad = [m for m in sys.modules if m.startswith(('msc_france.products', "
+            "'msc_france.sources'))]; import msc_france.products; bad += [m for m in sys.modules if "
+            "m.startswith('msc_france.sources')]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_lambert93_identified_by_equivalence() -> None:
