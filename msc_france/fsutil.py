@@ -134,3 +134,25 @@ def claim_output_dir(out: Path, kind: str, own: Callable[[str], bool] = lambda n
                                 "use a new or empty --out")
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(kind + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def output_dir(out: Path, kind: str, own: Callable[[str], bool] = lambda name: False) -> Iterator[Path]:
+    """:func:`claim_output_dir`, then the body; if the body fails and the folder did not exist
+    before, the folder and what the body wrote there go again (a failed command leaves no empty
+    or half-written output behind). A folder that existed is left as it is.
+    """
+    import shutil
+
+    out = Path(out)
+    existed = out.exists()
+    top = out  # the outermost folder this call makes (parents included)
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    claim_output_dir(out, kind, own)
+    try:
+        yield out
+    except BaseException:
+        if not existed:
+            shutil.rmtree(top, ignore_errors=True)  # made by this call: nothing in it is anyone else's
+        raise

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from msc_france.cli.common import cli, echo_table, print_json, progress_bar, say
-from msc_france.fsutil import claim_output_dir, refuse_inside_store
+from msc_france.fsutil import output_dir, refuse_inside_store
 from msc_france.splits import ALL_SPLITS
 
 # --------------------------------------------------------------------------- inspect
@@ -101,9 +101,8 @@ def preview(store: str, out: Path, n_chips: int) -> None:
 
     st = Store.open(store)
     st.index()  # a damaged store is refused before any folder is made
-    claim_output_dir(out, "preview", lambda n: n in ("chips.png", "footprints.png") or n.startswith(".chips.png")
-                     or n.startswith(".footprints.png"))
-    with progress_bar("preview", "chip") as bar:
+    with output_dir(out, "preview", lambda n: n in ("chips.png", "footprints.png") or n.startswith(".chips.png")
+                    or n.startswith(".footprints.png")), progress_bar("preview", "chip") as bar:
         paths = render_preview(st, out, n_chips=n_chips, progress=bar)
     for p in paths:
         say(f"wrote {p}")
@@ -121,8 +120,7 @@ def export(store: str, fmt: str, out: Path, split: str | None) -> None:
 
     st = Store.open(store)
     st.index()  # a damaged store is refused before any folder is made
-    claim_output_dir(out, "export", lambda n: n in XSTARS_NAMES.values())
-    with progress_bar("export", "chip") as bar:
+    with output_dir(out, "export", lambda n: n in XSTARS_NAMES.values()), progress_bar("export", "chip") as bar:
         n = export_xstars(st, out, split=split, progress=bar)
     say(f"exported {n} chips to {out}")
 
@@ -140,6 +138,7 @@ def card(store: str, out: Path) -> None:
 
     st = Store.open(store)
     st.index()  # a damaged store is refused before any folder is made
-    claim_output_dir(out, "card", lambda n: n.startswith("card"))
-    for p in write_card(st, out):
+    with output_dir(out, "card", lambda n: n.startswith("card")):
+        written = write_card(st, out)
+    for p in written:
         say(f"wrote {p}")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from msc_france.cli.common import cli, quiet_mode, say
-from msc_france.fsutil import claim_output_dir
+from msc_france.fsutil import output_dir, refuse_inside_store
 
 if TYPE_CHECKING:
     from msc_france.xstars.checkpoint import Checkpoint
@@ -43,9 +43,9 @@ def eval_cmd(config_path: str, checkpoint: str | None, store: str | None, out: s
     from msc_france.eval.run import evaluate, load_eval_config
 
     cfg = load_eval_config(config_path, store=store, out=out, checkpoint=checkpoint)
-    claim_output_dir(Path(cfg.out), "eval", lambda n: n.startswith(("report.", "retrieval", "segmentation",
-                                                                     "transfer", "summary")) or n == "features")
-    r = evaluate(cfg)
+    with output_dir(Path(cfg.out), "eval", lambda n: n.startswith(("report.", "retrieval", "segmentation",
+                                                                    "transfer", "summary")) or n == "features"):
+        r = evaluate(cfg)
     click.echo((Path(cfg.out) / "report.md").read_text())
     say(f"report written to {cfg.out} (report.json, report.md, retrieval.png, transfer.png, "
                f"segmentation.png) in {r['elapsed_s']} s")
@@ -68,7 +68,7 @@ def export_model(run: Path, out: Path, which: str) -> None:
     ckpt_path = run / "checkpoints" / "last.pt" if run.is_dir() else run
     ckpt = load_checkpoint(ckpt_path)
     vit = build_backbone(ckpt, which)
-    claim_output_dir(out, "export-model", lambda n: n in ("model.safetensors", "config.json"))
+    refuse_inside_store(out, "export-model folder")  # cheap checks before the store is read
     bands = ckpt.bands
     store_path = ckpt.section("data").get("store")
     gsds: dict[str, float] = {}
@@ -90,7 +90,9 @@ def export_model(run: Path, out: Path, which: str) -> None:
                                                             "network": which},
             "load_with": "msc_france.xstars.weights.import_vit(path, 'timm', sensors, arch, patch_size, img_size)"}
     card = _model_card(run, ckpt, which, gsds, licences)
-    for p in export_encoder(vit, out, meta, card):
+    with output_dir(out, "export-model", lambda n: n in ("model.safetensors", "config.json", "README.md")):
+        written = export_encoder(vit, out, meta, card)
+    for p in written:
         say(f"wrote {p}")
 
 
