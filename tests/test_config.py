@@ -117,3 +117,18 @@ def test_unknown_sensor_in_recipe(tmp_path: Path) -> None:
 def test_unknown_catalog() -> None:
     with pytest.raises(BadInputError, match="unknown catalog 'nope'.*default.*demo"):
         load_catalog("nope")
+
+
+def test_recipe_rules_differ_only_where_content_or_split_rules_do() -> None:
+    """The recipe, not the store, says which of its keys matter: a new name, catalog or limits
+    appends to a store; a new time window, chip size or split rule does not.
+    """
+    rec = load_recipe("demo")
+    stored = rec.rules().to_json()
+    same = rec.model_copy(update={"name": "renamed", "catalog": "elsewhere"})
+    assert same.rules().differences(stored) == []
+    changed = rec.model_copy(update={"chips_per_shard": rec.chips_per_shard * 2})
+    assert changed.rules().differences(stored) == [f"chips_per_shard: {rec.chips_per_shard} -> "
+                                                   f"{rec.chips_per_shard * 2}"]
+    nested = {**stored, "split": {**stored["split"], "salt": "other"}}
+    assert rec.rules().differences(nested) == [f"split.salt: 'other' -> {stored['split']['salt']!r}"]

@@ -345,19 +345,7 @@ def store_schema(recipe: Recipe, specs: dict[str, SensorSpec], gsds: dict[str, f
         s = specs[recipe.labels.sensor]
         layers.append(Layer(LABELS_GROUP, s.name, gsds[s.name], ("class",), s.dtype, True, units="class"))
         classes = s.classes
-    rules = recipe.model_dump(mode="json")
-    for sensor_rules in rules["sensors"].values():
-        if sensor_rules.get("selection") == "first-valid":  # the rule stores had before it was a choice
-            sensor_rules.pop("selection")
-    if recipe.coregistration.max_misregistration_m is None and not recipe.coregistration.correct:
-        # Measuring changes no pixel and no status: recorded only when it can flag or correct
-        # chips, so that stores built before co-registration existed still append.
-        rules.pop("coregistration")
-    if recipe.split.block_chips == 1 and recipe.split.buffer_chips == 0:
-        # The per-chip rule is stored as it was before blocks existed, so older stores still append.
-        for key in ("block_chips", "buffer_chips"):
-            rules["split"].pop(key)
-    return StoreSchema(recipe.chip_size_m, recipe.chips_per_shard, tuple(layers), rules, classes)
+    return StoreSchema(recipe.chip_size_m, recipe.chips_per_shard, tuple(layers), recipe.rules(), classes)
 
 
 def run_build(

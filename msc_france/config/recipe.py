@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -134,6 +136,58 @@ class Recipe(StrictModel):
         if isinstance(v, float) and not v.is_integer():
             raise ValueError("chip_size_m must be a whole number of metres")
         return v
+
+    def rules(self) -> RecipeRules:
+        """The recipe as a store records it, and how a later build is compared with it."""
+        rules = self.model_dump(mode="json")
+        for sensor_rules in rules["sensors"].values():
+            if sensor_rules.get("selection") == "first-valid":  # the rule stores had before it was a choice
+                sensor_rules.pop("selection")
+        if self.coregistration.max_misregistration_m is None and not self.coregistration.correct:
+            # Measuring changes no pixel and no status: recorded only when it can flag or correct
+            # chips, so that stores built before co-registration existed still append.
+            rules.pop("coregistration")
+        if self.split.block_chips == 1 and self.split.buffer_chips == 0:
+            # The per-chip rule is stored as it was before blocks existed, so older stores still append.
+            for key in ("block_chips", "buffer_chips"):
+                rules["split"].pop(key)
+        return RecipeRules(rules)
+
+
+#: Recipe keys that do not change what a chip holds or which split it is in.
+RECIPE_NEUTRAL = frozenset({"name", "catalog", "limits"})
+
+
+@dataclass(frozen=True)
+class RecipeRules:
+    """A recipe's rules as a store records them (:meth:`Recipe.rules`). The store treats them as an
+    opaque value: it stores :meth:`to_json` and asks :meth:`differences` of a store's recorded rules.
+    """
+
+    data: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The rules as stored."""
+        return dict(self.data)
+
+    def differences(self, stored: Mapping[str, Any]) -> list[str]:
+        """``key: stored -> new`` for every rule that differs from ``stored`` (the rules that change
+        a chip's content or split; a recipe's name, catalog and limits do not).
+        """
+        return _differences(stored, self.data, "")
+
+
+def _differences(stored: Mapping[str, Any], new: Mapping[str, Any], prefix: str) -> list[str]:
+    out = []
+    for k in sorted(set(stored) | set(new)):
+        if not prefix and k in RECIPE_NEUTRAL:
+            continue
+        a, b = stored.get(k), new.get(k)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
 
 
 def check_chip_size(chip_size_m: int, gsds: dict[str, float], limits: Limits | None = None) -> None:

@@ -76,24 +76,6 @@ def _alive(pid: int) -> bool:
 #: Chips a store may hold (all of France in 240 m chips is about 9.5 million).
 MAX_STORE_CHIPS = 100_000_000
 
-#: Recipe keys that do not change what a chip holds or which split it is in.
-RECIPE_NEUTRAL = {"name", "catalog", "limits"}
-
-
-def recipe_differences(stored: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """``key: stored -> new`` for every rule that differs (content and split rules only)."""
-    out = []
-    for k in sorted(set(stored) | set(new)):
-        if not prefix and k in RECIPE_NEUTRAL:
-            continue
-        a, b = stored.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += recipe_differences(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
-
-
 class Store:
     """An MSC-France store on the local file system."""
 
@@ -286,7 +268,7 @@ class Store:
         want = [L.group for L in schema.layers]
         if have != want:
             raise BadInputError(f"store {self.path} holds sensors {have}; the recipe asks for {want}")
-        diffs = recipe_differences(dict(m.recipe), schema.rules)
+        diffs = schema.rules.differences(m.recipe)
         if diffs:
             shown = "; ".join(diffs[:6]) + (f" (+{len(diffs) - 6} more)" if len(diffs) > 6 else "")
             raise BadInputError(f"store {self.path} was built with other rules: {shown}. One store holds one set of "
@@ -295,7 +277,7 @@ class Store:
     def _create(self, schema: StoreSchema) -> None:
         create_layout(self.root, schema)
         self.write_meta(StoreMeta(
-            format_version=FORMAT_VERSION, recipe=schema.rules, chip_size_m=schema.chip_size_m,
+            format_version=FORMAT_VERSION, recipe=schema.rules.to_json(), chip_size_m=schema.chip_size_m,
             chips_per_shard=schema.chips_per_shard, layers=tuple(schema.layers),
             created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds")))
 

@@ -10,9 +10,9 @@ machine-readable per-chip affine transform ``spatial_transform (chip, 6)``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import zarr
@@ -73,6 +73,18 @@ class Layer:
         return self.pixels(chip_size_m) // factor
 
 
+class Rules(Protocol):
+    """What the store needs of a build's rules: their stored form, and how stored ones differ."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The rules as recorded in the root attributes."""
+        ...
+
+    def differences(self, stored: Mapping[str, Any]) -> list[str]:
+        """One line per rule that differs from the recorded ``stored`` (empty: the same)."""
+        ...
+
+
 @dataclass(frozen=True)
 class StoreSchema:
     """Everything needed to create a store, independent of how it is built.
@@ -81,14 +93,15 @@ class StoreSchema:
         chip_size_m: chip side in metres (a whole multiple of every layer's GSD).
         chips_per_shard: chips per shard file.
         layers: the groups, reflectance sensors first, labels last.
-        rules: the build rules recorded in the store (the recipe as JSON); a later build must match.
+        rules: the build rules recorded in the store, an opaque value (the recipe's
+            :class:`~msc_france.config.recipe.RecipeRules`); a later build must match them.
         classes: label class code -> name, when the store has labels.
     """
 
     chip_size_m: int
     chips_per_shard: int
     layers: tuple[Layer, ...]
-    rules: dict[str, Any] = field(default_factory=dict)
+    rules: Rules
     classes: dict[int, str] | None = None
 
 

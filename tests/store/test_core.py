@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import zarr
 
+from msc_france.config.recipe import RecipeRules
 from msc_france.errors import StoreError
 from msc_france.grid import Chip
 from msc_france.splits import SplitRule
@@ -20,7 +21,7 @@ from msc_france.store.schema import chip_checksum
 from msc_france.store.validate import validate
 
 LAYER = Layer("s2", "sentinel-2-l2a", 10.0, ("red", "nir"), "uint16", False, 1e-4, 0.0, "reflectance")
-SCHEMA = StoreSchema(chip_size_m=80, chips_per_shard=2, layers=(LAYER,), rules={"name": "t"})
+SCHEMA = StoreSchema(chip_size_m=80, chips_per_shard=2, layers=(LAYER,), rules=RecipeRules({"name": "t"}))
 CHIPS = [Chip(80, 8000 + i, 80000) for i in range(3)]  # 8 x 8 px chips, three of them: shards of 2 and 1
 RULE = SplitRule((0.6, 0.2, 0.2), "salt")
 
