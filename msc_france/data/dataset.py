@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from rasterio.crs import CRS as RioCRS
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from msc_france.errors import BadInputError, StoreError
 from msc_france.grid import Chip
@@ -317,18 +317,43 @@ class MSCFranceDataset(Dataset):
 
 def collate(samples: list[Sample]) -> Sample:
     """Stack a list of samples: per sensor ``image`` (N, B, H, W) and ``valid`` (N, H, W), ``mask``
-    (N, H, W); ``chip_id``, ``bounds`` and ``crs`` become lists (as torchgeo's ``stack_samples``)."""
+    (N, H, W); ``chip_id``, ``bounds`` and ``crs`` become lists (as torchgeo's ``stack_samples``).
+
+    In a DataLoader worker every stacked tensor is written into one shared-memory buffer: a batch
+    then crosses to the trainer as one shared storage instead of one per tensor (each costs a file
+    descriptor and a mapping; measured 1.6x more batches per second, docs/benchmarks.md).
+    """
     out: Sample = {"chip_id": [s["chip_id"] for s in samples], "crs": [s["crs"] for s in samples],
                    "bounds": [s["bounds"] for s in samples]}
     keys = [k for k, v in samples[0].items() if isinstance(v, dict)]
     for k in keys:
         if not all(k in s for s in samples):
             raise ValueError(f"sensor {k} is missing from some samples; use a per-sensor batch")
-        out[k] = {f: torch.stack([s[k][f] for s in samples]) for f in samples[0][k]}
+    parts: list[tuple[str, str | None, list[torch.Tensor]]] = [
+        (k, f, [s[k][f] for s in samples]) for k in keys for f in samples[0][k]]
     if "mask" in samples[0]:
-        out["mask"] = torch.stack([s["mask"] for s in samples])
+        parts.append(("mask", None, [s["mask"] for s in samples]))
+    stacked = _stack_shared(parts) if get_worker_info() is not None else [torch.stack(xs) for _, _, xs in parts]
+    for (k, f, _), t in zip(parts, stacked, strict=True):
+        if f is None:
+            out[k] = t
+        else:
+            out.setdefault(k, {})[f] = t
     if "sensor" in samples[0]:
         out["sensor"] = [s["sensor"] for s in samples]
     if "tile" in samples[0]:
         out["tile"] = torch.tensor([s["tile"] for s in samples])
+    return out
+
+
+def _stack_shared(parts: list[tuple[str, str | None, list[torch.Tensor]]]) -> list[torch.Tensor]:
+    """``torch.stack`` of every list in ``parts``, into views of one shared-memory byte buffer."""
+    align = 64  # every view starts on a 64-byte boundary: any dtype's alignment
+    sizes = [len(xs) * xs[0].numel() * xs[0].element_size() for _, _, xs in parts]
+    buf = torch.empty(sum(-(-n // align) * align for n in sizes), dtype=torch.uint8).share_memory_()
+    out, off = [], 0
+    for (_, _, xs), n in zip(parts, sizes, strict=True):
+        view = buf[off:off + n].view(xs[0].dtype).view(len(xs), *xs[0].shape)
+        out.append(torch.stack(xs, out=view))
+        off += -(-n // align) * align
     return out

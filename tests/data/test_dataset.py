@@ -63,6 +63,33 @@ def test_collate_follows_stack_samples(tiny_store: Path) -> None:
     assert len(batch["crs"]) == 3 and batch["chip_id"] == ds.chip_ids[:3]
 
 
+def _worker_batches(ds: MSCFranceDataset, n: int) -> list[dict]:
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(torch.utils.data.Subset(ds, range(n)), batch_size=2, num_workers=1, collate_fn=collate)
+    return list(loader)
+
+
+def test_a_worker_batch_is_one_shared_buffer_equal_to_torch_stack(tiny_store: Path) -> None:
+    """In a DataLoader worker, collate writes every tensor into one shared-memory buffer; the values,
+    dtypes and shapes are those of plain ``torch.stack`` of the same samples in this process.
+    """
+    ds = MSCFranceDataset(tiny_store, split=None, labels=True, size=32, tiles=2)
+    got = _worker_batches(ds, 4)
+    assert len(got) == 2
+    for j, b in enumerate(got):
+        samples = [ds[i] for i in range(2 * j, 2 * j + 2)]
+        tensors = [b[s][f] for s in ds.sensors for f in ("image", "valid")] + [b["mask"]]
+        want = [torch.stack([x[s][f] for x in samples]) for s in ds.sensors for f in ("image", "valid")]
+        want.append(torch.stack([x["mask"] for x in samples]))
+        for t, w in zip(tensors, want, strict=True):
+            assert t.dtype == w.dtype and t.shape == w.shape and torch.equal(t, w)
+        assert len({t.untyped_storage().data_ptr() for t in tensors}) == 1  # one buffer for the batch
+        assert torch.equal(b["tile"], torch.tensor([x["tile"] for x in samples]))
+    plain = collate([ds[0], ds[1]])  # outside a worker: separate tensors, as torch.stack makes them
+    assert plain["mask"].untyped_storage().data_ptr() != plain["aerial"]["image"].untyped_storage().data_ptr()
+
+
 def test_normalisation_uses_store_statistics(tiny_store: Path) -> None:
     # The statistics are the training chips' (held-out pixels never shape the normalisation).
     ds = MSCFranceDataset(tiny_store, split="train", sensors=["sentinel-2-l2a"])
