@@ -315,6 +315,18 @@ def _loader_as_configured(store: Path, quick: bool, reps: int, codec: Any) -> li
                 np.frombuffer(codec.decode(buf), dtype=dtype).reshape(shape)
         return decode
 
+    class _Empty(torch.utils.data.Dataset):  # the same loader doing no work: what starting workers costs
+        def __len__(self) -> int:
+            return n
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            return torch.zeros(1)
+
+    def empty_epoch() -> None:
+        for _ in DataLoader(_Empty(), batch_size=16, shuffle=True, num_workers=workers, worker_init_fn=one_thread):
+            pass
+
+    t_floor = median_time(empty_epoch, reps)
     read, full = encoded(ds.levels), encoded({s: 1 for s in ds.sensors})
     t_epoch, t_dec = median_time(epoch, reps), median_time(decoder(read), reps)
     t_full, t_dec_full = median_time(lambda: epoch(False), reps), median_time(decoder(full), reps)
@@ -328,7 +340,13 @@ def _loader_as_configured(store: Path, quick: bool, reps: int, codec: Any) -> li
         row("loader as configured, first epoch (fresh workers) vs decode ceiling", sps, "samples/s", ceiling,
             f"zstd decode of the chunks it reads, each chip once, x {workers} workers", ">= 50% of ceiling",
             met=sps / ceiling >= 0.5,
-            note=f"{what}; overview levels read: {levels}; process start and whole-shard reads included"),
+            note=f"{what}; overview levels read: {levels}; process start and whole-shard reads included; "
+                 f"the same loader over an empty dataset runs at {n / t_floor:.0f} samples/s "
+                 f"({n / t_floor / ceiling:.0%} of the ceiling): starting workers alone rules the target out "
+                 "for an epoch this short"),
+        row("loader, fresh workers doing no work (the first epoch's floor)", n / t_floor, "samples/s", ceiling,
+            "the decode ceiling above", "report only",
+            note=f"{n} empty samples, batch 16, {workers} fresh workers: process start and batch transfer only"),
         row("loader as configured, later epochs (persistent workers)", n / t_later, "samples/s", sps,
             "the first epoch", "report only",
             note=f"{what}; the training loop keeps its workers, so every epoch after the first reads its cache"),
@@ -527,41 +545,48 @@ COMMENTARY = """## Reading the table
 - **MSAD vectorised vs loop** (hard targets, the default): on 2 CPU cores the vectorised loss is
   compute-bound (batched matrix products of 197 x 64 x 64 x 192 per sensor pair, fwd + bwd, and
   torch's fused cross-entropy); the loop does the same arithmetic plus ~200 x 3 small-op
-  overheads, so the ratio is capped near 12x here (5.7x with the reference code's soft targets,
+  overheads, so the ratio is capped near 15x here (5.7x with the reference code's soft targets,
   whose intra-sensor similarities cost as much again in both forms). The 20x target assumes
   launch-bound hardware (a GPU), where the per-position loop pays a kernel launch per op; this task
-  was not lent a GPU machine, so the GPU rows could not be measured.
-- **MSAD overhead per step** (the shipped config, 40 steps; 40-step medians move by up to 20 %
-  between runs, so compare rows of one run). One batched pass through the transformer for the
-  global crops and every MSAD view (`ViT.forward_many`) took the shipped step from 86.5 % to
-  about 53 % over DINO only (whole `make pretrain` run of X-STARS: 238 s before, 211 s after, 300
-  steps). `msad.views: dino` (the DINO sensor's second global crop reused as its MSAD view) with
-  one partner sensor per step meets the target (about 22 %) and with two partners sits near the
-  default in this 40-step measurement (whole 300-step run: 180 s against 211 s); on val both
-  align worse than the default (docs/results.md, "A cheaper step, on val"): fraction R2 0.47 and
-  0.57 against 0.72, so the default keeps a co-located view of every sensor and misses the row.
-  What remains is compute: three sensors' views through the student at 64 px are about half of
-  what DINO's crops cost. What would close it without the loss of alignment: smaller MSAD views
-  (fewer tokens), or a GPU, where the batched pass is one launch.
+  was not lent a GPU machine, so the GPU rows could not be measured. Computing the two
+  cross-entropy directions from one logits tensor with `logsumexp` along each axis, instead of
+  a transposed copy, was measured at 7 % faster (58 -> 54 ms) and not adopted.
+- **MSAD overhead per step** (the shipped config, 40 steps; 40-step medians move by 20 % and
+  more between runs, and by far more when anything else runs on the two cores: compare rows of
+  one run). One batched pass through the transformer for the global crops and every MSAD view
+  (`ViT.forward_many`) took the shipped step from 86.5 % to 39-53 % over DINO only (whole
+  `make pretrain` run of X-STARS: 238 s before, 211 s after, 300 steps). What remains is compute
+  that follows the token count: per image, DINO's student sees 2 x 17 + 2 x 5 tokens (forward and
+  backward) and its teacher 2 x 17 (forward), MSAD's three 64 px views 3 x 17 more; at 3 units
+  per student token and 1 per teacher token that predicts 27 % for a quarter of the MSAD tokens,
+  and the row measures 13-27 %. Two ways below the target were measured, each with its val
+  numbers (docs/results.md): `msad.views: dino` with one partner per step (the DINO sensor's
+  second global crop reused as its MSAD view; 17-22 %) aligns far worse (fraction R2 0.47 against
+  0.72); `msad.keep: 0.25` (a quarter of each MSAD view's patch tokens through the transformer,
+  FLIP's token dropping; 13-27 %) loses 0.08 of fraction R2 and 0.06 of dense retrieval on val;
+  `msad.keep: 0.5` (34-49 %) is within the seed spread on those but not on probe transfer. The
+  default keeps every token of a co-located view of every sensor and misses the row. What would
+  close it without the loss: a GPU, where the batched pass is one launch and the extra tokens
+  are nearly free at this size, or more steps for the token-dropped runs (not measured).
 - **Loader as configured**: `pretrain-xstars.yaml`'s dataset (480 m tiles at 64 px, every chip
-  cached per worker) with the trainer's 2 workers. This session: the aerial chips are read from
-  the store's 128 px overview level instead of decoded at 640 px and resized; a cache miss reads
-  the dataset's chips of a whole shard at once; local shards are read by `store.shards` (the
-  Zarr v3 sharding layout read with numpy and numcodecs' zstd, checked against zarr-python on
-  every array of a built store) instead of zarr-python 3.1, whose asynchronous pipeline costs
-  ~2 ms per call and ~5 ms per 16-chip shard against ~1.4 ms of zstd decoding; and the rasterio
-  CRS of every batch is rebuilt once per process instead of parsed from WKT per batch (4 ms).
-  First epoch, fresh workers: 683 samples/s (185 reading full resolution through zarr before the
-  shard reader, 355 with it); later epochs of a run (persistent workers, as the training loop
-  keeps them): about 2,600 samples/s (1,240 before the CRS fix), 100x the 25 images/s the CPU
-  step consumes. Against the decode ceiling the first epoch stays far below target, because the
-  ceiling moved: decoding the 128 px level is 25x cheaper than the 640 px chip, so the ceiling is
-  now about 25,000 samples/s, while a first epoch pays process start (~0.2 s), each worker
-  preparing every chip it caches (resizing Sentinel-2 and Landsat up to 128 px is a third of
-  the in-process time; two workers each prepare all of them) and the batches' transfer. Against
-  the old ceiling (decoding the full-resolution chunks, 3,980 samples/s) the first epoch is at
-  17 % and later epochs at 65 %. What would close it: one cache shared by the workers (shared
-  memory), so that each chip is prepared once per run rather than once per worker.
+  cached per worker) with the trainer's 2 workers. The aerial chips are read from the store's
+  128 px overview level instead of decoded at 640 px and resized; a cache miss reads the
+  dataset's chips of a whole shard at once; local shards are read by `store.shards` (the Zarr v3
+  sharding layout read with numpy and numcodecs' zstd, checked against zarr-python on every array
+  of a built store) instead of zarr-python 3.1, whose asynchronous pipeline costs ~2 ms per call
+  and ~5 ms per 16-chip shard against ~1.4 ms of zstd decoding; the rasterio CRS of every batch
+  is rebuilt once per process; and (this round) a worker's `collate` writes the whole batch into
+  one shared-memory buffer, so one storage crosses to the trainer instead of one per tensor (each
+  a file descriptor and a mapping): later epochs 3,300-3,400 samples/s against 2,600 before
+  (1.6x in a side-by-side run of the two collates), 100x the 30 images/s the CPU step consumes.
+  The first epoch (fresh workers) cannot reach half of the decode ceiling: decoding the 128 px
+  levels of 100 chips takes 17 ms, while the same loader over an *empty* dataset (no reading, no
+  work) already takes about 0.1 s to start its workers and pass 25 batches (the "floor" row:
+  about 12-18 % of the ceiling). The rest of the first epoch is each worker preparing every chip
+  it caches (in-process profile: shard reads 29 %, the bilinear resize of Sentinel-2 and Landsat
+  chips to the tile grid 19 %, conversion and normalisation 17 %), done by both workers because a
+  shuffled epoch sends every shard to both. What would close the gap for long first epochs:
+  one cache shared by the workers (shared memory), so that each chip is prepared once per run.
   The full-resolution row below is kept for comparison with session 1 (three full-resolution
   sensors per sample, float32 across processes).
 - Rows whose `measured` column reads "before 2026-12" were measured on the version 5 demo store
