@@ -64,6 +64,14 @@ def summarise(store: Store) -> dict[str, Any]:
             row["shift_m"] = {"x": _quantiles(sx), "y": _quantiles(sy), "distance": _quantiles(np.hypot(sx, sy)),
                               "quality": _quantiles(ci.get("coreg_quality", g).to_numpy(dtype=float))}
         out["layers"][L.group] = row
+    fr = ci.class_fractions()
+    if len(fr.columns):  # the mean over chips with labels of each chip's class shares, per split
+        _, names = store.classes()
+        has = fr.notna().all(axis=1)
+        out["classes"] = {
+            str(sp): {names.get(int(c), str(c)): round(float(fr.loc[has & (idx["split"] == sp), c].mean()), 4)
+                      for c in fr.columns}
+            for sp in out["splits"] if (has & (idx["split"] == sp)).any()}
     measured = [g for g, r in out["layers"].items() if "shift_m" in r]
     for L in store.layers:  # the sensor the others were measured against
         if measured and not L.is_label and L.group not in measured:
@@ -169,9 +177,16 @@ def _markdown(s: dict[str, Any]) -> str:
                      f"| {r['licence']} |")
     lines += ["", "![dates, valid fractions and shifts per sensor](card-sensors.png)", "",
               "Shifts are measured per chip against the reference sensor (docs/dataset-format.md, "
-              "co-registration); a chip's numbers are in `index.parquet`. The land-cover class "
-              "distribution needs the label chips decoded and is not part of the card.", "",
-              "## Recipe", "", "```yaml", yaml.safe_dump(s["recipe"], sort_keys=False).rstrip(), "```", ""]
+              "co-registration); a chip's numbers are in `index.parquet`.", ""]
+    if s.get("classes"):
+        splits = list(s["classes"])
+        names = list(next(iter(s["classes"].values())))
+        lines += ["## Land cover", "", "Mean share of each chip's labelled pixels (`class_fraction_<code>` in the "
+                  "index), per split:", "", "| class | " + " | ".join(splits) + " |",
+                  "|---|" + "---|" * len(splits)]
+        lines += [f"| {n} | " + " | ".join(f"{s['classes'][sp][n]:.3f}" for sp in splits) + " |" for n in names]
+        lines.append("")
+    lines += ["## Recipe", "", "```yaml", yaml.safe_dump(s["recipe"], sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
 
 

@@ -49,6 +49,12 @@ class ChipRead:
         vals = self.data[:, m].astype(np.float64)
         return {"sum": vals.sum(axis=1).tolist(), "sumsq": (vals**2).sum(axis=1).tolist(), "count": int(m.sum())}
 
+    def class_counts(self) -> dict[str, int]:
+        """A label chip's valid pixels per class code (codes as strings, the JSON keys)."""
+        codes = self.data[0][self.valid.astype(bool)].astype(np.int64)
+        counts = np.bincount(codes)
+        return {str(c): int(n) for c, n in enumerate(counts) if n}
+
 
 @dataclass(frozen=True)
 class ItemRead:

@@ -143,7 +143,8 @@ def _build_layer(rule: LayerRule, chip: Chip, cands: list[tuple[SourceItem, ...]
     if status is Status.DROPPED:
         return None, rec
     return best, replace(rec, skipped_candidates=tuple(errors), checksum=best.checksum(),
-                         stats=None if rule.layer.is_label else best.stats())
+                         stats=None if rule.layer.is_label else best.stats(),
+                         class_counts=best.class_counts() if rule.layer.is_label else None)
 
 
 def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_size_m: int, policy: str,

@@ -18,6 +18,10 @@ FIELDS = ("status", "valid_fraction", "cloud_fraction", "datetime", "item_ids", 
           "coreg_quality", "days_from_reference")
 
 
+#: Prefix of the labels' per-class columns: ``class_fraction_<code>``.
+CLASS_FRACTION = "class_fraction_"
+
+
 def column(group: str) -> str:
     """A group's name as it appears in index columns (``-`` -> ``_``: columns are identifiers)."""
     return group.replace("-", "_")
@@ -64,9 +68,18 @@ class ChipIndex:
             keep &= self.status(g).isin(names).to_numpy()
         return keep
 
+    def class_fractions(self) -> pd.DataFrame:
+        """Each chip's share of valid label pixels per class code (columns: int codes; empty
+        without labels, NaN for chips without label data).
+        """
+        cols = [c for c in self.frame.columns if c.startswith(CLASS_FRACTION)]
+        out = pd.DataFrame({int(c.removeprefix(CLASS_FRACTION)): self.frame[c].to_numpy() for c in cols},
+                           index=self.frame.index)
+        return out[sorted(out.columns)]
+
     def datetime(self, group: str) -> pd.Series:
         """Acquisition times of ``group`` (UTC; NaT where none)."""
         return pd.to_datetime(self.get("datetime", group), utc=True)
 
 
-__all__ = ["FIELDS", "ChipIndex", "column", "field_column"]
+__all__ = ["CLASS_FRACTION", "FIELDS", "ChipIndex", "column", "field_column"]

@@ -18,6 +18,7 @@ from msc_france.crs import L93, WGS84, reproject_geometry
 from msc_france.grid import Chip
 from msc_france.splits import ALL_SPLITS
 from msc_france.store import stac
+from msc_france.store.chip_index import CLASS_FRACTION
 from msc_france.store.meta import ConsolidateSummary, LayerSummary
 from msc_france.store.records import Commits, Status
 from msc_france.store.schema import Layer, column, reference_layer
@@ -92,7 +93,36 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
     }
     if np.isfinite(coreg["coreg_quality"]).any():  # measured against the reference (builder/coreg.py)
         columns.update({f"{k}_{c}": v for k, v in coreg.items()})
+    if L.is_label:
+        columns.update(_class_fractions(L, ids, splits, commits, g))
     return {"counts": counts, "stats": stats, "columns": columns}
+
+
+def _class_fractions(L: Layer, ids: list[str], splits: list[str], commits: Commits, g: Any) -> dict[str, Any]:
+    """``class_fraction_<code>``: each chip's share of valid label pixels per class (NaN where the
+    chip has no label data), for every class the store holds; the labels group's ``class_counts``
+    attribute gets the pixel counts per class over the chips with labels, per split.
+    """
+    per_chip: list[dict[str, int] | None] = []
+    for cid in ids:
+        chip = commits.get(cid)
+        rec = chip.layers.get(L.group) if chip is not None else None
+        per_chip.append(dict(rec.class_counts) if rec is not None and rec.status.written and rec.class_counts
+                        else None)
+    codes = sorted({c for d in per_chip if d for c in d}, key=int)
+    by_split: dict[str, dict[str, int]] = {}
+    out: dict[str, Any] = {}
+    for code in codes:
+        col = np.full(len(ids), np.nan)
+        for i, d in enumerate(per_chip):
+            if d:
+                col[i] = d.get(code, 0) / sum(d.values())
+                by_split.setdefault(splits[i], {}).setdefault(code, 0)
+                by_split[splits[i]][code] += d.get(code, 0)
+        out[f"{CLASS_FRACTION}{code}"] = col
+    g.attrs["class_counts"] = {sp: dict(sorted(v.items(), key=lambda kv: int(kv[0]))) for sp, v in
+                               sorted(by_split.items())}
+    return out
 
 
 def _days_from_reference(store: Store, table: dict[str, Any]) -> dict[str, Any]:

@@ -75,6 +75,7 @@ class LayerRecord:
     checksum: str | None = None
     overview_checksums: Mapping[str, str] = field(default_factory=dict)
     stats: Mapping[str, Any] | None = None  # per-band sum, sumsq and count of valid pixels
+    class_counts: Mapping[str, int] | None = None  # labels: valid pixels per class code
     traceback: str | None = None
     # Co-registration against the chip's reference sensor (msc_france.builder.coreg).
     shift_x_m: float | None = None
@@ -112,6 +113,8 @@ class LayerRecord:
             d["overview_checksums"] = dict(self.overview_checksums)
         if self.stats is not None:
             d["stats"] = dict(self.stats)
+        if self.class_counts is not None:
+            d["class_counts"] = dict(self.class_counts)
         return d
 
     @classmethod
@@ -126,8 +129,10 @@ class LayerRecord:
             clipped=None if d.get("clipped") is None else int(d["clipped"]),
             skipped_candidates=tuple(str(s) for s in d.get("skipped_candidates", ())),
             checksum=d.get("checksum"), overview_checksums=dict(d.get("overview_checksums") or {}),
-            stats=d.get("stats"), traceback=d.get("traceback"), shift_x_m=_float(d.get("shift_x_m")),
-            shift_y_m=_float(d.get("shift_y_m")), coreg_quality=_float(d.get("coreg_quality")),
+            stats=d.get("stats"), traceback=d.get("traceback"),
+            class_counts={str(k): int(v) for k, v in d["class_counts"].items()} if d.get("class_counts") else None,
+            shift_x_m=_float(d.get("shift_x_m")), shift_y_m=_float(d.get("shift_y_m")),
+            coreg_quality=_float(d.get("coreg_quality")),
             coreg_overlap=_float(d.get("coreg_overlap")), applied_shift_x_m=_float(d.get("applied_shift_x_m")),
             applied_shift_y_m=_float(d.get("applied_shift_y_m")))
 
