@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from rasterio.crs import CRS as RioCRS
 from torch.utils.data import Dataset, get_worker_info
 
-from msc_france.errors import BadInputError, StoreError
+from msc_france.errors import BadInputError, StoreError, first_line
 from msc_france.grid import Chip
 from msc_france.splits import ALL_SPLITS
 from msc_france.store import ChipReader, Store
@@ -69,6 +69,29 @@ class BoundingBox(NamedTuple):
     maxt: float
 
 
+#: The longest ``where`` expression accepted (an expression, not a program).
+MAX_WHERE = 2000
+
+
+def _query(index: pd.DataFrame, where: str, path: str) -> np.ndarray:
+    """The rows of ``index`` for which ``where`` holds, as a boolean array.
+
+    Raises:
+        BadInputError: an expression that does not parse, names an unknown column, or is not a
+            true/false per chip.
+    """
+    if not where.strip() or len(where) > MAX_WHERE:
+        raise BadInputError(f"a chip filter must be a non-empty expression of at most {MAX_WHERE} characters")
+    frame = pd.DataFrame(index.drop(columns="geometry"))  # no geometry: plain columns only
+    try:
+        got = frame.eval(where, engine="python")
+    except Exception as e:  # pandas raises SyntaxError, UndefinedVariableError, TypeError, ...
+        raise BadInputError(f"chip filter {where!r} on store {path}: {first_line(e)[:200]}") from None
+    if not isinstance(got, pd.Series) or got.dtype != bool or len(got) != len(index):
+        raise BadInputError(f"chip filter {where!r} is not true or false for each chip (use a comparison)")
+    return got.to_numpy()
+
+
 class MSCFranceDataset(Dataset):
     """Chips of an MSC-France store.
 
@@ -96,6 +119,10 @@ class MSCFranceDataset(Dataset):
             the tiles of a few chips together (``StepBatchSampler(group=...)``) decodes each chip
             about once per epoch in any store. A cached chip is decoded once per process, whatever
             the number of tiles cut from it.
+        where: keep only the chips for which this expression over the index's columns is true
+            (``pandas.DataFrame.eval``; e.g. ``"cloud_fraction_sentinel_2_l2a < 0.1 and
+            class_fraction_50 > 0.2"``: docs/dataset-format.md lists the columns).
+        chips: keep only these chip ids (an unknown id is an error).
         tiles: cut every chip into ``tiles x tiles`` co-located sub-chips (each a sample, with its
             own ``bounds`` and a ``tile`` (row, col) key); every sensor's chip side in pixels must
             be divisible by ``tiles``. With ``size``, the whole chip is resized to
@@ -116,6 +143,8 @@ class MSCFranceDataset(Dataset):
         cache: bool | int = False,
         tiles: int = 1,
         overviews: bool = True,
+        where: str | None = None,
+        chips: Sequence[str] | None = None,
     ) -> None:
         self.path = str(store)  # a directory or an object-store URL
         s = Store.open(self.path)
@@ -182,6 +211,15 @@ class MSCFranceDataset(Dataset):
             keep &= idx["split"].isin(wanted).to_numpy()
         for name in self.sensors:
             keep &= ChipIndex(idx).status(name).isin(list(statuses)).to_numpy()
+        if where is not None:
+            keep &= _query(idx, where, self.path)
+        if chips is not None:
+            wanted_ids = set(chips)
+            unknown = sorted(wanted_ids - set(idx["chip_id"]))
+            if unknown:
+                raise BadInputError(f"store {self.path} has no chip(s) {', '.join(unknown[:3])}"
+                                    + (f" (+{len(unknown) - 3} more)" if len(unknown) > 3 else ""))
+            keep &= idx["chip_id"].isin(wanted_ids).to_numpy()
         rows = idx[keep]
         self.chip_ids: list[str] = rows["chip_id"].tolist()
         self.chip_index: list[int] = rows["chip_index"].astype(int).tolist()

@@ -29,6 +29,9 @@ class DataConfig(StrictModel):
         "shuffle", description="shuffle: a plain permutation per epoch; grouped: chips in shuffled windows of "
         "group_chips whose tiles are shuffled together (each chip decoded about once per epoch with a cache)")
     group_chips: int = Field(8, ge=1, description="chips per window with order: grouped")
+    where: str | None = Field(None, description="keep the chips for which this expression over the index's "
+                              "columns holds, e.g. \"cloud_fraction_sentinel_2_l2a < 0.1\" (docs/dataset-format.md)")
+    chips: list[str] | None = Field(None, description="keep only these chip ids")
 
 
 class ModelConfig(StrictModel):

@@ -179,7 +179,8 @@ def _pretrain(cfg: TrainConfig, progress: Progress | None) -> TrainSummary:
 
     dino_sensors = [cfg.continual.target_sensor] if cfg.continual else list(cfg.data.sensors)
     ds = MSCFranceDataset(cfg.data.store, sensors=cfg.data.sensors, split=cfg.data.split, bands=cfg.data.bands,
-                          size=cfg.data.size, cache=cfg.data.cache, tiles=cfg.data.tiles)
+                          size=cfg.data.size, cache=cfg.data.cache, tiles=cfg.data.tiles, where=cfg.data.where,
+                          chips=cfg.data.chips)
     if len(ds) < cfg.optim.batch_size:
         raise BadInputError(f"{len(ds)} training samples in {cfg.data.store}, fewer than batch size "
                             f"{cfg.optim.batch_size} (use data.tiles to cut chips into more samples)")

@@ -244,3 +244,30 @@ def test_resized_samples_match_an_independent_resize(tiny_store: Path, size: int
                                            antialias=True)[0]
     want = (want - torch.tensor(stats["mean"])[:, None, None]) / torch.tensor(stats["std"])[:, None, None]
     assert torch.allclose(ds[0]["aerial"]["image"], want, atol=1e-4)
+
+
+def test_a_store_filtered_by_an_index_expression_or_chip_ids(tiny_store: Path) -> None:
+    """``where`` keeps the chips geopandas selects with the same comparison on the index; ``chips``
+    keeps the listed ids; bad filters are one-line errors and never run code.
+    """
+    import geopandas as gpd
+
+    from msc_france.errors import BadInputError
+
+    idx = gpd.read_parquet(tiny_store / "index.parquet")
+    ok = (idx["status_sentinel_2_l2a"] == "ok").to_numpy()
+    cut = float(np.nanmedian(idx["valid_fraction_sentinel_2_l2a"]))
+    want = idx.loc[ok & (idx["valid_fraction_sentinel_2_l2a"] >= cut).to_numpy(), "chip_id"].tolist()
+    ds = MSCFranceDataset(tiny_store, sensors=["sentinel-2-l2a"], split=None,
+                          where=f"valid_fraction_sentinel_2_l2a >= {cut}")
+    assert ds.chip_ids == want and 0 < len(want) < ok.sum() + 1
+    two = idx.loc[ok, "chip_id"].tolist()[:2]
+    assert MSCFranceDataset(tiny_store, sensors=["sentinel-2-l2a"], split=None, chips=two).chip_ids == two
+    for bad, match in (("valid_fraction_nope > 1", "chip filter"), ("valid_fraction_sentinel_2_l2a +", "chip filter"),
+                       ("valid_fraction_sentinel_2_l2a * 2", "not true or false"),
+                       ("__import__('os').system('touch /tmp/pwned')", "chip filter")):
+        with pytest.raises(BadInputError, match=match) as e:
+            MSCFranceDataset(tiny_store, sensors=["sentinel-2-l2a"], split=None, where=bad)
+        assert "\n" not in str(e.value)
+    with pytest.raises(BadInputError, match="has no chip"):
+        MSCFranceDataset(tiny_store, sensors=["sentinel-2-l2a"], split=None, chips=["nope"])
