@@ -56,6 +56,10 @@ class ChipIndex:
         """The ``field`` column of ``group``."""
         return self.frame[field_column(field, group)]
 
+    def columns_of(self, field: str) -> list[str]:
+        """The ``field`` columns of every group present (e.g. every ``item_ids_<group>``)."""
+        return [field_column(field, g) for g in self.groups if field_column(field, g) in self.frame.columns]
+
     def status(self, group: str) -> pd.Series:
         """Status names of ``group`` per chip."""
         return self.get("status", group).astype(str)

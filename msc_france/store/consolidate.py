@@ -5,6 +5,7 @@ Zarr's consolidated metadata (run at the end of every build, and safe to run aga
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import json
 import warnings
@@ -18,10 +19,10 @@ from msc_france.crs import L93, WGS84, reproject_geometry
 from msc_france.grid import Chip
 from msc_france.splits import ALL_SPLITS
 from msc_france.store import stac
-from msc_france.store.chip_index import CLASS_FRACTION
+from msc_france.store.chip_index import CLASS_FRACTION, field_column
 from msc_france.store.meta import ConsolidateSummary, LayerSummary
 from msc_france.store.records import Commits, Status
-from msc_france.store.schema import Layer, column, reference_layer
+from msc_france.store.schema import Layer, reference_layer
 
 if TYPE_CHECKING:
     from msc_france.store.core import Store
@@ -83,16 +84,17 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
         stats = {"mean": mean.round(4).tolist(), "std": std.round(4).tolist(), "count": int(n_px),
                  "units": g.attrs["units"], "over": over}
         g.attrs["stats"] = stats
-    c = column(L.group)
+    col = functools.partial(field_column, group=L.group)  # the one home of the column naming
     columns = {
-        f"status_{c}": pd.Categorical([Status.from_code(int(v)).value for v in status], categories=[k.value for k in Status]),
-        f"valid_fraction_{c}": valid.astype(np.float64),
-        f"cloud_fraction_{c}": cloud.astype(np.float64),
-        f"datetime_{c}": pd.to_datetime(pd.Series(when, dtype="float64").where(when > 0), unit="s", utc=True),
-        f"item_ids_{c}": [s.split(",") if s else [] for s in items],
+        col("status"): pd.Categorical([Status.from_code(int(v)).value for v in status],
+                                      categories=[k.value for k in Status]),
+        col("valid_fraction"): valid.astype(np.float64),
+        col("cloud_fraction"): cloud.astype(np.float64),
+        col("datetime"): pd.to_datetime(pd.Series(when, dtype="float64").where(when > 0), unit="s", utc=True),
+        col("item_ids"): [s.split(",") if s else [] for s in items],
     }
     if np.isfinite(coreg["coreg_quality"]).any():  # measured against the reference (builder/coreg.py)
-        columns.update({f"{k}_{c}": v for k, v in coreg.items()})
+        columns.update({col(k): v for k, v in coreg.items()})
     if L.is_label:
         columns.update(_class_fractions(L, ids, splits, commits, g))
     return {"counts": counts, "stats": stats, "columns": columns}
@@ -134,12 +136,12 @@ def _days_from_reference(store: Store, table: dict[str, Any]) -> dict[str, Any]:
     if ref is None:
         return {}
     sensors = [L for L in store.layers if not L.is_label]
-    t_ref = pd.Series(table[f"datetime_{column(ref.group)}"])
+    t_ref = pd.Series(table[field_column("datetime", ref.group)])
     out = {}
     for L in sensors:
         if L.group != ref.group:
-            dt_days = (pd.Series(table[f"datetime_{column(L.group)}"]) - t_ref).dt.total_seconds() / 86400
-            out[f"days_from_reference_{column(L.group)}"] = dt_days.abs().round(3).to_numpy(dtype=np.float64)
+            dt_days = (pd.Series(table[field_column("datetime", L.group)]) - t_ref).dt.total_seconds() / 86400
+            out[field_column("days_from_reference", L.group)] = dt_days.abs().round(3).to_numpy(dtype=np.float64)
     return out
 
 

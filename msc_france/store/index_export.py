@@ -9,6 +9,7 @@ import pandas as pd
 
 from msc_france.errors import BadInputError
 from msc_france.fsutil import atomic_path
+from msc_france.store.chip_index import ChipIndex
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -19,15 +20,18 @@ FORMATS = {".parquet": "GeoParquet", ".csv": "CSV", ".geojson": "GeoJSON"}
 
 def summary_rows(idx: gpd.GeoDataFrame) -> tuple[list[str], list[list[str]]]:
     """Header and rows for printing: chip, split, region, then per group its status and date."""
-    groups = [c.removeprefix("status_") for c in idx.columns if c.startswith("status_")]
+    ci = ChipIndex(idx)
+    groups = ci.groups
     header = ["chip_id", "split", "region", *groups]
+    status = {g: ci.status(g).tolist() for g in groups}
+    when = {g: ci.datetime(g).tolist() if ci.has("datetime", g) else [None] * len(idx) for g in groups}
     rows = []
-    for _, r in idx.iterrows():
-        cells = [str(r["chip_id"]), str(r["split"]), str(r["region"])]
+    for i, (cid, split, region) in enumerate(zip(idx["chip_id"], idx["split"], idx["region"], strict=True)):
+        cells = [str(cid), str(split), str(region)]
         for g in groups:
-            when = r.get(f"datetime_{g}")
-            day = "" if when is None or str(when) == "NaT" else f" {when:%Y-%m-%d}"
-            cells.append(f"{r[f'status_{g}']}{day}")
+            t = when[g][i]
+            day = "" if t is None or pd.isna(t) else f" {t:%Y-%m-%d}"
+            cells.append(f"{status[g][i]}{day}")
         rows.append(cells)
     return header, rows
 
@@ -46,7 +50,8 @@ def export_index(idx: gpd.GeoDataFrame, out: Path) -> int:
         raise BadInputError(f"index output {out} is a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     table = idx.copy()
-    list_cols = [c for c in table.columns if c.startswith("item_ids_")]
+    ci = ChipIndex(table)
+    list_cols = ci.columns_of("item_ids")
     with atomic_path(out) as tmp:
         if suffix == ".parquet":
             table.to_parquet(tmp, write_covering_bbox=True)
@@ -58,8 +63,7 @@ def export_index(idx: gpd.GeoDataFrame, out: Path) -> int:
         else:  # RFC 7946: GeoJSON is WGS84
             for c in list_cols:
                 table[c] = table[c].apply(list)
-            for c in table.columns:
-                if c.startswith("datetime_"):
-                    table[c] = table[c].apply(lambda t: None if str(t) == "NaT" else t.isoformat())
+            for c in ci.columns_of("datetime"):
+                table[c] = table[c].apply(lambda t: None if pd.isna(t) else t.isoformat())
             table.to_crs(4326).to_file(tmp, driver="GeoJSON")
     return len(idx)
