@@ -112,6 +112,7 @@ def _build_layer(rule: LayerRule, chip: Chip, cands: list[tuple[SourceItem, ...]
     if not cands:
         return None, LayerRecord(Status.NODATA, reason="no item covers this chip")
     best: ChipRead | None = None
+    best_items: tuple[SourceItem, ...] = ()
     errors: list[str] = []
     for items in cands:
         if isinstance(items, str):
@@ -123,7 +124,7 @@ def _build_layer(rule: LayerRule, chip: Chip, cands: list[tuple[SourceItem, ...]
             errors.append(str(e))
             continue
         if best is None or r.valid_fraction > best.valid_fraction:
-            best = r
+            best, best_items = r, items
         if rule.selection == "first-valid" and r.valid_fraction >= rule.min_valid_fraction:
             break
     if best is None:
@@ -138,6 +139,7 @@ def _build_layer(rule: LayerRule, chip: Chip, cands: list[tuple[SourceItem, ...]
     rec = LayerRecord(
         status, reason=reason, item_ids=tuple(best.item_ids), datetime=best.datetime,
         harmonization=best.harmonization, cloud_fraction=best.cloud_fraction,
+        scene_cloud_cover=_scene_cloud_cover(best_items),
         valid_fraction=round(best.valid_fraction, 6), covered_fraction=round(best.covered_fraction, 6),
         clipped=best.clipped)
     if status is Status.DROPPED:
@@ -145,6 +147,12 @@ def _build_layer(rule: LayerRule, chip: Chip, cands: list[tuple[SourceItem, ...]
     return best, replace(rec, skipped_candidates=tuple(errors), checksum=best.checksum(),
                          stats=None if rule.layer.is_label else best.stats(),
                          class_counts=best.class_counts() if rule.layer.is_label else None)
+
+
+def _scene_cloud_cover(items: tuple[SourceItem, ...]) -> float | None:
+    """The scenes' stated cloud cover (percent; the mean over a mosaic's items), None when unstated."""
+    stated = [it.cloud_cover for it in items if it.cloud_cover is not None]
+    return round(sum(stated) / len(stated), 3) if stated else None
 
 
 def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_size_m: int, policy: str,

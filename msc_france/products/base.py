@@ -71,6 +71,7 @@ class SourceItem:
     assets: tuple[AssetRead, ...]
     masks: tuple[MaskRead, ...]
     harmonization: str
+    cloud_cover: float | None = None  # the scene's ``eo:cloud_cover`` (percent), when the item states it
 
 
 def _proj(asset: dict[str, Any]) -> tuple[tuple[int, int] | None, tuple[float, ...] | None]:
@@ -198,8 +199,13 @@ class ProductRules(ABC):
             shape, tr = _proj(asset)
             masks.append(MaskRead(m.asset, _href(spec, asset), m.type, None if nd is None else float(nd), shape, tr))
         when = item_datetime(item)
+        cc = item.get("properties", {}).get("eo:cloud_cover")
+        try:
+            cloud_cover = None if cc is None or not 0 <= float(cc) <= 100 else float(cc)
+        except (TypeError, ValueError):
+            cloud_cover = None  # a scene value is informative only: an odd one is left out
         return SourceItem(iid, self.name, int(when.timestamp()) if when else 0, tuple(reads), tuple(masks),
-                          "; ".join(harms))
+                          "; ".join(harms), cloud_cover)
 
     def decode_mask(self, type: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(nodata, not-clear) boolean masks from a warped quality raster of this product."""

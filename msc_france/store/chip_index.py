@@ -14,8 +14,8 @@ import pandas as pd
 from msc_france.store.records import Status
 
 #: Per-group fields of the index, in the order consolidation writes them.
-FIELDS = ("status", "valid_fraction", "cloud_fraction", "datetime", "item_ids", "shift_x_m", "shift_y_m",
-          "coreg_quality", "days_from_reference")
+FIELDS = ("status", "valid_fraction", "cloud_fraction", "scene_cloud_cover", "datetime", "item_ids", "shift_x_m",
+          "shift_y_m", "coreg_quality", "days_from_reference")
 
 
 #: Prefix of the labels' per-class columns: ``class_fraction_<code>``.

@@ -43,6 +43,7 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
     valid = np.full(n, np.nan, np.float32)
     harm = np.full(n, "", dtype=object)
     coreg = {k: np.full(n, np.nan) for k in ("shift_x_m", "shift_y_m", "coreg_quality")}
+    scene_cc = np.full(n, np.nan)
     nb = 1 if L.is_label else len(L.bands)
     # Sums, sums of squares and counts of valid pixels; row 1: training chips, row 0: the others.
     s1, s2, cnt = np.zeros((2, nb)), np.zeros((2, nb)), np.zeros(2)
@@ -57,6 +58,7 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
         cloud[i] = np.nan if rec.cloud_fraction is None else rec.cloud_fraction
         valid[i] = np.nan if rec.valid_fraction is None else rec.valid_fraction
         harm[i] = rec.harmonization
+        scene_cc[i] = np.nan if rec.scene_cloud_cover is None else rec.scene_cloud_cover
         for k, arr in coreg.items():
             v = getattr(rec, k)
             arr[i] = np.nan if v is None else v
@@ -90,6 +92,7 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
                                       categories=[k.value for k in Status]),
         col("valid_fraction"): valid.astype(np.float64),
         col("cloud_fraction"): cloud.astype(np.float64),
+        col("scene_cloud_cover"): scene_cc,
         col("datetime"): pd.to_datetime(pd.Series(when, dtype="float64").where(when > 0), unit="s", utc=True),
         col("item_ids"): [s.split(",") if s else [] for s in items],
     }

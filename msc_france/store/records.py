@@ -67,7 +67,8 @@ class LayerRecord:
     item_ids: tuple[str, ...] = ()
     datetime: int | None = None  # acquisition, seconds since the epoch (UTC)
     harmonization: str = ""
-    cloud_fraction: float | None = None
+    cloud_fraction: float | None = None  # cloud and shadow share of the chip's covered pixels (its masks)
+    scene_cloud_cover: float | None = None  # what the scenes' metadata state (eo:cloud_cover, percent)
     valid_fraction: float | None = None
     covered_fraction: float | None = None
     clipped: int | None = None
@@ -97,7 +98,7 @@ class LayerRecord:
     def to_json(self) -> dict[str, Any]:
         """The JSON object of a done mark (empty and unset fields left out)."""
         d: dict[str, Any] = {"status": self.status.value}
-        for k in ("reason", "datetime", "cloud_fraction", "valid_fraction", "covered_fraction", "clipped",
+        for k in ("reason", "datetime", "cloud_fraction", "scene_cloud_cover", "valid_fraction", "covered_fraction", "clipped",
                   "checksum", "traceback", "shift_x_m", "shift_y_m", "coreg_quality", "coreg_overlap",
                   "applied_shift_x_m", "applied_shift_y_m"):
             v = getattr(self, k)
@@ -124,7 +125,8 @@ class LayerRecord:
             status=Status(d["status"]), reason=d.get("reason"), item_ids=tuple(str(i) for i in d.get("item_ids", ())),
             datetime=None if d.get("datetime") is None else int(d["datetime"]),
             harmonization=str(d.get("harmonization") or ""),
-            cloud_fraction=_float(d.get("cloud_fraction")), valid_fraction=_float(d.get("valid_fraction")),
+            cloud_fraction=_float(d.get("cloud_fraction")), scene_cloud_cover=_float(d.get("scene_cloud_cover")),
+            valid_fraction=_float(d.get("valid_fraction")),
             covered_fraction=_float(d.get("covered_fraction")),
             clipped=None if d.get("clipped") is None else int(d["clipped"]),
             skipped_candidates=tuple(str(s) for s in d.get("skipped_candidates", ())),

@@ -67,3 +67,24 @@ def test_index_prints_and_refuses_unknown_formats(tiny_store: Path, tmp_path: Pa
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot write the index as '.xlsx'") and "\n" not in err
     assert not (tmp_path / "chips.xlsx").exists()
+
+
+def test_scene_cloud_cover_is_what_the_items_state(tiny_store: Path, tiny_world: Path) -> None:
+    """``scene_cloud_cover_<group>``: the mean ``eo:cloud_cover`` of the items a chip was read from,
+    as pystac reads them from the world's item collections.
+    """
+    import pystac
+
+    idx = gpd.read_parquet(tiny_store / "index.parquet")
+    checked = 0
+    for group, collection in (("sentinel-2-l2a", "sentinel-2-l2a"), ("landsat-8-c2-l2", "landsat-c2-l2")):
+        items = pystac.ItemCollection.from_file(str(tiny_world / f"{collection}.json"))
+        stated = {it.id: it.properties.get("eo:cloud_cover") for it in items}
+        col = group.replace("-", "_")
+        for ids, got in zip(idx[f"item_ids_{col}"], idx[f"scene_cloud_cover_{col}"], strict=True):
+            if len(ids) == 0:
+                assert np.isnan(got)
+                continue
+            assert got == pytest.approx(np.mean([stated[i] for i in ids]), abs=1e-3)
+            checked += 1
+    assert checked > 0
