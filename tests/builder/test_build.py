@@ -295,19 +295,65 @@ def test_blocked_split_recipe_gives_every_chip_its_rule_split(tmp_path: Path, ti
 
 def test_clearest_selection_keeps_the_most_valid_candidate(tiny_world: Path, tiny_recipe: Path, tiny_region: Path,
                                                            tiny_store: Path, tmp_path: Path) -> None:
+    """``selection: clearest`` keeps, per chip and sensor, the candidate whose own build (a plan
+    holding that candidate alone) is the most valid; first-valid keeps rank 1 whenever it is valid
+    enough.
+    """
+    import geopandas as gpd
+    import pyarrow.parquet as pq
     import yaml
 
+    from msc_france.plan import PLAN_KEY
     from msc_france.store import Store
 
     rec = yaml.safe_load(tiny_recipe.read_text())
     for s in rec["sensors"].values():
         s.update(selection="clearest", min_valid_fraction=0.0)  # first-valid would stop at rank 1
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(rec))
+    plan = tmp_path / "plan.parquet"
+    assert main(["plan", "--region", str(tiny_region), "--recipe", str(tmp_path / "r.yaml"), "--out", str(plan)]) == 0
+    rows = gpd.read_parquet(plan)
+    table = pq.read_table(plan)
+    # The planner ranks the clearest acquisition first on this world: reverse the ranks, so that
+    # the first candidate is the least clear and only a real choice finds the best.
+    worst_first = rows.copy()
+    n = worst_first.groupby(["chip_id", "sensor"])["rank"].transform("max")
+    worst_first["rank"] = np.where(worst_first["rank"] > 0, n + 1 - worst_first["rank"], 0)
+    reversed_plan = tmp_path / "reversed.parquet"
+    worst_first.to_parquet(reversed_plan)
+    pq.write_table(pq.read_table(reversed_plan).replace_schema_metadata(
+        {**pq.read_table(reversed_plan).schema.metadata, PLAN_KEY: table.schema.metadata[PLAN_KEY]}), reversed_plan)
     out = tmp_path / "clear.zarr"
-    assert main(["build", "--region", str(tiny_region), "--recipe", str(tmp_path / "r.yaml"), "--out", str(out),
-                 "--quiet"]) == 0
-    first, clear = Store.open(tiny_store).index(), Store.open(out).index()
-    for col in ("sentinel_2_l2a", "landsat_8_c2_l2"):
-        assert (clear[f"valid_fraction_{col}"] >= first[f"valid_fraction_{col}"] - 1e-9).all()
+    assert main(["build", "--plan", str(reversed_plan), "--out", str(out), "--quiet"]) == 0
+    alone: dict[tuple[str, str, int], tuple[float, list[str]]] = {}  # (chip, sensor, rank) -> its own build
+    for r in sorted(set(rows["rank"]) - {0}):
+        keep = pq.read_table(plan).filter(pq.read_table(plan).column("rank").to_numpy() == r)
+        one = tmp_path / f"rank{r}.parquet"
+        pq.write_table(keep.replace_schema_metadata(table.schema.metadata), one)
+        st = tmp_path / f"rank{r}.zarr"
+        assert main(["build", "--plan", str(one), "--out", str(st), "--quiet"]) == 0
+        idx = Store.open(st).index()
+        for sensor in ("sentinel-2-l2a", "landsat-8-c2-l2"):
+            col = sensor.replace("-", "_")
+            for cid, vf, ids in zip(idx["chip_id"], idx[f"valid_fraction_{col}"], idx[f"item_ids_{col}"], strict=True):
+                if len(ids):
+                    alone[(cid, sensor, r)] = (float(vf), list(ids))
+    clear = Store.open(out).index().set_index("chip_id")
+    first = Store.open(tiny_store).index().set_index("chip_id")
+    checked = better = 0
+    for sensor in ("sentinel-2-l2a", "landsat-8-c2-l2"):
+        col = sensor.replace("-", "_")
+        for cid in clear.index:
+            own = {r: v for (c, s, r), v in alone.items() if c == cid and s == sensor}
+            if len(own) < 2:
+                continue
+            best = max(own.values(), key=lambda v: v[0])
+            assert clear.loc[cid, f"valid_fraction_{col}"] == pytest.approx(best[0], abs=1e-6)
+            assert list(clear.loc[cid, f"item_ids_{col}"]) == best[1] or \
+                sum(1 for v in own.values() if abs(v[0] - best[0]) < 1e-9) > 1  # ties: either
+            assert clear.loc[cid, f"valid_fraction_{col}"] >= first.loc[cid, f"valid_fraction_{col}"] - 1e-9
+            checked += 1
+            better += int(best[0] > own[max(own)][0] + 1e-9)  # the reversed plan's first candidate
+    assert checked > 0 and better > 0, (checked, better)  # some chip needed the choice
     assert Store.open(out).meta.recipe["sensors"]["sentinel-2-l2a"]["selection"] == "clearest"
     assert "selection" not in Store.open(tiny_store).meta.recipe["sensors"]["sentinel-2-l2a"]
