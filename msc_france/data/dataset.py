@@ -16,6 +16,7 @@ fork or spawn): an open store is never shared across a fork.
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 from collections import OrderedDict
@@ -83,13 +84,47 @@ def _query(index: pd.DataFrame, where: str, path: str) -> np.ndarray:
     if not where.strip() or len(where) > MAX_WHERE:
         raise BadInputError(f"a chip filter must be a non-empty expression of at most {MAX_WHERE} characters")
     frame = pd.DataFrame(index.drop(columns="geometry"))  # no geometry: plain columns only
+    _check_filter(where, set(frame.columns))
     try:
-        got = frame.eval(where, engine="python")
+        got = frame.eval(where, engine="python", local_dict={}, global_dict={})
     except Exception as e:  # pandas raises SyntaxError, UndefinedVariableError, TypeError, ...
         raise BadInputError(f"chip filter {where!r} on store {path}: {first_line(e)[:200]}") from None
     if not isinstance(got, pd.Series) or got.dtype != bool or len(got) != len(index):
         raise BadInputError(f"chip filter {where!r} is not true or false for each chip (use a comparison)")
     return got.to_numpy()
+
+
+#: What a chip filter may hold: comparisons, arithmetic and logic over columns and constants, and
+#: ``abs``; pandas' own ``eval`` would also run methods (``col.to_csv(...)`` writes a file).
+_FILTER_NODES = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div,
+                 ast.FloorDiv, ast.Mod, ast.Pow, ast.BitAnd, ast.BitOr, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd,
+                 ast.Invert, ast.Compare, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn,
+                 ast.Name, ast.Load, ast.Constant, ast.List, ast.Tuple)
+
+
+def _check_filter(where: str, columns: set[str]) -> None:
+    """Refuse a chip filter that is not a plain expression over ``columns`` (see :data:`_FILTER_NODES`).
+
+    Raises:
+        BadInputError: naming what is not allowed.
+    """
+    try:
+        tree = ast.parse(where.strip(), mode="eval")
+    except SyntaxError as e:
+        raise BadInputError(f"chip filter {where!r} does not parse ({e.msg})") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            if not (isinstance(node.func, ast.Name) and node.func.id == "abs" and len(node.args) == 1
+                    and not node.keywords):
+                raise BadInputError(f"chip filter {where!r}: only abs(...) may be called")
+            continue
+        if not isinstance(node, _FILTER_NODES):
+            raise BadInputError(f"chip filter {where!r}: {type(node).__name__} is not allowed (comparisons, "
+                                "arithmetic, and/or/not, abs over index columns)")
+        if isinstance(node, ast.Name) and node.id not in columns and node.id != "abs":
+            raise BadInputError(f"chip filter {where!r}: the index has no column '{node.id}'")
+        if isinstance(node, ast.Constant) and not isinstance(node.value, int | float | str | bool):
+            raise BadInputError(f"chip filter {where!r}: constant {node.value!r} is not allowed")
 
 
 class MSCFranceDataset(Dataset):

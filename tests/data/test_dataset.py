@@ -265,7 +265,11 @@ def test_a_store_filtered_by_an_index_expression_or_chip_ids(tiny_store: Path) -
     assert MSCFranceDataset(tiny_store, sensors=["sentinel-2-l2a"], split=None, chips=two).chip_ids == two
     for bad, match in (("valid_fraction_nope > 1", "chip filter"), ("valid_fraction_sentinel_2_l2a +", "chip filter"),
                        ("valid_fraction_sentinel_2_l2a * 2", "not true or false"),
-                       ("__import__('os').system('touch /tmp/pwned')", "chip filter")):
+                       ("__import__('os').system('touch /tmp/pwned')", "only abs"),
+                       ("valid_fraction_sentinel_2_l2a.to_csv('/tmp/pwned')", "only abs"),
+                       ("valid_fraction_sentinel_2_l2a.values > 0", "Attribute is not allowed"),
+                       ("@valid_fraction_sentinel_2_l2a", "does not parse"),
+                       ("chip_id[0] == 'x'", "Subscript is not allowed")):
         with pytest.raises(BadInputError, match=match) as e:
             MSCFranceDataset(tiny_store, sensors=["sentinel-2-l2a"], split=None, where=bad)
         assert "\n" not in str(e.value)
