@@ -24,11 +24,9 @@ rename), so a killed build leaves every shard either old or new and every done m
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import io
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +34,7 @@ import fsspec
 import numpy as np
 import zarr
 
-from msc_france.errors import BadInputError, StoreError, first_line
+from msc_france.errors import StoreError, first_line
 from msc_france.fsutil import atomic_path, interrupted_writes
 from msc_france.grid import Chip
 from msc_france.splits import SplitRule
@@ -49,7 +47,6 @@ from msc_france.store.schema import (
     Layer,
     StoreSchema,
     chip_transforms,
-    create_layout,
     pixel_centres,
 )
 
@@ -57,24 +54,14 @@ if TYPE_CHECKING:
     import geopandas as gpd
 
 
-
 def is_remote(path: str) -> bool:
     """True for object-store URLs (``s3://``, ``gs://``, ``az://``, ...), False for local paths."""
     return "://" in path and not path.startswith("file://")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 #: Chips a store may hold (all of France in 240 m chips is about 9.5 million).
 MAX_STORE_CHIPS = 100_000_000
+
 
 class Store:
     """An MSC-France store on the local file system."""
@@ -203,83 +190,16 @@ class Store:
 
     @classmethod
     def create_or_open(cls, path: str | Path, schema: StoreSchema) -> Store:
-        """Open ``path`` for building with ``schema``, creating the store if it does not exist.
+        """Open ``path`` for building with ``schema``, creating the store if it does not exist
+        (:func:`msc_france.store.create.create_or_open`).
 
         Raises:
             BadInputError: the path is a file, or an existing store was built with another chip
-                size or other sensors.
+                size, other sensors or other rules.
         """
-        if is_remote(str(path)):
-            return cls._create_or_open_remote(str(path), schema)
-        p = Path(path)
-        if p.exists() and not p.is_dir():
-            raise BadInputError(f"output path {p} is a file, not a store directory")
-        if p.exists() and any(p.iterdir()) and not (p / "zarr.json").exists():
-            raise BadInputError(f"output directory {p} is not empty and is not an msc-france store")
-        if (p / "zarr.json").exists():
-            store = cls.open(p, mode="r+")
-            store._check_compatible(schema)
-            return store
-        # Create the whole skeleton in a hidden sibling, then rename it into place: a build killed
-        # during creation leaves no half-made store behind, only a temp dir removed next time.
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        except PermissionError:
-            raise BadInputError(f"cannot create store directory {p}: permission denied") from None
-        if not os.access(p.parent, os.W_OK):
-            raise BadInputError(f"store directory {p.parent} is not writable")
-        for stale in p.parent.glob(f".{p.name}.creating-*"):
-            if not _alive(int(stale.name.rsplit("-", 1)[1])):  # left by a killed build
-                shutil.rmtree(stale, ignore_errors=True)
-        tmp = p.parent / f".{p.name}.creating-{os.getpid()}"
-        try:
-            g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-            cls(tmp, g)._create(schema)
-            if p.exists():
-                p.rmdir()  # an empty directory the user made
-            tmp.rename(p)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return cls.open(p, mode="r+")
+        from msc_france.store.create import create_or_open
 
-    @classmethod
-    def _create_or_open_remote(cls, url: str, schema: StoreSchema) -> Store:
-        # Object stores have no rename: the root attributes are written last, so a store whose
-        # zarr.json lacks them is an interrupted creation, made again.
-        fs, root = fsspec.core.url_to_fs(url)
-        if fs.exists(f"{root.rstrip('/')}/zarr.json"):
-            g = zarr.open_group(url, mode="r+", zarr_format=3)
-            if isinstance(g.attrs.get("msc_france"), dict):
-                store = cls.open(url, mode="r+")
-                store._check_compatible(schema)
-                return store
-        g = zarr.open_group(url, mode="w", zarr_format=3)
-        cls(url, g)._create(schema)
-        return cls.open(url, mode="r+")
-
-    def _check_compatible(self, schema: StoreSchema) -> None:
-        m = self.meta
-        if m.chip_size_m != schema.chip_size_m:
-            raise BadInputError(
-                f"store {self.path} has chip size {m.chip_size_m} m; the recipe asks for {schema.chip_size_m} m"
-            )
-        have = [L.group for L in m.layers]
-        want = [L.group for L in schema.layers]
-        if have != want:
-            raise BadInputError(f"store {self.path} holds sensors {have}; the recipe asks for {want}")
-        diffs = schema.rules.differences(m.recipe)
-        if diffs:
-            shown = "; ".join(diffs[:6]) + (f" (+{len(diffs) - 6} more)" if len(diffs) > 6 else "")
-            raise BadInputError(f"store {self.path} was built with other rules: {shown}. One store holds one set of "
-                                "rules: build into a new store, or use the store's recipe")
-
-    def _create(self, schema: StoreSchema) -> None:
-        create_layout(self.root, schema)
-        self.write_meta(StoreMeta(
-            format_version=FORMAT_VERSION, recipe=schema.rules.to_json(), chip_size_m=schema.chip_size_m,
-            chips_per_shard=schema.chips_per_shard, layers=tuple(schema.layers),
-            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds")))
+        return create_or_open(path, schema)
 
     # ------------------------------------------------------------------ structure
 
