@@ -147,9 +147,32 @@ def chip_transforms(xmin: np.ndarray, ymax: np.ndarray, gsd: float) -> np.ndarra
     return t
 
 
-def _pixel_attrs(extra: dict[str, Any], coords: str = PIXEL_COORDS) -> dict[str, Any]:
-    return {"grid_mapping": "spatial_ref", "coordinates": coords, "proj:code": L93,
-            "spatial:dimensions": ["y", "x"], **extra}
+#: The GeoZarr conventions the arrays and groups declare (``zarr_conventions``, as registered: v1).
+ZARR_CONVENTIONS = [
+    {"schema_url": "https://raw.githubusercontent.com/zarr-conventions/geo-proj/refs/tags/v1/schema.json",
+     "spec_url": "https://github.com/zarr-conventions/geo-proj/blob/v1/README.md",
+     "uuid": "f17cb550-5864-4468-aeb7-f3180cfb622f", "name": "proj",
+     "description": "Coordinate reference system information for geospatial data"},
+    {"schema_url": "https://raw.githubusercontent.com/zarr-conventions/spatial/refs/tags/v1/schema.json",
+     "spec_url": "https://github.com/zarr-conventions/spatial/blob/v1/README.md",
+     "uuid": "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4", "name": "spatial",
+     "description": "Spatial coordinate information"},
+]
+#: ``spatial:transform_type`` of a chip stack: every chip has its own affine (a custom type, as the
+#: convention allows), row ``i`` of the group's ``spatial_transform`` array in ``spatial:transform``
+#: order; one ``spatial:transform`` cannot describe chips with different origins.
+PER_CHIP_AFFINE = "msc-france:per-chip-affine"
+
+
+def geozarr_attrs(n: int) -> dict[str, Any]:
+    """The GeoZarr ``proj:`` and ``spatial:`` attributes of ``n x n`` pixel chips (arrays and groups)."""
+    return {"zarr_conventions": ZARR_CONVENTIONS, "proj:code": L93, "spatial:dimensions": ["y", "x"],
+            "spatial:shape": [n, n], "spatial:registration": "pixel", "spatial:transform_type": PER_CHIP_AFFINE,
+            "msc_france:transform_array": "spatial_transform"}
+
+
+def _pixel_attrs(extra: dict[str, Any], n: int, coords: str = PIXEL_COORDS) -> dict[str, Any]:
+    return {"grid_mapping": "spatial_ref", "coordinates": coords, **geozarr_attrs(n), **extra}
 
 
 def create_layout(root: zarr.Group, schema: StoreSchema) -> None:
@@ -201,15 +224,15 @@ def _pixel_arrays(g: zarr.Group, L: Layer, n: int, s: int, grid_mapping: dict[st
     if L.is_label:
         g.create_array(L.data_name, shape=(0, n, n), chunks=(1, n, n), shards=(s, n, n), dtype=L.dtype,
                        compressors=COMPRESSOR, fill_value=0, dimension_names=["chip", "y", "x"],
-                       attributes=_pixel_attrs({"nodata": 0, "long_name": "land-cover class code"}, coords))
+                       attributes=_pixel_attrs({"nodata": 0, "long_name": "land-cover class code"}, n, coords))
     else:
         nb = len(L.bands)
         g.create_array(L.data_name, shape=(0, nb, n, n), chunks=(1, nb, n, n), shards=(s, nb, n, n),
                        dtype=L.dtype, compressors=COMPRESSOR, fill_value=0,
-                       dimension_names=["chip", "band", "y", "x"], attributes=_pixel_attrs(pixel, coords))
+                       dimension_names=["chip", "band", "y", "x"], attributes=_pixel_attrs(pixel, n, coords))
     g.create_array("valid", shape=(0, n, n), chunks=(1, n, n), shards=(s, n, n), dtype="uint8",
                    compressors=COMPRESSOR, fill_value=0, dimension_names=["chip", "y", "x"],
-                   attributes=_pixel_attrs({"flag_values": [0, 1], "flag_meanings": "invalid valid"}, coords))
+                   attributes=_pixel_attrs({"flag_values": [0, 1], "flag_meanings": "invalid valid"}, n, coords))
     sr = g.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0, attributes=grid_mapping)
     sr[...] = 0
     for axis, std in (("x", "projection_x_coordinate"), ("y", "projection_y_coordinate")):
@@ -229,7 +252,7 @@ def group_attrs(L: Layer, chip_size_m: int) -> dict[str, Any]:
     n = L.pixels(chip_size_m)
     return {
         "sensor": L.sensor, "bands": list(L.bands), "gsd": L.gsd, "dtype": L.dtype, "nodata": 0,
-        "scale": L.scale, "offset": L.offset, "units": L.units, "proj:code": L93, "grid_mapping": "spatial_ref",
-        "spatial:dimensions": ["y", "x"], "chip_shape": [n, n],
+        "scale": L.scale, "offset": L.offset, "units": L.units, "grid_mapping": "spatial_ref", **geozarr_attrs(n),
+        "chip_shape": [n, n],
         "chip_transform": "spatial_transform[i] = (gsd, 0, chip_xmin[i], 0, -gsd, chip_ymax[i]), pixel corners",
     }

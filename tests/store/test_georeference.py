@@ -72,3 +72,31 @@ def test_to_raster_writes_the_chip_where_the_index_says(tiny_store: Path, tmp_pa
         assert np.allclose(tuple(f.bounds), want, atol=0.01)  # to the centimetre
         assert f.nodata == 0
         np.testing.assert_array_equal(f.read(), raw)
+
+
+def test_arrays_declare_the_geozarr_conventions_they_follow(tiny_store: Path) -> None:
+    """Every pixel array and sensor group registers the proj and spatial conventions (v1 uuids),
+    names spatial dimensions the array has, gives its chip shape, and each chip's row of
+    ``spatial_transform`` is rasterio's own Affine for that chip, in ``spatial:transform`` order.
+    """
+    import zarr
+    from rasterio.transform import from_origin
+
+    root = zarr.open_group(str(tiny_store), mode="r", zarr_format=3)
+    uuids = {"proj": "f17cb550-5864-4468-aeb7-f3180cfb622f", "spatial": "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4"}
+    checked = 0
+    for name in root.group_keys():
+        g = root[name]
+        for node in (g, *(g[a] for a in g.array_keys() if g[a].ndim >= 3)):
+            attrs = dict(node.attrs)
+            assert {c["name"]: c["uuid"] for c in attrs["zarr_conventions"]} == uuids
+            assert attrs["proj:code"] == "EPSG:2154" and attrs["spatial:registration"] == "pixel"
+            if isinstance(node, zarr.Array):
+                dims = list(node.metadata.dimension_names)
+                assert attrs["spatial:dimensions"] == dims[-2:] == ["y", "x"]
+                assert attrs["spatial:shape"] == list(node.shape[-2:])
+                checked += 1
+        gsd, t = float(g.attrs["gsd"]), g[g.attrs["msc_france:transform_array"]][:]
+        for i, (x0, y1) in enumerate(zip(g["chip_xmin"][:], g["chip_ymax"][:], strict=True)):
+            assert list(t[i]) == pytest.approx(list(from_origin(x0, y1, gsd, gsd))[:6])
+    assert checked > 0
