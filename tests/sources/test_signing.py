@@ -91,7 +91,7 @@ def test_read_resigns_after_403(tokens: TokenServer, tmp_path: Path) -> None:
 
 def test_one_token_for_a_multi_chip_build(tokens: TokenServer, tmp_path: Path) -> None:
     """A build asks for one token per container and lifetime, not one per chip and sensor."""
-    from msc_france.builder.run import LayerRule, _build_layer
+    from msc_france.builder.shard import LayerRule, _build_layer
     from msc_france.config import SensorSpec
     from msc_france.grid import Chip
     from msc_france.products import rules_for
