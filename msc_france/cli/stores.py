@@ -31,7 +31,7 @@ def info(store: str, as_json: bool) -> None:
     click.echo("splits: " + ", ".join(f"{k} {v}" for k, v in s.splits.items()))
     rows = []
     for g, L in s.layers.items():
-        mean = " ".join(f"{v:.0f}" for v in L.stats["mean"]) if L.stats else "-"
+        mean = " ".join(f"{v:.0f}" for v in L.stats.mean) if L.stats else "-"
         mvf = "-" if L.mean_valid_fraction is None else f"{L.mean_valid_fraction:.2f}"
         rows.append([g, f"{L.gsd:g}", L.chip_pixels, " ".join(L.bands), L.dtype,
                      " ".join(f"{k}={v}" for k, v in L.status.items()), mvf, mean])

@@ -213,8 +213,8 @@ class MSCFranceDataset(Dataset):
                 raise StoreError(f"store {self.path} has no statistics for {name}; rebuild it")
             if stats:
                 idx = self.band_index[name]
-                self.mean[name] = torch.tensor([stats["mean"][i] for i in idx], dtype=torch.float32)[:, None, None]
-                self.std[name] = torch.tensor([max(stats["std"][i], 1e-6) for i in idx],
+                self.mean[name] = torch.tensor([stats.mean[i] for i in idx], dtype=torch.float32)[:, None, None]
+                self.std[name] = torch.tensor([max(stats.std[i], 1e-6) for i in idx],
                                               dtype=torch.float32)[:, None, None]
         self.normalize = normalize
         self.size = size

@@ -20,7 +20,7 @@ from msc_france.grid import Chip
 from msc_france.splits import ALL_SPLITS
 from msc_france.store import stac
 from msc_france.store.chip_index import CLASS_FRACTION, field_column
-from msc_france.store.meta import ConsolidateSummary, LayerSummary
+from msc_france.store.meta import BandStats, ConsolidateSummary, LayerSummary
 from msc_france.store.records import Commits, Status
 from msc_france.store.schema import Layer, reference_layer
 
@@ -83,9 +83,9 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
     if n_px > 0:
         mean = s1[rows].sum(0) / n_px
         std = np.sqrt(np.maximum(s2[rows].sum(0) / n_px - mean**2, 0))
-        stats = {"mean": mean.round(4).tolist(), "std": std.round(4).tolist(), "count": int(n_px),
-                 "units": g.attrs["units"], "over": over}
-        g.attrs["stats"] = stats
+        stats = BandStats(tuple(mean.round(4).tolist()), tuple(std.round(4).tolist()), int(n_px),
+                          str(g.attrs["units"]), over)
+        g.attrs["stats"] = stats.to_json()
     col = functools.partial(field_column, group=L.group)  # the one home of the column naming
     columns = {
         col("status"): pd.Categorical([Status.from_code(int(v)).value for v in status],

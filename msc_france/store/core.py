@@ -39,7 +39,7 @@ from msc_france.fsutil import atomic_path, interrupted_writes
 from msc_france.grid import Chip
 from msc_france.splits import SplitRule
 from msc_france.store.chip_index import ChipIndex
-from msc_france.store.meta import ConsolidateSummary, StoreMeta
+from msc_france.store.meta import BandStats, ConsolidateSummary, StoreMeta
 from msc_france.store.overviews import overview_path
 from msc_france.store.records import ChipRecord, ShardCommit
 from msc_france.store.schema import (
@@ -395,12 +395,11 @@ class Store:
 
         return consolidate(self)
 
-    def stats(self, group: str) -> dict[str, Any] | None:
-        """The normalisation statistics of ``group`` (per-band ``mean``, ``std``, ``count``, ``units``,
-        ``over``), from consolidation; None before the first consolidation.
+    def stats(self, group: str) -> BandStats | None:
+        """The normalisation statistics of ``group`` (per band, stored units), from consolidation;
+        None before the first consolidation.
         """
-        st = self.root[group].attrs.get("stats")
-        return dict(st) if st else None
+        return BandStats.from_json(self.root[group].attrs.get("stats"))
 
     def classes(self) -> tuple[dict[int, int], dict[int, str]]:
         """The label classes: code -> contiguous index, and code -> name ({} and {} without labels)."""

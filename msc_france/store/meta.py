@@ -100,11 +100,35 @@ class StoreMeta:
 
 
 @dataclass(frozen=True)
+class BandStats:
+    """A group's per-band normalisation statistics (stored units), as consolidation computes them."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    count: int
+    units: str = ""
+    over: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``stats`` attribute of the group."""
+        return {"mean": list(self.mean), "std": list(self.std), "count": self.count, "units": self.units,
+                "over": self.over}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any] | None) -> BandStats | None:
+        """The statistics of a ``stats`` attribute (None when absent)."""
+        if not d:
+            return None
+        return cls(tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]), int(d["count"]),
+                   str(d.get("units", "")), str(d.get("over", "")))
+
+
+@dataclass(frozen=True)
 class LayerSummary:
     """One group's counts by status and its per-band statistics, as consolidation folded them."""
 
     counts: Mapping[str, int]
-    stats: Mapping[str, Any] | None = None
+    stats: BandStats | None = None
 
     def count(self, status: str) -> int:
         """Chips with ``status`` (0 when none)."""
@@ -121,7 +145,9 @@ class ConsolidateSummary:
 
     def to_json(self) -> dict[str, Any]:
         """Plain values."""
-        return asdict(self)
+        return {"n_chips": self.n_chips, "complete": self.complete,
+                "layers": {g: {"counts": dict(L.counts), "stats": L.stats.to_json() if L.stats else None}
+                           for g, L in self.layers.items()}}
 
 
 @dataclass(frozen=True)
@@ -135,7 +161,7 @@ class LayerInfo:
     chip_pixels: int
     status: Mapping[str, int]
     mean_valid_fraction: float | None
-    stats: Mapping[str, Any] | None
+    stats: BandStats | None
 
 
 @dataclass(frozen=True)
@@ -158,8 +184,10 @@ class StoreInfo:
         """Plain values (lists for tuples)."""
         d = asdict(self)
         d["regions"], d["problems"] = list(self.regions), list(self.problems)
-        for v in d["layers"].values():
+        for g, v in d["layers"].items():
             v["bands"] = list(v["bands"])
+            stats = self.layers[g].stats
+            v["stats"] = stats.to_json() if stats is not None else None
         return d
 
     def line(self) -> str:

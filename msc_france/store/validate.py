@@ -12,7 +12,7 @@ from msc_france.progress import Progress
 from msc_france.splits import ALL_SPLITS
 from msc_france.store import FORMAT_VERSION, ChipReader, Layer, Store
 from msc_france.store.chip_index import field_column
-from msc_france.store.meta import LayerInfo, StoreInfo
+from msc_france.store.meta import BandStats, LayerInfo, StoreInfo
 from msc_france.store.overviews import overview_path
 from msc_france.store.records import Commits, Status
 from msc_france.store.schema import chip_checksum
@@ -32,7 +32,7 @@ def info(store: Store) -> StoreInfo:
             sensor=L.sensor, gsd=L.gsd, bands=L.bands, dtype=L.dtype, chip_pixels=L.pixels(store.chip_size_m),
             status={k.value: int((status == k.code).sum()) for k in Status if (status == k.code).any()},
             mean_valid_fraction=float(np.nanmean(vf)) if n and np.isfinite(vf).any() else None,
-            stats=g.attrs.get("stats"))
+            stats=BandStats.from_json(g.attrs.get("stats")))
     return StoreInfo(path=store.url, format_version=m.format_version, recipe=m.recipe_name,
                      chip_size_m=m.chip_size_m, chips_per_shard=m.chips_per_shard, n_chips=n, regions=m.regions,
                      complete=m.complete, layers=layers, splits={s: splits.count(s) for s in ALL_SPLITS},
