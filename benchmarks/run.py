@@ -555,7 +555,8 @@ COMMENTARY = """## Reading the table
   more between runs, and by far more when anything else runs on the two cores: compare rows of
   one run). One batched pass through the transformer for the global crops and every MSAD view
   (`ViT.forward_many`) took the shipped step from 86.5 % to 39-53 % over DINO only (whole
-  `make pretrain` run of X-STARS: 238 s before, 211 s after, 300 steps). What remains is compute
+  `make pretrain` run of X-STARS: 238 s before, 211 s after, 300 steps; 135-156 s per run in
+  this round's `make seeds`, the machine idle, with the loader's shared-buffer batches). What remains is compute
   that follows the token count: per image, DINO's student sees 2 x 17 + 2 x 5 tokens (forward and
   backward) and its teacher 2 x 17 (forward), MSAD's three 64 px views 3 x 17 more; at 3 units
   per student token and 1 per teacher token that predicts 27 % for a quarter of the MSAD tokens,
