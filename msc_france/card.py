@@ -66,7 +66,7 @@ def summarise(store: Store) -> dict[str, Any]:
         out["layers"][L.group] = row
     fr = ci.class_fractions()
     if len(fr.columns):  # the mean over chips with labels of each chip's class shares, per split
-        _, names = store.classes()
+        names = store.classes().names
         has = fr.notna().all(axis=1)
         out["classes"] = {
             str(sp): {names.get(int(c), str(c)): round(float(fr.loc[has & (idx["split"] == sp), c].mean()), 4)

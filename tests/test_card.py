@@ -75,7 +75,7 @@ def test_the_cards_class_distribution_is_the_indexs(tiny_store: Path) -> None:
 
     s = summarise(Store.open(tiny_store))
     idx = gpd.read_parquet(tiny_store / "index.parquet")
-    _, names = Store.open(tiny_store).classes()
+    names = Store.open(tiny_store).classes().names
     cols = [c for c in idx.columns if c.startswith("class_fraction_")]
     labelled = idx[idx[cols].notna().all(axis=1)]
     for sp, part in labelled.groupby(labelled["split"].astype(str)):

@@ -194,7 +194,8 @@ class MSCFranceDataset(Dataset):
         self.class_names: dict[int, str] = {}
         self._lut = np.full(256, IGNORE_INDEX, np.int64)
         if self.labels:
-            self.class_index, names = s.classes()
+            classes = s.classes()
+            self.class_index, names = dict(classes.index), classes.names
             self.class_names = {i: names[c] for c, i in self.class_index.items()}
             for code, i in self.class_index.items():
                 self._lut[code] = i

@@ -39,7 +39,7 @@ from msc_france.fsutil import atomic_path, interrupted_writes
 from msc_france.grid import Chip
 from msc_france.splits import SplitRule
 from msc_france.store.chip_index import ChipIndex
-from msc_france.store.meta import BandStats, ConsolidateSummary, StoreMeta
+from msc_france.store.meta import BandStats, ConsolidateSummary, LabelClasses, StoreMeta
 from msc_france.store.overviews import overview_path
 from msc_france.store.records import ChipRecord, ShardCommit
 from msc_france.store.schema import (
@@ -401,16 +401,13 @@ class Store:
         """
         return BandStats.from_json(self.root[group].attrs.get("stats"))
 
-    def classes(self) -> tuple[dict[int, int], dict[int, str]]:
-        """The label classes: code -> contiguous index, and code -> name ({} and {} without labels)."""
+    def classes(self) -> LabelClasses:
+        """The label classes (empty without labels)."""
         from msc_france.store.schema import LABELS_GROUP
 
         if LABELS_GROUP not in {L.group for L in self.layers}:
-            return {}, {}
-        attrs = self.root[LABELS_GROUP].attrs
-        index = {int(k): int(v) for k, v in attrs["class_index"].items()}
-        names = attrs.get("classes", {})
-        return index, {c: str(names.get(str(c), c)) for c in index}
+            return LabelClasses()
+        return LabelClasses.from_attrs(self.root[LABELS_GROUP].attrs)
 
     def chip_index(self) -> ChipIndex:
         """The checked chip index as a :class:`ChipIndex` (per-group fields by name)."""

@@ -124,6 +124,24 @@ class BandStats:
 
 
 @dataclass(frozen=True)
+class LabelClasses:
+    """A store's label classes: code -> contiguous index (what models predict) and code -> name."""
+
+    index: Mapping[int, int] = field(default_factory=dict)
+    names: Mapping[int, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.index)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> LabelClasses:
+        """The classes of a labels group's ``class_index`` and ``classes`` attributes."""
+        index = {int(k): int(v) for k, v in attrs["class_index"].items()}
+        names = attrs.get("classes", {})
+        return cls(index, {c: str(names.get(str(c), c)) for c in index})
+
+
+@dataclass(frozen=True)
 class LayerSummary:
     """One group's counts by status and its per-band statistics, as consolidation folded them."""
 
