@@ -155,8 +155,9 @@ class MSCFranceDataset(Dataset):
             about once per epoch in any store. A cached chip is decoded once per process, whatever
             the number of tiles cut from it.
         where: keep only the chips for which this expression over the index's columns is true
-            (``pandas.DataFrame.eval``; e.g. ``"cloud_fraction_sentinel_2_l2a < 0.1 and
-            class_fraction_50 > 0.2"``: docs/dataset-format.md lists the columns).
+            (comparisons, arithmetic, and/or/not, ``in``, ``abs``, checked before pandas evaluates
+            it; e.g. ``"cloud_fraction_sentinel_2_l2a < 0.1 and class_fraction_50 > 0.2"``:
+            docs/dataset-format.md lists the columns).
         chips: keep only these chip ids (an unknown id is an error).
         tiles: cut every chip into ``tiles x tiles`` co-located sub-chips (each a sample, with its
             own ``bounds`` and a ``tile`` (row, col) key); every sensor's chip side in pixels must

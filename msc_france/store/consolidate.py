@@ -117,11 +117,12 @@ def _class_fractions(L: Layer, ids: list[str], splits: list[str], commits: Commi
     codes = sorted({c for d in per_chip if d for c in d}, key=int)
     by_split: dict[str, dict[str, int]] = {}
     out: dict[str, Any] = {}
+    totals = [sum(d.values()) if d else 0 for d in per_chip]
     for code in codes:
         col = np.full(len(ids), np.nan)
         for i, d in enumerate(per_chip):
             if d:
-                col[i] = d.get(code, 0) / sum(d.values())
+                col[i] = d.get(code, 0) / totals[i]
                 by_split.setdefault(splits[i], {}).setdefault(code, 0)
                 by_split[splits[i]][code] += d.get(code, 0)
         out[f"{CLASS_FRACTION}{code}"] = col

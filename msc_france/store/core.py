@@ -24,6 +24,7 @@ rename), so a killed build leaves every shard either old or new and every done m
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import os
@@ -73,6 +74,7 @@ class Store:
         self.path: Any = self.url if self.remote else Path(path)
         self.fs, self.fs_root = fsspec.core.url_to_fs(self.url)
         self.root = group
+        self._meta: tuple[Any, StoreMeta] | None = None  # (the raw attributes, their parse)
 
     # ------------------------------------------------------------------ side files (fsspec)
 
@@ -115,8 +117,13 @@ class Store:
 
     @property
     def meta(self) -> StoreMeta:
-        """The root ``msc_france`` attributes, parsed."""
-        return StoreMeta.from_json(self.root.attrs["msc_france"])
+        """The root ``msc_france`` attributes, parsed (once per version of them: ``layers``,
+        ``chip_size_m`` and friends read it on every call).
+        """
+        raw = self.root.attrs["msc_france"]
+        if self._meta is None or self._meta[0] != raw:  # a copy: an in-place change is seen too
+            self._meta = (copy.deepcopy(raw), StoreMeta.from_json(raw))
+        return self._meta[1]
 
     def write_meta(self, meta: StoreMeta) -> None:
         """Replace the root ``msc_france`` attributes."""

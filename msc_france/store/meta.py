@@ -161,12 +161,6 @@ class ConsolidateSummary:
     layers: Mapping[str, LayerSummary]
     complete: bool
 
-    def to_json(self) -> dict[str, Any]:
-        """Plain values."""
-        return {"n_chips": self.n_chips, "complete": self.complete,
-                "layers": {g: {"counts": dict(L.counts), "stats": L.stats.to_json() if L.stats else None}
-                           for g, L in self.layers.items()}}
-
 
 @dataclass(frozen=True)
 class LayerInfo:
