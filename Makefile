@@ -53,11 +53,14 @@ continual-s2: install
 	$(BIN)/msc-france pretrain --config pipelines/continual-xstars.yaml --data "$(DEMO_STORE)" --out runs/continual-xstars-timm --set continual.checkpoint=null --set continual.init.format=timm --set continual.init.path=runs/s2-dino-timm/model.safetensors --quiet
 	$(BIN)/msc-france eval --config pipelines/eval-continual-s2.yaml --data "$(DEMO_STORE)"
 
+# The global InfoNCE baseline: the X-STARS recipe with MSAD on one mean-pooled vector per image.
+GLOBAL_INFONCE := --config pipelines/pretrain-xstars.yaml --set name=global-infonce --set msad.tokens=mean
+
 # The trained baselines every claim must beat besides DINO only: a global InfoNCE model (MSAD on
 # mean-pooled tokens only: does *dense* matter?) and the reference code's MSAD (its bugs fixed).
 baselines: install
 	@test -d "$(DEMO_STORE)" || { echo "error: $(DEMO_STORE) not found; run 'make demo' first"; exit 2; }
-	$(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data "$(DEMO_STORE)" --out runs/global-infonce --set name=global-infonce --set msad.tokens=mean --quiet
+	$(BIN)/msc-france pretrain $(GLOBAL_INFONCE) --data "$(DEMO_STORE)" --out runs/global-infonce --quiet
 	$(BIN)/msc-france pretrain --config pipelines/pretrain-reference.yaml --data "$(DEMO_STORE)" --quiet
 
 # Evaluate the models of `make pretrain` (and of `make baselines`, when trained) against every
@@ -66,14 +69,17 @@ eval: install
 	@test -f runs/xstars/checkpoints/last.pt || { echo "error: no pretrained model; run 'make pretrain' first"; exit 2; }
 	$(BIN)/msc-france eval --config pipelines/eval.yaml --data "$(DEMO_STORE)"
 
-# Seeds 1-4 of X-STARS and DINO-only (seed 0 is `make pretrain`; each seed changes the
-# initialisation and the batch order), evaluated together: means with 95 % intervals
-# (runs/eval-seeds/report.md). About 30 minutes on 2 cores.
+# Seeds 1-4 of X-STARS, DINO-only and the global InfoNCE baseline (seed 0 is `make pretrain` and
+# `make baselines`; each seed changes the initialisation and the batch order), evaluated together
+# with five initialisations of the random ViTs: means with 95 % intervals, for the models and the
+# baselines they must beat (runs/eval-seeds/report.md). About 40 minutes on 2 cores.
 seeds: install
 	@test -f runs/xstars/checkpoints/last.pt || { echo "error: no pretrained model; run 'make pretrain' first"; exit 2; }
+	@test -f runs/global-infonce/checkpoints/last.pt || { echo "error: no global InfoNCE baseline; run 'make baselines' first"; exit 2; }
 	for s in 1 2 3 4; do \
 	  $(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data "$(DEMO_STORE)" --out runs/xstars-seed$$s --set run.seed=$$s --quiet && \
-	  $(BIN)/msc-france pretrain --config pipelines/pretrain-dino.yaml --data "$(DEMO_STORE)" --out runs/dino-seed$$s --set run.seed=$$s --quiet || exit 1; \
+	  $(BIN)/msc-france pretrain --config pipelines/pretrain-dino.yaml --data "$(DEMO_STORE)" --out runs/dino-seed$$s --set run.seed=$$s --quiet && \
+	  $(BIN)/msc-france pretrain $(GLOBAL_INFONCE) --data "$(DEMO_STORE)" --out runs/global-infonce-seed$$s --set run.seed=$$s --quiet || exit 1; \
 	done
 	$(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data "$(DEMO_STORE)" --out runs/xstars-seed0-rerun --quiet
 	$(BIN)/msc-france eval --config pipelines/eval-seeds.yaml --data "$(DEMO_STORE)"

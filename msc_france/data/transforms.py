@@ -63,6 +63,18 @@ def colocated_crops(images: dict[str, torch.Tensor], window: Window, size: int) 
     return {s: crop_resize(x, window, size) for s, x in images.items()}
 
 
+def ground_order(geom: CropGeometry, grid: int) -> torch.Tensor:
+    """The patch tokens of a view turned by ``geom`` put back in ground order: ``tokens[:, order]``
+    (patch tokens only, a ``grid`` x ``grid`` raster) is the token of ground position ``p`` at ``p``.
+
+    A flip or a quarter turn of a square image moves whole patches (the patch grid divides the
+    image), so the view's token at grid position ``q`` covers the ground of position ``t[q]``,
+    where ``t`` is the index raster turned the same way; sorting ``t`` inverts that.
+    """
+    t = geom.apply(torch.arange(grid * grid).reshape(grid, grid))
+    return torch.argsort(t.flatten())
+
+
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     k = max(3, int(2 * round(3 * sigma) + 1))
     t = torch.arange(k, dtype=x.dtype) - k // 2

@@ -125,6 +125,9 @@ class EvalConfig(StrictModel):
     out: str = "runs/eval"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
+    random_seeds: list[int] = Field(
+        [0], min_length=1, description="initialisations of the random ViT baselines: the first keeps the "
+        "baseline's name, the others are rows '<baseline>-seed<k>' of the same group (mean and 95 % interval)")
 
     @field_validator("baselines")
     @classmethod
@@ -132,6 +135,13 @@ class EvalConfig(StrictModel):
         unknown = [b for b in v if b not in NAMES]
         if unknown:
             raise ValueError(f"unknown baseline(s) {unknown}; known: {', '.join(NAMES)}")
+        return v
+
+    @field_validator("random_seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"random_seeds repeats a seed: {v}")
         return v
 
 
@@ -206,12 +216,15 @@ def _models(cfg: EvalConfig) -> list[Model]:
         if b in FIXED:
             continue
         # The models' architecture, untrained; a shared embedding alone makes a random ViT retrieve
-        # well when sensors look alike.
-        torch.manual_seed(cfg.seed)
+        # well when sensors look alike. Several initialisations give the baseline its own spread.
         embed = "shared" if b == "random-shared" else "per-sensor"
-        vit = ViT({s: len(cfg.bands) for s in cfg.sensors}, a["arch"], a["patch_size"], a["img_size"], drop_path=0.0,
-                  patch_embed=embed)
-        fixed.append(Model(b, vit, {**a, "patch_embed": embed}, baseline=True))
+        for i, seed in enumerate(cfg.random_seeds):
+            torch.manual_seed(seed)
+            vit = ViT({s: len(cfg.bands) for s in cfg.sensors}, a["arch"], a["patch_size"], a["img_size"],
+                      drop_path=0.0, patch_embed=embed)
+            name = b if i == 0 else f"{b}-seed{seed}"
+            fixed.append(Model(name, vit, {**a, "patch_embed": embed, "seed": seed}, baseline=True,
+                               group=b if len(cfg.random_seeds) > 1 else None))
     out = fixed + out
     if not out:
         raise BadInputError("no model to evaluate (no checkpoint found and no baseline configured)")

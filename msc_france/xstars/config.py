@@ -98,6 +98,9 @@ class MSADConfig(StrictModel):
     keep: float = Field(1.0, gt=0, le=1, description="fraction of the MSAD views' patch tokens that go through the "
                         "transformer (one random set of positions per step, the same in every sensor and image; "
                         "the loss is computed at those positions and the CLS token): fewer tokens, a cheaper step")
+    dihedral: bool = Field(False, description="turn and flip every sensor's co-located view on its own (a random "
+                           "symmetry of the square per sensor and image) and align the tokens by the ground they "
+                           "cover, not by their place in the grid: tokens that must not depend on orientation")
 
     @model_validator(mode="before")
     @classmethod
@@ -199,6 +202,9 @@ class TrainConfig(StrictModel):
                              f"{self.optim.accumulate} micro-batches")
         if self.msad.views == "dino" and self.msad.keep < 1:
             raise ValueError("msad.keep below 1 needs msad.views separate (views: dino reuses whole DINO crops)")
+        if self.msad.dihedral and (self.msad.views == "dino" or self.msad.keep < 1):
+            raise ValueError("msad.dihedral needs msad.views separate and msad.keep 1 (kept positions and reused "
+                             "DINO crops are places in the grid, not on the ground)")
         if self.msad.views == "dino" and self.msad.size != self.dino.global_size:
             raise ValueError(f"msad.views dino reuses a global crop: msad.size ({self.msad.size}) must equal "
                              f"dino.global_size ({self.dino.global_size})")

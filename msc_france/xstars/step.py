@@ -13,6 +13,7 @@ import torch
 from msc_france.data.transforms import (
     CropGeometry,
     colocated_crops,
+    ground_order,
     random_window,
 )
 from msc_france.errors import BadInputError
@@ -83,8 +84,9 @@ def step_losses(cfg: TrainConfig, dino_loss: DINOLoss, ttemp: float, s_glob: tor
 @dataclass
 class MSADInputs:
     """What MSAD needs in a step: views for the student, tokens of the frozen model, the rows of the
-    global crops reused as the DINO sensor's view, the sensor pairs aligned (None: all), and the
-    patch positions kept (``msad.keep``; None: all).
+    global crops reused as the DINO sensor's view, the sensor pairs aligned (None: all), the
+    patch positions kept (``msad.keep``; None: all) and, with ``msad.dihedral``, each sensor's
+    (B, P) ground order of its turned views' patch tokens.
     """
 
     views: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -92,6 +94,24 @@ class MSADInputs:
     reuse: slice | None = None
     pairs: list[tuple[str, str]] | None = None
     keep: torch.Tensor | None = None
+    orders: dict[str, torch.Tensor] | None = None
+
+    def to_ground(self, emb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """MSAD embeddings (B, A, 1 + P, d) with every sensor's patch positions in ground order
+        (the projection heads act per position, so reordering after them is reordering tokens).
+        One position per image (``msad.tokens`` cls or mean) has no order to restore.
+        """
+        if self.orders is None:
+            return emb
+        out = {}
+        for s, e in emb.items():
+            order = self.orders[s]
+            if e.shape[2] != order.shape[1] + 1:
+                out[s] = e
+                continue
+            idx = order.to(e.device)[:, None, :, None].expand(-1, e.shape[1], -1, e.shape[3])
+            out[s] = torch.cat([e[:, :, :1], torch.gather(e[:, :, 1:], 2, idx)], dim=2)
+        return out
 
 
 def kept_positions(cfg: TrainConfig, patch_size: int, g: torch.Generator, device: torch.device) -> torch.Tensor | None:
@@ -136,13 +156,20 @@ def msad_inputs(cfg: TrainConfig, batch: dict[str, Any], frozen: ViT | None, g: 
     else:
         coarsest = min(batch[s]["image"].shape[-1] for s in sensors)
         per_sensor: dict[str, list[torch.Tensor]] = {s: [] for s in sensors}
+        orders: dict[str, list[torch.Tensor]] = {s: [] for s in sensors}
         for i in range(n):  # one co-located window per image, the same ground in every sensor
             w = random_window(coarsest, cfg.msad.scale, g)
             crops = colocated_crops({s: batch[s]["image"][i] for s in sensors}, w, cfg.msad.size)
             for s in sensors:
+                if cfg.msad.dihedral:  # each sensor's view turned its own way; tokens matched by ground
+                    code = int(torch.randint(0, 8, (1,), generator=g))
+                    geom = CropGeometry(w, code >= 4, code % 4)
+                    crops[s] = geom.apply(crops[s])
+                    orders[s].append(ground_order(geom, cfg.msad.size // patch_size))
                 per_sensor[s].append(crops[s])
         views = {s: torch.stack(v).to(device, non_blocking=True) for s, v in per_sensor.items()}
-        out = MSADInputs(views, keep=kept_positions(cfg, patch_size, g, device))
+        out = MSADInputs(views, keep=kept_positions(cfg, patch_size, g, device),
+                         orders={s: torch.stack(o) for s, o in orders.items()} if cfg.msad.dihedral else None)
     if cfg.continual is not None:  # the source sensor through the frozen model, no gradient
         src, tgt = cfg.continual.source_sensor, cfg.continual.target_sensor
         img = out.views.pop(src)

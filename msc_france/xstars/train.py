@@ -153,6 +153,7 @@ def train_step(run: Run, batch: dict[str, Any], step: int) -> StepRecord:
                 locals_ = torch.cat(views[cfg.dino.global_crops:]) if cfg.dino.local_crops else None
                 s_glob, s_loc, emb = run.model(sensor, torch.cat(views[: cfg.dino.global_crops]), locals_,
                                                msad.views, msad.tokens, msad.reuse, msad.keep)
+                emb = msad.to_ground(emb)
             # The losses in fp32, outside autocast: contrastive logits and DINO's sharpened
             # softmax lose their small differences silently in half precision.
             p_dino, p_msad = step_losses(cfg, run.dino_loss, ttemp, s_glob, s_loc, t_out, emb, msad.pairs, device)

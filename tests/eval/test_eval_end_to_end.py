@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from msc_france.cli import main
@@ -82,3 +83,23 @@ def test_cli_checkpoint_and_errors(tiny_store: Path, tiny_ckpt: Path, tmp_path: 
     code = main(["eval", "--checkpoint", str(bad), "--data", str(tiny_store)])
     err = capsys.readouterr().err
     assert code == 7 and "cannot read checkpoint" in err
+
+
+def test_random_baselines_over_several_initialisations(tiny_store: Path, tmp_path: Path) -> None:
+    from msc_france.eval.report import group_rows, split_view, summary_rows
+
+    cfg = EvalConfig(store=str(tiny_store), input_size=32, tiles=2, test_splits=["val"], out=str(tmp_path / "e"),
+                     baselines=["random-shared"], random_seeds=[0, 3, 7], shifted_gallery=False)
+    r = evaluate(cfg)
+    names = ["random-shared", "random-shared-seed3", "random-shared-seed7"]
+    assert list(r["splits"]["val"]["models"]) == names
+    assert r["groups"] == dict.fromkeys(names, "random-shared") and set(r["roles"].values()) == {"baseline"}
+    view = split_view(r, "val")
+    rows = {row["model"]: row for row in summary_rows(view)}
+    assert len({rows[n]["fractions R2 cross"] for n in names}) == 3  # three different initialisations
+    mean, hw, n = group_rows(view)["random-shared"]["fractions R2 cross"]
+    v = np.array([rows[k]["fractions R2 cross"] for k in names])
+    assert n == 3 and mean == pytest.approx(v.mean())
+    assert hw == pytest.approx(4.302653 * v.std(ddof=1) / np.sqrt(3), rel=1e-5)  # Student t, 2 d.o.f.
+    with pytest.raises(ValueError, match="repeats a seed"):
+        EvalConfig(random_seeds=[1, 1])

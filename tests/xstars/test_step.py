@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -221,3 +222,52 @@ def test_token_dropping_trains_and_aligns(tiny_store: Path, tmp_path: Path) -> N
     msad = [json.loads(line)["msad"] for line in (tmp_path / "keep" / "log.jsonl").read_text().splitlines()]
     assert len(msad) == 24 and all(torch.isfinite(torch.tensor(s.losses)))
     assert sum(msad[-5:]) / 5 < 0.85 * sum(msad[:5]) / 5
+
+
+def test_ground_order_puts_turned_patches_back_where_their_ground_is() -> None:
+    from msc_france.data.transforms import ground_order
+
+    grid, ps = 4, 3
+    x = np.random.default_rng(0).normal(size=(2, grid * ps, grid * ps)).astype(np.float32)
+
+    def patches(a: np.ndarray) -> np.ndarray:  # (C, H, W) -> (grid * grid, C, ps, ps), row-major
+        return a.reshape(2, grid, ps, grid, ps).transpose(1, 3, 0, 2, 4).reshape(grid * grid, 2, ps, ps)
+
+    for code in range(8):
+        geom = CropGeometry((0.0, 0.0, 1.0, 1.0), flip=code >= 4, quarter_turns=code % 4)
+        turned = geom.apply(torch.from_numpy(x)).numpy()
+        back = patches(turned)[ground_order(geom, grid).numpy()]
+        for p, orig in enumerate(patches(x)):  # the same ground, its pixels turned within the patch
+            want = np.rot90(orig[:, :, ::-1] if code >= 4 else orig, code % 4, axes=(1, 2))
+            np.testing.assert_array_equal(back[p], want)
+
+
+def test_dihedral_views_align_tokens_by_ground(tiny_store: Path, tmp_path: Path) -> None:
+    """With msad.dihedral each sensor's view is turned its own way; after ``to_ground`` position i
+    of every sensor is the same ground. Images constant within each patch make that exact.
+    """
+    from msc_france.xstars.step import msad_inputs
+
+    cfg = _cfg(tiny_store, tmp_path, msad__dihedral=True, msad__scale=(1.0, 1.0))
+    sensors = cfg.data.sensors
+    g = torch.Generator().manual_seed(3)
+    ground = torch.rand(4, 3, 4, 4, generator=g)  # 4 x 4 patches of 8 px at 32 px
+    img = ground.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3)
+    batch = {s: {"image": img.clone()} for s in sensors}
+    m = msad_inputs(cfg, batch, None, g, torch.device("cpu"), sensors[0], 0, [], patch_size=8)
+    assert m.orders is not None and {s: o.shape for s, o in m.orders.items()} == dict.fromkeys(sensors, (4, 16))
+    turned = [not torch.equal(m.views[s], img) for s in sensors]
+    assert any(turned)  # some views were turned (else the test proves nothing)
+
+    def emb(v: torch.Tensor) -> torch.Tensor:  # (B, 3, 32, 32) -> (B, 1, 1 + 16, 3): a "CLS", then patch means
+        p = v.reshape(4, 3, 4, 8, 4, 8).mean(dim=(3, 5)).flatten(2).transpose(1, 2)
+        return torch.cat([torch.zeros(4, 1, 3), p], dim=1)[:, None]
+
+    raw = {s: emb(v) for s, v in m.views.items()}
+    back = m.to_ground(raw)
+    want = ground.flatten(2).transpose(1, 2)
+    for s in sensors:
+        torch.testing.assert_close(back[s][:, 0, 1:], want)
+    assert any(not torch.equal(raw[s][:, 0, 1:], want) for s in sensors)
+    with pytest.raises(ValueError, match="msad.dihedral"):
+        _cfg(tiny_store, tmp_path, msad__dihedral=True, msad__keep=0.5)
