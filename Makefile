@@ -7,7 +7,7 @@ DEMO_STORE ?= data/demo.zarr
 DEMO_PREVIEW ?= data/demo-preview
 WORKERS ?= 2
 
-.PHONY: install test demo pretrain baselines eval seeds bench clean-demo continual-s2 step-variants
+.PHONY: install test demo pretrain baselines eval seeds bench clean-demo continual-s2 step-variants dihedral
 
 # torch first, pinned to the CPU wheel, so that no extra resolves a CUDA build.
 $(STAMP): pyproject.toml
@@ -92,6 +92,14 @@ step-variants: install
 	  $(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data "$(DEMO_STORE)" --out runs/xstars-keep$$k --set msad.keep=$$k --quiet || exit 1; \
 	done
 	$(BIN)/msc-france eval --config pipelines/eval-step-variants.yaml --data "$(DEMO_STORE)"
+
+# Rotation in training, seed 0, read on val only (runs/eval-dihedral/report.md): quarter turns in
+# the DINO views, and MSAD views turned per sensor with tokens aligned by ground. About 8 minutes.
+dihedral: install
+	@test -f runs/xstars/checkpoints/last.pt || { echo "error: no pretrained model; run 'make pretrain' first"; exit 2; }
+	$(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data "$(DEMO_STORE)" --out runs/xstars-dihedral --set dino.dihedral=true --quiet
+	$(BIN)/msc-france pretrain --config pipelines/pretrain-xstars.yaml --data "$(DEMO_STORE)" --out runs/xstars-msad-dihedral --set msad.dihedral=true --quiet
+	$(BIN)/msc-france eval --config pipelines/eval-dihedral.yaml --data "$(DEMO_STORE)"
 
 # Benchmarks against baselines (docs/benchmarks.md, benchmarks/results/latest.json); needs `make demo`.
 bench: install
