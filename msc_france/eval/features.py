@@ -97,14 +97,18 @@ def query_tiles(tiles: int) -> torch.Tensor:
 
 @torch.no_grad()
 def extract(vit: Encoder, ds: MSCFranceDataset, tiles: int, input_size: int, class_index: dict[int, int],
-            device: torch.device, batch: int = 64, shifted: bool = False, seed: int = 0) -> Features:
+            device: torch.device, batch: int = 64, shifted: bool = False, seed: int = 0,
+            shift: bool | None = None, turn: bool | None = None) -> Features:
     """Features of every tile of every chip of ``ds`` (whose ``size`` must be tiles x input_size).
 
     With ``shifted``, the tiles are those of :func:`shifted_tiles`, each turned by a random
     symmetry of the square (:func:`dihedral`, drawn from ``seed`` and the chip's position in
     ``ds``, the same for every encoder and sensor): a gallery that co-location on a fixed layout
-    cannot match. Labels are not kept for shifted tiles.
+    cannot match. ``shift`` and ``turn`` ask for one of the two alone (the diagnostics that say
+    which of them defeats a model). Labels are kept for the plain grid only.
     """
+    shift = shifted if shift is None else shift
+    turn = shifted if turn is None else turn
     vit.eval().to(device)
     pooled_is_cls = bool(getattr(vit, "pooled_is_cls", False))
     f = Features(list(ds.sensors))
@@ -117,20 +121,22 @@ def extract(vit: Encoder, ds: MSCFranceDataset, tiles: int, input_size: int, cla
         lut[store_index] = i
     for n in range(len(ds)):
         sample = ds[n]
-        if shifted:  # one draw per chip, shared by every sensor
-            codes = torch.randint(0, 8, ((tiles - 1) ** 2,), generator=torch.Generator().manual_seed(seed * 7919 + n))
+        per_chip = (tiles - 1) ** 2 if shift else tiles * tiles
+        if turn:  # one draw per chip, shared by every sensor
+            codes = torch.randint(0, 8, (per_chip,), generator=torch.Generator().manual_seed(seed * 7919 + n))
         for s in ds.sensors:
-            t = dihedral(shifted_tiles(sample[s]["image"], tiles), codes) if shifted else tile(sample[s]["image"], tiles)
+            t = shifted_tiles(sample[s]["image"], tiles) if shift else tile(sample[s]["image"], tiles)
+            t = dihedral(t, codes) if turn else t
             for b in range(0, t.shape[0], batch):
                 tokens = vit(t[b : b + batch].to(device), s).float().cpu()
                 acc[s]["cls"].append(tokens[:, 0])
                 acc[s]["mean"].append(tokens[:, 0] if pooled_is_cls else tokens[:, 1:].mean(1))
                 acc[s]["patches"].append(tokens[:, 1:])
             acc[s]["images"].append(t[:, :3])
-        if "mask" in sample and not shifted:
+        if "mask" in sample and not (shift or turn):
             m = sample["mask"]
             labels.append(tile(torch.where(m >= 0, lut[m.clamp(0, len(lut) - 1)], -1)[None], tiles)[:, 0])
-        chips.append(torch.full(((tiles - 1) ** 2 if shifted else tiles * tiles,), n))
+        chips.append(torch.full((per_chip,), n))
     for s in ds.sensors:
         for k in ("cls", "mean", "patches", "images"):
             getattr(f, k)[s] = torch.cat(acc[s][k])

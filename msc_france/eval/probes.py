@@ -46,18 +46,22 @@ def retrieval(tr: Features, te: Features, sensors: list[str], center: bool) -> t
     return out, ranks
 
 
-def shifted_retrieval(te: Features, gallery: Features, sensors: list[str], tiles: int) -> dict[str, Any]:
+def shifted_retrieval(te: Features, gallery: Features, sensors: list[str], tiles: int,
+                      shifted: bool = True) -> dict[str, Any]:
     """Cross-sensor retrieval against a gallery that layout cannot solve: the queries are the
     held-out tiles with a counterpart in ``gallery`` (:func:`~msc_france.eval.features.query_tiles`),
     the gallery the quarter-tile-shifted, randomly rotated or flipped tiles of every held-out chip;
-    a query's positive is the gallery tile it overlaps most (9/16 of its ground).
+    a query's positive is the gallery tile it overlaps most (9/16 of its ground). With ``shifted``
+    false the gallery is the grid's own tiles (turned only): every tile a query, its positive the
+    same tile.
 
     Returns metrics by kind then ordered pair, with ``mean_R@1`` per kind.
     """
     assert te.chip is not None
     per_chip = tiles * tiles
     n_chips = te.chip.shape[0] // per_chip
-    q = (torch.arange(n_chips)[:, None] * per_chip + query_tiles(tiles)[None]).flatten()
+    q = ((torch.arange(n_chips)[:, None] * per_chip + query_tiles(tiles)[None]).flatten() if shifted
+         else torch.arange(te.chip.shape[0]))
     out: dict[str, Any] = {}
     for kind in KINDS:
         res: dict[str, Any] = {}

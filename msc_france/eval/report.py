@@ -166,6 +166,15 @@ def _split_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | " + " | ".join(
                 " / ".join(f"{m[k][p]['R@1']:.2f}" for k in ("mean", "cls", "dense")) if p in m["mean"] else "-"
                 for p in pairs) + " |")
+    parts = {n: m for n, m in models.items() if "retrieval_shift_only" in m and "retrieval_turn_only" in m}
+    if parts:
+        lines += ["", "### What defeats retrieval: the shift, the turn, or both (mean R@1 over the six pairs; "
+                  "mean-pooled / cls / dense)", "",
+                  "| model | grid (co-located) | shifted only | turned only | shifted and turned |", "|---|---|---|---|---|"]
+        for name, m in parts.items():
+            cells = [m[e] for e in ("retrieval", "retrieval_shift_only", "retrieval_turn_only", "retrieval_shifted")]
+            lines.append(f"| {name} | " + " | ".join(
+                " / ".join(f"{c[k]['mean_R@1']:.3f}" for k in ("mean", "cls", "dense")) for c in cells) + " |")
     agg = group_rows(report)
     if any(v[HEADLINE[0]][2] > 1 for v in agg.values()):
         lines += ["", "### Runs of one configuration aggregated (mean ± 95 % interval, n runs)", "",

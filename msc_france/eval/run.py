@@ -115,6 +115,8 @@ class EvalConfig(StrictModel):
     baselines: list[str] = Field(default_factory=lambda: list(NAMES),
                                  description="learning-free and random baselines to score (see NAMES)")
     shifted_gallery: bool = Field(True, description="also score retrieval against shifted, rotated tiles")
+    gallery_diagnostics: bool = Field(False, description="also score the shift alone and the turn alone (entries "
+                                      "retrieval_shift_only and retrieval_turn_only): which of the two defeats a model")
     features: Literal["student", "teacher"] = Field(
         "student", description="which backbone of each checkpoint is evaluated (MSAD trains the student)")
     center: bool = Field(False, description="subtract each sensor's mean feature before retrieval")
@@ -319,9 +321,14 @@ class _Scored:
     name: str
     train: Features
     held: dict[str, Features]
-    gallery: dict[str, Features]
+    gallery: dict[tuple[str, str], Features]  # (gallery kind, split): see _GALLERIES
     model: Model
     probes: dict[Any, Any] = field(default_factory=dict)  # fitted on the training tiles, reused by every split
+
+
+#: Report entry -> (shift by a quarter tile, turn by a random symmetry of the square) of its gallery.
+_GALLERIES = {"retrieval_shifted": (True, True), "retrieval_shift_only": (True, False),
+              "retrieval_turn_only": (False, True)}
 
 
 def _rows(m: Model, cfg: EvalConfig, train_ds: MSCFranceDataset, held_ds: dict[str, MSCFranceDataset],
@@ -331,10 +338,11 @@ def _rows(m: Model, cfg: EvalConfig, train_ds: MSCFranceDataset, held_ds: dict[s
     tr = extract(m.encoder, _subset(train_ds, sensors), cfg.tiles, cfg.input_size, class_index, device)
     held = {h: extract(m.encoder, _subset(d, sensors), cfg.tiles, cfg.input_size, class_index, device)
             for h, d in held_ds.items()}
-    gallery = {}
-    if cfg.shifted_gallery and cfg.tiles > 1:
-        gallery = {h: extract(m.encoder, _subset(d, sensors), cfg.tiles, cfg.input_size, class_index, device,
-                              shifted=True, seed=cfg.seed) for h, d in held_ds.items()}
+    kinds = [k for k in _GALLERIES if cfg.shifted_gallery and cfg.tiles > 1
+             and (k == "retrieval_shifted" or cfg.gallery_diagnostics)]
+    gallery = {(k, h): extract(m.encoder, _subset(d, sensors), cfg.tiles, cfg.input_size, class_index, device,
+                               shift=_GALLERIES[k][0], turn=_GALLERIES[k][1], seed=cfg.seed)
+               for k in kinds for h, d in held_ds.items()}
     rows = [_Scored(m.name, tr, held, gallery, m)]
     if m.ridge and len(sensors) > 1:  # every split mapped by the maps fitted on the training tiles
         tr_mapped, *rest = ridge_aligned(tr, [*held.values(), *gallery.values()], sensors[0], cfg.ridge_lambda)
@@ -354,8 +362,9 @@ def _score(row: _Scored, split: str, cfg: EvalConfig, n_classes: int, names: dic
     entry: dict[str, Any] = {"arch": m.meta.get("arch"), "patch_embed": m.meta.get("patch_embed"),
                              "features": cfg.features if m.ckpt else None, "sensors": sensors}
     entry["retrieval"], ranks = retrieval(tr, te, sensors, cfg.center)
-    if split in row.gallery:
-        entry["retrieval_shifted"] = shifted_retrieval(te, row.gallery[split], sensors, cfg.tiles)
+    for (kind, h), gal in row.gallery.items():
+        if h == split:
+            entry[kind] = shifted_retrieval(te, gal, sensors, cfg.tiles, shifted=_GALLERIES[kind][0])
     entry["classification"], entry["transfer"] = classification(
         tr, te, ytr, yte, n_classes, sensors, cfg.knn_k, cfg.probe_features, row.probes)
     entry["fractions_r2"] = fraction_probe(tr, te, n_classes, sensors, cfg.probe_features, cfg.ridge_lambda,

@@ -103,3 +103,22 @@ def test_random_baselines_over_several_initialisations(tiny_store: Path, tmp_pat
     assert hw == pytest.approx(4.302653 * v.std(ddof=1) / np.sqrt(3), rel=1e-5)  # Student t, 2 d.o.f.
     with pytest.raises(ValueError, match="repeats a seed"):
         EvalConfig(random_seeds=[1, 1])
+
+
+def test_gallery_diagnostics_separate_the_shift_from_the_turn(tiny_store: Path, tmp_path: Path) -> None:
+    """A colour histogram does not see the turn: its turned-only retrieval is its grid retrieval and
+    its shifted-and-turned retrieval its shifted-only one, pair by pair; a 4 x 4 thumbnail does.
+    """
+    cfg = EvalConfig(store=str(tiny_store), input_size=32, tiles=2, test_splits=["val"], out=str(tmp_path / "g"),
+                     baselines=["histogram", "thumb4"], gallery_diagnostics=True)
+    r = evaluate(cfg)
+    hist, thumb = (r["splits"]["val"]["models"][k] for k in ("histogram", "thumb4"))
+    pairs = [p for p in hist["retrieval"]["mean"] if "->" in p]
+    assert len(pairs) == 6
+    for p in pairs:
+        assert hist["retrieval_turn_only"]["mean"][p] == hist["retrieval"]["mean"][p]
+        assert hist["retrieval_shifted"]["mean"][p] == hist["retrieval_shift_only"]["mean"][p]
+        assert hist["retrieval_turn_only"]["mean"][p]["n"] == 4 and hist["retrieval_shift_only"]["mean"][p]["n"] == 1
+    assert any(thumb["retrieval_turn_only"]["mean"][p] != thumb["retrieval"]["mean"][p] for p in pairs)
+    md = (tmp_path / "g" / "report.md").read_text()
+    assert "What defeats retrieval" in md and md.count("| histogram |") >= 2
