@@ -171,8 +171,9 @@ def _split_markdown(report: dict[str, Any]) -> str:
         lines += ["", "### What defeats retrieval: the shift, the turn, or both (mean R@1 over the six pairs; "
                   "mean-pooled / cls / dense)", "",
                   "| model | grid (co-located) | shifted only | turned only | shifted and turned |", "|---|---|---|---|---|"]
-        for name, m in parts.items():
-            cells = [m[e] for e in ("retrieval", "retrieval_shift_only", "retrieval_turn_only", "retrieval_shifted")]
+        for name, entry in parts.items():
+            cells: list[dict[str, Any]] = [entry[e] for e in ("retrieval", "retrieval_shift_only",
+                                                               "retrieval_turn_only", "retrieval_shifted")]
             lines.append(f"| {name} | " + " | ".join(
                 " / ".join(f"{c[k]['mean_R@1']:.3f}" for k in ("mean", "cls", "dense")) for c in cells) + " |")
     agg = group_rows(report)
