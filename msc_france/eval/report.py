@@ -124,6 +124,21 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _gallery_parts(models: dict[str, Any]) -> list[str]:
+    """The table of ``gallery_diagnostics``: grid, shift alone, turn alone, both (empty without it)."""
+    parts = {n: m for n, m in models.items() if "retrieval_shift_only" in m and "retrieval_turn_only" in m}
+    if not parts:
+        return []
+    lines = ["", "### What defeats retrieval: the shift, the turn, or both (mean R@1 over the six pairs; "
+             "mean-pooled / cls / dense)", "",
+             "| model | grid (co-located) | shifted only | turned only | shifted and turned |", "|---|---|---|---|---|"]
+    for name, entry in parts.items():
+        cells = [entry[e] for e in ("retrieval", "retrieval_shift_only", "retrieval_turn_only", "retrieval_shifted")]
+        lines.append(f"| {name} | " + " | ".join(
+            " / ".join(f"{c[k]['mean_R@1']:.3f}" for k in ("mean", "cls", "dense")) for c in cells) + " |")
+    return lines
+
+
 def _split_markdown(report: dict[str, Any]) -> str:
     """The tables of one split view."""
     cfg = report["config"]
@@ -166,16 +181,7 @@ def _split_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | " + " | ".join(
                 " / ".join(f"{m[k][p]['R@1']:.2f}" for k in ("mean", "cls", "dense")) if p in m["mean"] else "-"
                 for p in pairs) + " |")
-    parts = {n: m for n, m in models.items() if "retrieval_shift_only" in m and "retrieval_turn_only" in m}
-    if parts:
-        lines += ["", "### What defeats retrieval: the shift, the turn, or both (mean R@1 over the six pairs; "
-                  "mean-pooled / cls / dense)", "",
-                  "| model | grid (co-located) | shifted only | turned only | shifted and turned |", "|---|---|---|---|---|"]
-        for name, entry in parts.items():
-            cells: list[dict[str, Any]] = [entry[e] for e in ("retrieval", "retrieval_shift_only",
-                                                               "retrieval_turn_only", "retrieval_shifted")]
-            lines.append(f"| {name} | " + " | ".join(
-                " / ".join(f"{c[k]['mean_R@1']:.3f}" for k in ("mean", "cls", "dense")) for c in cells) + " |")
+    lines += _gallery_parts(models)
     agg = group_rows(report)
     if any(v[HEADLINE[0]][2] > 1 for v in agg.values()):
         lines += ["", "### Runs of one configuration aggregated (mean ± 95 % interval, n runs)", "",
