@@ -97,18 +97,16 @@ def query_tiles(tiles: int) -> torch.Tensor:
 
 @torch.no_grad()
 def extract(vit: Encoder, ds: MSCFranceDataset, tiles: int, input_size: int, class_index: dict[int, int],
-            device: torch.device, batch: int = 64, shifted: bool = False, seed: int = 0,
-            shift: bool | None = None, turn: bool | None = None) -> Features:
+            device: torch.device, batch: int = 64, shift: bool = False, turn: bool = False,
+            seed: int = 0) -> Features:
     """Features of every tile of every chip of ``ds`` (whose ``size`` must be tiles x input_size).
 
-    With ``shifted``, the tiles are those of :func:`shifted_tiles`, each turned by a random
-    symmetry of the square (:func:`dihedral`, drawn from ``seed`` and the chip's position in
-    ``ds``, the same for every encoder and sensor): a gallery that co-location on a fixed layout
-    cannot match. ``shift`` and ``turn`` ask for one of the two alone (the diagnostics that say
-    which of them defeats a model). Labels are kept for the plain grid only.
+    With ``shift``, the tiles are those of :func:`shifted_tiles`; with ``turn``, each is turned by
+    a random symmetry of the square (:func:`dihedral`, drawn from ``seed`` and the chip's position
+    in ``ds``, the same for every encoder and sensor). Both make a gallery that co-location on a
+    fixed layout cannot match; one alone says which of the two defeats a model. Labels are kept
+    for the plain grid only.
     """
-    shift = shifted if shift is None else shift
-    turn = shifted if turn is None else turn
     vit.eval().to(device)
     pooled_is_cls = bool(getattr(vit, "pooled_is_cls", False))
     f = Features(list(ds.sensors))
