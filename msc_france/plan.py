@@ -30,8 +30,10 @@ from msc_france.errors import BadInputError, first_line
 from msc_france.fsutil import atomic_path
 from msc_france.grid import Chip, chips_in
 from msc_france.products import check_sensor
+from msc_france.products.base import PROVIDER
 from msc_france.regions import Region
-from msc_france.sources import SearchQuery, make_source
+from msc_france.sources import SearchQuery
+from msc_france.sources.providers import search_providers
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -121,13 +123,15 @@ class Plan:
                 if not cands:
                     rows.append({**base, "rank": 0, "acquired": None, "item_ids": "", "n_items": 0,
                                  "cloud_cover": np.nan, "coverage": 0.0, "expected_valid": 0.0,
-                                 "days_from_target": -1, "reason": "no item covers this chip"})
+                                 "days_from_target": -1, "reason": "no item covers this chip", "provider": ""})
                 for c in cands:
                     rows.append({**base, "rank": c.rank, "acquired": c.acquired.isoformat(),
                                  "item_ids": ",".join(i.id for i in c.items), "n_items": len(c.items),
                                  "cloud_cover": np.nan if c.cloud_cover is None else c.cloud_cover,
                                  "coverage": round(c.coverage, 6), "expected_valid": round(c.expected_valid, 6),
-                                 "days_from_target": c.days_from_target, "reason": c.reason})
+                                 "days_from_target": c.days_from_target, "reason": c.reason,
+                                 "provider": ",".join(dict.fromkeys(str(i.properties.get(PROVIDER, ""))
+                                                                    for i in c.items))})
         return gpd.GeoDataFrame(rows, geometry="geometry", crs=L93)
 
     def write(self, path: Path) -> None:
@@ -397,7 +401,8 @@ def make_plan(region: Region, recipe: Recipe, catalog: Catalog, use_cache: bool 
             target, max_cc, max_cands = (window.target_date if window else start), None, 1
         else:
             sr = recipe.sensors[name]
-            start, end, target = recipe.time.start, recipe.time.end, recipe.time.target_date
+            window = sr.time or recipe.time  # aerial surveys span years: a sensor may have its own
+            start, end, target = window.start, window.end, window.target_date
             max_cc, max_cands = sr.max_cloud_cover, sr.max_candidates
         q = SearchQuery(
             collection=spec.source.collection, bbox=bbox, start=start, end=end,  # type: ignore[arg-type]
@@ -406,9 +411,13 @@ def make_plan(region: Region, recipe: Recipe, catalog: Catalog, use_cache: bool 
         )
         t0 = time.perf_counter()
         log.info(f"searching {name} ({spec.source.type}:{spec.source.collection}) over {len(chips)} chips ...")
-        items = make_source(spec, catalog, use_cache=use_cache).search(q)
+        served = search_providers(spec, catalog, q, use_cache=use_cache)
+        items = served.items
         found[name] = len(items)
-        log.info(f"  {name}: {len(items)} items in {time.perf_counter() - t0:.1f} s")
+        by = "" if len(spec.sources) == 1 else " (" + ", ".join(
+            [f"{p}: {n}" for p, n in served.kept.items()] + [f"{p}: failed" for p in served.failed]) + \
+            (f"; {served.duplicates} served twice, kept once" if served.duplicates else "") + ")"
+        log.info(f"  {name}: {len(items)} items{by} in {time.perf_counter() - t0:.1f} s")
         if not items:
             cc = f", cloud <= {max_cc:g}%" if max_cc is not None and spec.cloud_cover_property else ""
             raise BadInputError(

@@ -313,3 +313,188 @@ class FaultProxy(_Server):
     @property
     def injected(self) -> int:
         return sum(1 for _, f in self.log if f is not None)
+
+
+# --------------------------------------------------------------------------- a real WMS: MapServer
+
+
+def mapserver() -> str | None:
+    """Debian's MapServer CGI (``mapserv``, package cgi-mapserver), when installed."""
+    return shutil.which("mapserv") or (str(Path("/usr/lib/cgi-bin/mapserv"))
+                                       if Path("/usr/lib/cgi-bin/mapserv").exists() else None)
+
+
+class _CgiHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _send(self, code: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        srv: WmsServer = self.server.owner  # type: ignore[attr-defined]
+        url = urlparse(self.path)
+        params = {k.upper(): v for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        request = params.get("REQUEST", [""])[0]
+        with srv.lock:
+            srv.requests.append((time.monotonic(), request, self.path))
+            fault = srv.faults.pop(0) if (srv.faults and request == "GetMap") else None
+        query = url.query
+        if fault == "429":
+            return self._send(429, b"slow down", "text/plain", {"Retry-After": "0"})
+        if fault == "500":
+            return self._send(500, b"", "text/plain")
+        if fault == "size":  # the server decimates on its own: half the pixels asked for
+            query = query.replace(f"WIDTH={params['WIDTH'][0]}", f"WIDTH={int(params['WIDTH'][0]) // 2}")
+        if fault == "crs":  # answers in WGS84 (a lat/lon bbox of the same place)
+            query = query.replace("CRS=EPSG%3A2154", "CRS=EPSG%3A4326").replace("CRS=EPSG:2154", "CRS=EPSG:4326")
+            query += "&BBOX=43.5,4.1,43.6,4.2"
+        env = {**os.environ, "QUERY_STRING": query, "REQUEST_METHOD": "GET", "MAPSERVER_CONFIG_FILE": str(srv.config),
+               "SERVER_NAME": "127.0.0.1", "SERVER_PORT": str(srv.port), "SCRIPT_NAME": "/wms"}
+        out = subprocess.run([srv.exe], env=env, capture_output=True, timeout=60).stdout
+        head, sep, body = out.partition(b"\r\n\r\n")
+        if not sep:
+            head, _, body = out.partition(b"\n\n")
+        ctype = "text/plain"
+        for line in head.decode("latin-1").splitlines():
+            if line.lower().startswith("content-type:"):
+                ctype = line.split(":", 1)[1].strip()
+        if fault == "xml":  # a service exception, with HTTP 200 (as WMS servers answer)
+            body = (b'<?xml version="1.0"?><ServiceExceptionReport version="1.3.0" xmlns="http://www.opengis.net/ogc">'
+                    b'<ServiceException code="InternalError">tile store unavailable</ServiceException>'
+                    b'</ServiceExceptionReport>')
+            ctype = "text/xml"
+        srv.bytes_served += len(body)
+        self._send(200, body, ctype)
+
+
+class WmsServer(_Server):
+    """MapServer serving real raster files as WMS 1.3.0 layers (and a WFS layer of date polygons)
+    behind a small CGI host on 127.0.0.1. ``faults`` (appended by a test) change the next GetMap
+    answers: "429", "500", "xml" (a service exception with HTTP 200), "size" (half the width),
+    "crs" (an image in EPSG:4326).
+
+    Args:
+        workdir: where the mapfile, its config and tile indexes are written.
+        layers: WMS layer name -> the files it mosaics (any CRS GDAL reads).
+        offsite: an RGB triple the service treats as no data (IGN's white fill).
+        date: a ``time`` Dimension default for every layer (None: none).
+        date_zones: (polygon in the files' CRS, date) for a WFS layer ``dates`` (None: none).
+    """
+
+    def __init__(self, workdir: Path, layers: dict[str, list[Path]], offsite: tuple[int, int, int] | None = None,
+                 date: str | None = None, date_zones: list[tuple[object, str]] | None = None,
+                 formats: tuple[str, ...] = ("image/tiff", "image/png", "image/jpeg")) -> None:
+        import geopandas as gpd
+        import rasterio
+        from shapely.geometry import box
+
+        super().__init__(_CgiHandler)
+        exe = mapserver()
+        if exe is None:
+            raise RuntimeError("mapserv is not installed")
+        self.exe = exe
+        self.requests: list[tuple[float, str, str]] = []
+        self.faults: list[str] = []
+        self.bytes_served = 0
+        self.lock = threading.Lock()
+        workdir.mkdir(parents=True, exist_ok=True)
+        blocks = []
+        for n, (name, files) in enumerate(layers.items()):
+            rows = []
+            for f in files:
+                with rasterio.open(f) as d:
+                    rows.append({"location": str(f), "geometry": box(*d.bounds)})
+            gpd.GeoDataFrame(rows, crs="EPSG:2154").to_file(workdir / f"layer{n}.shp")
+            meta = f'"wms_title" "{name}"'
+            if date:
+                meta += f' "wms_timeextent" "{date}" "wms_timedefault" "{date}" "wms_timeitem" "location"'
+            off = f"OFFSITE {' '.join(map(str, offsite))}" if offsite else ""
+            blocks.append(f'''  LAYER
+    NAME "{name}"
+    TYPE RASTER
+    STATUS ON
+    TILEINDEX "{workdir / f"layer{n}.shp"}"
+    PROJECTION "init=epsg:2154" END
+    {off}
+    PROCESSING "RESAMPLE=AVERAGE"
+    METADATA {meta} END
+  END''')
+        if date_zones:
+            gpd.GeoDataFrame({"date": [d for _, d in date_zones]}, geometry=[g for g, _ in date_zones],
+                             crs="EPSG:2154").to_file(workdir / "dates.shp")
+            blocks.append(f'''  LAYER
+    NAME "dates"
+    TYPE POLYGON
+    STATUS ON
+    DATA "{workdir / "dates.shp"}"
+    PROJECTION "init=epsg:2154" END
+    METADATA "ows_title" "dates" "gml_include_items" "all" END
+  END''')
+        fmts = {"image/tiff": '''  OUTPUTFORMAT
+    NAME "GTiff"
+    DRIVER "GDAL/GTiff"
+    MIMETYPE "image/tiff"
+    IMAGEMODE RGBA
+    EXTENSION "tif"
+  END''', "image/png": '''  OUTPUTFORMAT
+    NAME "png"
+    DRIVER "AGG/PNG"
+    MIMETYPE "image/png"
+    IMAGEMODE RGBA
+    TRANSPARENT ON
+    EXTENSION "png"
+  END''', "image/jpeg": '''  OUTPUTFORMAT
+    NAME "jpeg"
+    DRIVER "AGG/JPEG"
+    MIMETYPE "image/jpeg"
+    IMAGEMODE RGB
+    EXTENSION "jpg"
+  END'''}
+        mapfile = workdir / "service.map"
+        mapfile.write_text(f'''MAP
+  NAME "test"
+  EXTENT 100000 6000000 1300000 7200000
+  SIZE 256 256
+  MAXSIZE 4096
+  UNITS METERS
+  PROJECTION "init=epsg:2154" END
+{chr(10).join(fmts[f] for f in formats)}
+  OUTPUTFORMAT
+    NAME "geojson"
+    DRIVER "OGR/GEOJSON"
+    MIMETYPE "application/json"
+    FORMATOPTION "FORM=SIMPLE"
+    FORMATOPTION "STORAGE=memory"
+  END
+  WEB
+    METADATA
+      "ows_title" "test"
+      "ows_onlineresource" "{self.url}/wms?"
+      "ows_srs" "EPSG:2154 EPSG:4326"
+      "ows_enable_request" "*"
+      "wms_getmap_formatlist" "{",".join(formats)}"
+      "wfs_getfeature_formatlist" "geojson"
+    END
+  END
+{chr(10).join(blocks)}
+END
+''')
+        self.config = workdir / "mapserver.conf"
+        self.config.write_text(f'CONFIG\n  ENV\n    MS_MAPFILE "{mapfile}"\n  END\nEND\n')
+
+    @property
+    def wms_url(self) -> str:
+        return f"{self.url}/wms"
+
+    def count(self, request: str) -> int:
+        """Requests of one kind (GetMap, GetCapabilities, GetFeature) received so far."""
+        return sum(1 for _, r, _ in self.requests if r == request)

@@ -10,17 +10,21 @@ and counted, or refused, as the sensor declares: nothing is ever cast silently.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import rasterio
 
-from msc_france.builder.warp import ReadLimits, clear_http_cache, warp_asset
-from msc_france.config import SensorSpec
+from msc_france.builder.warp import ReadLimits, clear_http_cache, gdal_env, warp_asset, warp_open
+from msc_france.config import SensorSpec, SourceSpec
 from msc_france.errors import SourceError
 from msc_france.grid import PixelGrid
 from msc_france.products import SourceItem, rules_for
-from msc_france.sources.signing import Signer
+from msc_france.sources.signing import Signer, make_signer
+from msc_france.sources.wms import get_map, request_gsd
 from msc_france.store.schema import chip_checksum
 
 
@@ -38,6 +42,8 @@ class ChipRead:
     valid_fraction: float
     clipped: int = 0  # covered pixel values outside the valid range, clipped
     errors: list[str] = field(default_factory=list)
+    providers: str | None = None  # the providers that served the items used (None: the sensor's first)
+    date_rule: str | None = None  # how the acquisition's date was known, when a source decided it
 
     def checksum(self) -> str:
         """sha256 of the stored bytes (image then mask), as ``validate`` checks it."""
@@ -109,15 +115,31 @@ def pack(spec: SensorSpec, q: np.ndarray, covered: np.ndarray, item_id: str) -> 
     return q.astype(spec.dtype), per_pixel
 
 
-def read_item(spec: SensorSpec, item: SourceItem, grid: PixelGrid, signer: Signer) -> ItemRead:
-    """One item on the chip grid (see module docstring)."""
+def read_item(spec: SensorSpec, item: SourceItem, grid: PixelGrid, signer: Signer | None = None) -> ItemRead:
+    """One item on the chip grid (see module docstring), read with its provider's rules: its
+    signing (unless ``signer`` is given), GDAL settings and bounds; a WMS provider's layers are
+    requested for the chip's bounds (:func:`msc_france.sources.wms.get_map`).
+    """
+    src = spec.provider(item.provider)
+    signer = signer or make_signer(src.signing)
+    env = rasterio.Env(**gdal_env(src.gdal)) if src.gdal != spec.source.gdal else contextlib.nullcontext()
+    with env:
+        return _read_item(spec, src, item, grid, signer)
+
+
+def _read_item(spec: SensorSpec, src: SourceSpec, item: SourceItem, grid: PixelGrid, signer: Signer) -> ItemRead:
     q: np.ndarray | None = None
-    limits = ReadLimits(spec.source.max_bands, spec.source.max_block_bytes)
+    limits = ReadLimits(src.max_bands, src.max_block_bytes)
     covered = np.ones(grid.shape, bool)
     fraction: np.ndarray | None = None
     for a in item.assets:
-        w = warp_asset(a.href, signer, grid, a.indexes, spec.resampling, a.nodata, a.proj_shape, a.proj_transform,
-                       limits)
+        if src.type == "wms":
+            assert src.wms is not None
+            with get_map(a.href, grid.bounds, request_gsd(src.wms, grid.res, spec.native_gsd), src, max(a.indexes)) as ds:
+                w = warp_open(ds, a.href, grid, a.indexes, spec.resampling, a.nodata, None, None, limits)
+        else:
+            w = warp_asset(a.href, signer, grid, a.indexes, spec.resampling, a.nodata, a.proj_shape,
+                           a.proj_transform, limits)
         covered &= w.covered
         if w.fraction is not None:
             fraction = w.fraction if fraction is None else np.minimum(fraction, w.fraction)
@@ -141,7 +163,32 @@ def read_item(spec: SensorSpec, item: SourceItem, grid: PixelGrid, signer: Signe
     return ItemRead(stored, covered, clear, clipped, fraction)
 
 
-def read_candidate(spec: SensorSpec, items: list[SourceItem], grid: PixelGrid, signer: Signer) -> ChipRead:
+def read_served(spec: SensorSpec, item: SourceItem, grid: PixelGrid,
+                signer: Signer | None = None) -> tuple[SourceItem, ItemRead]:
+    """``item`` read from the first provider that can serve it: its own, then the same scene from
+    the next providers (``item.alternates``) when its files cannot be read; (the copy read, pixels).
+    A transient failure is tried once more before moving on.
+
+    Raises:
+        SourceError: no provider could serve it (the first provider's reason, then the others').
+    """
+    errors: list[str] = []
+    for copy in (item, *item.alternates):
+        try:
+            try:
+                return copy, read_item(spec, copy, grid, signer if copy is item else None)
+            except SourceError as e:
+                if not _transient(e):
+                    raise
+                clear_http_cache()
+                return copy, read_item(spec, copy, grid, signer if copy is item else None)  # one more try
+        except SourceError as e:
+            errors.append(str(e) if copy is item else f"{copy.provider}: {e}")
+    raise SourceError("; then ".join(errors)[:600])
+
+
+def read_candidate(spec: SensorSpec, items: list[SourceItem], grid: PixelGrid,
+                   signer: Signer | None = None) -> ChipRead:
     """Mosaic the items of one acquisition onto the chip grid.
 
     Where an item covers a pixel whole, the first such item wins (overlapping tiles of one
@@ -159,16 +206,10 @@ def read_candidate(spec: SensorSpec, items: list[SourceItem], grid: PixelGrid, s
     harms: list[str] = []
     used: list[SourceItem] = []
     clipped = 0
-    for item in items:
+    for listed in items:
         if done.all():
             break
-        try:
-            r = read_item(spec, item, grid, signer)
-        except SourceError as e:
-            if not _transient(e):
-                raise
-            clear_http_cache()
-            r = read_item(spec, item, grid, signer)  # one more try
+        item, r = read_served(spec, listed, grid, signer)
         take = r.covered & ~done
         f = np.minimum(1.0 if r.fraction is None else r.fraction, 1.0 - weight)
         w = np.where(take, np.where(f > 1e-9, f, 0.0), 0.0)
@@ -195,7 +236,14 @@ def read_candidate(spec: SensorSpec, items: list[SourceItem], grid: PixelGrid, s
         data=data, valid=valid, item_ids=[it.id for it in used], datetime=first.datetime,
         harmonization="; ".join(harms), covered_fraction=n_filled / filled.size,
         cloud_fraction=cloud, valid_fraction=float(valid.mean()), clipped=clipped,
+        providers=_joined(it.provider for it in used), date_rule=_joined(it.date_rule for it in used),
     )
 
 
-__all__ = ["ChipRead", "ItemRead", "pack", "read_candidate", "read_item"]
+def _joined(values: Iterable[str | None]) -> str | None:
+    """Distinct non-empty values in order, comma-separated (None when there is none)."""
+    out = list(dict.fromkeys(v for v in values if v))
+    return ",".join(out) or None
+
+
+__all__ = ["ChipRead", "ItemRead", "pack", "read_candidate", "read_item", "read_served"]

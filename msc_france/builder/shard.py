@@ -20,7 +20,6 @@ from msc_france.config import Recipe, SensorSpec
 from msc_france.errors import BadInputError, SourceError
 from msc_france.grid import Chip, PixelGrid
 from msc_france.products import SourceItem
-from msc_france.sources.signing import make_signer
 from msc_france.store import Layer, Store
 from msc_france.store.overviews import shard_overview
 from msc_france.store.records import ChipRecord, LayerRecord, ShardCommit, Status
@@ -72,7 +71,6 @@ def _build_layer(rule: LayerRule, chip: Chip, cands: list[tuple[SourceItem, ...]
         t = grid.transform
         grid = PixelGrid(grid.crs, Affine(t.a, t.b, t.c + shift_m[0], t.d, t.e, t.f + shift_m[1]), grid.height,
                          grid.width)
-    signer = make_signer(rule.spec.source.signing)
     if not cands:
         return None, LayerRecord(Status.NODATA, reason="no item covers this chip")
     best: ChipRead | None = None
@@ -83,7 +81,7 @@ def _build_layer(rule: LayerRule, chip: Chip, cands: list[tuple[SourceItem, ...]
             errors.append(items)
             continue
         try:
-            r = read_candidate(rule.spec, list(items), grid, signer)
+            r = read_candidate(rule.spec, list(items), grid)  # each item signed by its own provider
         except SourceError as e:
             errors.append(str(e))
             continue
@@ -102,7 +100,8 @@ def _build_layer(rule: LayerRule, chip: Chip, cands: list[tuple[SourceItem, ...]
         status, reason = Status.FLAGGED, below
     rec = LayerRecord(
         status, reason=reason, item_ids=tuple(best.item_ids), datetime=best.datetime,
-        harmonization=best.harmonization, cloud_fraction=best.cloud_fraction,
+        harmonization=best.harmonization, cloud_fraction=best.cloud_fraction, provider=best.providers,
+        date_rule=best.date_rule,
         scene_cloud_cover=_scene_cloud_cover(best_items),
         valid_fraction=round(best.valid_fraction, 6), covered_fraction=round(best.covered_fraction, 6),
         clipped=best.clipped)

@@ -197,24 +197,31 @@ def warp_asset(href: str, signer: Signer, grid: PixelGrid, indexes: tuple[int, .
             a grid that disagrees with the item, or a file beyond ``limits``.
     """
     with open_raster(href, signer) as src:
-        limits.check(src, href)
-        if src.crs is None:
-            raise SourceError(f"{href} has no CRS")
-        check_proj(proj_shape, proj_transform, src, href)
-        if max(indexes) > src.count:
-            raise SourceError(f"{href} has {src.count} band(s); band {max(indexes)} was asked for")
-        dtypes = {src.dtypes[i - 1] for i in indexes}
-        bad = dtypes - SUPPORTED_DTYPES
-        if bad:
-            raise SourceError(f"{href}: unsupported data type {sorted(bad)[0]}")
-        # When area-averaging down to a coarser grid in the same CRS (aerial 0.2 m -> 1.5 m), start
-        # from the file's overviews: fewer pixels to decode (JPEG / JPEG 2000 decoding dominates).
-        if resampling == "average" and src.crs == rasterio.crs.CRS.from_user_input(grid.crs):
-            level = overview_level(src, grid.res)
-            if level is not None:
-                with rasterio.open(src.name, OVERVIEW_LEVEL=level) as ov:
-                    return _warp(ov, href, grid, indexes, resampling, nodata, dtypes)
-        return _warp(src, href, grid, indexes, resampling, nodata, dtypes)
+        return warp_open(src, href, grid, indexes, resampling, nodata, proj_shape, proj_transform, limits)
+
+
+def warp_open(src: rasterio.io.DatasetReader, href: str, grid: PixelGrid, indexes: tuple[int, ...],
+              resampling: str, nodata: float | None, proj_shape: tuple[int, int] | None = None,
+              proj_transform: tuple[float, ...] | None = None, limits: ReadLimits = ReadLimits()) -> Warped:
+    """:func:`warp_asset` of a dataset already open (a file, or a service's answer in memory)."""
+    limits.check(src, href)
+    if src.crs is None:
+        raise SourceError(f"{href} has no CRS")
+    check_proj(proj_shape, proj_transform, src, href)
+    if max(indexes) > src.count:
+        raise SourceError(f"{href} has {src.count} band(s); band {max(indexes)} was asked for")
+    dtypes = {src.dtypes[i - 1] for i in indexes}
+    bad = dtypes - SUPPORTED_DTYPES
+    if bad:
+        raise SourceError(f"{href}: unsupported data type {sorted(bad)[0]}")
+    # When area-averaging down to a coarser grid in the same CRS (aerial 0.2 m -> 1.5 m), start
+    # from the file's overviews: fewer pixels to decode (JPEG / JPEG 2000 decoding dominates).
+    if resampling == "average" and src.crs == rasterio.crs.CRS.from_user_input(grid.crs):
+        level = overview_level(src, grid.res)
+        if level is not None:
+            with rasterio.open(src.name, OVERVIEW_LEVEL=level) as ov:
+                return _warp(ov, href, grid, indexes, resampling, nodata, dtypes)
+    return _warp(src, href, grid, indexes, resampling, nodata, dtypes)
 
 
 def _warp(src: rasterio.io.DatasetReader, href: str, grid: PixelGrid, indexes: tuple[int, ...], resampling: str,

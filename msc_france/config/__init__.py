@@ -27,11 +27,13 @@ from msc_france.config.sensors import (
     SensorSpec,
     SourceSpec,
     ValueMapping,
+    WmsDates,
+    WmsSpec,
     load_catalog,
     resolve_catalog_dir,
 )
 
 __all__ = ["BandSpec", "Catalog", "DemoWorldSpec", "LabelRecipe", "MaskSpec", "Recipe", "SensorRecipe", "SensorSpec",
-           "SourceSpec", "SplitSpec", "StrictModel", "TimeWindow", "ValueMapping", "check_chip_size",
+           "SourceSpec", "SplitSpec", "StrictModel", "TimeWindow", "ValueMapping", "WmsDates", "WmsSpec", "check_chip_size",
            "load_catalog", "load_config_mapping", "load_recipe", "load_yaml", "parse_model", "resolve_catalog_dir",
            "resolve_recipe_path", "sensor_gsds"]

@@ -18,30 +18,6 @@ from msc_france.paths import pipelines_dir
 from msc_france.splits import SplitRule
 
 
-class SensorRecipe(StrictModel):
-    """How one sensor is built into the store."""
-
-    gsd: float | None = Field(None, gt=0, description="store GSD in metres; default: the sensor's default_gsd")
-    max_cloud_cover: float = Field(60.0, ge=0, le=100, description="item-level cloud cover filter, percent")
-    min_valid_fraction: float = Field(0.7, ge=0, le=1)
-    max_candidates: int = Field(3, ge=1, description="acquisitions tried per chip, best first")
-    selection: Literal["first-valid", "clearest"] = Field(
-        "first-valid", description="first-valid: the first candidate (in plan rank) valid enough; clearest: read "
-        "every candidate and keep the one with the most valid (clear, covered) pixels inside the chip")
-    overviews: list[int] = Field(default_factory=list, description="overview factors stored next to full "
-                                 "resolution (each must divide the chip's pixel side), e.g. [5] for training "
-                                 "at 128 px from 640 px aerial chips")
-
-    @field_validator("overviews")
-    @classmethod
-    def _factors(cls, v: list[int]) -> list[int]:
-        if any(f < 2 for f in v):
-            raise ValueError("overview factors must be >= 2")
-        if len(set(v)) != len(v):
-            raise ValueError("overview factors must be distinct")
-        return sorted(v)
-
-
 class TimeWindow(StrictModel):
     """Acquisition time window; ``target`` (default: the middle) ranks acquisitions by distance."""
 
@@ -61,6 +37,32 @@ class TimeWindow(StrictModel):
     def target_date(self) -> dt.date:
         """The date acquisitions are ranked against."""
         return self.target or self.start + (self.end - self.start) / 2
+
+
+class SensorRecipe(StrictModel):
+    """How one sensor is built into the store."""
+
+    gsd: float | None = Field(None, gt=0, description="store GSD in metres; default: the sensor's default_gsd")
+    max_cloud_cover: float = Field(60.0, ge=0, le=100, description="item-level cloud cover filter, percent")
+    min_valid_fraction: float = Field(0.7, ge=0, le=1)
+    max_candidates: int = Field(3, ge=1, description="acquisitions tried per chip, best first")
+    selection: Literal["first-valid", "clearest"] = Field(
+        "first-valid", description="first-valid: the first candidate (in plan rank) valid enough; clearest: read "
+        "every candidate and keep the one with the most valid (clear, covered) pixels inside the chip")
+    time: TimeWindow | None = Field(None, description="this sensor's own acquisition window (default: the "
+                                    "recipe's): aerial surveys revisit a département every 3 years")
+    overviews: list[int] = Field(default_factory=list, description="overview factors stored next to full "
+                                 "resolution (each must divide the chip's pixel side), e.g. [5] for training "
+                                 "at 128 px from 640 px aerial chips")
+
+    @field_validator("overviews")
+    @classmethod
+    def _factors(cls, v: list[int]) -> list[int]:
+        if any(f < 2 for f in v):
+            raise ValueError("overview factors must be >= 2")
+        if len(set(v)) != len(v):
+            raise ValueError("overview factors must be distinct")
+        return sorted(v)
 
 
 class LabelRecipe(StrictModel):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -27,11 +27,69 @@ class BandSpec(StrictModel):
     common_name: str | None = None
 
 
-class SourceSpec(StrictModel):
-    """Where a sensor's items come from."""
+class WmsDates(StrictModel):
+    """How a WMS source dates its imagery, rules tried in order (see :mod:`msc_france.sources.wms`).
 
-    type: Literal["stac-api", "static", "demo"]
+    ``capabilities``: a ``time`` Dimension (or a ``date:YYYY-MM-DD`` keyword) of the layer in the
+    service's capabilities. ``features``: a WFS 2.0 layer of acquisition-date polygons (IGN's
+    mosaic graph, a user's own layer), one item per polygon. ``survey``: a GeoJSON/GeoPackage of
+    survey zones (e.g. départements) with a year. Otherwise the chip is dated with the recipe's
+    target date and says so (``season``).
+    """
+
+    capabilities: bool = True
+    features_url: str | None = Field(None, description="WFS endpoint of a layer of acquisition-date polygons")
+    features_type: str | None = Field(None, description="its type name (WFS TYPENAMES)")
+    features_date: str = Field("date", description="the feature property holding the date (ISO date or year)")
+    max_features: int = Field(5000, ge=1, le=100_000, description="features accepted per search")
+    survey_file: str | None = Field(None, description="GeoJSON/GeoPackage of survey zones (WGS84 or any CRS)")
+    survey_year: str = Field("year", description="the zone property holding the survey year")
+
+    @model_validator(mode="after")
+    def _check(self) -> WmsDates:
+        if (self.features_url is None) != (self.features_type is None):
+            raise ValueError("dates.features_url and dates.features_type go together")
+        return self
+
+
+class WmsSpec(StrictModel):
+    """An OGC WMS 1.3.0 raster service read chip by chip (type ``wms``).
+
+    Each chip is requested on its own grid in ``crs`` (bbox = chip bounds, no reprojection) at
+    ``request_gsd`` and area-averaged locally to the store's GSD.
+    """
+
+    layers: dict[str, str] = Field(min_length=1, description="asset key -> WMS layer name (one request each)")
+    formats: list[str] = Field(
+        default_factory=lambda: ["image/geotiff", "image/tiff", "image/png", "image/jpeg"],
+        min_length=1, description="formats in order of preference; the first the service offers is used "
+        "(lossless ones first: a JPEG's blocks would be averaged into the chip)")
+    crs: str = Field("EPSG:2154", description="request CRS: the chip grid's, so the server never reprojects")
+    request_gsd: float | None = Field(
+        None, gt=0, description="metres per requested pixel (default: a fifth of the store's GSD, not finer than "
+        "native_gsd; docs/sources.md measures the choice)")
+    max_requests_per_s: float = Field(40.0, gt=0, description="the service's published rate limit, per process")
+    transparent: bool = Field(True, description="ask for an alpha band: where it is 0 the service has no data")
+    max_response_bytes: int = Field(256 * 2**20, ge=2**16, description="bytes of one GetMap answer")
+    max_size: int | None = Field(None, ge=16, description="pixels per side of one request (default: the "
+                                 "capabilities' MaxWidth/MaxHeight, else 4096); larger chips are tiled")
+    dates: WmsDates = WmsDates()
+
+
+class SourceSpec(StrictModel):
+    """Where a sensor's items come from: one provider."""
+
+    type: Literal["stac-api", "static", "demo", "wms"]
     collection: str
+    name: str | None = Field(None, description="the provider's name in chip records (default: from its type and "
+                             "host, e.g. 'stac-api:planetarycomputer.microsoft.com')")
+    assets: dict[str, str] = Field(
+        default_factory=dict, description="our asset key -> this provider's asset key, where they differ "
+        "(Earth Search names Sentinel-2's B02 'blue'); items are renamed when found")
+    wms: WmsSpec | None = Field(None, description="the service's layers and request rules (type wms)")
+    alternate_href: str | None = Field(
+        None, description="read each asset's ``alternate.<name>.href`` instead of its href (Earth Search's "
+        "Landsat: 's3', the requester-pays bucket; its https hrefs need a USGS login)")
     url: str | None = Field(None, description="STAC API root URL (type stac-api)")
     path: str | None = Field(
         None, description="static catalog/item collection path, relative to the catalog dir or absolute"
@@ -81,7 +139,21 @@ class SourceSpec(StrictModel):
             raise ValueError("a stac-api source needs 'url'")
         if self.type == "static" and not self.path:
             raise ValueError("a static source needs 'path'")
+        if self.type == "wms" and (not self.url or self.wms is None):
+            raise ValueError("a wms source needs 'url' and 'wms'")
+        if self.type != "wms" and self.wms is not None:
+            raise ValueError("'wms' is for sources of type wms")
         return self
+
+    @property
+    def provider(self) -> str:
+        """The provider's name, as chip records and the index give it."""
+        if self.name:
+            return self.name
+        from urllib.parse import urlparse
+
+        where = urlparse(self.url).hostname if self.url else None
+        return f"{self.type}:{where or self.collection}"
 
 
 class MaskSpec(StrictModel):
@@ -106,7 +178,8 @@ class SensorSpec(StrictModel):
     name: str
     title: str
     kind: Literal["reflectance", "labels"] = "reflectance"
-    source: SourceSpec
+    sources: list[SourceSpec] = Field(
+        min_length=1, description="providers tried in order (a YAML may give one as 'source')")
     native_gsd: float = Field(gt=0)
     default_gsd: float = Field(gt=0, description="GSD the store holds this sensor at, unless the recipe overrides it")
     product: str = Field("raster", description="product rules that read its items (msc_france.products, which "
@@ -132,10 +205,51 @@ class SensorSpec(StrictModel):
     rgb: list[str] = Field(default_factory=list, description="band names used for RGB previews/exports")
     classes: dict[int, str] | None = Field(None, description="class value -> name, for label sensors")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_source(cls, data: Any) -> Any:
+        """``source: {...}`` (one provider, as every catalog before providers) is ``sources: [{...}]``."""
+        if isinstance(data, dict) and "source" in data:
+            if "sources" in data:
+                raise ValueError("give 'source' (one provider) or 'sources' (a list), not both")
+            data = {**data, "sources": [data["source"]]}
+            del data["source"]
+        return data
+
     @field_validator("name")
     @classmethod
     def _sensor_name(cls, v: str) -> str:
         return check_name(v, "sensor name")  # it names store groups and files
+
+    @field_validator("sources")
+    @classmethod
+    def _providers(cls, v: list[SourceSpec]) -> list[SourceSpec]:
+        names = [s.provider for s in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"providers named twice: {', '.join(dup)} (give each a distinct 'name')")
+        return v
+
+    @property
+    def source(self) -> SourceSpec:
+        """The first provider (the one whose rules apply when an item names none)."""
+        return self.sources[0]
+
+    def provider(self, name: str | None) -> SourceSpec:
+        """The provider called ``name`` (the first one for None: items found before providers).
+
+        Raises:
+            SourceError: no provider of this sensor has that name.
+        """
+        if name is None:
+            return self.sources[0]
+        for s in self.sources:
+            if s.provider == name:
+                return s
+        from msc_france.errors import SourceError
+
+        raise SourceError(f"sensor '{self.name}' has no provider '{name}' "
+                          f"(it has {', '.join(s.provider for s in self.sources)})")
 
     @model_validator(mode="after")
     def _check(self) -> SensorSpec:
@@ -235,14 +349,61 @@ def resolve_catalog_dir(name_or_path: str) -> Path:
     raise BadInputError(f"unknown catalog '{name_or_path}' (known: {', '.join(known)}; or a directory path)")
 
 
+#: The one setting that points a catalog's services elsewhere (a mirror, a proxy, local test servers).
+ENDPOINTS_ENV = "MSC_FRANCE_ENDPOINTS"
+
+
+def endpoint_map() -> list[tuple[str, str]]:
+    """``MSC_FRANCE_ENDPOINTS``: whitespace-separated ``FROM=TO`` URL prefixes, longest first.
+
+    Raises:
+        BadInputError: a pair that is not ``FROM=TO`` with two URLs.
+    """
+    import os
+
+    pairs = []
+    for part in os.environ.get(ENDPOINTS_ENV, "").split():
+        a, sep, b = part.partition("=")
+        if not sep or "://" not in a or "://" not in b:
+            raise BadInputError(f"{ENDPOINTS_ENV}: '{part}' is not FROM=TO with two URLs")
+        pairs.append((a.rstrip("/"), b.rstrip("/")))
+    return sorted(pairs, key=lambda p: -len(p[0]))
+
+
+def _redirected(spec: SourceSpec, pairs: list[tuple[str, str]]) -> SourceSpec:
+    """``spec`` with its service URLs rewritten by ``pairs``. A source moved this way may reach
+    loopback and private hosts: the user named them.
+    """
+    def moved(url: str | None) -> str | None:
+        for a, b in pairs:
+            if url is not None and (url.rstrip("/") == a or url.startswith(a + "/") or url.startswith(a + "?")):
+                return b + url[len(a):] if url.rstrip("/") != a else b
+        return url
+
+    changes: dict[str, Any] = {}
+    if moved(spec.url) != spec.url:
+        changes["url"] = moved(spec.url)
+    if spec.wms and spec.wms.dates.features_url and moved(spec.wms.dates.features_url) != spec.wms.dates.features_url:
+        dates = spec.wms.dates.model_copy(update={"features_url": moved(spec.wms.dates.features_url)})
+        changes["wms"] = spec.wms.model_copy(update={"dates": dates})
+    if not changes:
+        return spec
+    return spec.model_copy(update={**changes, "allow_private_hosts": True})
+
+
 def load_catalog(name_or_path: str) -> Catalog:
-    """Load every ``*.yaml`` sensor spec of a catalog directory (``_world.yaml`` is the demo world)."""
+    """Load every ``*.yaml`` sensor spec of a catalog directory (``_world.yaml`` is the demo world),
+    with its service URLs moved by ``MSC_FRANCE_ENDPOINTS`` (:func:`endpoint_map`).
+    """
     d = resolve_catalog_dir(name_or_path)
+    pairs = endpoint_map()
     sensors: dict[str, SensorSpec] = {}
     for f in sorted(d.glob("*.yaml")):
         if f.name.startswith("_"):
             continue
         spec = parse_model(SensorSpec, load_yaml(f), f"sensor {f}")
+        if pairs:
+            spec = spec.model_copy(update={"sources": [_redirected(s, pairs) for s in spec.sources]})
         if spec.name in sensors:
             raise BadInputError(f"catalog {d}: sensor '{spec.name}' defined twice")
         sensors[spec.name] = spec

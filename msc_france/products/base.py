@@ -18,7 +18,7 @@ import numpy as np
 from msc_france.errors import BadInputError, SourceError
 
 if TYPE_CHECKING:
-    from msc_france.config import SensorSpec
+    from msc_france.config import SensorSpec, SourceSpec
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,10 @@ class SourceItem:
     masks: tuple[MaskRead, ...]
     harmonization: str
     cloud_cover: float | None = None  # the scene's ``eo:cloud_cover`` (percent), when the item states it
+    provider: str | None = None  # the provider that served it (``SourceSpec.provider``; None: the first)
+    date_rule: str | None = None  # how its date was known, when a source had to decide (WMS imagery)
+    #: The same scene from the next providers, read in order when this one's files cannot be.
+    alternates: tuple[SourceItem, ...] = ()
 
 
 def _proj(asset: dict[str, Any]) -> tuple[tuple[int, int] | None, tuple[float, ...] | None]:
@@ -89,14 +93,21 @@ def band_info(asset: dict[str, Any], index: int) -> dict[str, Any]:
     return dict(rb[0]) if len(rb) == 1 else {}
 
 
-def _href(spec: SensorSpec, asset: dict[str, Any]) -> str:
-    """The asset's href after the source's href policy (see :mod:`msc_france.urls`)."""
+#: Item properties the planner and the sources write (see :mod:`msc_france.sources.base`).
+PROVIDER = "msc_france:provider"
+DATE_RULE = "msc_france:date_rule"
+ALTERNATES = "msc_france:alternates"
+
+
+def _href(src: SourceSpec, asset: dict[str, Any]) -> str:
+    """The asset's href after its provider's href policy (see :mod:`msc_france.urls`)."""
     from msc_france.urls import check_href
 
     href = asset.get("href")
     if not isinstance(href, str) or not href:
         raise SourceError("an asset has no href")
-    src = spec.source
+    if src.type == "wms":  # a GetMap request without its bbox: a remote service, never a local path
+        return check_href(href, local_ok=False, allowed_hosts=src.allowed_hosts, private_ok=src.allow_private_hosts)
     # Local paths only from catalogs on this machine: a static catalog served over http or from a
     # bucket must not make us read local files.
     path = str(src.path or "")
@@ -170,6 +181,9 @@ class ProductRules(ABC):
         """
         iid = str(item.get("id", "?"))
         assets = item.get("assets", {})
+        props = item.get("properties", {})
+        provider = props.get(PROVIDER)
+        src = spec.provider(None if provider is None else str(provider))
         by_asset: dict[str, list[tuple[int, int]]] = {}
         for pos, band in enumerate(spec.bands):
             asset = assets.get(band.asset)
@@ -185,7 +199,7 @@ class ProductRules(ABC):
             scale, offset, harm = radiom.pop()
             nd = band_info(asset, members[0][1]).get("nodata", spec.nodata)
             shape, tr = _proj(asset)
-            reads.append(AssetRead(key, _href(spec, asset), tuple(i for _, i in members),
+            reads.append(AssetRead(key, _href(src, asset), tuple(i for _, i in members),
                                    tuple(p for p, _ in members), None if nd is None else float(nd),
                                    scale, offset, shape, tr))
             if harm not in harms:
@@ -197,15 +211,29 @@ class ProductRules(ABC):
                 raise SourceError(f"item {iid} has no '{m.asset}' mask asset ({m.type})")
             nd = band_info(asset, 1).get("nodata")
             shape, tr = _proj(asset)
-            masks.append(MaskRead(m.asset, _href(spec, asset), m.type, None if nd is None else float(nd), shape, tr))
+            masks.append(MaskRead(m.asset, _href(src, asset), m.type, None if nd is None else float(nd), shape, tr))
         when = item_datetime(item)
-        cc = item.get("properties", {}).get("eo:cloud_cover")
+        cc = props.get("eo:cloud_cover")
         try:
             cloud_cover = None if cc is None or not 0 <= float(cc) <= 100 else float(cc)
         except (TypeError, ValueError):
             cloud_cover = None  # a scene value is informative only: an odd one is left out
+        alternates = []
+        for alt in props.get(ALTERNATES) or ():
+            try:
+                alternates.append(self.parse(spec, alt))
+            except (SourceError, BadInputError, KeyError, TypeError, ValueError, AttributeError):
+                continue  # a copy that cannot be read is no fallback; the primary still is
+        rule = props.get(DATE_RULE)
         return SourceItem(iid, self.name, int(when.timestamp()) if when else 0, tuple(reads), tuple(masks),
-                          "; ".join(harms), cloud_cover)
+                          "; ".join(harms), cloud_cover, src.provider if provider is not None else None,
+                          None if rule is None else str(rule), tuple(alternates))
+
+    def scene_key(self, item: dict[str, Any]) -> str:
+        """What names one acquisition whoever serves it: two providers' items with the same key are
+        the same scene, and the planner keeps one (the first provider's). Plain rasters: the item id.
+        """
+        return str(item.get("id", ""))
 
     def decode_mask(self, type: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(nodata, not-clear) boolean masks from a warped quality raster of this product."""

@@ -36,6 +36,17 @@ class LandsatC2L2(ProductRules):
         scale, offset = float(info["scale"]), float(info["offset"])
         return scale, offset, f"DN * {scale:g} {offset:+g}"
 
+    def scene_key(self, item: dict[str, Any]) -> str:
+        """USGS's ``landsat:scene_id`` (LC81960302023152LGN00), which every provider states; else the
+        platform, WRS path/row and date.
+        """
+        props = item.get("properties", {})
+        if props.get("landsat:scene_id"):
+            return f"landsat|{props['landsat:scene_id']}"
+        when = str(props.get("datetime") or "")[:10]
+        return (f"landsat|{str(props.get('platform', '')).lower()}|{props.get('landsat:wrs_path', '')}|"
+                f"{props.get('landsat:wrs_row', '')}|{when}") if when else super().scene_key(item)
+
     def decode_mask(self, type: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """qa_pixel: fill bit -> nodata; dilated cloud, cirrus, cloud, shadow -> not clear."""
         if type != "qa_pixel":

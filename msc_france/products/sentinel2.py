@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from msc_france.products.base import ProductRules, item_datetime
+from msc_france.errors import SourceError
+from msc_france.products.base import ProductRules, band_info, item_datetime
 
 if TYPE_CHECKING:
     from msc_france.config import SensorSpec
@@ -26,6 +27,23 @@ SCL_NOT_CLEAR = (1, 3, 8, 9, 10)
 #: First day of products processed with baseline 04.00 (BOA_ADD_OFFSET introduced).
 BASELINE_0400_FROM = dt.date(2022, 1, 25)
 _PRODUCT_BASELINE = re.compile(r"_N(\d{2})(\d{2})_")
+_TILE = re.compile(r"_T?(\d{2}[C-X][A-Z]{2})_")
+#: Earth Search's flag: the COGs' values already include BOA_ADD_OFFSET.
+OFFSET_APPLIED = "earthsearch:boa_offset_applied"
+
+
+def mgrs_tile(item: dict[str, Any]) -> str:
+    """The item's MGRS tile ("31TCJ"), from whichever property its provider states, else its id."""
+    props = item.get("properties", {})
+    if props.get("s2:mgrs_tile"):
+        return str(props["s2:mgrs_tile"]).upper().removeprefix("T")
+    if str(props.get("grid:code", "")).upper().startswith("MGRS-"):
+        return str(props["grid:code"])[5:].upper()
+    parts = [props.get(k) for k in ("mgrs:utm_zone", "mgrs:latitude_band", "mgrs:grid_square")]
+    if all(p is not None for p in parts):
+        return f"{int(parts[0]):02d}{parts[1]}{parts[2]}".upper()
+    m = _TILE.search(str(item.get("id", "")) + "_")
+    return m[1] if m else ""
 
 
 def processing_baseline(item: dict[str, Any]) -> tuple[str, str]:
@@ -52,10 +70,39 @@ class Sentinel2L2A(ProductRules):
 
     def radiometry(self, spec: SensorSpec, item: dict[str, Any], key: str,
                    asset: dict[str, Any], index: int) -> tuple[float, float, str]:
-        """(DN + offset) / 10000 with the offset of the item's processing baseline."""
+        """(DN + offset) / 10000 with the offset of the item's processing baseline, unless the
+        provider says its files already have it applied (Earth Search's ``earthsearch:boa_offset_applied``:
+        its COG values are DN - 1000 already, while their ``raster:bands`` still state -0.1).
+
+        Raises:
+            SourceError: the item's ``raster:bands`` state an offset that contradicts its baseline
+                and no flag explains it: which one the pixels follow cannot be known.
+        """
         baseline, source = processing_baseline(item)
         add = -1000.0 if baseline >= "04.00" else 0.0
+        props = item.get("properties", {})
+        if add and props.get(OFFSET_APPLIED) is True:
+            return 1e-4, 0.0, f"s2 baseline {baseline} (from {source}), offset already applied by the provider " \
+                              f"({OFFSET_APPLIED}): DN / 10000"
+        info = band_info(asset, index)
+        if "offset" in info:
+            stated = float(info["offset"]) / float(info.get("scale", 1e-4)) if float(info.get("scale", 1e-4)) else 0.0
+            if abs(stated - add) > 0.5:
+                raise SourceError(f"item {item.get('id', '?')} asset '{key}': raster:bands offset {info['offset']} "
+                                  f"contradicts baseline {baseline} (from {source}), which has offset {add * 1e-4:g}; "
+                                  "refused: which one its pixels follow is unknown")
         return 1e-4, add * 1e-4, f"s2 baseline {baseline} (from {source}): (DN {add:+g}) / 10000"
+
+    def scene_key(self, item: dict[str, Any]) -> str:
+        """Platform, MGRS tile and acquisition day (one satellite sees a tile at most once a day): one
+        acquisition whatever the provider's id (Planetary Computer's ``S2A_MSIL2A_..._T31TCJ_...``,
+        Earth Search's ``S2A_31TCJ_..._L2A``) or its reprocessing (Earth Search's collection 1).
+        """
+        props = item.get("properties", {})
+        when, tile = item_datetime(item), mgrs_tile(item)
+        if not tile or when is None:
+            return super().scene_key(item)
+        return f"s2|{str(props.get('platform', '')).lower()}|{tile}|{when.date().isoformat()}"
 
     def decode_mask(self, type: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """SCL: class 0 -> nodata; saturated, shadow, clouds, cirrus -> not clear."""

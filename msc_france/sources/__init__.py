@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from msc_france.config import Catalog, SensorSpec
+from msc_france.config import Catalog, SensorSpec, SourceSpec
 from msc_france.errors import BadInputError
 from msc_france.paths import cache_dir
 from msc_france.sources.base import SearchQuery, Source
@@ -13,13 +13,18 @@ from msc_france.sources.demo import DemoSource
 from msc_france.sources.signing import Signer, make_signer
 from msc_france.sources.stac_api import StacApiSource
 from msc_france.sources.static import StaticSource
+from msc_france.sources.wms import WmsSource
 
 __all__ = ["SearchQuery", "Source", "make_source", "make_signer", "Signer"]
 
 
-def make_source(sensor: SensorSpec, catalog: Catalog, use_cache: bool = True) -> Source:
-    """The backend serving ``sensor`` (search results of remote APIs cached on disk per query)."""
-    spec = sensor.source
+def make_source(sensor: SensorSpec, catalog: Catalog, use_cache: bool = True, spec: SourceSpec | None = None) -> Source:
+    """The backend of one of ``sensor``'s providers (``spec``; default the first), search results of
+    remote APIs cached on disk per query.
+    """
+    spec = spec or sensor.source
+    if spec.type == "wms":
+        return WmsSource(spec)
     if spec.type == "stac-api":
         return StacApiSource(spec, cache_dir=(cache_dir() / "search") if use_cache else None)
     if spec.type == "static":

@@ -18,6 +18,7 @@ from shapely.geometry import box, shape
 from msc_france.config import SourceSpec
 from msc_france.errors import first_line, printable
 from msc_france.fsutil import atomic_path
+from msc_france.products.base import PROVIDER
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,23 @@ def item_matches(item: pystac.Item, q: SearchQuery) -> bool:
     return shape(item.geometry).intersects(box(*q.bbox))
 
 
+def as_ours(item: pystac.Item, spec: SourceSpec) -> pystac.Item:
+    """``item`` with its assets under our keys (``spec.assets``: ours -> the provider's) and the
+    provider's name in its properties: everything downstream reads one vocabulary, and each item
+    knows whose rules (href policy, signing, GDAL settings) read it.
+    """
+    if spec.assets:
+        theirs = {v: k for k, v in spec.assets.items()}
+        item.assets = {theirs.get(k, k): a for k, a in item.assets.items() if k not in spec.assets or k in theirs}
+    if spec.alternate_href:
+        for a in item.assets.values():
+            alt = (a.extra_fields.get("alternate") or {}).get(spec.alternate_href) or {}
+            if isinstance(alt, dict) and isinstance(alt.get("href"), str):
+                a.href = alt["href"]
+    item.properties[PROVIDER] = spec.provider
+    return item
+
+
 @dataclass
 class Source(ABC):
     """One backend: a STAC API, a local static catalog, or the demo world."""
@@ -117,7 +135,12 @@ class Source(ABC):
         """Run the search against the backend (no cache)."""
 
     def search(self, q: SearchQuery) -> list[pystac.Item]:
-        """Items matching ``q``, sorted by datetime then id; cached on disk per query when enabled."""
+        """Items matching ``q``, sorted by datetime then id, in our asset keys and naming their
+        provider (:func:`as_ours`); cached on disk per query when enabled.
+        """
+        return [as_ours(it, self.spec) for it in self._search_cached(q)]
+
+    def _search_cached(self, q: SearchQuery) -> list[pystac.Item]:
         cached = self._cache_path(q)
         if cached is not None and cached.exists():
             self.stats["cache_hits"] += 1

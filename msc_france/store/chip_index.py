@@ -15,7 +15,7 @@ from msc_france.store.records import Status
 
 #: Per-group fields of the index, in the order consolidation writes them.
 FIELDS = ("status", "valid_fraction", "cloud_fraction", "scene_cloud_cover", "datetime", "item_ids", "shift_x_m",
-          "shift_y_m", "coreg_quality", "days_from_reference")
+          "shift_y_m", "coreg_quality", "days_from_reference", "provider", "date_rule")
 
 
 #: Prefix of the labels' per-class columns: ``class_fraction_<code>``.

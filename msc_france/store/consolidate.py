@@ -44,6 +44,7 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
     harm = np.full(n, "", dtype=object)
     coreg = {k: np.full(n, np.nan) for k in ("shift_x_m", "shift_y_m", "coreg_quality")}
     scene_cc = np.full(n, np.nan)
+    origin = {k: np.full(n, None, dtype=object) for k in ("provider", "date_rule")}
     nb = 1 if L.is_label else len(L.bands)
     # Sums, sums of squares and counts of valid pixels; row 1: training chips, row 0: the others.
     s1, s2, cnt = np.zeros((2, nb)), np.zeros((2, nb)), np.zeros(2)
@@ -62,6 +63,8 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
         for k, arr in coreg.items():
             v = getattr(rec, k)
             arr[i] = np.nan if v is None else v
+        for k, arr in origin.items():
+            arr[i] = getattr(rec, k)
         st = rec.stats
         if st and rec.status is Status.OK:
             t = int(splits[i] == "train")
@@ -98,6 +101,9 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
     }
     if np.isfinite(coreg["coreg_quality"]).any():  # measured against the reference (builder/coreg.py)
         columns.update({col(k): v for k, v in coreg.items()})
+    for k, arr in origin.items():  # only where a sensor has several providers or dated sources
+        if any(v is not None for v in arr):
+            columns[col(k)] = arr
     if L.is_label:
         columns.update(_class_fractions(L, ids, splits, commits, g))
     return {"counts": counts, "stats": stats, "columns": columns}

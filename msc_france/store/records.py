@@ -85,6 +85,9 @@ class LayerRecord:
     coreg_overlap: float | None = None
     applied_shift_x_m: float | None = None  # co-registration correction applied (coregistration.correct)
     applied_shift_y_m: float | None = None
+    # Where the pixels came from when a sensor has several providers or a source dated them.
+    provider: str | None = None  # the provider(s) that served the items used, comma-separated
+    date_rule: str | None = None  # how the acquisition's date was known (WMS imagery: sources/wms.py)
 
     @classmethod
     def failed(cls, reason: str, traceback: str | None = None) -> LayerRecord:
@@ -100,7 +103,7 @@ class LayerRecord:
         d: dict[str, Any] = {"status": self.status.value}
         for k in ("reason", "datetime", "cloud_fraction", "scene_cloud_cover", "valid_fraction", "covered_fraction", "clipped",
                   "checksum", "traceback", "shift_x_m", "shift_y_m", "coreg_quality", "coreg_overlap",
-                  "applied_shift_x_m", "applied_shift_y_m"):
+                  "applied_shift_x_m", "applied_shift_y_m", "provider", "date_rule"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
@@ -136,7 +139,9 @@ class LayerRecord:
             shift_x_m=_float(d.get("shift_x_m")), shift_y_m=_float(d.get("shift_y_m")),
             coreg_quality=_float(d.get("coreg_quality")),
             coreg_overlap=_float(d.get("coreg_overlap")), applied_shift_x_m=_float(d.get("applied_shift_x_m")),
-            applied_shift_y_m=_float(d.get("applied_shift_y_m")))
+            applied_shift_y_m=_float(d.get("applied_shift_y_m")),
+            provider=None if d.get("provider") is None else str(d["provider"]),
+            date_rule=None if d.get("date_rule") is None else str(d["date_rule"]))
 
 
 def _float(v: Any) -> float | None:
