@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from msc_france.errors import SourceError
-from msc_france.products.base import ProductRules, band_info, item_datetime
+from msc_france.products.base import ProductRules, item_datetime
 
 if TYPE_CHECKING:
     from msc_france.config import SensorSpec
@@ -72,25 +71,14 @@ class Sentinel2L2A(ProductRules):
                    asset: dict[str, Any], index: int) -> tuple[float, float, str]:
         """(DN + offset) / 10000 with the offset of the item's processing baseline, unless the
         provider says its files already have it applied (Earth Search's ``earthsearch:boa_offset_applied``:
-        its COG values are DN - 1000 already, while their ``raster:bands`` still state -0.1).
-
-        Raises:
-            SourceError: the item's ``raster:bands`` state an offset that contradicts its baseline
-                and no flag explains it: which one the pixels follow cannot be known.
+        its COG values are ESA's DN - 1000). ``raster:bands`` offsets are not read: Earth Search states
+        -0.1 on every item, flagged or not, so they cannot decide.
         """
         baseline, source = processing_baseline(item)
         add = -1000.0 if baseline >= "04.00" else 0.0
-        props = item.get("properties", {})
-        if add and props.get(OFFSET_APPLIED) is True:
-            return 1e-4, 0.0, f"s2 baseline {baseline} (from {source}), offset already applied by the provider " \
-                              f"({OFFSET_APPLIED}): DN / 10000"
-        info = band_info(asset, index)
-        if "offset" in info:
-            stated = float(info["offset"]) / float(info.get("scale", 1e-4)) if float(info.get("scale", 1e-4)) else 0.0
-            if abs(stated - add) > 0.5:
-                raise SourceError(f"item {item.get('id', '?')} asset '{key}': raster:bands offset {info['offset']} "
-                                  f"contradicts baseline {baseline} (from {source}), which has offset {add * 1e-4:g}; "
-                                  "refused: which one its pixels follow is unknown")
+        if add and item.get("properties", {}).get(OFFSET_APPLIED) is True:
+            return 1e-4, 0.0, (f"s2 baseline {baseline} (from {source}), offset already applied by the provider "
+                               f"({OFFSET_APPLIED}): DN / 10000")
         return 1e-4, add * 1e-4, f"s2 baseline {baseline} (from {source}): (DN {add:+g}) / 10000"
 
     def scene_key(self, item: dict[str, Any]) -> str:

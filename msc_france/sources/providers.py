@@ -58,7 +58,6 @@ def search_providers(sensor: SensorSpec, catalog: Catalog, q: SearchQuery, use_c
             if len(sensor.sources) == 1:
                 raise
             failed[spec.provider] = str(e)
-            log.warning(f"  {sensor.name}: provider {spec.provider} failed, the others serve: {e}")
             continue
         found[spec.provider] = len(items)
         for it in items:
@@ -71,6 +70,8 @@ def search_providers(sensor: SensorSpec, catalog: Catalog, q: SearchQuery, use_c
     if len(failed) == len(sensor.sources):
         raise SourceError(f"every provider of {sensor.name} failed: "
                           + "; ".join(f"{p}: {why}" for p, why in failed.items()))
+    for p, why in failed.items():
+        log.warning(f"{sensor.name}: provider {p} failed, the others serve its chips: {why}")
     merged = sorted(kept.values(), key=lambda it: (it.datetime or dt.datetime.min.replace(tzinfo=dt.UTC), it.id))
     per: dict[str, int] = {}
     for it in merged:
