@@ -210,6 +210,8 @@ def read_candidate(spec: SensorSpec, items: list[SourceItem], grid: PixelGrid,
         if done.all():
             break
         item, r = read_served(spec, listed, grid, signer)
+        if used and item.provider not in {u.provider for u in used}:
+            _check_agreement(spec, used, item, r, acc, weight, done)
         take = r.covered & ~done
         f = np.minimum(1.0 if r.fraction is None else r.fraction, 1.0 - weight)
         w = np.where(take, np.where(f > 1e-9, f, 0.0), 0.0)
@@ -238,6 +240,31 @@ def read_candidate(spec: SensorSpec, items: list[SourceItem], grid: PixelGrid,
         cloud_fraction=cloud, valid_fraction=float(valid.mean()), clipped=clipped,
         providers=_joined(it.provider for it in used), date_rule=_joined(it.date_rule for it in used),
     )
+
+
+#: Mean |difference| (stored units) allowed where two providers' items of one acquisition overlap.
+PROVIDER_TOLERANCE = 1.0
+
+
+def _check_agreement(spec: SensorSpec, used: list[SourceItem], item: SourceItem, r: ItemRead, acc: np.ndarray,
+                     weight: np.ndarray, done: np.ndarray) -> None:
+    """An acquisition mosaicked from two providers (a tile each: the first provider lacked one):
+    where their tiles overlap, the values must agree within :data:`PROVIDER_TOLERANCE`, else the two
+    encode the scene differently (an offset applied by one and not declared) and the chip is refused.
+
+    Raises:
+        SourceError: naming both items, their providers and the difference.
+    """
+    both = r.covered & done
+    if both.sum() < 16:  # tiles that only touch: nothing to compare
+        return
+    mosaic = acc[:, both] / weight[both]
+    diff = float(np.abs(r.stored[:, both].astype(np.float64) - mosaic).mean())
+    if diff > PROVIDER_TOLERANCE:
+        first = used[0]
+        raise SourceError(f"{spec.name}: items {first.id} ({first.provider}) and {item.id} ({item.provider}) of one "
+                          f"acquisition differ by {diff:.1f} on average where they overlap ({int(both.sum())} pixels): "
+                          "refused, the providers encode the scene differently")
 
 
 def _joined(values: Iterable[str | None]) -> str | None:
