@@ -388,11 +388,13 @@ class WmsServer(_Server):
         offsite: an RGB triple the service treats as no data (IGN's white fill).
         date: a ``time`` Dimension default for every layer (None: none).
         date_zones: (polygon in the files' CRS, date) for a WFS layer ``dates`` (None: none).
+        bands: WMS layer name -> the files' bands it shows, e.g. "4,1,2" (default: the first three).
     """
 
     def __init__(self, workdir: Path, layers: dict[str, list[Path]], offsite: tuple[int, int, int] | None = None,
                  date: str | None = None, date_zones: list[tuple[object, str]] | None = None,
-                 formats: tuple[str, ...] = ("image/tiff", "image/png", "image/jpeg")) -> None:
+                 formats: tuple[str, ...] = ("image/tiff", "image/png", "image/jpeg"),
+                 bands: dict[str, str] | None = None) -> None:
         import geopandas as gpd
         import rasterio
         from shapely.geometry import box
@@ -418,6 +420,8 @@ class WmsServer(_Server):
             if date:
                 meta += f' "wms_timeextent" "{date}" "wms_timedefault" "{date}" "wms_timeitem" "location"'
             off = f"OFFSITE {' '.join(map(str, offsite))}" if offsite else ""
+            if bands and name in bands:
+                off += f'\n    PROCESSING "BANDS={bands[name]}"'
             blocks.append(f'''  LAYER
     NAME "{name}"
     TYPE RASTER

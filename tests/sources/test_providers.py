@@ -21,7 +21,6 @@ import yaml
 import zarr
 
 from msc_france.cli import main
-from msc_france.errors import SourceError
 from msc_france.products import rules_for
 from msc_france.products.sentinel2 import mgrs_tile
 from tests.servers import AssetServer, FaultProxy, free_port, rustac_api
