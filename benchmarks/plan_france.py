@@ -72,6 +72,7 @@ def make_catalog(root: Path, seed: int = 0) -> tuple[Path, Path, dict[str, int]]
         counts[sensor] = len(items)
         path = root / f"{sensor}.ndjson"
         path.write_text("".join(json.dumps(it) + "\n" for it in items))
+        spec.pop("sources", None)  # one provider: the generated catalog
         spec["source"] = {"type": "static", "collection": sensor, "path": str(path)}
         (cat / f"{sensor}.yaml").write_text(yaml.safe_dump(spec))
     rec = yaml.safe_load((pipelines_dir() / "msc-france.yaml").read_text())

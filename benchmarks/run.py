@@ -633,7 +633,7 @@ def _section_of(r: dict[str, Any]) -> str:
 
 
 #: Sections of ``make bench``, in the order they run (``--only`` picks some).
-SECTIONS = ("msad", "loader", "training", "gpu", "build", "readers", "plan")
+SECTIONS = ("msad", "loader", "training", "gpu", "build", "readers", "plan", "wms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -642,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", default=str(ROOT / "data" / "demo.zarr"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
-    ap.add_argument("--only", nargs="*", default=None, help="subset: build readers plan loader msad training")
+    ap.add_argument("--only", nargs="*", default=None, help="subset: build readers plan loader msad training gpu wms")
     ap.add_argument("--recipe", default="demo", help="recipe of the build benchmark")
     ap.add_argument("--region", default="demo", help="region of the build benchmark")
     a = ap.parse_args(argv)
@@ -650,10 +650,10 @@ def main(argv: list[str] | None = None) -> int:
 
     reps = 1 if a.quick else 3
     store = Path(a.store)
-    if not (store / "zarr.json").exists():
+    which = a.only or list(SECTIONS)
+    if set(which) & {"loader", "training", "gpu"} and not (store / "zarr.json").exists():
         print(f"error: store {store} not found; run 'make demo' first", file=sys.stderr)
         return 2
-    which = a.only or list(SECTIONS)
     details: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -694,6 +694,14 @@ def main(argv: list[str] | None = None) -> int:
     section("build", lambda: bench_build(a.quick, reps, a.recipe, a.region))
     section("readers", readers)
     section("plan", plan)
+
+    def wms() -> list[dict[str, Any]]:
+        from benchmarks.wms import bench_wms
+
+        more, details["wms"] = bench_wms(a.quick)
+        return more
+
+    section("wms", wms)
     results = {
         "quick": a.quick, "rows": rows, "details": details, "elapsed_s": round(time.perf_counter() - t0, 1),
         "environment": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),

@@ -27,6 +27,20 @@ def train_config(store: Path, out: Path, **changes: Any) -> TrainConfig:
     return TrainConfig.model_validate(d)
 
 
+def one_provider_yaml(catalog: str, sensor: str) -> dict[str, Any]:
+    """A shipped sensor YAML as a dict with its first provider as ``source`` (the shape tests edit:
+    the default catalog's satellites list several providers).
+    """
+    import yaml
+
+    from msc_france.paths import catalogs_dir
+
+    spec = yaml.safe_load((catalogs_dir() / catalog / f"{sensor}.yaml").read_text())
+    if "sources" in spec:
+        spec["source"] = spec.pop("sources")[0]
+    return spec
+
+
 #: Real product files of the workplace (``../shared/realdata`` from the project root; see its README).
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 

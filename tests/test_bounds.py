@@ -24,6 +24,7 @@ from msc_france.cli import main
 from msc_france.config import SourceSpec
 from msc_france.errors import BadInputError, StoreError
 from msc_france.paths import catalogs_dir, pipelines_dir
+from tests.helpers import one_provider_yaml
 from tests.real_products import bdortho_tile
 
 
@@ -200,7 +201,7 @@ def test_a_latin1_recipe_is_a_one_line_error(tmp_path: Path, capsys: pytest.Capt
 
 @pytest.mark.parametrize("bad", ["../../outside", "a/b", "..", ".hidden", "x\ny"])
 def test_collection_ids_that_would_be_paths_are_refused(bad: str, tmp_path: Path) -> None:
-    spec = yaml.safe_load((catalogs_dir() / "default" / "sentinel-2-l2a.yaml").read_text())
+    spec = one_provider_yaml("default", "sentinel-2-l2a")
     spec["source"]["collection"] = bad
     cat = tmp_path / "cat"
     cat.mkdir()

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from msc_france.cli import main
-from msc_france.paths import catalogs_dir, pipelines_dir
+from msc_france.paths import pipelines_dir
+from tests.helpers import one_provider_yaml
 
 
 def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -90,7 +91,7 @@ def test_unreachable_stac_api_fails_within_seconds(tmp_path: Path) -> None:
 
     cat = tmp_path / "cat"
     cat.mkdir()
-    spec = yaml.safe_load((catalogs_dir() / "default" / "sentinel-2-l2a.yaml").read_text())
+    spec = one_provider_yaml("default", "sentinel-2-l2a")
     spec["source"].update(url=f"http://127.0.0.1:{free_port()}/api/stac/v1", timeout_s=2, max_retries=1)
     (cat / "sentinel-2-l2a.yaml").write_text(yaml.safe_dump(spec))
     rec = yaml.safe_load((pipelines_dir() / "demo.yaml").read_text())
@@ -145,7 +146,7 @@ def test_static_catalog_path_expands_home_and_variables(tmp_path, monkeypatch) -
     base = load_catalog("local").sensor("aerial")
     for path, want in (("~/a/catalog.json", tmp_path / "a" / "catalog.json"),
                        ("$HOME/$MSC_TEST_DIR/catalog.json", tmp_path / "cats" / "catalog.json")):
-        spec = SensorSpec(**{**base.model_dump(), "source": SourceSpec(type="static", path=path, collection="aerial")})
+        spec = SensorSpec(**{**base.model_dump(), "sources": [SourceSpec(type="static", path=path, collection="aerial")]})
         cat = Catalog(name="x", path=tmp_path, sensors={"aerial": spec})
         assert Path(make_source(spec, cat).path) == want
 
@@ -209,7 +210,7 @@ def test_a_catalog_naming_an_unknown_product_is_refused_before_any_search(capsys
                                                                           tmp_path: Path, tiny_region: Path) -> None:
     cat = tmp_path / "cat"
     cat.mkdir()
-    spec = yaml.safe_load((catalogs_dir() / "default" / "sentinel-2-l2a.yaml").read_text())
+    spec = one_provider_yaml("default", "sentinel-2-l2a")
     spec["product"] = "sentinel-2-l1c"
     (cat / "sentinel-2-l2a.yaml").write_text(yaml.safe_dump(spec))
     for args in (("sensors", "--catalog", str(cat)),

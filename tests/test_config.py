@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import yaml
 
 from msc_france.config import check_chip_size, load_catalog, load_recipe, sensor_gsds
 from msc_france.errors import BadInputError
-from msc_france.paths import pipelines_dir
+from msc_france.paths import catalogs_dir, pipelines_dir
 
 
 @pytest.mark.parametrize("name", ["default", "demo"])
@@ -132,3 +133,33 @@ def test_recipe_rules_differ_only_where_content_or_split_rules_do() -> None:
                                                    f"{rec.chips_per_shard * 2}"]
     nested = {**stored, "split": {**stored["split"], "salt": "other"}}
     assert rec.rules().differences(nested) == [f"split.salt: 'other' -> {stored['split']['salt']!r}"]
+
+
+def test_one_source_or_several_providers(tmp_path: Path) -> None:
+    """``source`` is one provider, ``sources`` several; both at once, or two providers of one name,
+    are refused in one line naming the file.
+    """
+    base = yaml.safe_load((catalogs_dir() / "default" / "sentinel-2-l2a.yaml").read_text())
+    assert [s.provider for s in load_catalog("default").sensor("sentinel-2-l2a").sources] == [
+        "planetary-computer", "earth-search", "earth-search-c1"]
+    for n, (change, message) in enumerate((({"source": base["sources"][0]}, "give 'source' (one provider) or 'sources'"),
+                            ({"sources": [base["sources"][0]] * 2}, "providers named twice: planetary-computer"))):
+        d = tmp_path / f"cat{n}"
+        d.mkdir()
+        (d / "s.yaml").write_text(yaml.safe_dump({**base, **change}))
+        with pytest.raises(BadInputError, match=re.escape(message)) as e:
+            load_catalog(str(d))
+        assert "\n" not in str(e.value) and "s.yaml" in str(e.value)
+
+
+def test_endpoints_setting_moves_every_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MSC_FRANCE_ENDPOINTS", "https://planetarycomputer.microsoft.com/api/stac/v1=http://127.0.0.1:9/pc "
+                       "https://data.geopf.fr/wms-r=http://127.0.0.1:9/wms")
+    cat = load_catalog("default")
+    s2 = cat.sensor("sentinel-2-l2a").sources
+    assert (s2[0].url, s2[0].allow_private_hosts) == ("http://127.0.0.1:9/pc", True)
+    assert (s2[1].url, s2[1].allow_private_hosts) == ("https://earth-search.aws.element84.com/v1", False)
+    assert cat.sensor("aerial").source.url == "http://127.0.0.1:9/wms"
+    monkeypatch.setenv("MSC_FRANCE_ENDPOINTS", "https://a.example=nowhere")
+    with pytest.raises(BadInputError, match="MSC_FRANCE_ENDPOINTS: 'https://a.example=nowhere' is not FROM=TO"):
+        load_catalog("default")

@@ -22,10 +22,11 @@ import yaml
 from msc_france.cli import main
 from msc_france.config import SourceSpec
 from msc_france.errors import SourceError, StoreError
-from msc_france.paths import catalogs_dir, pipelines_dir
+from msc_france.paths import pipelines_dir
 from msc_france.sources.base import SearchQuery
 from msc_france.sources.stac_api import StacApiSource
 from tests.conftest import write_region_file
+from tests.helpers import one_provider_yaml
 from tests.servers import AssetServer, _Server
 
 QUERY = SearchQuery("sentinel-2-l2a", (1.3, 43.5, 1.4, 43.6), __import__("datetime").date(2021, 1, 1),
@@ -415,7 +416,7 @@ def test_build_never_fetches_a_forged_loopback_href(tiny_region: Path, tmp_path:
     with AssetServer(tmp_path) as victim, HostileApi("forged", href=f"{victim.url}/secret.tif") as api:
         cat = tmp_path / "cat"
         cat.mkdir()
-        spec = yaml.safe_load((catalogs_dir() / "default" / "sentinel-2-l2a.yaml").read_text())
+        spec = one_provider_yaml("default", "sentinel-2-l2a")
         spec["source"].update(url=f"{api.url}/", signing="none", timeout_s=3, max_retries=0)
         (cat / "sentinel-2-l2a.yaml").write_text(yaml.safe_dump(spec))
         rec = yaml.safe_load((pipelines_dir() / "demo.yaml").read_text())
@@ -632,7 +633,7 @@ def test_credentials_are_redacted(tmp_path: Path, capsys: pytest.CaptureFixture)
 
     cat = tmp_path / "cat"
     cat.mkdir()
-    spec = yaml.safe_load((catalogs_dir() / "default" / "sentinel-2-l2a.yaml").read_text())
+    spec = one_provider_yaml("default", "sentinel-2-l2a")
     spec["source"].update(url=f"http://alice:hunter2@127.0.0.1:{free_port()}/api?subscription-key=s3cr3t",
                           timeout_s=1, max_retries=0)
     (cat / "sentinel-2-l2a.yaml").write_text(yaml.safe_dump(spec))
@@ -788,10 +789,10 @@ def test_remote_static_catalog_cannot_name_local_files() -> None:
     from msc_france.products import rules_for
 
     spec = load_catalog("default").sensor("sentinel-2-l2a")
-    remote = spec.model_copy(update={"source": SourceSpec(type="static", collection="sentinel-2-l2a",
-                                                          path="https://example.org/catalog.json")})
-    local = spec.model_copy(update={"source": SourceSpec(type="static", collection="sentinel-2-l2a",
-                                                         path="/data/catalog.json")})
+    remote = spec.model_copy(update={"sources": [SourceSpec(type="static", collection="sentinel-2-l2a",
+                                                            path="https://example.org/catalog.json")]})
+    local = spec.model_copy(update={"sources": [SourceSpec(type="static", collection="sentinel-2-l2a",
+                                                           path="/data/catalog.json")]})
     with pytest.raises(SourceError, match="local paths only come from local catalogs"):
         rules_for("sentinel-2-l2a").parse(remote, s2_item("x", "/etc/passwd"))
     assert rules_for("sentinel-2-l2a").parse(local, s2_item("x", "/data/b.tif"))

@@ -52,16 +52,21 @@ def sensors(catalog_name: str, as_json: bool) -> None:
     cat = check_catalog(load_catalog(catalog_name))
     rows, records = [], []
     for s in cat.sensors.values():
-        where = redact(s.source.url) if s.source.url else (s.source.path or "generated demo world")  # no secrets
+        def where(src: Any) -> str:
+            return redact(src.url) if src.url else (src.path or "generated demo world")  # no secrets
+
         rows.append([s.name, s.kind, f"{s.native_gsd:g} -> {s.default_gsd:g}", s.dtype, " ".join(s.band_names),
-                     f"{s.source.type}:{s.source.collection}", where])
+                     ", ".join(f"{p.provider} ({p.type}:{p.collection})" for p in s.sources), where(s.source)])
         records.append({"sensor": s.name, "kind": s.kind, "native_gsd": s.native_gsd, "store_gsd": s.default_gsd,
                         "dtype": s.dtype, "bands": list(s.band_names), "source": s.source.type,
-                        "collection": s.source.collection, "location": str(where)})
+                        "collection": s.source.collection, "location": str(where(s.source)),
+                        "providers": [{"name": p.provider, "type": p.type, "collection": p.collection,
+                                       "location": str(where(p))} for p in s.sources]})
     if as_json:
         print_json({"catalog": cat.name, "sensors": records})
         return
-    echo_table(rows, ["sensor", "kind", "gsd m (native -> store)", "dtype", "bands", "source", "location"])
+    echo_table(rows, ["sensor", "kind", "gsd m (native -> store)", "dtype", "bands", "providers, in order",
+                      "first location"])
 
 
 # --------------------------------------------------------------------------- plan
