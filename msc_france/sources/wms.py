@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import numpy as np
 import pystac
@@ -219,24 +219,29 @@ class Answer:
     body: bytes
 
 
+#: Redirects followed per request, each through the href policy.
+MAX_REDIRECTS = 5
+
+
 def http_get(url: str, params: dict[str, str], spec: SourceSpec, max_bytes: int) -> Answer:
-    """GET ``url`` with ``params``: href policy, rate limit, timeouts, bounded retries with backoff
-    on connection errors, 429 (``Retry-After`` honoured, at most 30 s) and 5xx.
+    """GET ``url`` with ``params``: href policy (on every redirect too), rate limit, timeouts,
+    bounded retries with backoff on connection errors, 429 (``Retry-After`` honoured, at most 30 s)
+    and 5xx.
 
     Raises:
-        SourceError: refused by the href policy, too large, or still failing after the retries.
+        SourceError: refused by the href policy, too large, redirected too often, or still failing
+            after the retries.
     """
     full = _with_params(url, params)
-    check_url(full, private_ok=spec.allow_private_hosts)
     rate = spec.wms.max_requests_per_s if spec.wms else 40.0
     session = getattr(_SESSION, "s", None)
     if session is None:
         session = _SESSION.s = requests.Session()
     last = "no answer"
     for attempt in range(spec.max_retries + 1):
-        _limiter(url, rate).wait()
         try:
-            with session.get(full, timeout=spec.timeout_s, stream=True, allow_redirects=False) as r:
+            r = _follow(session, full, spec, rate)
+            with r:
                 if r.status_code in (429, 500, 502, 503, 504):
                     last = f"HTTP {r.status_code}"
                     if attempt < spec.max_retries:
@@ -249,6 +254,21 @@ def http_get(url: str, params: dict[str, str], spec: SourceSpec, max_bytes: int)
             if attempt < spec.max_retries:
                 time.sleep(0.5 * 2**attempt)
     raise SourceError(f"WMS {redact(url)} failed {spec.max_retries + 1} times: {last}")
+
+
+def _follow(session: requests.Session, url: str, spec: SourceSpec, rate: float) -> requests.Response:
+    """The answer to ``url`` after at most :data:`MAX_REDIRECTS` redirects, each hop checked by the
+    href policy and counted against the rate limit before it is requested.
+    """
+    for _ in range(MAX_REDIRECTS + 1):
+        check_url(url, private_ok=spec.allow_private_hosts)
+        _limiter(url, rate).wait()
+        r = session.get(url, timeout=spec.timeout_s, stream=True, allow_redirects=False)
+        if not r.is_redirect:
+            return r
+        url = urljoin(url, r.headers["location"])
+        r.close()
+    raise SourceError(f"WMS {redact(url)} redirected more than {MAX_REDIRECTS} times")
 
 
 def _retry_after(header: str | None, attempt: int) -> float:

@@ -405,3 +405,36 @@ def test_parse_date_and_capabilities_shapes() -> None:
     with pytest.raises(SourceError, match="service exception"):
         parse_capabilities(b"<ServiceExceptionReport><ServiceException>no</ServiceException></ServiceExceptionReport>",
                            "http://x")
+
+
+def test_redirects_are_followed_within_bounds(tmp_path: Path) -> None:
+    """A service behind a redirect is read through it; a redirect loop ends in one line."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    target: dict[str, str] = {}
+
+    class Redirect(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # noqa: ANN002
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(302)
+            loop = self.path.startswith("/loop")
+            self.send_header("Location", self.path if loop else target["url"] + "?" + self.path.split("?", 1)[1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with _server(tmp_path, _patches(), date="2021-06-15") as wms:
+            target["url"] = wms.wms_url
+            base = f"http://127.0.0.1:{httpd.server_address[1]}"
+            items = _search(f"{base}/moved", _wgs84(X0, 6271171, X0 + 50, 6271271))
+            assert [i.properties["msc_france:date_rule"] for i in items] == ["capabilities"]
+            with pytest.raises(SourceError, match="redirected more than 5 times"):
+                _search(f"{base}/loop", _wgs84(X0, 6271171, X0 + 50, 6271271))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
