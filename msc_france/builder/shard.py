@@ -14,6 +14,7 @@ import rasterio
 from affine import Affine
 
 from msc_france.builder.coreg import CoregRule, area_mean, luminance, measure
+from msc_france.builder.pool import task_pool
 from msc_france.builder.read import ChipRead, read_candidate
 from msc_france.builder.warp import clear_http_cache, gdal_env
 from msc_france.config import Recipe, SensorSpec
@@ -130,12 +131,23 @@ def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_s
     existing = store.read_commit(task.shard, tolerant=True)
     rebuild = {j.chip_id for j in task.jobs}
     keep = {cid: rec for cid, rec in existing.items() if cid not in rebuild}
-    layers: dict[str, dict[str, LayerRecord]] = {j.chip_id: {} for j in task.jobs}
-    views: dict[str, dict[str | float, np.ndarray]] = {j.chip_id: {} for j in task.jobs}  # the reference's
-    n = task.stop - task.start
     clear_http_cache()  # a long-lived worker must not remember an earlier task's failed opens
     if coreg is not None:  # the reference first: the others are measured (and corrected) against it
         rules = sorted(rules, key=lambda r: r.layer.group != coreg.reference)
+    with task_pool():  # each source file opened once for the shard's chips (builder/pool.py)
+        layers = _build_layers(store, task, rules, chip_size_m, policy, tick, coreg, keep)
+    records = {j.chip_id: ChipRecord(j.index, worker, layers[j.chip_id]) for j in task.jobs}
+    store.write_commit(ShardCommit(task.shard, {**keep, **records}))  # the done mark, after the data
+    return records
+
+
+def _build_layers(store: Store, task: ShardTask, rules: list[LayerRule], chip_size_m: int, policy: str,
+                  tick: Callable[[], None] | None, coreg: CoregRule | None,
+                  keep: dict[str, ChipRecord]) -> dict[str, dict[str, LayerRecord]]:
+    """Every layer of the shard's chips read, written (with its overview levels) and recorded."""
+    layers: dict[str, dict[str, LayerRecord]] = {j.chip_id: {} for j in task.jobs}
+    views: dict[str, dict[str | float, np.ndarray]] = {j.chip_id: {} for j in task.jobs}  # the reference's
+    n = task.stop - task.start
     for rule in rules:
         with rasterio.Env(**gdal_env(rule.spec.source.gdal)):
             L = rule.layer
@@ -174,9 +186,7 @@ def build_shard(store_path: str, task: ShardTask, rules: list[LayerRule], chip_s
                     if rec.checksum is not None:  # validate checks each level as it checks full resolution
                         i = job.index - task.start
                         layers[job.chip_id][L.group] = rec.with_overview(f, chip_checksum(og_data[i], og_valid[i]))
-    records = {j.chip_id: ChipRecord(j.index, worker, layers[j.chip_id]) for j in task.jobs}
-    store.write_commit(ShardCommit(task.shard, {**keep, **records}))  # the done mark, after the data
-    return records
+    return layers
 
 
 def _coregister(rule: CoregRule, layer_rule: LayerRule, chip: Chip, job: ChipJob, policy: str, res: ChipRead,

@@ -26,6 +26,7 @@ from rasterio.enums import ColorInterp, Interleaving, Resampling
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
+from msc_france.builder.pool import DatasetPool, active_pool
 from msc_france.errors import SourceError, first_line
 from msc_france.grid import PixelGrid
 from msc_france.sources.signing import Signer
@@ -196,14 +197,38 @@ def warp_asset(href: str, signer: Signer, grid: PixelGrid, indexes: tuple[int, .
         SourceError: unreadable file, no CRS, a band it does not have, an unsupported data type,
             a grid that disagrees with the item, or a file beyond ``limits``.
     """
-    with open_raster(href, signer) as src:
-        return warp_open(src, href, grid, indexes, resampling, nodata, proj_shape, proj_transform, limits)
+    pool = active_pool()
+    if pool is None:
+        with open_raster(href, signer) as src:
+            return warp_open(src, href, grid, indexes, resampling, nodata, proj_shape, proj_transform, limits)
+    src = _pooled(pool, href, signer)
+    try:
+        return warp_open(src, href, grid, indexes, resampling, nodata, proj_shape, proj_transform, limits, pool)
+    except SourceError:
+        pool.drop(src.name)  # a broken transfer: the next try opens the file afresh
+        raise
+
+
+def _pooled(pool: DatasetPool, href: str, signer: Signer) -> rasterio.io.DatasetReader:
+    """:func:`open_raster` through the task's pool (the same signed href is the same file)."""
+    try:
+        return pool.get(signer.sign(href))
+    except rasterio.errors.RasterioError as e:
+        if _is_403(e):
+            try:
+                return pool.get(signer.refresh(href))
+            except rasterio.errors.RasterioError as e2:
+                raise SourceError(f"cannot read {href}: {first_line(e2)}") from None
+        raise SourceError(f"cannot read {href}: {first_line(e)}") from None
 
 
 def warp_open(src: rasterio.io.DatasetReader, href: str, grid: PixelGrid, indexes: tuple[int, ...],
               resampling: str, nodata: float | None, proj_shape: tuple[int, int] | None = None,
-              proj_transform: tuple[float, ...] | None = None, limits: ReadLimits = ReadLimits()) -> Warped:
-    """:func:`warp_asset` of a dataset already open (a file, or a service's answer in memory)."""
+              proj_transform: tuple[float, ...] | None = None, limits: ReadLimits = ReadLimits(),
+              pool: DatasetPool | None = None) -> Warped:
+    """:func:`warp_asset` of a dataset already open (a file, or a service's answer in memory); its
+    overview levels are opened through ``pool`` when given.
+    """
     limits.check(src, href)
     if src.crs is None:
         raise SourceError(f"{href} has no CRS")
@@ -218,6 +243,8 @@ def warp_open(src: rasterio.io.DatasetReader, href: str, grid: PixelGrid, indexe
     # from the file's overviews: fewer pixels to decode (JPEG / JPEG 2000 decoding dominates).
     if resampling == "average" and src.crs == rasterio.crs.CRS.from_user_input(grid.crs):
         level = overview_level(src, grid.res)
+        if level is not None and pool is not None:
+            return _warp(pool.get(src.name, level), href, grid, indexes, resampling, nodata, dtypes)
         if level is not None:
             with rasterio.open(src.name, OVERVIEW_LEVEL=level) as ov:
                 return _warp(ov, href, grid, indexes, resampling, nodata, dtypes)
