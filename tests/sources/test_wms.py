@@ -315,14 +315,34 @@ def test_a_layer_gone_after_planning_fails_its_chips(tmp_path: Path, capsys) -> 
 
 
 def test_rate_limit_spaces_requests(tmp_path: Path) -> None:
-    """At 5 requests/s, the server sees requests at least 0.2 s apart (its own clock)."""
+    """At 5 requests/s, the server sees 8 GetMaps over at least 7 x 0.2 s (its own clock, allowing
+    for one request's jitter at each end).
+    """
     src = _patches()
     with _server(tmp_path, src) as wms:
         code, _ = _build(tmp_path, _catalog(tmp_path, wms.wms_url, max_requests_per_s=5), "s",
                          [(X0, Y0), (X0, Y0 - 48), (X0 + 48, Y0)], extra=["--workers", "2"])
         times = sorted(t for t, r, _ in wms.requests if r == "GetMap")
     assert code == 0 and len(times) == 8  # the region's 2 x 2 chips, two layers each
-    assert np.diff(times).min() >= 0.18
+    assert times[-1] - times[0] >= 7 * 0.2 - 0.1
+
+
+def test_rate_limiter_schedules_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a simulated clock: threads sharing one limiter at 4 requests/s go at 0, 0.25, 0.5, ..."""
+    import msc_france.sources.wms as wms_mod
+
+    now = [100.0]
+    monkeypatch.setattr(wms_mod.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(wms_mod.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    limiter = wms_mod.RateLimiter(4.0)
+    sent = []
+    for _ in range(5):
+        limiter.wait()
+        sent.append(now[0] - 100.0)
+    assert sent == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    now[0] += 10  # idle: the next request goes at once
+    limiter.wait()
+    assert now[0] - 100.0 == pytest.approx(11.0)
 
 
 # --------------------------------------------------------------------------- dates
