@@ -163,11 +163,17 @@ def intersecting_bytes(parsed: list[SourceItem], grid: PixelGrid) -> int:
 
 
 class CountingServer:
-    """A range-capable HTTP file server that counts requests and the bytes it actually sent."""
+    """A range-capable HTTP file server that counts requests and the bytes it actually sent, with a
+    network you can dial: ``latency_s`` before each answer starts, and a ``bandwidth_bps`` cap on
+    what it sends (bytes per second per request); ``log`` holds (start, end, bytes) per request on
+    the server's clock.
+    """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, latency_s: float = 0.0, bandwidth_bps: float | None = None) -> None:
         owner = self
         self.root, self.requests, self.bytes, self.heads = Path(root), 0, 0, 0
+        self.latency_s, self.bandwidth_bps = latency_s, bandwidth_bps
+        self.log: list[tuple[float, float, int]] = []
         self.lock = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
@@ -181,10 +187,14 @@ class CountingServer:
                 self._serve(head=False)
 
             def _serve(self, head: bool) -> None:
+                t0 = time.perf_counter()
+                sent = 0
                 path = owner.root / self.path.split("?")[0].lstrip("/")
                 with owner.lock:
                     owner.requests += 1
                     owner.heads += head
+                if owner.latency_s:
+                    time.sleep(owner.latency_s)
                 size = path.stat().st_size
                 start, end = 0, size - 1
                 rng = self.headers.get("Range")
@@ -198,8 +208,15 @@ class CountingServer:
                 self.send_header("Accept-Ranges", "bytes")
                 self.send_header("Content-Length", str(end - start + 1))
                 self.end_headers()
-                if head:
-                    return
+                try:
+                    if not head:
+                        sent = self._body(path, start, end)
+                finally:
+                    with owner.lock:
+                        owner.log.append((t0, time.perf_counter(), sent))
+
+            def _body(self, path: Path, start: int, end: int) -> int:
+                sent = 0
                 with open(path, "rb") as f:
                     f.seek(start)
                     left = end - start + 1
@@ -208,10 +225,14 @@ class CountingServer:
                         try:
                             self.wfile.write(piece)
                         except (BrokenPipeError, ConnectionResetError):
-                            return
+                            return sent
                         with owner.lock:
                             owner.bytes += len(piece)
+                        sent += len(piece)
                         left -= len(piece)
+                        if owner.bandwidth_bps:
+                            time.sleep(len(piece) / owner.bandwidth_bps)
+                return sent
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -221,6 +242,7 @@ class CountingServer:
         """Zero the counters (before each chip)."""
         with self.lock:
             self.requests = self.bytes = self.heads = 0
+            self.log.clear()
 
     def close(self) -> None:
         """Stop serving."""

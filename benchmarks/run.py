@@ -633,7 +633,7 @@ def _section_of(r: dict[str, Any]) -> str:
 
 
 #: Sections of ``make bench``, in the order they run (``--only`` picks some).
-SECTIONS = ("msad", "loader", "training", "gpu", "build", "readers", "plan", "wms")
+SECTIONS = ("msad", "loader", "training", "gpu", "build", "readers", "network", "plan", "wms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -642,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", default=str(ROOT / "data" / "demo.zarr"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
-    ap.add_argument("--only", nargs="*", default=None, help="subset: build readers plan loader msad training gpu wms")
+    ap.add_argument("--only", nargs="*", default=None, help="subset: build readers network plan loader msad training gpu wms")
     ap.add_argument("--recipe", default="demo", help="recipe of the build benchmark")
     ap.add_argument("--region", default="demo", help="region of the build benchmark")
     a = ap.parse_args(argv)
@@ -693,6 +693,14 @@ def main(argv: list[str] | None = None) -> int:
     section("gpu", lambda: bench_gpu(store, a.quick))
     section("build", lambda: bench_build(a.quick, reps, a.recipe, a.region))
     section("readers", readers)
+
+    def network() -> list[dict[str, Any]]:
+        from benchmarks.network import bench_network
+
+        more, details["network"] = bench_network(a.quick)
+        return more
+
+    section("network", network)
     section("plan", plan)
 
     def wms() -> list[dict[str, Any]]:

@@ -223,3 +223,27 @@ def test_continual_from_13_band_weights_of_another_size(tiny_store: Path, tmp_pa
     report = json.loads((tmp_path / "c" / "init-report.json").read_text())
     assert set(report["adapted"]) == {"patch_embed.sentinel-2-l2a.proj.weight", "pos_embed"}
     assert report["unexpected"] == ["head.bias", "head.weight"]
+
+
+def test_the_paper_preset_runs_two_steps_shrunk(tiny_store: Path, tmp_path: Path) -> None:
+    """pipelines/pretrain-xstars-paper.yaml, its sizes shrunk by --set only (so it cannot rot): two
+    steps on CPU, a checkpoint whose config keeps every value the overrides did not touch.
+    """
+    import yaml
+
+    shrink = ["optim.steps=2", "optim.batch_size=4", "optim.warmup_steps=1", "data.size=32", "data.tiles=2",
+              "data.num_workers=0",
+              "data.order=shuffle", "model.arch=vit_test", "model.patch_size=8", "dino.global_size=32",
+              "dino.local_size=16", "dino.local_crops=2", "dino.out_dim=256", "dino.hidden_dim=64",
+              "dino.bottleneck_dim=32", "dino.freeze_last_layer_steps=1", "msad.size=32", "msad.proj_dim=32",
+              "run.amp=off", "run.checkpoint_every=1"]
+    code = main(["pretrain", "--config", "pipelines/pretrain-xstars-paper.yaml", "--data", str(tiny_store),
+                 "--out", str(tmp_path / "paper"), "--quiet", *sum((["--set", s] for s in shrink), [])])
+    assert code == 0
+    log = [json.loads(line) for line in (tmp_path / "paper" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "step" in r] == [0, 1]
+    preset = yaml.safe_load(Path("pipelines/pretrain-xstars-paper.yaml").read_text())
+    used = yaml.safe_load((tmp_path / "paper" / "config.yaml").read_text())
+    assert used["msad"]["alpha"] == preset["msad"]["alpha"] == 0.1
+    assert used["dino"]["global_scale"] == [0.4, 1.0] and used["dino"]["local_scale"] == [0.05, 0.4]
+    assert used["optim"]["lr"] == preset["optim"]["lr"] and used["optim"]["clip_grad"] == 3.0
