@@ -7,7 +7,7 @@ DEMO_STORE ?= data/demo.zarr
 DEMO_PREVIEW ?= data/demo-preview
 WORKERS ?= 2
 
-.PHONY: install test demo pretrain baselines eval seeds bench clean-demo continual-s2 step-variants dihedral
+.PHONY: install test demo pretrain baselines eval seeds bench bench-gpu clean-demo continual-s2 step-variants dihedral
 
 # torch first, pinned to the CPU wheel, so that no extra resolves a CUDA build.
 $(STAMP): pyproject.toml
@@ -105,6 +105,12 @@ dihedral: install
 bench: install
 	@test -d "$(DEMO_STORE)" || { echo "error: $(DEMO_STORE) not found; run 'make demo' first"; exit 2; }
 	$(BIN)/python -m benchmarks.run --store "$(DEMO_STORE)"
+
+# The paper preset's step (ViT-tiny and ViT-small, 224 px, bf16) on one GPU: images/s and peak memory
+# into docs/benchmarks.md's GPU rows. Never in CI; a machine without a GPU writes no row.
+bench-gpu: install
+	@test -d "$(DEMO_STORE)" || { echo "error: $(DEMO_STORE) not found; run 'make demo' first"; exit 2; }
+	$(BIN)/python -m benchmarks.run --only gpu --store "$(DEMO_STORE)"
 
 # The demo store, its previews and the generated demo world (per user, in the cache directory):
 # each removed only when it is what msc-france made there (msc_france/cleanup.py).

@@ -141,8 +141,8 @@ def _build(plan_file: Path, out: Path, threads: int) -> dict[str, Any]:
 
 def latency_sweep(plan: Plan, world: Path, quick: bool) -> dict[str, Any]:
     """chips/s and peak RSS per (latency, threads), local files as the baseline."""
-    n = 8 if quick else 32
-    threads = (1, 4) if quick else THREADS
+    n = min(len(plan.chips), 8 if quick else 32)
+    threads = (1,) if quick else THREADS
     latencies = (0, 100) if quick else LATENCIES_MS
     out: dict[str, Any] = {"chips": n, "local": {}, "http": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,12 +165,12 @@ def latency_sweep(plan: Plan, world: Path, quick: bool) -> dict[str, Any]:
     return out
 
 
-def bench_network(quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def bench_network(quick: bool, recipe: str = "demo", region: str = "demo") -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows for docs/benchmarks.md and the raw figures."""
     from benchmarks.run import row
 
     os.environ["GDAL_NUM_THREADS"] = "1"
-    plan = demo_plan()
+    plan = demo_plan(recipe, region)
     world = _world_dir(plan)
     server = CountingServer(world)
     try:

@@ -15,12 +15,14 @@ def test_quick_benchmarks_run(tiny_store: Path, tiny_recipe: Path, tiny_region: 
                "--recipe", str(tiny_recipe), "--region", str(tiny_region)])
     assert rc == 0
     printed = capsys.readouterr().out
-    for section in ("msad", "loader", "training", "gpu", "build", "readers", "plan"):  # each says it started and ended
+    # Each section says it started and ended.
+    for section in ("msad", "loader", "training", "gpu", "build", "readers", "network", "plan", "wms"):
         assert re.search(rf"bench {section}: started\n(.*\n)*?bench {section}: \d+ row\(s\) in \d+ s\n", printed)
     res = json.loads((tmp_path / "quick.json").read_text())
     names = [r["name"] for r in res["rows"]]
     assert len(names) >= 15 and any("MSAD" in n for n in names) and any("RSS" in n for n in names)
     assert any("odc-stac" in n for n in names) and any("of France" in n for n in names) and any("configured" in n for n in names)
+    assert any("per shard over HTTP" in n for n in names) and any("ms per request" in n for n in names)
     for r in res["rows"]:
         assert r["figure"] > 0 or "overhead" in r["name"]
         assert r["baseline"] is None or r["baseline"] > 0
