@@ -223,6 +223,8 @@ class CountingServer:
                     left = end - start + 1
                     while left > 0:  # in pieces: a client that hangs up stops the count
                         piece = f.read(min(65536, left))
+                        if owner.bandwidth_bps:  # the piece arrives once its transfer time has passed
+                            time.sleep(len(piece) / owner.bandwidth_bps)
                         try:
                             self.wfile.write(piece)
                         except (BrokenPipeError, ConnectionResetError):
@@ -231,8 +233,6 @@ class CountingServer:
                             owner.bytes += len(piece)
                         sent += len(piece)
                         left -= len(piece)
-                        if owner.bandwidth_bps:
-                            time.sleep(len(piece) / owner.bandwidth_bps)
                 return sent
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -58,3 +58,31 @@ def test_a_subset_keeps_the_rows_of_the_other_sections(tiny_store: Path, tmp_pat
     assert names[-1] == "plan all of France, wall time" and res["details"]["plan_france"] == {"chips": 1}
     table = (tmp_path / "b.md").read_text()
     assert "before 2026-12" in table  # the kept row says it is older
+
+
+def test_the_dialable_server_delays_and_counts_what_the_client_sees(tmp_path: Path) -> None:
+    """The benchmarks' range server: 100 ms before each answer and a 1 MB/s cap make a 100 kB range
+    take at least 0.2 s on the client's clock; the server counts the bytes the client received, and
+    its own log of the request fits inside the client's timing.
+    """
+    import os
+    import time
+
+    import requests
+
+    from benchmarks.readers import CountingServer
+
+    (tmp_path / "f.bin").write_bytes(os.urandom(300_000))
+    srv = CountingServer(tmp_path, latency_s=0.1, bandwidth_bps=1_000_000)
+    try:
+        t0 = time.perf_counter()
+        r = requests.get(f"{srv.url}/f.bin", headers={"Range": "bytes=1000-100999"}, timeout=10)
+        elapsed = time.perf_counter() - t0
+    finally:
+        srv.close()
+    assert r.status_code == 206 and r.content == (tmp_path / "f.bin").read_bytes()[1000:101000]
+    assert (srv.requests, srv.bytes) == (1, 100_000)
+    start, end, sent = srv.log[0]
+    assert sent == 100_000
+    assert elapsed >= 0.1 + 0.1 * 0.95 and end - start >= 0.1 + 0.1 * 0.95
+    assert end - start <= elapsed
