@@ -48,8 +48,20 @@ def exclusive_lock(path: Path, busy: Callable[[str], Exception]) -> Iterator[Non
     import datetime as dt
     import fcntl
     import socket
+    import stat
 
-    f = open(path, "a+")  # noqa: SIM115 (closed in every branch below)
+    from msc_france.errors import BadInputError
+
+    # Never through a link: a lock that is a symlink would have its target emptied below.
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise BadInputError(f"lock file {path} cannot be opened as a regular file ({e.strerror}); "
+                            "remove it if no msc-france process runs") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadInputError(f"lock file {path} is not a regular file; remove it if no msc-france process runs")
+    f = os.fdopen(fd, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -102,13 +114,14 @@ def refuse_inside_store(path: Path, what: str) -> None:
 OUTPUT_MARKER = ".msc-france-output"
 
 
-def claim_output_dir(out: Path, kind: str, own: Callable[[str], bool] = lambda name: False) -> None:
-    """Make ``out`` a folder the command ``kind`` may write into, or refuse it.
+def claim_output_dir(out: Path, kind: str) -> None:
+    """Make ``out`` a folder the command ``kind`` may write into, or refuse it, before any work.
 
-    Accepted: a new or empty folder, one this kind of command wrote before (its marker), or one
-    holding only names ``own`` recognises as that command's output (folders from before markers).
-    The marker is then written. Refused: a file, a folder inside a Zarr store, a folder holding
-    anything else (nothing the project did not write is ever overwritten).
+    The one claim rule for every output folder: accepted are a new folder, an empty one, or one
+    this kind of command wrote before (its marker); the marker is then written. Anything else is
+    refused in one line naming what is there: a file, a folder inside a Zarr store, another
+    command's output, and a folder holding files without the marker, even when their names are the
+    ones the command would write (a model repository's ``config.json``, a hand-written ``card.md``).
 
     Raises:
         BadInputError: naming what was found.
@@ -117,16 +130,19 @@ def claim_output_dir(out: Path, kind: str, own: Callable[[str], bool] = lambda n
 
     out = Path(out)
     refuse_inside_store(out, f"{kind} folder")
-    if out.exists() and not out.is_dir():
-        raise BadInputError(f"{kind} output {out} is a file, not a folder")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise BadInputError(f"{kind} output {out} is {'a symbolic link' if out.is_symlink() else 'a file'}, "
+                            "not a folder")
     marker = out / OUTPUT_MARKER
+    if marker.is_symlink() or (marker.exists() and not marker.is_file()):
+        raise BadInputError(f"{kind} folder {out}: its {OUTPUT_MARKER} is not a regular file; use another --out")
     if marker.is_file():
         found = marker.read_text(encoding="utf-8", errors="replace").strip()
         if found != kind:
             raise BadInputError(f"{out} holds msc-france {found} output, not {kind} output; use another --out")
         return
     if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if not own(p.name))
+        foreign = sorted(p.name for p in out.iterdir())
         if foreign:
             shown = ", ".join(printable(n) for n in foreign[:3]) + (f" (+{len(foreign) - 3} more)"
                                                                      if len(foreign) > 3 else "")
@@ -137,7 +153,7 @@ def claim_output_dir(out: Path, kind: str, own: Callable[[str], bool] = lambda n
 
 
 @contextlib.contextmanager
-def output_dir(out: Path, kind: str, own: Callable[[str], bool] = lambda name: False) -> Iterator[Path]:
+def output_dir(out: Path, kind: str) -> Iterator[Path]:
     """:func:`claim_output_dir`, then the body; if the body fails and the folder did not exist
     before, the folder and what the body wrote there go again (a failed command leaves no empty
     or half-written output behind). A folder that existed is left as it is.
@@ -149,7 +165,7 @@ def output_dir(out: Path, kind: str, own: Callable[[str], bool] = lambda name: F
     top = out  # the outermost folder this call makes (parents included)
     while not top.parent.exists() and top.parent != top:
         top = top.parent
-    claim_output_dir(out, kind, own)
+    claim_output_dir(out, kind)
     try:
         yield out
     except BaseException:

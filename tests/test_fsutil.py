@@ -35,3 +35,77 @@ def test_eval_of_a_missing_checkpoint_leaves_no_report_folder(capsys: pytest.Cap
     err = capsys.readouterr().err
     assert code == 2 and "checkpoint not found" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("kind, names", [
+    ("export-model", ["README.md", "config.json", "model.safetensors"]),  # a model repository checkout
+    ("card", ["card.md"]),
+    ("eval", ["report.md", "summary.json"]),
+    ("preview", ["chips.png"]),
+    ("export", ["Sentinel-2"]),
+    ("pretrain", ["config.yaml", "log.jsonl"]),
+])
+def test_a_folder_of_files_named_like_the_output_is_still_the_users(tmp_path: Path, kind: str,
+                                                                      names: list[str]) -> None:
+    """Files whose names a command would write, without the command's marker: refused in one line,
+    naming them, before any work; every byte left as it was.
+    """
+    from msc_france.errors import BadInputError
+    from msc_france.xstars.train import check_run_dir
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    for i, n in enumerate(names):
+        (out / n).write_text(f"# the user's own {n} #{i}\n")
+    before = _tree(out)
+    with pytest.raises(BadInputError) as e:
+        if kind == "pretrain":
+            check_run_dir(out)
+        else:
+            with output_dir(out, kind):
+                raise AssertionError("the body ran")
+    assert "did not write" in str(e.value) and names[0] in str(e.value) and "\n" not in str(e.value)
+    assert _tree(out) == before and not (out / OUTPUT_MARKER).exists()
+
+
+def test_output_folder_and_marker_that_are_links_are_refused(tmp_path: Path) -> None:
+    from msc_france.errors import BadInputError
+
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(BadInputError, match="is a symbolic link, not a folder"), output_dir(tmp_path / "link", "card"):
+        pass
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / OUTPUT_MARKER).symlink_to(tmp_path / "elsewhere" / "x")
+    with pytest.raises(BadInputError, match="is not a regular file"), output_dir(d, "card"):
+        pass
+    assert list(target.iterdir()) == []
+
+
+@pytest.mark.parametrize("special", ["symlink", "fifo"])
+def test_a_lock_file_that_is_not_a_regular_file_is_refused_untouched(tmp_path: Path, special: str) -> None:
+    """A run directory's ``.run.lock`` (or a store's) that is a link or a FIFO: refused in one line;
+    the link's target keeps its bytes (opening it for writing would have emptied it).
+    """
+    import os
+
+    from msc_france.errors import BadInputError
+    from msc_france.fsutil import exclusive_lock
+
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me\n")
+    lock = tmp_path / ".run.lock"
+    if special == "symlink":
+        lock.symlink_to(victim)
+    else:
+        os.mkfifo(lock)
+    with pytest.raises(BadInputError, match="lock file .* (cannot be opened as a regular file|is not a regular file)"), \
+            exclusive_lock(lock, lambda holder: RuntimeError(holder)):
+        pass
+    assert victim.read_text() == "keep me\n"

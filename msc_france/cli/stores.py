@@ -101,8 +101,7 @@ def preview(store: str, out: Path, n_chips: int) -> None:
 
     st = Store.open(store)
     st.index()  # a damaged store is refused before any folder is made
-    with output_dir(out, "preview", lambda n: n in ("chips.png", "footprints.png") or n.startswith(".chips.png")
-                    or n.startswith(".footprints.png")), progress_bar("preview", "chip") as bar:
+    with output_dir(out, "preview"), progress_bar("preview", "chip") as bar:
         paths = render_preview(st, out, n_chips=n_chips, progress=bar)
     for p in paths:
         say(f"wrote {p}")
@@ -115,12 +114,12 @@ def preview(store: str, out: Path, n_chips: int) -> None:
 @click.option("--split", type=click.Choice(ALL_SPLITS), default=None)
 def export(store: str, fmt: str, out: Path, split: str | None) -> None:
     """Export a store to another layout (the X-STARS reference code's PNG folders)."""
-    from msc_france.render import XSTARS_NAMES, export_xstars
+    from msc_france.render import export_xstars
     from msc_france.store import Store
 
     st = Store.open(store)
     st.index()  # a damaged store is refused before any folder is made
-    with output_dir(out, "export", lambda n: n in XSTARS_NAMES.values()), progress_bar("export", "chip") as bar:
+    with output_dir(out, "export"), progress_bar("export", "chip") as bar:
         n = export_xstars(st, out, split=split, progress=bar)
     say(f"exported {n} chips to {out}")
 
@@ -138,7 +137,7 @@ def card(store: str, out: Path) -> None:
 
     st = Store.open(store)
     st.index()  # a damaged store is refused before any folder is made
-    with output_dir(out, "card", lambda n: n.startswith("card")):
+    with output_dir(out, "card"):
         written = write_card(st, out)
     for p in written:
         say(f"wrote {p}")

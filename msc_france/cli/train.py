@@ -43,8 +43,7 @@ def eval_cmd(config_path: str, checkpoint: str | None, store: str | None, out: s
     from msc_france.eval.run import evaluate, load_eval_config
 
     cfg = load_eval_config(config_path, store=store, out=out, checkpoint=checkpoint)
-    with output_dir(Path(cfg.out), "eval", lambda n: n.startswith(("report.", "retrieval", "segmentation",
-                                                                    "transfer", "summary")) or n == "features"):
+    with output_dir(Path(cfg.out), "eval"):
         r = evaluate(cfg)
     click.echo((Path(cfg.out) / "report.md").read_text())
     say(f"report written to {cfg.out} (report.json, report.md, retrieval.png, transfer.png, "
@@ -90,7 +89,7 @@ def export_model(run: Path, out: Path, which: str) -> None:
                                                             "network": which},
             "load_with": "msc_france.xstars.weights.import_vit(path, 'timm', sensors, arch, patch_size, img_size)"}
     card = _model_card(run, ckpt, which, gsds, licences)
-    with output_dir(out, "export-model", lambda n: n in ("model.safetensors", "config.json", "README.md")):
+    with output_dir(out, "export-model"):
         written = export_encoder(vit, out, meta, card)
     for p in written:
         say(f"wrote {p}")

@@ -69,8 +69,7 @@ def _plot(log_path: Path, out: Path) -> None:
     plt.close(fig)
 
 
-#: What a run directory holds (and a marker saying msc-france made it): anything else is the user's.
-RUN_FILES = frozenset({"config.yaml", "log.jsonl", "loss.png", "checkpoints", ".run.lock", ".msc-france-run"})
+#: The marker msc-france writes in a run directory it made: without it, every file there is the user's.
 RUN_MARKER = ".msc-france-run"
 
 
@@ -82,8 +81,8 @@ def check_run_dir(out: Path) -> None:
         BadInputError: naming what was found.
     """
     refuse_inside_store(out, "run directory")
-    if out.is_dir() and not (out / RUN_MARKER).exists():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES)
+    if out.is_dir() and not (out / RUN_MARKER).is_file():
+        foreign = sorted(p.name for p in out.iterdir())  # a file named like a run's is still the user's
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
             raise BadInputError(f"run directory {out} holds files msc-france did not write ({shown}); "
