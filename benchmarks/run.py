@@ -637,7 +637,7 @@ def _section_of(r: dict[str, Any]) -> str:
 
 
 #: Sections of ``make bench``, in the order they run (``--only`` picks some).
-SECTIONS = ("msad", "loader", "training", "gpu", "build", "readers", "network", "plan", "wms")
+SECTIONS = ("msad", "loader", "loader-paper", "training", "gpu", "build", "readers", "network", "plan", "wms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -646,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", default=str(ROOT / "data" / "demo.zarr"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
-    ap.add_argument("--only", nargs="*", default=None, help="subset: build readers network plan loader msad training gpu wms")
+    ap.add_argument("--only", nargs="*", default=None, help="subset of: " + " ".join(SECTIONS))
     ap.add_argument("--recipe", default="demo", help="recipe of the build benchmark")
     ap.add_argument("--region", default="demo", help="region of the build benchmark")
     a = ap.parse_args(argv)
@@ -693,6 +693,14 @@ def main(argv: list[str] | None = None) -> int:
 
     section("msad", lambda: bench_msad(a.quick, 3 if a.quick else 5))
     section("loader", lambda: bench_loader(store, a.quick, reps))
+
+    def loader_paper() -> list[dict[str, Any]]:
+        from benchmarks.loader_paper import bench_loader_paper
+
+        more, details["loader_paper"] = bench_loader_paper(a.quick, reps)
+        return more
+
+    section("loader-paper", loader_paper)
     section("training", lambda: bench_training(store, a.quick))
     section("gpu", lambda: bench_gpu(store, a.quick))
     section("build", lambda: bench_build(a.quick, reps, a.recipe, a.region))

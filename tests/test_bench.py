@@ -16,7 +16,8 @@ def test_quick_benchmarks_run(tiny_store: Path, tiny_recipe: Path, tiny_region: 
     assert rc == 0
     printed = capsys.readouterr().out
     # Each section says it started and ended.
-    for section in ("msad", "loader", "training", "gpu", "build", "readers", "network", "plan", "wms"):
+    for section in ("msad", "loader", "loader-paper", "training", "gpu", "build", "readers", "network", "plan",
+                    "wms"):
         assert re.search(rf"bench {section}: started\n(.*\n)*?bench {section}: \d+ row\(s\) in \d+ s\n", printed)
     res = json.loads((tmp_path / "quick.json").read_text())
     names = [r["name"] for r in res["rows"]]

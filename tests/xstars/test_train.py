@@ -61,6 +61,7 @@ def test_resume_reproduces_losses_exactly(trained, tiny_store: Path, tmp_path: P
     out, s = trained
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copy(out / ".msc-france-run", resumed)  # a copied run directory carries its marker
     shutil.copy(out / "checkpoints" / "ckpt-000020.pt", resumed / "checkpoints" / "last.pt")
     r = pretrain(_cfg(tiny_store, resumed))
     assert r.start == 20
