@@ -83,6 +83,30 @@ def exclusive_lock(path: Path, busy: Callable[[str], Exception]) -> Iterator[Non
         f.close()
 
 
+def check_regular(path: Path, what: str) -> None:
+    """Refuse a path that is not a regular file (a FIFO would block a reader for ever, a device never
+    end); links to regular files are fine.
+
+    Raises:
+        BadInputError: naming what ``path`` is.
+    """
+    import stat
+
+    from msc_france.errors import BadInputError
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise BadInputError(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise BadInputError(f"cannot read {what} {path}: {e.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise BadInputError(f"{what} {path} is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise BadInputError(f"{what} {path} is {kind}, not a regular file")
+
+
 def zarr_store_at(path: Path) -> Path | None:
     """The Zarr store (or group) that ``path`` is, or lies inside: the nearest folder, ``path`` itself
     included, holding a ``zarr.json``; None when there is none.

@@ -109,3 +109,54 @@ def test_a_lock_file_that_is_not_a_regular_file_is_refused_untouched(tmp_path: P
             exclusive_lock(lock, lambda holder: RuntimeError(holder)):
         pass
     assert victim.read_text() == "keep me\n"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("special", ["fifo", "device", "directory"])
+def test_special_files_given_as_model_files_are_refused_at_once(tmp_path: Path, special: str, tiny_store: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """A FIFO, a device or a directory where a checkpoint or weights file is read (eval, export-model,
+    continual import): one line, exit 2, never a read that blocks or never ends.
+    """
+    import os
+
+    from msc_france.xstars.weights import read_state
+
+    path = tmp_path / "model.pt"
+    if special == "fifo":
+        os.mkfifo(path)
+    elif special == "device":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+    what = {"fifo": "is a FIFO", "device": "is a device", "directory": "is a directory"}[special]
+    for args in (["eval", "--checkpoint", str(path), "--data", str(tiny_store), "--out", str(tmp_path / "r")],
+                 ["export-model", str(path), "--out", str(tmp_path / "x")]):
+        if special == "directory" and args[0] == "export-model":
+            continue  # a run directory is export-model's input: it reads RUN/checkpoints/last.pt
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert what in err and err.count("\n") == 1
+    from msc_france.errors import BadInputError
+
+    with pytest.raises(BadInputError, match=what):
+        read_state(path)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "x").exists()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["zarr.json", "sentinel-2-l2a/zarr.json", "aerial/image/zarr.json", "index.parquet"])
+def test_a_store_whose_metadata_is_a_fifo_is_refused_at_once(tmp_path: Path, tiny_store: Path, where: str,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    import os
+    import shutil
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store, store)
+    (store / where).unlink()
+    os.mkfifo(store / where)
+    for args in (["card", str(store), "--out", str(tmp_path / "card")], ["info", str(store)]):
+        assert main(args) == 4
+        err = capsys.readouterr().err
+        assert f"{where} is not a regular file" in err and err.count("\n") == 1
+    assert not (tmp_path / "card").exists()

@@ -125,6 +125,41 @@ def _check_filter(where: str, columns: set[str]) -> None:
             raise BadInputError(f"chip filter {where!r}: the index has no column '{node.id}'")
         if isinstance(node, ast.Constant) and not isinstance(node.value, int | float | str | bool):
             raise BadInputError(f"chip filter {where!r}: constant {node.value!r} is not allowed")
+        _check_cost(node, where)
+
+
+#: Bounds that keep a filter's cost that of a comparison over the index, whatever pandas folds:
+#: exponents are small literal numbers, integers fit 64 bits, strings are compared, never computed.
+MAX_EXPONENT = 16
+MAX_INT = 2**63
+
+
+def _check_cost(node: ast.AST, where: str) -> None:
+    """Refuse what would compute without bound before pandas sees it: ``9 ** 9 ** 9`` (an exponent
+    that is not a small literal), ``'x' * 10 ** 9`` (arithmetic on strings), huge integer literals.
+
+    Raises:
+        BadInputError: naming the operation.
+    """
+    if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool) \
+            and abs(node.value) >= MAX_INT:
+        raise BadInputError(f"chip filter {where!r}: integer {str(node.value)[:20]}... is larger than 64 bits")
+    if not isinstance(node, ast.BinOp):
+        return
+    for side in (node.left, node.right):
+        if isinstance(side, ast.Constant) and isinstance(side.value, str):
+            raise BadInputError(f"chip filter {where!r}: strings may be compared, not computed with "
+                                f"{type(node.op).__name__}")
+    if isinstance(node.op, ast.Pow):
+        exp = node.right
+        if isinstance(exp, ast.UnaryOp) and isinstance(exp.op, ast.USub | ast.UAdd):
+            exp = exp.operand
+        if not (isinstance(exp, ast.Constant) and isinstance(exp.value, int | float)
+                and not isinstance(exp.value, bool) and abs(exp.value) <= MAX_EXPONENT):
+            raise BadInputError(f"chip filter {where!r}: an exponent must be a number between -{MAX_EXPONENT} "
+                                f"and {MAX_EXPONENT}")
+        if any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) for n in ast.walk(node.left)):
+            raise BadInputError(f"chip filter {where!r}: a power of a power is not allowed")
 
 
 class MSCFranceDataset(Dataset):

@@ -144,6 +144,8 @@ class Store:
             raise StoreError(f"no store at {p}")
         if not has_meta:
             raise StoreError(f"{p} is not an msc-france store (no zarr.json)")
+        if "://" not in p:
+            _check_metadata_files(Path(p))
         try:
             g = zarr.open_group(p, mode=mode, zarr_format=3, use_consolidated=False)
         except Exception as e:
@@ -459,3 +461,24 @@ class Store:
         if list(idx["chip_id"]) != ids or [int(v) for v in idx["chip_index"]] != list(range(len(ids))):
             return "does not match the arrays' chip ids and order"
         return None
+
+
+def _check_metadata_files(root: Path) -> None:
+    """Refuse a local store whose metadata files (the root's, its groups' and arrays' ``zarr.json``
+    and the index) are not regular files: a FIFO there would block every reader for ever.
+
+    Raises:
+        StoreError: naming the file.
+    """
+    import stat
+
+    for f in (root / "zarr.json", root / "index.parquet", *root.glob("*/zarr.json"), *root.glob("*/*/zarr.json")):
+        try:
+            mode = os.stat(f).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise StoreError(f"store {root} is damaged: cannot read {f.name} ({e.strerror})") from None
+        if not stat.S_ISREG(mode):
+            raise StoreError(f"store {root} is damaged: {f.relative_to(root)} is not a regular file (a FIFO, "
+                             "socket or device)")

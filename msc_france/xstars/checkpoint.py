@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from msc_france.errors import BadInputError, TrainingError, first_line
-from msc_france.fsutil import atomic_path
+from msc_france.errors import TrainingError, first_line
+from msc_france.fsutil import atomic_path, check_regular
 from msc_france.xstars.vit import ARCHS, ViT
 
 CKPT_FORMAT = "msc-france-xstars-1"
@@ -155,8 +155,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     ``weights_only=True``: tensors and plain values only, so a crafted pickle cannot run code.
     """
     p = Path(path)
-    if not p.exists():
-        raise BadInputError(f"checkpoint not found: {p}")
+    check_regular(p, "checkpoint")  # a FIFO would block the read for ever
     try:
         with open(p, "rb") as f:
             magic = f.read(4)

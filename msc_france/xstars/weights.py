@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from msc_france.errors import BadInputError, TrainingError, first_line
+from msc_france.fsutil import check_regular
 from msc_france.xstars.vit import ARCHS, ViT
 
 Format = Literal["timm", "dino", "xstars", "msc-france"]
@@ -92,8 +93,7 @@ def read_state(path: str | Path) -> dict[str, Any]:
         BadInputError: missing file. TrainingError: unreadable.
     """
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise BadInputError(f"weights file not found: {p}")
+    check_regular(p, "weights file")  # a FIFO would block the read for ever
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -275,3 +275,40 @@ def test_a_store_filtered_by_an_index_expression_or_chip_ids(tiny_store: Path) -
         assert "\n" not in str(e.value)
     with pytest.raises(BadInputError, match="has no chip"):
         MSCFranceDataset(tiny_store, sensors=["sentinel-2-l2a"], split=None, chips=["nope"])
+
+
+@pytest.mark.timeout(120)
+def test_filters_that_would_compute_without_bound_are_refused_in_a_bounded_child(tiny_store: Path) -> None:
+    """Filters whose constant folding would allocate gigabytes or never end are refused before pandas
+    sees them; measured in a child process with a 2 GB address-space cap and a 60 s limit, so a
+    regression fails here instead of taking the machine down. Plain arithmetic still works.
+    """
+    import subprocess
+    import sys
+    import textwrap
+
+    cases = ["split == 'x' * 10**9", "chip_index < 9**9**9", "chip_index < (2**16)**16**16",
+             "chip_index < ((2**16)**16)**16", "split == 'ab' + 'c'", "chip_index < 10**99999",
+             f"chip_index < {2**70}", "chip_index ** (1 + 1) < 4", "'x' % 3 == split"]
+    script = textwrap.dedent(f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
+        from msc_france.data import MSCFranceDataset
+        from msc_france.errors import BadInputError
+        for where in {cases!r}:
+            try:
+                MSCFranceDataset({str(tiny_store)!r}, sensors=["sentinel-2-l2a"], split=None, where=where)
+                print("ACCEPTED", where)
+            except BadInputError as e:
+                assert "\\n" not in str(e)
+                print("REFUSED", where, "|", e)
+        n = len(MSCFranceDataset({str(tiny_store)!r}, sensors=["sentinel-2-l2a"], split=None,
+                                 where="chip_index ** 2 >= 0 and abs(valid_fraction_sentinel_2_l2a - 0.5) <= 2"))
+        print("PLAIN", n)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-500:]
+    refused = [ln for ln in r.stdout.splitlines() if ln.startswith("REFUSED")]
+    assert len(refused) == len(cases), r.stdout
+    plain = MSCFranceDataset(tiny_store, sensors=["sentinel-2-l2a"], split=None)
+    assert f"PLAIN {len(plain)}" in r.stdout and len(plain) > 0
