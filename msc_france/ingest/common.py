@@ -114,10 +114,12 @@ def raster_files(directory: Path, skipped: list[tuple[Path, str]] | None = None)
     """Every .jp2/.tif/.tiff file under ``directory`` (sorted), symlinked folders followed.
 
     A folder reached a second time through a link (a loop, or two links to one folder) is not
-    walked again; it goes to ``skipped`` with the folder it repeats.
+    walked again; it goes to ``skipped`` with the folder it repeats. A link to a folder that
+    contains ``directory`` (``up -> ..``, ``all -> /``) is never walked: it goes to ``skipped``.
     """
     seen: dict[str, Path] = {}
     out = []
+    root = os.path.realpath(directory)
     for top, dirs, names in os.walk(directory, followlinks=True):
         real = os.path.realpath(top)
         if real in seen:
@@ -126,6 +128,13 @@ def raster_files(directory: Path, skipped: list[tuple[Path, str]] | None = None)
             dirs[:] = []
             continue
         seen[real] = Path(top)
+        escaping = [d for d in dirs if os.path.islink(os.path.join(top, d))
+                    and _contains(os.path.realpath(os.path.join(top, d)), root)]
+        for d in escaping:  # `up -> ..` or `all -> /`: walking it would catalog what lies beside or above
+            dirs.remove(d)
+            if skipped is not None:
+                skipped.append((Path(top) / d, f"a link to {os.path.realpath(os.path.join(top, d))}, a folder that "
+                                               "contains the ingested folder: not walked"))
         dirs.sort()
         for n in names:
             p = Path(top) / n
@@ -138,6 +147,11 @@ def raster_files(directory: Path, skipped: list[tuple[Path, str]] | None = None)
                     continue
                 out.append(p)
     return sorted(out)
+
+
+def _contains(folder: str, path: str) -> bool:
+    """Whether ``folder`` is ``path`` or one of its ancestors (both resolved)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def new_item(item_id: str, meta: RasterMeta, when: dt.datetime, props: dict[str, Any], collection: str) -> pystac.Item:

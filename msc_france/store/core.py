@@ -138,8 +138,8 @@ class Store:
         try:
             fs, root = fsspec.core.url_to_fs(p)
             exists, has_meta = fs.exists(root), fs.exists(f"{root.rstrip('/')}/zarr.json")
-        except (OSError, ValueError, ImportError) as e:
-            raise StoreError(f"cannot reach store {p}: {first_line(e)}") from None
+        except Exception as e:  # OSError, and the cloud SDKs' own (botocore's EndpointConnectionError)
+            raise StoreError(f"cannot reach store {p}: unreachable ({first_line(e, 200)})") from None
         if not exists:
             raise StoreError(f"no store at {p}")
         if not has_meta:

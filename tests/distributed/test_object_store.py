@@ -125,3 +125,20 @@ def test_build_from_a_catalog_and_assets_on_s3(s3: str, tiny_world: Path, tiny_s
     assert main(["build", "--region", str(tiny_region), "--recipe", str(tmp_path / "r.yaml"), "--out", str(out),
                  "--quiet"]) == 0
     assert tree_hashes(out) == tree_hashes(tiny_store)
+
+
+@pytest.mark.timeout(120)
+def test_an_unreachable_object_store_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """``info s3://bucket/store.zarr`` with the endpoint down: one line naming the store, exit 4 (as
+    every STAC source says "unreachable" in one line), never an internal error.
+    """
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    for args in (["info", "s3://bucket/store.zarr"], ["validate", "s3://bucket/store.zarr"]):
+        code = main(args)
+        err = capsys.readouterr().err
+        assert code == 4 and err.count("\n") == 1
+        assert "cannot reach store s3://bucket/store.zarr: unreachable" in err and "internal error" not in err

@@ -187,3 +187,26 @@ def test_a_garbage_date_in_a_safe_skips_that_product(tmp_path: Path, capsys: pyt
     assert "MTD_MSIL2A.xml has an unreadable PRODUCT_START_TIME '2021-13-45Tgarbage'" in cap.err
     (item,) = pystac.Catalog.from_file(str(tmp_path / "c" / "catalog.json")).get_items(recursive=True)
     assert item.id == good.path.name[: -len(".SAFE")]
+
+
+@pytest.mark.parametrize("target", ["..", "/", "parent-abs", "grandparent"])
+def test_links_that_lead_above_the_folder_are_reported_not_walked(tmp_path: Path, target: str,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """``loop -> ..`` (or to /, or to any folder holding the delivery) would catalog the files beside
+    and above it: reported, not walked; the files beside the delivery stay out of the catalog.
+    """
+    from tests.real_products import bdortho_tile
+
+    base = tmp_path / "home" / "user"
+    delivery = base / "delivery"
+    bdortho_tile(delivery / "31-2021-0565-6272-LA93-0M50-RVB.tif", 565000, 6272000, 32)
+    bdortho_tile(base / "31-2021-0566-6272-LA93-0M50-RVB.tif", 566000, 6272000, 32)  # beside it
+    bdortho_tile(tmp_path / "31-2021-0567-6272-LA93-0M50-RVB.tif", 567000, 6272000, 32)  # above it
+    link = {"..": "..", "/": "/", "parent-abs": str(base), "grandparent": str(tmp_path)}[target]
+    (delivery / "up").symlink_to(link, target_is_directory=True)
+    code = main(["catalog", "ingest", str(delivery), "--out", str(tmp_path / "c"), "--datetime", "2021-07-01"])
+    cap = capsys.readouterr()
+    assert code == 6 and "1 items (1 files)" in cap.out
+    assert "up: a link to" in cap.err and "contains the ingested folder: not walked" in cap.err
+    written = " ".join(p.read_text() for p in (tmp_path / "c").rglob("*.json"))
+    assert "0565-6272" in written and "0566-6272" not in written and "0567-6272" not in written
