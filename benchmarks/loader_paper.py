@@ -24,22 +24,26 @@ from benchmarks.run import ROOT, median_time, row
 WORKERS = 2
 
 
-def paper_store(quick: bool) -> Path:
-    """The demo region built at 1,920 m chips with an aerial overview at factor 5 (kept in the cache)."""
-    from msc_france.cli import main
-    from msc_france.paths import cache_dir, pipelines_dir
+def paper_store(quick: bool, recipe: str = "demo", region: str = "demo") -> Path:
+    """``region`` built with ``recipe`` at 1,920 m chips and an aerial overview at factor 5 (kept in
+    the cache, one store per recipe and region).
+    """
+    import hashlib
 
-    out = cache_dir() / "bench" / ("paper-store-quick.zarr" if quick else "paper-store.zarr")
+    from msc_france.cli import main
+    from msc_france.config import resolve_recipe_path
+    from msc_france.paths import cache_dir
+
+    path = resolve_recipe_path(recipe)
+    key = hashlib.sha256(f"{path.read_text()}|{region}|{quick}".encode()).hexdigest()[:12]
+    out = cache_dir() / "bench" / f"paper-store-{key}.zarr"
     if (out / "index.parquet").exists():
         return out
-    rec = yaml.safe_load((pipelines_dir() / "demo.yaml").read_text())
+    rec = yaml.safe_load(path.read_text())
     rec.update(name="paper-size", chip_size_m=1920, chips_per_shard=16)
     rec["sensors"]["aerial"]["overviews"] = [5]
-    region = "demo"
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "r.yaml").write_text(yaml.safe_dump(rec))
-        if quick:  # four chips of the demo region's south-west corner
-            region = "1.28,43.53,1.33,43.57"
         code = main(["build", "--region", region, "--recipe", str(Path(tmp) / "r.yaml"), "--out", str(out),
                      "--quiet"])
     if code != 0:
@@ -61,7 +65,8 @@ def evict(store: Path) -> int:
     return total
 
 
-def bench_loader_paper(quick: bool, reps: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def bench_loader_paper(quick: bool, reps: int, recipe: str = "demo",
+                       region: str = "demo") -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows: the cold loader vs its decode ceiling (target >= 50 %), and the profile of the rest."""
     import torch
     from numcodecs import Zstd
@@ -72,7 +77,7 @@ def bench_loader_paper(quick: bool, reps: int) -> tuple[list[dict[str, Any]], di
     from msc_france.xstars.distributed import one_thread
 
     cfg = yaml.safe_load((ROOT / "pipelines" / "pretrain-xstars-paper.yaml").read_text())["data"]
-    store = paper_store(quick)
+    store = paper_store(quick, recipe, region)
     ds = MSCFranceDataset(store, sensors=cfg["sensors"], split=None, bands=cfg["bands"], size=cfg["size"],
                           tiles=cfg["tiles"], cache=False)
     n = len(ds)

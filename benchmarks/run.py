@@ -534,7 +534,7 @@ COMMENTARY = """## Reading the table
   target by 0.04 (its 5 files' header reads on 0.57 MB of blocks); the demo's aerial tiles miss
   both (each tile has an external `.ovr`: a second file, header and probes per tile, 14 MB of
   headers and partial blocks on 10.6 MB of blocks). docs/scaling.md projects France from these rows.
-- **Build chips/s at N ms per request**: `msc-france build --plan` of 32 demo chips, 2 per shard,
+- **Build chips/s at N ms per request**: a build of a plan file (`build --plan`) of 32 demo chips, 2 per shard,
   the plan's hrefs on the range server delaying every answer; each run in its own process (peak RSS
   from `wait4`). Threads hide the latency; at 100 ms the best, 16 threads, reaches 63 % of the best
   local run (target 70 %: missed); 30 ms reaches 75 %. The per-thread-count figures are in the note
@@ -720,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     def loader_paper() -> list[dict[str, Any]]:
         from benchmarks.loader_paper import bench_loader_paper
 
-        more, details["loader_paper"] = bench_loader_paper(a.quick, reps)
+        more, details["loader_paper"] = bench_loader_paper(a.quick, reps, a.recipe, a.region)
         return more
 
     section("loader-paper", loader_paper)

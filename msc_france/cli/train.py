@@ -78,6 +78,10 @@ def export_model(run: Path, out: Path, which: str) -> None:
 
         if store_path is None:
             raise FileNotFoundError("no data.store in the checkpoint's config")
+        if "://" in str(store_path) or not Path(str(store_path)).is_dir():
+            # A model file is untrusted input: a URL written in it is never opened (no network from
+            # any field of a model file), only a store folder on this machine.
+            raise FileNotFoundError("the checkpoint's store is not a local folder")
         st = Store.open(str(store_path))
         gsds = {s: st.layer(s).gsd for s in ckpt.sensors}
         licences = {s: SOURCES.get(st.layer(s).sensor, ("", "see the source"))[1] for s in ckpt.sensors}

@@ -118,6 +118,23 @@ class Checkpoint:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise TrainingError(f"{source} does not describe its own weights: {first_line(e)[:200]}") from None
 
+    def checked(self, source: str) -> Checkpoint:
+        """This checkpoint once its numbers are plausible: a step within ``[0, optim.steps]`` of its
+        own config, and every weight tensor bounded, floating point and finite (a shared or
+        downloaded file is untrusted input; :func:`build_backbone` checks the architecture against
+        the tensors).
+
+        Raises:
+            TrainingError: naming the field or the tensor.
+        """
+        steps = (self.config.get("optim") or {}).get("steps") if isinstance(self.config, dict) else None
+        if self.step < 0 or (isinstance(steps, int) and self.step > steps):
+            raise TrainingError(f"{source}: step {self.step} is outside its own run's 0..{steps}")
+        for name, sd in (("student", self.student), ("teacher", self.teacher), ("frozen", self.frozen or {})):
+            for k, v in sd.items():
+                check_weight(v, f"{source}: {name} {k}")
+        return self
+
 
 def rng_state() -> dict[str, Any]:
     """Every RNG's state as tensors, ints and strings only, so checkpoints load with
@@ -167,7 +184,27 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses anything but tensors and plain containers
         raise TrainingError(f"cannot read checkpoint {p}: {first_line(e)[:200]}") from None
-    return Checkpoint.from_dict(ckpt, str(p))
+    return Checkpoint.from_dict(ckpt, str(p)).checked(str(p))
+
+
+#: Values one weight tensor may hold (ViT-base's and the DINO head's largest are below 2^25).
+MAX_WEIGHT_VALUES = 2**27
+
+
+def check_weight(t: Any, what: str) -> None:
+    """A weight tensor read from a file: floating point and finite.
+
+    Raises:
+        TrainingError: naming the tensor (``what``) and what is wrong.
+    """
+    if not isinstance(t, torch.Tensor):
+        return
+    if t.numel() > MAX_WEIGHT_VALUES:  # before anything allocates: a zero-stride view costs no file space
+        raise TrainingError(f"{what} declares {t.numel():,} values, more than any weight of these models")
+    if not t.is_floating_point():
+        raise TrainingError(f"{what} is {str(t.dtype).removeprefix('torch.')}, not floating point: not weights")
+    if not bool(torch.isfinite(t).all()):
+        raise TrainingError(f"{what} holds NaN or inf values")
 
 
 def build_backbone(ckpt: Checkpoint, which: str = "teacher", frozen: bool = False) -> ViT:

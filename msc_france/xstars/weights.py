@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from msc_france.errors import BadInputError, TrainingError, first_line
 from msc_france.fsutil import check_regular
+from msc_france.xstars.checkpoint import check_weight
 from msc_france.xstars.vit import ARCHS, ViT
 
 Format = Literal["timm", "dino", "xstars", "msc-france"]
@@ -150,8 +151,28 @@ def to_timm(ours: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+#: Patch positions a source's position embeddings may hold (an 8,192 px image at patch 16): checked
+#: before any conversion, since a zero-stride view declares billions in a few kilobytes of file.
+MAX_POSITIONS = 512 * 512
+
+
+def _bounded(w: torch.Tensor, want: torch.Tensor, key: str, path: str | Path, factor: int = 64) -> None:
+    """A source tensor no larger than ``factor`` times what the model holds under ``key`` (checked
+    before anything converts it), then floating point and finite.
+
+    Raises:
+        TrainingError: naming the tensor.
+    """
+    if w.numel() > factor * max(want.numel(), 1):
+        raise TrainingError(f"{path}: {key} declares {w.numel():,} values, the model holds {want.numel():,}")
+    check_weight(w, f"{path}: {key}")
+
+
 def _resize_pos(pos: torch.Tensor, tokens: int) -> torch.Tensor:
     """Position embeddings (1, 1 + n, d) for ``tokens`` - 1 patches, the class token kept apart."""
+    if pos.dim() != 3 or pos.shape[0] != 1 or not 2 <= pos.shape[1] <= MAX_POSITIONS + 1:
+        raise TrainingError(f"position embeddings of shape {tuple(pos.shape)}: not (1, 1 + patches, dim) with at "
+                            f"most {MAX_POSITIONS} patches")
     n = pos.shape[1] - 1
     side, new = int(round(math.sqrt(n))), int(round(math.sqrt(tokens - 1)))
     if side * side != n or new * new != tokens - 1:
@@ -220,6 +241,7 @@ def import_vit(path: str | Path, fmt: Format, sensors: Mapping[str, Sequence[str
                 continue
             used.add(key)
             w = src[key]
+            _bounded(w, want, key, path)
             if param == "bias" or (w.shape == want.shape and (src_names is None or key == own)):
                 out[k] = w
                 report.loaded.append(k)
@@ -240,6 +262,9 @@ def import_vit(path: str | Path, fmt: Format, sensors: Mapping[str, Sequence[str
             continue
         used.add(k)
         w = src[k]
+        if k == "pos_embed" and w.dim() == 3 and w.shape[1] > MAX_POSITIONS + 1:
+            raise TrainingError(f"{path}: pos_embed declares {w.shape[1] - 1} patches, more than {MAX_POSITIONS}")
+        _bounded(w, want, k, path, 1 if k != "pos_embed" else MAX_POSITIONS)
         if k == "pos_embed" and w.shape != want.shape:
             if w.shape[-1] != want.shape[-1]:
                 raise TrainingError(f"{path}: pos_embed width {w.shape[-1]}, {arch} needs {want.shape[-1]}")

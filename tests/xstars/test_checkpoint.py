@@ -63,3 +63,49 @@ def test_the_log_and_the_summary_are_typed_records(tiny_store: Path, tmp_path: P
     assert [r.loss for r in recs] == s.losses and (s.start, s.steps) == (0, 3)
     assert s.line().startswith("trained steps 0..3 on cpu") and f"{s.losses[-1]:.4f}" in s.line()
     assert s.to_json()["out"] == str(tmp_path / "r")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(step=-3), "step -3 is outside its own run's 0..40"),
+    (lambda d: d.update(step=10**9), "step 1000000000 is outside its own run's 0..40"),
+    (lambda d: d["teacher"]["backbone.norm.weight"].__setitem__(0, float("nan")),
+     "teacher backbone.norm.weight holds NaN or inf"),
+    (lambda d: d["student"]["backbone.cls_token"].__setitem__((0, 0, 1), float("inf")),
+     "student backbone.cls_token holds NaN or inf"),
+    (lambda d: d["teacher"].__setitem__("backbone.pos_embed", torch.zeros(1, 17, 64, dtype=torch.int32)),
+     "teacher backbone.pos_embed is int32, not floating point"),
+    (lambda d: d["teacher"].__setitem__("backbone.pos_embed", torch.zeros(1, 1, 1).expand(1, 1 + 4096**2, 4096)),
+     "teacher backbone.pos_embed declares"),
+])
+def test_a_shared_checkpoint_is_untrusted_input(tmp_path: Path, change, message: str) -> None:  # noqa: ANN001
+    """Counters outside their run, non-finite or integer weights, a zero-stride tensor declaring
+    billions of values in a small file: one-line errors naming the field or the tensor, before
+    anything is allocated or trained.
+    """
+    c = _checkpoint()
+    d = c.to_dict()
+    d["config"] = {"optim": {"steps": 40}}
+    d["teacher"] = {k: v.clone() for k, v in d["teacher"].items()}
+    d["student"] = {k: v.clone() for k, v in d["student"].items()}
+    change(d)
+    torch.save(d, tmp_path / "c.pt")
+    assert (tmp_path / "c.pt").stat().st_size < 2**20
+    with pytest.raises(TrainingError, match=message) as e:
+        load_checkpoint(tmp_path / "c.pt")
+    assert "\n" not in str(e.value)
+
+
+def test_export_model_never_opens_a_url_written_in_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A checkpoint whose data.store is a URL: the export goes on without the store, and the server
+    it names receives nothing (no network access from any field of a model file).
+    """
+    from msc_france.cli import main
+    from tests.servers import AssetServer
+
+    with AssetServer(tmp_path) as victim:
+        d = _checkpoint().to_dict()
+        d["config"] = {"data": {"store": f"{victim.url}/store.zarr"}, "optim": {"steps": 40}}
+        torch.save(d, tmp_path / "c.pt")
+        assert main(["export-model", str(tmp_path / "c.pt"), "--out", str(tmp_path / "x")]) == 0
+        assert victim.requests == []
+    assert (tmp_path / "x" / "model.safetensors").is_file()

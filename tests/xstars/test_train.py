@@ -153,6 +153,7 @@ def test_run_directory_is_never_someone_elses(tiny_store: Path, tmp_path: Path, 
     assert {p: p.stat().st_mtime_ns for p in tiny_store.rglob("*")} == before
     busy = tmp_path / "busy"
     busy.mkdir()
+    (busy / ".msc-france-run").touch()  # what a trainer writes before it takes the lock
     with exclusive_lock(busy / ".run.lock", RuntimeError):
         code, line = run(busy)
     assert code == 2 and "is being trained by pid" in line

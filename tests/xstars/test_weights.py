@@ -160,3 +160,29 @@ def test_resized_position_embeddings_equal_an_independent_interpolation(tmp_path
     grid = sd["pos_embed"][0, 1:].reshape(4, 4, DIM).permute(2, 0, 1)[None]  # (1, dim, 4, 4)
     want = F.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=False)[0].permute(1, 2, 0).reshape(36, DIM)
     assert torch.allclose(imp.vit.pos_embed.detach()[0, 1:], want, atol=1e-6)
+
+
+def test_weights_that_lie_about_their_tensors_are_refused(tmp_path: Path) -> None:
+    """An I32 header over float bytes (safetensors), NaN weights, a position grid declaring 4096^2
+    patches in a zero-stride view: refused by name, before a conversion allocates anything.
+    """
+    from safetensors.torch import save_file
+
+    sd = _timm_state(bands=3, tokens=16, extra=False)
+    liar = dict(sd)
+    liar["pos_embed"] = sd["pos_embed"].contiguous().view(torch.int32)  # the same bytes, declared int32
+    save_file(liar, str(tmp_path / "i32.safetensors"))
+    with pytest.raises(TrainingError, match="pos_embed is int32, not floating point"):
+        import_vit(tmp_path / "i32.safetensors", "timm", {"s": ["red", "green", "blue"]}, "vit_test", PATCH, 32)
+    nan = dict(sd)
+    nan["blocks.0.mlp.fc1.weight"] = sd["blocks.0.mlp.fc1.weight"].clone()
+    nan["blocks.0.mlp.fc1.weight"][3, 3] = float("nan")
+    torch.save(nan, tmp_path / "nan.pth")
+    with pytest.raises(TrainingError, match="blocks.0.mlp.fc1.weight holds NaN or inf"):
+        import_vit(tmp_path / "nan.pth", "timm", {"s": ["red", "green", "blue"]}, "vit_test", PATCH, 32)
+    huge = dict(sd)
+    huge["pos_embed"] = torch.zeros(1, 1, DIM, dtype=torch.float16).expand(1, 1 + 4096**2, DIM)
+    torch.save(huge, tmp_path / "huge.pth")
+    assert (tmp_path / "huge.pth").stat().st_size < 2**20
+    with pytest.raises(TrainingError, match=r"pos_embed declares 16777216 patches, more than 262144"):
+        import_vit(tmp_path / "huge.pth", "timm", {"s": ["red", "green", "blue"]}, "vit_test", PATCH, 32)
