@@ -254,8 +254,9 @@ class Store:
         new = [c for c in chips if c.id not in existing]
         if new:
             n0, n1 = self.n_chips, self.n_chips + len(new)
-            # The bound Store.open checks array lengths against.
-            self.write_meta(self.meta.but(n_chips_pending=n1))
+            # The bound Store.open checks array lengths against; and the store is incomplete from
+            # here on, before any array grows, so readers keep to the chips the index lists.
+            self.write_meta(self.meta.but(n_chips_pending=n1, complete=False))
             ids = np.array([c.id for c in new])
             xmin = np.array([c.bounds[0] for c in new], np.float64)
             ymax = np.array([c.bounds[3] for c in new], np.float64)
@@ -449,10 +450,22 @@ class Store:
                                  "(msc-france validate lists every difference)")
         return idx
 
+    def appending(self, idx: gpd.GeoDataFrame, ids: list[str]) -> bool:
+        """Whether the index is the store as it was before an append that has not finished: the
+        store is marked incomplete, and the index lists fewer chips than the arrays hold, in the
+        same order (an append registers new chips after the old ones and rewrites the index last).
+        """
+        if self.meta.complete or not len(idx) < len(ids):
+            return False
+        listed = [str(c) for c in idx["chip_id"]]
+        return listed == ids[: len(listed)] and [int(v) for v in idx["chip_index"]] == list(range(len(listed)))
+
     def _index_problem(self, idx: gpd.GeoDataFrame) -> str | None:
         if not {"chip_id", "chip_index", "split"} <= set(idx.columns):
             return "lacks its chip_id, chip_index or split column"
         ids = self.chip_ids()
+        if self.appending(idx, ids):
+            ids = ids[: len(idx)]  # an append in progress: readers see the chips the index lists
         if len(idx) != len(ids):
             return f"has {len(idx)} rows; the arrays hold {len(ids)} chips"
         dup = idx["chip_id"].duplicated()

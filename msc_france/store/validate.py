@@ -289,6 +289,10 @@ def _check_index(store: Store, ids: list[str], commits: Commits, rep: Validation
     if not need <= set(idx.columns):
         rep.corrupt.append(f"index.parquet lacks columns {sorted(need - set(idx.columns))}")
         return
+    if store.appending(idx, ids):
+        rep.incomplete.append(f"index.parquet lists {len(idx)} of {len(ids)} chips: an append was interrupted or is "
+                              "running (run the build again to finish it)")
+        ids = ids[: len(idx)]
     if len(idx) != len(ids):
         rep.corrupt.append(f"index.parquet has {len(idx)} rows; the store has {len(ids)} chips")
         return
