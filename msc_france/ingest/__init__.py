@@ -40,6 +40,9 @@ def detect_product(directory: Path, files: list[Path]) -> tuple[str, str]:
         BadInputError: the files mix families.
     """
     found: dict[str, str] = {}
+    if "MSIL1C" in directory.name.upper() or any(True for _ in directory.rglob("MTD_MSIL1C.xml")):
+        raise BadInputError(f"{directory} is a Sentinel-2 Level-1C product (top of atmosphere): not supported; "
+                            "msc-france reads Level-2A (--product s2-safe or theia)")
     if directory.name.endswith(".SAFE"):
         found["s2-safe"] = "the folder is a .SAFE"
     elif any(True for _ in directory.rglob("MTD_MSIL2A.xml")):

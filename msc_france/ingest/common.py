@@ -56,8 +56,28 @@ class RasterMeta:
 
     @property
     def res(self) -> float:
-        """Pixel size (x) in CRS units."""
+        """Pixel size (x) in CRS units (degrees for a geographic CRS: see :attr:`res_m`)."""
         return abs(self.transform[0])
+
+    @property
+    def res_m(self) -> float:
+        """Ground pixel size in metres whatever the CRS: for a geographic CRS the geodesic length of
+        one pixel along each grid axis at the file's centre (their mean); for a projected one, the
+        pixel size in its linear unit converted to metres.
+        """
+        import pyproj
+
+        crs = pyproj.CRS.from_user_input(self.crs_input)
+        a, b, c, d, e, f = self.transform
+        if not crs.is_geographic:
+            unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+            return float(abs(a) * unit)
+        cx, cy = self.width / 2, self.height / 2
+        lon, lat = c + a * cx + b * cy, f + d * cx + e * cy
+        geod = crs.get_geod() or pyproj.Geod(ellps="WGS84")
+        _, _, along_x = geod.inv(lon, lat, lon + a, lat + d)
+        _, _, along_y = geod.inv(lon, lat, lon + b, lat + e)
+        return float((abs(along_x) + abs(along_y)) / 2)
 
     @property
     def crs_input(self) -> str:
@@ -156,10 +176,10 @@ def _contains(folder: str, path: str) -> bool:
 
 def new_item(item_id: str, meta: RasterMeta, when: dt.datetime, props: dict[str, Any], collection: str) -> pystac.Item:
     """An item whose geometry is ``meta``'s footprint, with projection properties."""
-    geom = reproject_geometry(box(*meta.bounds), meta.crs_input, WGS84, densify_m=100 * meta.res)
+    geom = reproject_geometry(box(*meta.bounds), meta.crs_input, WGS84, densify_m=100 * meta.res_m)
     proj: dict[str, Any] = {"proj:code": meta.crs_code} if meta.crs_code else {"proj:code": None, "proj:wkt2": meta.crs_wkt}
     item = pystac.Item(item_id, mapping(geom), list(geom.bounds), when, {
-        "gsd": meta.res, **proj, "proj:shape": [meta.height, meta.width],
+        "gsd": round(meta.res_m, 6), **proj, "proj:shape": [meta.height, meta.width],
         "proj:transform": list(meta.transform), "proj:bbox": list(meta.bounds), **props,
     }, collection=collection, stac_extensions=list(EXTENSIONS))
     return item

@@ -42,13 +42,14 @@ def ingest_spot(files: list[Path], collection: str, forced: dt.datetime | None, 
         f = meta.path
         product = next((p for p, rx in _PRODUCT if rx.search(f.stem)), None)
         if product is None:
-            product = "spot-pan" if meta.count == 1 else ("spot-ms" if meta.res >= 4 else "spot-pms")
+            product = "spot-pan" if meta.count == 1 else ("spot-ms" if meta.res_m >= 4 else "spot-pms")
         if product == "spot-pan":
             names = ["pan"] if meta.count == 1 else None
         else:
             names = _band_names(meta.descriptions, band_order)
         if names is None or len(names) != meta.count:
-            report.skipped.append((f, f"{meta.count} band(s) with no band names: pass --band-order, e.g. blue,green,red,nir"))
+            report.skipped.append((f, f"{meta.count} band(s) with no band names: pass --band-order, e.g. "
+                                      "red,green,blue,nir (the order of SPOT-6/7 GEOSUD deliveries)"))
             continue
         m = _DATE.search(f.stem)
         when = forced or (dt.datetime(int(m[1]), int(m[2]), int(m[3]), 12, tzinfo=dt.UTC) if m else None)

@@ -210,3 +210,56 @@ def test_links_that_lead_above_the_folder_are_reported_not_walked(tmp_path: Path
     assert "up: a link to" in cap.err and "contains the ingested folder: not walked" in cap.err
     written = " ".join(p.read_text() for p in (tmp_path / "c").rglob("*.json"))
     assert "0565-6272" in written and "0566-6272" not in written and "0567-6272" not in written
+
+
+@pytest.mark.parametrize("res_m, want", [(1.5, "spot-pms"), (6.0, "spot-ms")])
+def test_spot_in_a_geographic_crs_gets_its_gsd_in_metres(tmp_path: Path, res_m: float, want: str) -> None:
+    """A SPOT-6/7 ortho delivered in WGS84 (EPSG:4326) at 43.6 N: its GSD is measured in metres along
+    the grid (pyproj's geodesic, here computed independently), so a 6 m MS file is filed as MS and a
+    1.5 m one as pansharpened; before, degrees (1.4e-05) were compared with 4 m.
+    """
+    import json
+
+    import numpy as np
+    import rasterio
+    from affine import Affine
+    from pyproj import Geod
+
+    lat = 43.6
+    deg = res_m / 111_320.0  # about res_m along a meridian; the test measures the true value below
+    f = tmp_path / "dl" / "SPOT7_20210614_ORTHO.tif"
+    f.parent.mkdir()
+    with rasterio.open(f, "w", driver="GTiff", width=40, height=40, count=4, dtype="uint16", crs="EPSG:4326",
+                       transform=Affine(deg, 0, 1.4, 0, -deg, lat)) as dst:
+        dst.write(np.full((4, 40, 40), 500, np.uint16))
+        dst.descriptions = ("red", "green", "blue", "nir")
+    assert main(["catalog", "ingest", str(tmp_path / "dl"), "--out", str(tmp_path / "c"), "--product", "spot"]) == 0
+    item = json.loads(next((tmp_path / "c").rglob("SPOT7_20210614_ORTHO.json")).read_text())
+    g = Geod(ellps="WGS84")
+    clat = lat - 20 * deg
+    along_x = g.inv(1.4 + 20 * deg, clat, 1.4 + 21 * deg, clat)[2]
+    along_y = g.inv(1.4 + 20 * deg, clat, 1.4 + 20 * deg, clat - deg)[2]
+    assert item["properties"]["gsd"] == pytest.approx((along_x + along_y) / 2, rel=1e-3)
+    assert 0.5 * res_m < item["properties"]["gsd"] < 1.5 * res_m
+    assert item["properties"]["msc_france:product"] == want
+
+
+def test_refusals_say_what_the_files_look_like(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A SPOT file without SPOT in its name read as auto: the refusal points at --product spot, not
+    only "not a BD ORTHO tile"; a Sentinel-2 L1C folder is named as L1C, which is not supported.
+    """
+    from tests.real_products import spot_product
+
+    spot_product(tmp_path / "a" / "scene_20210614_ortho.tif", 565000, 6272000, 32, 1.5, 4, "uint16")
+    code = main(["catalog", "ingest", str(tmp_path / "a"), "--out", str(tmp_path / "ca")])
+    err = capsys.readouterr().err
+    assert code == 2 and "look like a SPOT-6/7 ortho: pass --product spot" in err
+    l1c = tmp_path / "S2A_MSIL1C_20210614T105031_N0300_R051_T31TCJ_20210614T130000.SAFE"
+    img = l1c / "GRANULE" / "L1C_T31TCJ_A031000_20210614T105031" / "IMG_DATA"
+    img.mkdir(parents=True)
+    (img / "T31TCJ_20210614T105031_B02.jp2").write_bytes(b"\x00" * 16)  # L1C names: no resolution suffix
+    (l1c / "MTD_MSIL1C.xml").write_text("<xml/>")
+    code = main(["catalog", "ingest", str(l1c), "--out", str(tmp_path / "cl")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Sentinel-2 Level-1C product (top of atmosphere): not supported" in err
+    assert err.count("\n") == 1
