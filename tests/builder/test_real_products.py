@@ -357,3 +357,29 @@ def test_bdortho_fill_is_white_in_every_band(tmp_path: Path) -> None:
         reproject(r.read(), gdal, src_transform=r.transform, src_crs=r.crs, src_nodata=255,
                   dst_transform=Affine(1.0, 0, x0, 0, -1.0, y0 + size), dst_crs=r.crs, resampling=Resampling.average)
     assert np.abs(got[:, :29] - gdal[:, :29]).max() <= 1.0
+
+
+def test_spot_dn_store_keeps_the_all_bands_nodata_rule(tmp_path: Path) -> None:
+    """A uint16 DN SPOT delivery declaring nodata 0, stored as DN (``scale: 1``): pixels that are 0 in
+    every band are fill (never valid), a 0 in one band only is data (numpy masks of the file).
+    """
+    import rasterio
+    from affine import Affine
+
+    d = np.random.default_rng(0).integers(100, 4000, (4, 64, 64)).astype(np.uint16)
+    d[:, 10:20, 10:40] = 0
+    d[0, 30:40, 30:40] = 0
+    src = tmp_path / "dl" / "SPOT7_20210614_PMS.tif"
+    src.parent.mkdir()
+    with rasterio.open(src, "w", driver="GTiff", width=64, height=64, count=4, dtype="uint16", crs="EPSG:2154",
+                       transform=Affine(1.5, 0, 565440, 0, -1.5, 6272640), nodata=0) as f:
+        f.write(d)
+        f.descriptions = ("red", "green", "blue", "nir")
+    assert main(["catalog", "ingest", str(tmp_path / "dl"), "--out", str(tmp_path / "cat"), "--product", "spot"]) == 0
+    g, rec = _build(tmp_path, "spot.yaml", tmp_path / "cat" / "catalog.json", (565440.0, 6272544.0), 96, 1.5,
+                    overrides={"scale": 1})
+    valid = np.asarray(g["valid"][0]).astype(bool)
+    img = np.asarray(g["image"][0])
+    fill = (d == 0).all(axis=0)
+    assert not valid[fill].any() and valid[~fill].all()
+    assert np.array_equal(img[:, ~fill], d[:, ~fill])  # DN stored as they are, band order red, green, blue, nir
