@@ -186,3 +186,34 @@ def test_weights_that_lie_about_their_tensors_are_refused(tmp_path: Path) -> Non
     assert (tmp_path / "huge.pth").stat().st_size < 2**20
     with pytest.raises(TrainingError, match=r"pos_embed declares 16777216 patches, more than 262144"):
         import_vit(tmp_path / "huge.pth", "timm", {"s": ["red", "green", "blue"]}, "vit_test", PATCH, 32)
+
+
+@pytest.mark.timeout(120)
+def test_a_crafted_position_grid_is_refused_within_memory_and_time_bounds(tmp_path: Path) -> None:
+    """The 4,096^2-patch zero-stride ``pos_embed`` (a file under 1 MiB) imported in a child process
+    capped at 2 GB of address space and 60 s: a one-line TrainingError, never a MemoryError or a
+    long interpolation (before the bound, this allocated 4.3 GB).
+    """
+    import subprocess
+    import sys
+    import textwrap
+
+    sd = _timm_state(bands=3, tokens=16, extra=False)
+    sd["pos_embed"] = torch.zeros(1, 1, DIM, dtype=torch.float16).expand(1, 1 + 4096**2, DIM)
+    torch.save(sd, tmp_path / "crafted.pth")
+    script = textwrap.dedent(f"""
+        import resource, time
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
+        from msc_france.errors import TrainingError
+        from msc_france.xstars.weights import import_vit
+        t = time.perf_counter()
+        try:
+            import_vit({str(tmp_path / "crafted.pth")!r}, "timm", {{"s": ["red", "green", "blue"]}}, "vit_test", {PATCH}, 32)
+            print("LOADED")
+        except TrainingError as e:
+            print("REFUSED", time.perf_counter() - t, str(e).count("\\n"))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-400:]
+    verdict, seconds, newlines = r.stdout.split()
+    assert verdict == "REFUSED" and float(seconds) < 10 and newlines == "0"
