@@ -171,6 +171,23 @@ def planetary_computer_env(token_server: TokenServer) -> Iterator[None]:
         sas.TOKEN_CACHE.clear()
 
 
+def items_served_at(world: Path, collections: tuple[str, ...], url: str, out: Path) -> list[Path]:
+    """The generated world's NDJSON items of ``collections`` rewritten with their asset hrefs on
+    ``url`` (a server over ``world``), one file per collection in ``out``: what a STAC API serves.
+    """
+    files = []
+    for c in collections:
+        path = out / f"{c}.ndjson"
+        with open(path, "w") as f:
+            for line in (world / f"{c}.ndjson").read_text().splitlines():
+                item = json.loads(line)
+                for a in item["assets"].values():
+                    a["href"] = f"{url}/{Path(a['href']).relative_to(world)}"
+                f.write(json.dumps(item) + "\n")
+        files.append(path)
+    return files
+
+
 def rustac_binary() -> str:
     """The rustac executable of this environment."""
     exe = Path(sys.executable).parent / "rustac"

@@ -7,7 +7,6 @@ MapServer serving the tiny world's aerial tiles.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import geopandas as gpd
@@ -22,7 +21,7 @@ from msc_france.cli import main
 from msc_france.crs import L93, WGS84, reproject_geometry
 from msc_france.grid import Chip
 from tests.conftest import TINY_REGION_L93
-from tests.servers import AssetServer, WmsServer, mapserver, rustac_api
+from tests.servers import AssetServer, WmsServer, items_served_at, mapserver, rustac_api
 
 pytestmark = pytest.mark.skipif(mapserver() is None, reason="MapServer (Debian's cgi-mapserver) is not installed; "
                                 "`.ci/run` installs it")
@@ -31,16 +30,7 @@ pytestmark = pytest.mark.skipif(mapserver() is None, reason="MapServer (Debian's
 @pytest.mark.timeout(600)
 def test_build_with_the_default_catalog_and_one_setting(tiny_world: Path, tmp_path: Path, monkeypatch) -> None:
     with AssetServer(tiny_world) as assets:
-        files = []
-        for c in ("sentinel-2-l2a", "landsat-c2-l2", "esa-worldcover"):
-            out = tmp_path / f"{c}.ndjson"
-            with open(out, "w") as f:
-                for line in (tiny_world / f"{c}.ndjson").read_text().splitlines():
-                    item = json.loads(line)
-                    for a in item["assets"].values():
-                        a["href"] = f"{assets.url}/{Path(a['href']).relative_to(tiny_world)}"
-                    f.write(json.dumps(item) + "\n")
-            files.append(out)
+        files = items_served_at(tiny_world, ("sentinel-2-l2a", "landsat-c2-l2", "esa-worldcover"), assets.url, tmp_path)
         tiles = sorted((tiny_world / "aerial").glob("*.tif"))
         with rustac_api(files) as stac, WmsServer(
                 tmp_path / "wms", {"ORTHOIMAGERY.ORTHOPHOTOS": tiles, "ORTHOIMAGERY.ORTHOPHOTOS.IRC": tiles},

@@ -15,6 +15,7 @@ resamples them onto the chip's explicit Lambert-93 grid. Two settings make it ex
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,14 +116,18 @@ def _is_403(e: Exception) -> bool:
     return "403" in s or "Forbidden" in s or "AuthenticationFailed" in s
 
 
-def open_raster(href: str, signer: Signer) -> rasterio.io.DatasetReader:
-    """Open an asset, signing its href just now; on HTTP 403 re-sign once and retry."""
+def open_raster(href: str, signer: Signer,
+                opener: Callable[[str], rasterio.io.DatasetReader] | None = None) -> rasterio.io.DatasetReader:
+    """Open an asset (with ``opener``, default ``rasterio.open``; a task's pool passes its own),
+    signing its href just now; on HTTP 403 re-sign once and retry.
+    """
+    open_ = opener or rasterio.open
     try:
-        return rasterio.open(signer.sign(href))
+        return open_(signer.sign(href))
     except rasterio.errors.RasterioError as e:
         if _is_403(e):
             try:
-                return rasterio.open(signer.refresh(href))
+                return open_(signer.refresh(href))
             except rasterio.errors.RasterioError as e2:
                 raise SourceError(f"cannot read {href}: {first_line(e2)}") from None
         raise SourceError(f"cannot read {href}: {first_line(e)}") from None
@@ -201,25 +206,12 @@ def warp_asset(href: str, signer: Signer, grid: PixelGrid, indexes: tuple[int, .
     if pool is None:
         with open_raster(href, signer) as src:
             return warp_open(src, href, grid, indexes, resampling, nodata, proj_shape, proj_transform, limits)
-    src = _pooled(pool, href, signer)
+    src = open_raster(href, signer, pool.get)  # opened once per task, kept for its other chips
     try:
         return warp_open(src, href, grid, indexes, resampling, nodata, proj_shape, proj_transform, limits, pool)
     except SourceError:
         pool.drop(src.name)  # a broken transfer: the next try opens the file afresh
         raise
-
-
-def _pooled(pool: DatasetPool, href: str, signer: Signer) -> rasterio.io.DatasetReader:
-    """:func:`open_raster` through the task's pool (the same signed href is the same file)."""
-    try:
-        return pool.get(signer.sign(href))
-    except rasterio.errors.RasterioError as e:
-        if _is_403(e):
-            try:
-                return pool.get(signer.refresh(href))
-            except rasterio.errors.RasterioError as e2:
-                raise SourceError(f"cannot read {href}: {first_line(e2)}") from None
-        raise SourceError(f"cannot read {href}: {first_line(e)}") from None
 
 
 def warp_open(src: rasterio.io.DatasetReader, href: str, grid: PixelGrid, indexes: tuple[int, ...],

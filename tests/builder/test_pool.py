@@ -4,7 +4,6 @@ opening it for every chip, with fewer requests to the server that holds the file
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from msc_france.builder.pool import POOL_ENV, DatasetPool
 from msc_france.cli import main
 from msc_france.paths import catalogs_dir
 from tests.conftest import tree_hashes, write_region_file
-from tests.servers import AssetServer, rustac_api
+from tests.servers import AssetServer, items_served_at, rustac_api
 
 
 def _remote_catalog(tiny_world: Path, tmp: Path, assets_url: str, api: str) -> Path:
@@ -36,16 +35,8 @@ def test_pooled_reads_store_the_same_bytes_with_fewer_requests(tiny_world: Path,
                                                                tiny_region: Path, tiny_store: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     with AssetServer(tiny_world) as assets:
-        files = []
-        for c in ("sentinel-2-l2a", "landsat-c2-l2", "aerial", "esa-worldcover"):
-            out = tmp_path / f"{c}.ndjson"
-            with open(out, "w") as f:
-                for line in (tiny_world / f"{c}.ndjson").read_text().splitlines():
-                    item = json.loads(line)
-                    for a in item["assets"].values():
-                        a["href"] = f"{assets.url}/{Path(a['href']).relative_to(tiny_world)}"
-                    f.write(json.dumps(item) + "\n")
-            files.append(out)
+        files = items_served_at(tiny_world, ("sentinel-2-l2a", "landsat-c2-l2", "aerial", "esa-worldcover"),
+                                assets.url, tmp_path)
         with rustac_api(files) as api:
             rec = yaml.safe_load(tiny_recipe.read_text())
             rec.update(catalog=str(_remote_catalog(tiny_world, tmp_path, assets.url, api)), chips_per_shard=4)
