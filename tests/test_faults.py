@@ -17,7 +17,7 @@ from msc_france.sources.base import SearchQuery
 from msc_france.sources.stac_api import StacApiSource
 from msc_france.store import Store
 from tests.conftest import tree_hashes
-from tests.servers import AssetServer, FaultProxy, rustac_api
+from tests.servers import AssetServer, FaultProxy, items_served_at, rustac_api
 
 COLLECTIONS = ("sentinel-2-l2a", "landsat-c2-l2", "aerial", "esa-worldcover")
 
@@ -29,16 +29,7 @@ def remote_world(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory):
     """
     d = tmp_path_factory.mktemp("remote")
     with AssetServer(tiny_world) as assets, FaultProxy(assets.url, rewrite=False) as asset_proxy:
-        files = []
-        for c in COLLECTIONS:
-            out = d / f"{c}.ndjson"
-            with open(out, "w") as f:
-                for line in (tiny_world / f"{c}.ndjson").read_text().splitlines():
-                    item = json.loads(line)
-                    for a in item["assets"].values():
-                        a["href"] = f"{asset_proxy.url}/{Path(a['href']).relative_to(tiny_world)}"
-                    f.write(json.dumps(item) + "\n")
-            files.append(out)
+        files = items_served_at(tiny_world, COLLECTIONS, asset_proxy.url, d)
         with rustac_api(files) as api, FaultProxy(api) as stac_proxy:
             cat = d / "catalog"
             cat.mkdir()
