@@ -18,18 +18,6 @@ import yaml
 from msc_france.store import Store
 from msc_france.store.records import Status
 
-#: Where each sensor's data come from, and under which licence (by the catalogs' sensor names).
-SOURCES = {
-    "sentinel-2-l2a": ("Copernicus Sentinel-2 L2A (ESA), via Microsoft Planetary Computer",
-                       "Copernicus Sentinel data terms (free, full and open)"),
-    "sentinel-2-theia": ("Sentinel-2 L2A processed by Theia/MAJA (CNES)", "Etalab Licence Ouverte 2.0"),
-    "landsat-8-c2-l2": ("Landsat 8 Collection 2 Level-2 (USGS), via Microsoft Planetary Computer",
-                        "USGS public domain"),
-    "aerial": ("IGN BD ORTHO (or the demo world's aerial camera)", "Etalab Licence Ouverte 2.0"),
-    "spot": ("SPOT-6/7 orthoimages", "the distributor's licence (Airbus DS / IGN)"),
-    "esa-worldcover": ("ESA WorldCover 10 m", "CC BY 4.0"),
-}
-
 
 def summarise(store: Store) -> dict[str, Any]:
     """The card's numbers, from the index and the attributes only."""
@@ -50,8 +38,8 @@ def summarise(store: Store) -> dict[str, Any]:
             "status": {s.value: int((st == s.value).sum()) for s in Status if (st == s.value).any()},
             "by_split": {str(sp): int(((st == "ok") & (idx["split"] == sp)).sum())
                          for sp in out["splits"]},
-            "source": SOURCES.get(L.sensor, ("(not listed)", "see the source"))[0],
-            "licence": SOURCES.get(L.sensor, ("", "see the source"))[1],
+            "source": store.facts(g).provenance,
+            "licence": store.facts(g).licence,
         }
         vf = ci.get("valid_fraction", g).to_numpy(dtype=float)
         row["valid_fraction"] = _quantiles(vf)
@@ -190,4 +178,4 @@ def _markdown(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["SOURCES", "summarise", "write_card"]
+__all__ = ["summarise", "write_card"]

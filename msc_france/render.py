@@ -15,10 +15,8 @@ from msc_france.store import ChipReader, Layer, Store
 from msc_france.store.chip_index import ChipIndex
 from msc_france.store.records import Status
 
-# Sensor folder names of the X-STARS reference code; other sensors keep their own name.
-XSTARS_NAMES = {"sentinel-2-l2a": "Sentinel", "landsat-8-c2-l2": "Landsat", "aerial": "SPOT"}
-WORLDCOVER_COLORS = {10: "#006400", 20: "#ffbb22", 30: "#ffff4c", 40: "#f096ff", 50: "#fa0000", 60: "#b4b4b4",
-                     70: "#f0f0f0", 80: "#0064c8", 90: "#0096a0", 95: "#00cf75", 100: "#fae6a0"}
+#: The colour of a class the labels' catalog gave none.
+UNLISTED_COLOR = "#888888"
 
 
 def _reader(store: Store) -> ChipReader:
@@ -50,13 +48,16 @@ def rgb8(store: Store, layer: Layer, index: int) -> np.ndarray:
 
 
 def labels_rgb(store: Store, layer: Layer, index: int) -> np.ndarray:
-    """A label chip coloured with the WorldCover palette."""
+    """A label chip coloured with its sensor's class colours (``class_colors`` of its catalog YAML;
+    grey for a class it gives none, black where there is no label).
+    """
     from matplotlib.colors import to_rgb
 
     cls = _reader(store).read(layer.group, layer.data_name, index)
+    colors = store.facts(layer.group).class_colors
     out = np.zeros((*cls.shape, 3), np.uint8)
-    for v, c in WORLDCOVER_COLORS.items():
-        out[cls == v] = (np.array(to_rgb(c)) * 255).astype(np.uint8)
+    for v in np.unique(cls[cls > 0]):
+        out[cls == v] = (np.array(to_rgb(colors.get(int(v), UNLISTED_COLOR))) * 255).astype(np.uint8)
     return out
 
 
@@ -139,6 +140,14 @@ def export_xstars(store: Store, out: Path, split: str | None = None, progress: P
     rows = idx[ok]
     if split:
         rows = rows[rows["split"] == split]
+    # Folder names: each sensor's display name (the reference code's Sentinel, Landsat, SPOT).
+    names = {L.group: store.facts(L.group).display_name for L in layers}
+    seen: dict[str, str] = {}
+    for g, n in names.items():
+        if n in seen:
+            raise BadInputError(f"sensors {seen[n]} and {g} are both displayed as '{n}': their PNGs would share a "
+                                "folder; give one another display_name in its catalog YAML")
+        seen[n] = g
     if progress is not None:
         progress.start(len(rows))
     for _, row in rows.iterrows():
@@ -151,7 +160,7 @@ def export_xstars(store: Store, out: Path, split: str | None = None, progress: P
         except BadInputError as e:
             raise StoreError(f"store {store.url} holds an unsafe name ({e}); nothing exported from it") from None
         for L in layers:
-            d = out / XSTARS_NAMES.get(L.group, L.group) / region
+            d = out / names[L.group] / region
             d.mkdir(parents=True, exist_ok=True)
             with atomic_path(d / f"{row['chip_id']}.png") as tmp:
                 Image.fromarray(rgb8(store, L, int(row["chip_index"]))).save(tmp, format="PNG")

@@ -120,11 +120,13 @@ def store_schema(recipe: Recipe, specs: dict[str, SensorSpec], gsds: dict[str, f
                 raise BadInputError(f"overview factor {f} of {name} does not divide its {px} px chip side "
                                     f"(chip {recipe.chip_size_m} m at {gsds[name]:g} m)")
         layers.append(Layer(name, name, gsds[name], tuple(specs[name].band_names), specs[name].dtype, False,
-                            specs[name].scale, specs[name].offset, specs[name].units, tuple(sr.overviews)))
+                            specs[name].scale, specs[name].offset, specs[name].units, tuple(sr.overviews),
+                            specs[name].facts()))
     classes = None
     if recipe.labels is not None:
         s = specs[recipe.labels.sensor]
-        layers.append(Layer(LABELS_GROUP, s.name, gsds[s.name], ("class",), s.dtype, True, units="class"))
+        layers.append(Layer(LABELS_GROUP, s.name, gsds[s.name], ("class",), s.dtype, True, units="class",
+                            facts=s.facts()))
         classes = s.classes
     return StoreSchema(recipe.chip_size_m, recipe.chips_per_shard, tuple(layers), recipe.rules(), classes)
 

@@ -202,8 +202,9 @@ def catalog() -> None:
 @catalog.command("ingest")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="output catalog directory")
-@click.option("--product", type=click.Choice(["auto", "bd-ortho", "spot", "s2-safe", "theia"]), default="auto",
-              show_default=True, help="product family of the files (auto: detected from the files)")
+@click.option("--layout", "--product", "product", type=click.Choice(["auto", "bd-ortho", "spot", "s2-safe", "theia"]),
+              default="auto", show_default=True, help="how the files lie on disk (auto: detected from them); "
+              "--product is its former name")
 @click.option("--collection", default=None, help="collection id of the items (default: per product)")
 @click.option("--datetime", "when", default=None, help="acquisition date (YYYY-MM-DD) when files carry none")
 @click.option("--variant", type=click.Choice(["FRE", "SRE"]), default="FRE", show_default=True,

@@ -5,8 +5,9 @@ come from (the source), one YAML per sensor in a catalog directory; the demo wor
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -14,6 +15,9 @@ from pydantic import Field, field_validator, model_validator
 from msc_france.config.base import StrictModel, check_name, load_yaml, parse_model
 from msc_france.errors import BadInputError
 from msc_france.paths import catalogs_dir
+
+if TYPE_CHECKING:
+    from msc_france.store.schema import SensorFacts
 
 
 class BandSpec(StrictModel):
@@ -160,7 +164,8 @@ class MaskSpec(StrictModel):
     """A quality asset the valid/clear mask is derived from, decoded by the sensor's product rules."""
 
     asset: str
-    type: Literal["scl", "qa_pixel", "maja-clm", "maja-edg", "maja-sat"]
+    type: str = Field(description="the decoding, named by the sensor's product (its ``mask_types``: scl, "
+                      "qa_pixel, maja-clm, ...); the product checks it")
 
 
 class ValueMapping(StrictModel):
@@ -204,6 +209,19 @@ class SensorSpec(StrictModel):
     resampling: Literal["nearest", "bilinear", "cubic", "average"] = "bilinear"
     rgb: list[str] = Field(default_factory=list, description="band names used for RGB previews/exports")
     classes: dict[int, str] | None = Field(None, description="class value -> name, for label sensors")
+    provenance: str = Field("not stated", description="where its pixels come from (producer, distributor): "
+                            "dataset and model cards")
+    licence: str = Field("not stated", description="the data licence: dataset and model cards")
+    display_name: str | None = Field(None, description="a short name (folders of the X-STARS PNG export); "
+                                     "default: the sensor name")
+    class_colors: dict[int, str] | None = Field(None, description="class value -> #rrggbb, for label sensors")
+
+    def facts(self) -> SensorFacts:
+        """What the store records of this sensor in its group's attributes."""
+        from msc_france.store.schema import SensorFacts
+
+        return SensorFacts(self.title, self.provenance, self.licence, self.display_name or self.name,
+                           dict(self.class_colors or {}))
 
     @model_validator(mode="before")
     @classmethod
@@ -261,6 +279,9 @@ class SensorSpec(StrictModel):
             raise ValueError(f"rgb names unknown bands {unknown}")
         if self.kind == "labels" and not self.classes:
             raise ValueError("a labels sensor needs 'classes'")
+        bad = [c for c in (self.class_colors or {}).values() if not re.fullmatch(r"#[0-9a-fA-F]{6}", c)]
+        if bad:
+            raise ValueError(f"class_colors must be #rrggbb, got {bad[:3]}")
         lo, hi = self.stored_range
         if not 0 <= lo <= hi <= np.iinfo(self.dtype).max:
             raise ValueError(f"valid_range {[lo, hi]} does not fit {self.dtype}")

@@ -1,8 +1,10 @@
-"""``MSCFranceDataset``: one sample per chip, every requested sensor, normalised from store stats.
+"""``MSCFranceDataset``: one sample per selected chip (:mod:`msc_france.selection`), read as a
+:class:`DatasetView` says: every requested sensor, normalised with the store's or a model's statistics.
 
 Samples follow torchgeo's conventions where they can (docs/training.md, "The sample"):
 
-- per sensor, ``{"image": float32 (bands, H, W), "valid": bool (H, W)}``;
+- per sensor, ``{"image": float32 (bands, H, W), "valid": bool (H, W)}`` (``valid``, ``bounds`` and
+  ``crs`` only with ``extras``, the default; training turns them off);
 - ``mask``: the labels as contiguous class indices, int64 (H, W), :data:`IGNORE_INDEX` where there
   is no label (PyTorch's ``cross_entropy`` default), when ``labels=True``; the code <-> index
   mapping is the store's (``classes`` and ``class_index`` of its labels group);
@@ -16,28 +18,29 @@ fork or spawn): an open store is never shared across a fork.
 
 from __future__ import annotations
 
-import ast
 import functools
 import os
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from rasterio.crs import CRS as RioCRS
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
-from msc_france.errors import BadInputError, StoreError, first_line
+from msc_france.data.batch import Sample
+from msc_france.errors import BadInputError, StoreError
 from msc_france.grid import Chip
-from msc_france.splits import ALL_SPLITS
+from msc_france.selection import ChipSelection, select
 from msc_france.store import ChipReader, Store
 from msc_france.store.chip_index import ChipIndex
-
-Sample = dict[str, Any]
+from msc_france.xstars.inputs import ModelInputs
 
 
 @functools.lru_cache(maxsize=64)
@@ -70,161 +73,125 @@ class BoundingBox(NamedTuple):
     maxt: float
 
 
-#: The longest ``where`` expression accepted (an expression, not a program).
-MAX_WHERE = 2000
+@dataclass(frozen=True)
+class DatasetView:
+    """How the selected chips are read and shaped.
 
-
-def _query(index: pd.DataFrame, where: str, path: str) -> np.ndarray:
-    """The rows of ``index`` for which ``where`` holds, as a boolean array.
-
-    Raises:
-        BadInputError: an expression that does not parse, names an unknown column, or is not a
-            true/false per chip.
-    """
-    if not where.strip() or len(where) > MAX_WHERE:
-        raise BadInputError(f"a chip filter must be a non-empty expression of at most {MAX_WHERE} characters")
-    frame = pd.DataFrame(index.drop(columns="geometry"))  # no geometry: plain columns only
-    _check_filter(where, set(frame.columns))
-    try:
-        got = frame.eval(where, engine="python", local_dict={}, global_dict={})
-    except Exception as e:  # pandas raises SyntaxError, UndefinedVariableError, TypeError, ...
-        raise BadInputError(f"chip filter {where!r} on store {path}: {first_line(e)[:200]}") from None
-    if not isinstance(got, pd.Series) or got.dtype != bool or len(got) != len(index):
-        raise BadInputError(f"chip filter {where!r} is not true or false for each chip (use a comparison)")
-    return got.to_numpy()
-
-
-#: What a chip filter may hold: comparisons, arithmetic and logic over columns and constants, and
-#: ``abs``; pandas' own ``eval`` would also run methods (``col.to_csv(...)`` writes a file).
-_FILTER_NODES = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div,
-                 ast.FloorDiv, ast.Mod, ast.Pow, ast.BitAnd, ast.BitOr, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd,
-                 ast.Invert, ast.Compare, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn,
-                 ast.Name, ast.Load, ast.Constant, ast.List, ast.Tuple)
-
-
-def _check_filter(where: str, columns: set[str]) -> None:
-    """Refuse a chip filter that is not a plain expression over ``columns`` (see :data:`_FILTER_NODES`).
-
-    Raises:
-        BadInputError: naming what is not allowed.
-    """
-    try:
-        tree = ast.parse(where.strip(), mode="eval")
-    except SyntaxError as e:
-        raise BadInputError(f"chip filter {where!r} does not parse ({e.msg})") from None
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            if not (isinstance(node.func, ast.Name) and node.func.id == "abs" and len(node.args) == 1
-                    and not node.keywords):
-                raise BadInputError(f"chip filter {where!r}: only abs(...) may be called")
-            continue
-        if not isinstance(node, _FILTER_NODES):
-            raise BadInputError(f"chip filter {where!r}: {type(node).__name__} is not allowed (comparisons, "
-                                "arithmetic, and/or/not, abs over index columns)")
-        if isinstance(node, ast.Name) and node.id not in columns and node.id != "abs":
-            raise BadInputError(f"chip filter {where!r}: the index has no column '{node.id}'")
-        if isinstance(node, ast.Constant) and not isinstance(node.value, int | float | str | bool):
-            raise BadInputError(f"chip filter {where!r}: constant {node.value!r} is not allowed")
-        _check_cost(node, where)
-
-
-#: Bounds that keep a filter's cost that of a comparison over the index, whatever pandas folds:
-#: exponents are small literal numbers, integers fit 64 bits, strings are compared, never computed.
-MAX_EXPONENT = 16
-MAX_INT = 2**63
-
-
-def _check_cost(node: ast.AST, where: str) -> None:
-    """Refuse what would compute without bound before pandas sees it: ``9 ** 9 ** 9`` (an exponent
-    that is not a small literal), ``'x' * 10 ** 9`` (arithmetic on strings), huge integer literals.
-
-    Raises:
-        BadInputError: naming the operation.
-    """
-    if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool) \
-            and abs(node.value) >= MAX_INT:
-        raise BadInputError(f"chip filter {where!r}: integer {str(node.value)[:20]}... is larger than 64 bits")
-    if not isinstance(node, ast.BinOp):
-        return
-    for side in (node.left, node.right):
-        if isinstance(side, ast.Constant) and isinstance(side.value, str):
-            raise BadInputError(f"chip filter {where!r}: strings may be compared, not computed with "
-                                f"{type(node.op).__name__}")
-    if isinstance(node.op, ast.Pow):
-        exp = node.right
-        if isinstance(exp, ast.UnaryOp) and isinstance(exp.op, ast.USub | ast.UAdd):
-            exp = exp.operand
-        if not (isinstance(exp, ast.Constant) and isinstance(exp.value, int | float)
-                and not isinstance(exp.value, bool) and abs(exp.value) <= MAX_EXPONENT):
-            raise BadInputError(f"chip filter {where!r}: an exponent must be a number between -{MAX_EXPONENT} "
-                                f"and {MAX_EXPONENT}")
-        if any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) for n in ast.walk(node.left)):
-            raise BadInputError(f"chip filter {where!r}: a power of a power is not allowed")
-
-
-class MSCFranceDataset(Dataset):
-    """Chips of an MSC-France store.
-
-    Args:
-        store: path of the store.
+    Attributes:
         sensors: store groups to return (default: every reflectance sensor).
-        split: ``train``, ``val``, ``test`` (or ``buffer``, the chips between blocked splits),
-            several of them (e.g. ``["val", "test"]``), or None for all chips.
-        bands: band names to keep (same for every sensor, e.g. ``["red", "green", "blue"]``);
-            None keeps each sensor's bands.
-        transform: applied to each sample dict.
-        statuses: chip statuses accepted in every requested sensor.
-        normalize: standardise with the store's per-band statistics.
-        labels: also return ``mask`` (class indices) when the store has labels.
+        bands: band names to keep, the same for every sensor (e.g. ``("red", "green", "blue")``),
+            or per sensor; None keeps each sensor's bands.
         size: resize every sensor's chip to ``size`` x ``size`` pixels on load (area-antialiased
             bilinear for images, nearest for masks and labels), as X-STARS feeds every sensor at
             one input size; the chip extent is unchanged, so sensors stay co-located. Images are
-            read from the coarsest overview level of the store that still has at least that many
-            pixels (``levels`` says which: 1 is full resolution), so a 640 px aerial chip read
-            at 128 px decodes a 128 px overview instead of resizing 640 px.
-        overviews: read overview levels where they fit (False: always full resolution).
-        cache: keep decoded (and resized) chips in memory, per process: True keeps every chip
-            (stores that fit in RAM, such as the demo's), an integer keeps the last that many
-            chips per sensor (least recently used out first), which with a sampler that draws
-            the tiles of a few chips together (``StepBatchSampler(group=...)``) decodes each chip
-            about once per epoch in any store. A cached chip is decoded once per process, whatever
-            the number of tiles cut from it.
-        where: keep only the chips for which this expression over the index's columns is true
-            (comparisons, arithmetic, and/or/not, ``in``, ``abs``, checked before pandas evaluates
-            it; e.g. ``"cloud_fraction_sentinel_2_l2a < 0.1 and class_fraction_50 > 0.2"``:
-            docs/dataset-format.md lists the columns).
-        chips: keep only these chip ids (an unknown id is an error).
+            read from the coarsest overview level that still has at least that many pixels.
         tiles: cut every chip into ``tiles x tiles`` co-located sub-chips (each a sample, with its
-            own ``bounds`` and a ``tile`` (row, col) key); every sensor's chip side in pixels must
-            be divisible by ``tiles``. With ``size``, the whole chip is resized to
-            ``tiles x size`` (in the worker) and the tiles are cut from it.
+            own ``bounds`` and a ``tile`` (row, col) key); with ``size``, the whole chip is resized
+            to ``tiles x size`` and the tiles are cut from it.
+        labels: also return ``mask`` (class indices) when the store has labels.
+        overviews: read overview levels where they fit (False: always full resolution).
+        cache: keep decoded (and resized) chips in memory, per process: True keeps every chip,
+            an integer keeps the last that many chips per sensor (least recently used out first).
+        normalize: standardise with the store's per-band statistics (True), not at all (False),
+            or with a model's own (its :class:`~msc_france.xstars.inputs.ModelInputs`).
+        extras: ship ``valid``, ``bounds`` and ``crs`` in each sample (training reads none).
     """
 
-    def __init__(
-        self,
-        store: str | Path,
-        sensors: Sequence[str] | None = None,
-        split: str | Sequence[str] | None = "train",
-        bands: Sequence[str] | None = None,
-        transform: Callable[[Sample], Sample] | None = None,
-        statuses: Sequence[str] = ("ok",),
-        normalize: bool = True,
-        labels: bool = False,
-        size: int | None = None,
-        cache: bool | int = False,
-        tiles: int = 1,
-        overviews: bool = True,
-        where: str | None = None,
-        chips: Sequence[str] | None = None,
-    ) -> None:
-        self.path = str(store)  # a directory or an object-store URL
+    sensors: tuple[str, ...] | None = None
+    bands: tuple[str, ...] | Mapping[str, Sequence[str]] | None = None
+    size: int | None = None
+    tiles: int = 1
+    labels: bool = False
+    overviews: bool = True
+    cache: bool | int = False
+    normalize: bool | ModelInputs = True
+    extras: bool = True
+
+    def __post_init__(self) -> None:
+        if self.tiles < 1:
+            raise BadInputError("tiles must be >= 1")
+        if not isinstance(self.cache, bool) and self.cache < 1:
+            raise BadInputError("cache must be True, False or a number of chips >= 1")
+
+    def bands_of(self, sensor: str, stored: Sequence[str]) -> list[str]:
+        """The band names read from ``sensor`` (whose store bands are ``stored``)."""
+        if self.bands is None:
+            return list(stored)
+        if isinstance(self.bands, Mapping):
+            return list(self.bands[sensor]) if sensor in self.bands else list(stored)
+        return list(self.bands)
+
+
+_SELECTION_ARGS = {"split", "statuses", "where", "chips", "groups"}
+_VIEW_ARGS = set(DatasetView.__dataclass_fields__)
+
+
+class MSCFranceDataset(Dataset):
+    """Chips of an MSC-France store: the chips a :class:`~msc_france.selection.ChipSelection` keeps,
+    read as a :class:`DatasetView` says.
+
+    Args:
+        store: path or URL of the store.
+        selection: which chips (default: the ``train`` split, status ``ok`` in every sensor read).
+        view: how they are read (default: every reflectance sensor, all bands, stored size).
+        transform: applied to each sample dict.
+        **shorthand: the fields of either value by name, torchgeo-style (``split="val", size=64``);
+            given with ``selection`` or ``view`` they replace those fields.
+
+    Raises:
+        BadInputError: an unknown sensor, band, split, chip or argument, or tiles that do not
+            divide a chip.
+    """
+
+    def __init__(self, store: str | Path, selection: ChipSelection | None = None, view: DatasetView | None = None,
+                 transform: Callable[[Sample], Sample] | None = None, **shorthand: Any) -> None:
+        unknown = sorted(set(shorthand) - _SELECTION_ARGS - _VIEW_ARGS)
+        if unknown:
+            raise TypeError(f"MSCFranceDataset got unknown argument(s) {', '.join(unknown)}")
+        sel = {k: v for k, v in shorthand.items() if k in _SELECTION_ARGS}
+        if selection is None or sel:
+            base = selection or ChipSelection()
+            selection = ChipSelection.of(**{"split": base.splits, "statuses": base.statuses, "where": base.where,
+                                            "chips": base.chips, "groups": base.groups, **sel})
+        vw: dict[str, Any] = {k: (tuple(v) if k == "sensors" and v is not None else v)
+                              for k, v in shorthand.items() if k in _VIEW_ARGS}
+        if vw.get("bands") is not None and not isinstance(vw["bands"], Mapping):
+            vw["bands"] = tuple(vw["bands"])
+        view = replace(view or DatasetView(), **vw)
+        self.path, self.selection, self.view, self.transform = str(store), selection, view, transform
         s = Store.open(self.path)
         layers = {L.group: L for L in s.layers}
-        self.sensors = list(sensors) if sensors else [g for g, L in layers.items() if not L.is_label]
-        for name in self.sensors:
-            if name not in layers or layers[name].is_label:
-                raise BadInputError(f"store {self.path} has no sensor '{name}' (has {sorted(layers)})")
-        self.labels = labels and "labels" in layers
+        self.sensors = list(view.sensors) if view.sensors else [g for g, L in layers.items() if not L.is_label]
+        self.labels = view.labels and "labels" in layers
+        self._read_layers(s, layers)
+        self._select(s)
+        self._store: Store | None = None
+        self._reader: ChipReader | None = None
+        self._pid: int | None = None
+
+    @property
+    def size(self) -> int | None:
+        """The side every chip (tile) is resized to (None: stored size)."""
+        return self.view.size
+
+    @property
+    def tiles(self) -> int:
+        """Tiles per chip side."""
+        return self.view.tiles
+
+    @property
+    def cache(self) -> bool | int:
+        """The decoded-chip cache setting."""
+        return self.view.cache
+
+    @property
+    def normalize(self) -> bool:
+        """Whether images are standardised (with the store's or the model's statistics)."""
+        return self.view.normalize is not False
+
+    def _read_layers(self, s: Store, layers: dict[str, Any]) -> None:
+        """Per sensor: bands read, normalisation, overview level; the label classes."""
+        view = self.view
         #: class code -> contiguous index, and index -> class name (from the store's labels group).
         self.class_index: dict[int, int] = {}
         self.class_names: dict[int, str] = {}
@@ -235,64 +202,54 @@ class MSCFranceDataset(Dataset):
             self.class_names = {i: names[c] for c, i in self.class_index.items()}
             for code, i in self.class_index.items():
                 self._lut[code] = i
+        if isinstance(view.normalize, ModelInputs):
+            view.normalize.check_store(s, self.sensors, "the model")
         self.band_index: dict[str, list[int]] = {}
+        self.band_names: dict[str, list[str]] = {}
         self.mean: dict[str, torch.Tensor] = {}
         self.std: dict[str, torch.Tensor] = {}
+        #: Per sensor, the overview factor read (1: full resolution).
+        self.levels: dict[str, int] = {}
         for name in self.sensors:
+            if name not in layers or layers[name].is_label:
+                raise BadInputError(f"store {self.path} has no sensor '{name}' (has {sorted(layers)})")
             L = layers[name]
-            wanted = list(bands) if bands else list(L.bands)
+            wanted = (list(view.normalize.sensors[name].bands) if isinstance(view.normalize, ModelInputs)
+                      and name in view.normalize.sensors else view.bands_of(name, L.bands))
             missing = [b for b in wanted if b not in L.bands]
             if missing:
                 raise BadInputError(f"sensor {name} has no band(s) {missing} (has {list(L.bands)})")
             self.band_index[name] = [L.bands.index(b) for b in wanted]
-            stats = s.stats(name)
-            if normalize and not stats:
-                raise StoreError(f"store {self.path} has no statistics for {name}; rebuild it")
-            if stats:
-                idx = self.band_index[name]
-                self.mean[name] = torch.tensor([stats.mean[i] for i in idx], dtype=torch.float32)[:, None, None]
-                self.std[name] = torch.tensor([max(stats.std[i], 1e-6) for i in idx],
-                                              dtype=torch.float32)[:, None, None]
-        self.normalize = normalize
-        self.size = size
-        self.cache = cache
-        if tiles < 1:
-            raise BadInputError("tiles must be >= 1")
-        for name in self.sensors:
-            px = layers[name].pixels(s.chip_size_m)
-            if px % tiles:
-                raise BadInputError(f"{name} chips are {px} px, not divisible into {tiles} x {tiles} tiles")
-        self.tiles = tiles
-        #: Per sensor, the overview factor read (1: full resolution).
-        self.levels: dict[str, int] = {}
-        for name in self.sensors:
-            px = layers[name].pixels(s.chip_size_m)
-            need = None if size is None else size * tiles
-            usable = [f for f in layers[name].overviews if overviews and need is not None and px // f >= need]
+            self.band_names[name] = wanted
+            self._norm(s, name)
+            px = L.pixels(s.chip_size_m)
+            if px % view.tiles:
+                raise BadInputError(f"{name} chips are {px} px, not divisible into {view.tiles} x {view.tiles} tiles")
+            need = None if view.size is None else view.size * view.tiles
+            usable = [f for f in L.overviews if view.overviews and need is not None and px // f >= need]
             self.levels[name] = max(usable, default=1)
-        if not isinstance(cache, bool) and cache < 1:
-            raise BadInputError("cache must be True, False or a number of chips >= 1")
+
+    def _norm(self, s: Store, name: str) -> None:
+        """The mean and std a sensor's images are standardised with (the store's or the model's)."""
+        norm = self.view.normalize
+        if isinstance(norm, ModelInputs) and name in norm.sensors:
+            v = norm.sensors[name]
+            mean, std = list(v.mean), list(v.std)
+        else:
+            stats = s.stats(name)
+            if norm is not False and not stats:
+                raise StoreError(f"store {self.path} has no statistics for {name}; rebuild it")
+            if not stats:
+                return
+            idx = self.band_index[name]
+            mean, std = [stats.mean[i] for i in idx], [max(stats.std[i], 1e-6) for i in idx]
+        self.mean[name] = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std[name] = torch.tensor(std, dtype=torch.float32)[:, None, None]
+
+    def _select(self, s: Store) -> None:
+        """The selected chips, their statuses and acquisition times."""
         self._chips: OrderedDict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        idx = s.index()
-        keep = np.ones(len(idx), bool)
-        if split is not None:
-            wanted = [split] if isinstance(split, str) else list(split)
-            for s_ in wanted:
-                if s_ not in ALL_SPLITS:
-                    raise BadInputError(f"unknown split '{s_}' ({', '.join(ALL_SPLITS)})")
-            keep &= idx["split"].isin(wanted).to_numpy()
-        for name in self.sensors:
-            keep &= ChipIndex(idx).status(name).isin(list(statuses)).to_numpy()
-        if where is not None:
-            keep &= _query(idx, where, self.path)
-        if chips is not None:
-            wanted_ids = set(chips)
-            unknown = sorted(wanted_ids - set(idx["chip_id"]))
-            if unknown:
-                raise BadInputError(f"store {self.path} has no chip(s) {', '.join(unknown[:3])}"
-                                    + (f" (+{len(unknown) - 3} more)" if len(unknown) > 3 else ""))
-            keep &= idx["chip_id"].isin(wanted_ids).to_numpy()
-        rows = idx[keep]
+        rows = select(s.index(), self.selection, self.path, self.sensors)
         self.chip_ids: list[str] = rows["chip_id"].tolist()
         self.chip_index: list[int] = rows["chip_index"].astype(int).tolist()
         self._members = frozenset(self.chip_index)
@@ -300,10 +257,12 @@ class MSCFranceDataset(Dataset):
         # Acquisition times per chip and sensor (POSIX seconds, NaN when unknown) for ``bounds``.
         self._times = {name: (ChipIndex(rows).datetime(name) - pd.Timestamp(0, tz="UTC"))
                        .dt.total_seconds().to_numpy() for name in self.sensors}
-        self.transform = transform
-        self._store: Store | None = None
-        self._reader: ChipReader | None = None
-        self._pid: int | None = None
+
+    def with_view(self, **changes: Any) -> MSCFranceDataset:
+        """The same chips read another way (``sensors``, ``normalize``, ... replaced)."""
+        if "sensors" in changes and changes["sensors"] is not None:
+            changes["sensors"] = tuple(changes["sensors"])
+        return MSCFranceDataset(self.path, self.selection, replace(self.view, **changes), self.transform)
 
     def __len__(self) -> int:
         return len(self.chip_ids) * self.tiles**2
@@ -338,7 +297,9 @@ class MSCFranceDataset(Dataset):
         times = [float(self._times[s][c]) for s in sensors if np.isfinite(self._times[s][c])]
         bounds = BoundingBox(x0 + tc * step, x0 + (tc + 1) * step, y1 - (tr + 1) * step, y1 - tr * step,
                              min(times, default=float("nan")), max(times, default=float("nan")))
-        sample: Sample = {"chip_id": self.chip_ids[c], "bounds": bounds, "crs": CRS}
+        sample: Sample = {"chip_id": self.chip_ids[c]}
+        if self.view.extras:
+            sample["bounds"], sample["crs"] = bounds, CRS
         if k > 1:
             sample["tile"] = (tr, tc)
 
@@ -348,7 +309,7 @@ class MSCFranceDataset(Dataset):
 
         for name in sensors:
             img, mask = self._chip(store, ci, name)
-            sample[name] = {"image": cut(img), "valid": cut(mask)}
+            sample[name] = {"image": cut(img), "valid": cut(mask)} if self.view.extras else {"image": cut(img)}
         if self.labels:
             sample["mask"] = cut(self._chip(store, ci, "labels")[0])
         return sample
@@ -423,47 +384,3 @@ class MSCFranceDataset(Dataset):
         else:
             sample = self.read(int(key))
         return self.transform(sample) if self.transform else sample
-
-
-def collate(samples: list[Sample]) -> Sample:
-    """Stack a list of samples: per sensor ``image`` (N, B, H, W) and ``valid`` (N, H, W), ``mask``
-    (N, H, W); ``chip_id``, ``bounds`` and ``crs`` become lists (as torchgeo's ``stack_samples``).
-
-    In a DataLoader worker every stacked tensor is written into one shared-memory buffer: a batch
-    then crosses to the trainer as one shared storage instead of one per tensor (each costs a file
-    descriptor and a mapping; measured 1.6x more batches per second, docs/benchmarks.md).
-    """
-    out: Sample = {"chip_id": [s["chip_id"] for s in samples], "crs": [s["crs"] for s in samples],
-                   "bounds": [s["bounds"] for s in samples]}
-    keys = [k for k, v in samples[0].items() if isinstance(v, dict)]
-    for k in keys:
-        if not all(k in s for s in samples):
-            raise ValueError(f"sensor {k} is missing from some samples; use a per-sensor batch")
-    parts: list[tuple[str, str | None, list[torch.Tensor]]] = [
-        (k, f, [s[k][f] for s in samples]) for k in keys for f in samples[0][k]]
-    if "mask" in samples[0]:
-        parts.append(("mask", None, [s["mask"] for s in samples]))
-    stacked = _stack_shared(parts) if get_worker_info() is not None else [torch.stack(xs) for _, _, xs in parts]
-    for (k, f, _), t in zip(parts, stacked, strict=True):
-        if f is None:
-            out[k] = t
-        else:
-            out.setdefault(k, {})[f] = t
-    if "sensor" in samples[0]:
-        out["sensor"] = [s["sensor"] for s in samples]
-    if "tile" in samples[0]:
-        out["tile"] = torch.tensor([s["tile"] for s in samples])
-    return out
-
-
-def _stack_shared(parts: list[tuple[str, str | None, list[torch.Tensor]]]) -> list[torch.Tensor]:
-    """``torch.stack`` of every list in ``parts``, into views of one shared-memory byte buffer."""
-    align = 64  # every view starts on a 64-byte boundary: any dtype's alignment
-    sizes = [len(xs) * xs[0].numel() * xs[0].element_size() for _, _, xs in parts]
-    buf = torch.empty(sum(-(-n // align) * align for n in sizes), dtype=torch.uint8).share_memory_()
-    out, off = [], 0
-    for (_, _, xs), n in zip(parts, sizes, strict=True):
-        view = buf[off:off + n].view(xs[0].dtype).view(len(xs), *xs[0].shape)
-        out.append(torch.stack(xs, out=view))
-        off += -(-n // align) * align
-    return out

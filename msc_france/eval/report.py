@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from msc_france.render import WORLDCOVER_COLORS
+from msc_france.render import UNLISTED_COLOR
 
 SHORT = {"sentinel-2-l2a": "S2", "landsat-8-c2-l2": "L8", "aerial": "AER"}
 
@@ -29,27 +30,55 @@ def _mean(values: list[float]) -> float | None:
 HEADLINE = ("fractions R2 cross", "transfer bal. acc cross", "seg. transfer mIoU", "R@1 mean shifted", "R@1 mean")
 
 
-def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per model of a split view: the headline numbers (means over sensors and pairs)."""
-    rows = []
-    for name, m in report["models"].items():
-        ss = m["sensors"]
-        fr = m["fractions_r2"]
-        cross = [(a, b) for a in ss for b in ss if a != b]
-        shifted = m.get("retrieval_shifted", {})
-        rows.append({
-            "model": name,
-            "fractions R2 cross": _mean([fr[f"{a}->{b}"] for a, b in cross]),
-            "transfer bal. acc cross": _mean([m["transfer"][f"{a}->{b}"]["balanced_acc"] for a, b in cross]),
-            "seg. transfer mIoU": _mean([m["segmentation"][a].get("transfer_mIoU", {}).get(b) for a, b in cross]),
-            "R@1 mean shifted": shifted.get("mean", {}).get("mean_R@1"),
-            **{f"R@1 {k}": m["retrieval"][k].get("mean_R@1") for k in ("mean", "cls", "dense")},
-            "fractions R2 same": _mean([fr[f"{s}->{s}"] for s in ss]),
-            "linear acc": _mean([m["classification"][s]["linear_acc"] for s in ss]),
-            "linear bal. acc": _mean([m["classification"][s]["linear_balanced_acc"] for s in ss]),
-            "mIoU": _mean([m["segmentation"][s]["mIoU"] for s in ss]),
-        })
-    return rows
+@dataclass(frozen=True)
+class SummaryRow:
+    """One model's headline numbers on one split (means over sensors and ordered sensor pairs).
+
+    ``row[label]`` reads a number by its table label (:data:`SUMMARY`).
+    """
+
+    model: str
+    fractions_r2_cross: float | None
+    transfer_bal_acc_cross: float | None
+    seg_transfer_miou: float | None
+    r1_mean_shifted: float | None
+    r1_mean: float | None
+    r1_cls: float | None
+    r1_dense: float | None
+    fractions_r2_same: float | None
+    linear_acc: float | None
+    linear_bal_acc: float | None
+    miou: float | None
+
+    def __getitem__(self, label: str) -> Any:
+        return self.model if label == "model" else getattr(self, SUMMARY[label])
+
+
+#: Table label -> :class:`SummaryRow` field, in table order.
+SUMMARY = {"fractions R2 cross": "fractions_r2_cross", "transfer bal. acc cross": "transfer_bal_acc_cross",
+           "seg. transfer mIoU": "seg_transfer_miou", "R@1 mean shifted": "r1_mean_shifted", "R@1 mean": "r1_mean",
+           "R@1 cls": "r1_cls", "R@1 dense": "r1_dense", "fractions R2 same": "fractions_r2_same",
+           "linear acc": "linear_acc", "linear bal. acc": "linear_bal_acc", "mIoU": "miou"}
+
+
+def summary_row(name: str, m: dict[str, Any]) -> SummaryRow:
+    """The headline numbers of one model's report entry."""
+    ss, fr = m["sensors"], m["fractions_r2"]
+    cross = [(a, b) for a in ss for b in ss if a != b]
+    r1 = {k: m["retrieval"][k].get("mean_R@1") for k in ("mean", "cls", "dense")}
+    return SummaryRow(
+        name, _mean([fr[f"{a}->{b}"] for a, b in cross]),
+        _mean([m["transfer"][f"{a}->{b}"]["balanced_acc"] for a, b in cross]),
+        _mean([m["segmentation"][a].get("transfer_mIoU", {}).get(b) for a, b in cross]),
+        m.get("retrieval_shifted", {}).get("mean", {}).get("mean_R@1"), r1["mean"], r1["cls"], r1["dense"],
+        _mean([fr[f"{s}->{s}"] for s in ss]), _mean([m["classification"][s]["linear_acc"] for s in ss]),
+        _mean([m["classification"][s]["linear_balanced_acc"] for s in ss]),
+        _mean([m["segmentation"][s]["mIoU"] for s in ss]))
+
+
+def summary_rows(report: dict[str, Any]) -> list[SummaryRow]:
+    """One row per model of a split view."""
+    return [summary_row(name, m) for name, m in report["models"].items()]
 
 
 def split_view(report: dict[str, Any], split: str) -> dict[str, Any]:
@@ -76,38 +105,69 @@ def interval95(values: list[float]) -> tuple[float, float]:
 def group_rows(view: dict[str, Any]) -> dict[str, dict[str, tuple[float, float, int]]]:
     """Headline numbers aggregated by group (e.g. seeds): metric -> (mean, 95 % half-width, runs)."""
     rows = summary_rows(view)
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, list[SummaryRow]] = {}
     for r in rows:
         groups.setdefault(view["groups"].get(r["model"], r["model"]), []).append(r)
     return {g: {k: (*interval95([r[k] for r in rs]), len(rs)) for k in HEADLINE} for g, rs in groups.items()}
 
 
-def claims(view: dict[str, Any]) -> list[str]:
-    """For every headline number: the best baseline, and whether each model group's 95 % interval
-    lies above it (groups of one run: its value).
+@dataclass(frozen=True)
+class Claim:
+    """A model group against the best baseline on one headline number.
+
+    Attributes:
+        metric: the headline's label.
+        baseline, baseline_mean, baseline_hw: the best baseline group, its mean and 95 % half-width.
+        group, mean, hw, runs: the model group, its mean, half-width and number of runs.
     """
+
+    metric: str
+    baseline: str
+    baseline_mean: float
+    baseline_hw: float
+    group: str
+    mean: float
+    hw: float
+    runs: int
+
+    @property
+    def beats(self) -> bool:
+        """The model's interval lies wholly above the baseline's."""
+        return self.mean - self.hw > self.baseline_mean + self.baseline_hw
+
+    def cell(self) -> str:
+        """The claim as a table cell."""
+        if self.mean != self.mean:
+            return "-"
+        spread = f" ± {self.hw:.3f} (n={self.runs})" if self.runs > 1 else ""
+        return f"{self.mean:.3f}{spread}: {'yes' if self.beats else 'no'} ({self.mean - self.baseline_mean:+.3f})"
+
+
+def claims(view: dict[str, Any]) -> list[Claim]:
+    """For every headline number and model group: the best baseline and the group against it."""
     agg = group_rows(view)
     roles = view["roles"]
     base = {g for n, g in view["groups"].items() if roles.get(n) == "baseline"}
-    models = [g for g in agg if g not in base]
-    lines = ["| metric | best baseline | " + " | ".join(models) + " |", "|---" * (len(models) + 2) + "|"]
+    out = []
     for k in HEADLINE:
         scored = [(agg[g][k][0], g) for g in base if agg[g][k][0] == agg[g][k][0]]
         if not scored:
             continue
         best, who = max(scored)
-        _, best_hw, _ = agg[who][k]
-        cells = []
-        for g in models:
-            mean, hw, n = agg[g][k]
-            if mean != mean:
-                cells.append("-")
-                continue
-            beats = mean - hw > best + best_hw
-            spread = f" ± {hw:.3f} (n={n})" if n > 1 else ""
-            cells.append(f"{mean:.3f}{spread}: {'yes' if beats else 'no'} ({mean - best:+.3f})")
-        lines.append(f"| {k} | {who} {best:.3f}" + (f" ± {best_hw:.3f}" if best_hw else "") + " | "
-                     + " | ".join(cells) + " |")
+        out += [Claim(k, who, best, agg[who][k][1], g, *agg[g][k]) for g in agg if g not in base]
+    return out
+
+
+def claims_markdown(cl: list[Claim]) -> list[str]:
+    """The claims as a table: one row per headline number, one column per model group."""
+    groups = list(dict.fromkeys(c.group for c in cl))
+    lines = ["| metric | best baseline | " + " | ".join(groups) + " |", "|---" * (len(groups) + 2) + "|"]
+    for metric in dict.fromkeys(c.metric for c in cl):
+        row = {c.group: c for c in cl if c.metric == metric}
+        first = next(iter(row.values()))
+        lines.append(f"| {metric} | {first.baseline} {first.baseline_mean:.3f}"
+                     + (f" ± {first.baseline_hw:.3f}" if first.baseline_hw else "") + " | "
+                     + " | ".join(row[g].cell() if g in row else "-" for g in groups) + " |")
     return lines
 
 
@@ -152,13 +212,22 @@ def _split_markdown(report: dict[str, Any]) -> str:
              f"Chance: retrieval R@1 = {report['chance_R@1']:.4f}; majority class ({maj['class']}): accuracy "
              f"{maj['acc']:.3f}, balanced accuracy {maj['balanced_acc']:.3f}, macro-F1 {maj['macro_f1']:.3f}; "
              "fraction R2 = 0 for predicting the mean.", "",
-             f"### Against the best baseline ({report['split']})", "", *claims(report), "",
+             f"### Against the best baseline ({report['split']})", "", *claims_markdown(claims(report)), "",
              "### Summary (means over sensors / ordered sensor pairs)", ""]
     rows = summary_rows(report)
-    keys = [k for k in rows[0] if k != "model"]
+    keys = list(SUMMARY)
     lines += ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     lines += [f"| {r['model']} | " + " | ".join(_f(r[k]) for k in keys) + " |" for r in rows]
     models = report["models"]
+    lines += _retrieval_md(models) + _shifted_md(models) + _gallery_parts(models) + _groups_md(report)
+    lines += _diagnostics_md(models) + _classification_md(models, maj) + _transfer_md(models)
+    lines += _segmentation_md(models) + _external_md(models)
+    return "\n".join(lines) + "\n"
+
+
+def _retrieval_md(models: dict[str, Any]) -> list[str]:
+    """Cross-sensor retrieval tables, one per feature kind."""
+    lines: list[str] = []
     for kind in ("mean", "cls", "dense"):
         pairs = sorted({p for m in models.values() for p in m["retrieval"][kind] if "->" in p})
         lines += ["", f"### Cross-sensor retrieval, {kind} features (R@1 / R@5 / median rank)", "",
@@ -170,6 +239,12 @@ def _split_markdown(report: dict[str, Any]) -> str:
                 r = m["retrieval"][kind].get(p)
                 cells.append("-" if r is None else f"{r['R@1']:.2f} / {r['R@5']:.2f} / {r['median_rank']:.0f}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _shifted_md(models: dict[str, Any]) -> list[str]:
+    """Retrieval against the shifted and turned gallery."""
+    lines: list[str] = []
     shifted = {n: m["retrieval_shifted"] for n, m in models.items() if "retrieval_shifted" in m}
     if shifted:
         pairs = sorted({p for m in shifted.values() for p in m["mean"] if "->" in p})
@@ -181,13 +256,24 @@ def _split_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | " + " | ".join(
                 " / ".join(f"{m[k][p]['R@1']:.2f}" for k in ("mean", "cls", "dense")) if p in m["mean"] else "-"
                 for p in pairs) + " |")
-    lines += _gallery_parts(models)
+    return lines
+
+
+def _groups_md(report: dict[str, Any]) -> list[str]:
+    """Runs of one configuration aggregated."""
+    lines: list[str] = []
     agg = group_rows(report)
     if any(v[HEADLINE[0]][2] > 1 for v in agg.values()):
         lines += ["", "### Runs of one configuration aggregated (mean ± 95 % interval, n runs)", "",
                   "| group | " + " | ".join(HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
         for g, v in agg.items():
             lines.append(f"| {g} | " + " | ".join(f"{v[k][0]:.3f} ± {v[k][1]:.3f} ({v[k][2]})" for k in HEADLINE) + " |")
+    return lines
+
+
+def _diagnostics_md(models: dict[str, Any]) -> list[str]:
+    """Training diagnostics (MSAD projection, continual)."""
+    lines: list[str] = []
     diag = {n: m["diagnostics"] for n, m in models.items() if m.get("diagnostics")}
     if diag:
         lines += ["", "### Training diagnostics", "",
@@ -202,6 +288,12 @@ def _split_markdown(report: dict[str, Any]) -> str:
             if "continual" in d:
                 c = d["continual"]
                 lines.append(f"- {n}, {c['pair']} R@1: " + ", ".join(f"{k} {c[k]['R@1']:.3f}" for k in ("cls", "mean", "dense")))
+    return lines
+
+
+def _classification_md(models: dict[str, Any], maj: dict[str, Any]) -> list[str]:
+    """Tile classification per sensor, with the majority class."""
+    lines: list[str] = []
     sensors = sorted({s for m in models.values() for s in m["classification"]})
     lines += ["", "### Tile classification, dominant land-cover class (linear probe: accuracy / balanced accuracy / "
               "macro-F1; kNN accuracy)", "",
@@ -215,6 +307,12 @@ def _split_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("| majority class | " + " | ".join(f"{maj['acc']:.3f} / {maj['balanced_acc']:.3f} / "
                                                   f"{maj['macro_f1']:.3f}" for _ in sensors) + " |")
+    return lines
+
+
+def _transfer_md(models: dict[str, Any]) -> list[str]:
+    """Transfer and class-fraction matrices."""
+    lines: list[str] = []
     for title, key, fmt in (("Cross-sensor transfer (linear probe trained on row sensor, tested on column sensor; "
                              "balanced accuracy)", "transfer", lambda v: _f(v["balanced_acc"])),
                             ("Class-fraction probe (ridge trained on row sensor, tested on column sensor; held-out R2)",
@@ -227,12 +325,25 @@ def _split_markdown(report: dict[str, Any]) -> str:
             for a in ss:
                 lines.append(f"| {_s(a)} | " + " | ".join(fmt(m[key][f"{a}->{b}"]) for b in ss) + " |")
             lines.append("")
+    return lines
+
+
+def _segmentation_md(models: dict[str, Any]) -> list[str]:
+    """Patch-level segmentation per sensor."""
+    lines: list[str] = []
+    sensors = sorted({s for m in models.values() for s in m["classification"]})
     lines += ["### Patch-level linear segmentation (mIoU / pixel accuracy)", "",
               "| model | " + " | ".join(_s(s) for s in sensors) + " |", "|---" * (len(sensors) + 1) + "|"]
     for name, m in models.items():
         cells = [f"{m['segmentation'][s]['mIoU']:.3f} / {m['segmentation'][s]['pixel_acc']:.3f}"
                  if s in m["segmentation"] else "-" for s in sensors]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _external_md(models: dict[str, Any]) -> list[str]:
+    """External datasets."""
+    lines: list[str] = []
     ext = {k for m in models.values() for k in m.get("external", {})}
     if ext:
         lines += ["", "### External datasets", ""]
@@ -241,8 +352,7 @@ def _split_markdown(report: dict[str, Any]) -> str:
                 lines.append(f"- {name} / {k}: " + "; ".join(
                     f"{frac}: " + ", ".join(f"{kk} {_f(vv)}" for kk, vv in r.items()) for frac, r in v.items()
                     if isinstance(r, dict)))
-    return "\n".join(lines) + "\n"
-
+    return lines
 
 def figures(report: dict[str, Any], figs: dict[str, Any], held: Any, names: dict[int, str], out: Path) -> list[Path]:
     """retrieval.png (R@k curves), transfer.png (heat maps), segmentation.png (maps vs truth)."""
@@ -282,8 +392,8 @@ def figures(report: dict[str, Any], figs: dict[str, Any], held: Any, names: dict
     sensor = "aerial" if "aerial" in held.images else next(iter(held.images))
     from matplotlib.colors import to_rgb
 
-    palette = [to_rgb(WORLDCOVER_COLORS.get(int(report["classes"].get(names[i], 0)), "#888888"))
-               for i in range(len(names))]
+    colors = report.get("class_colors", {})
+    palette = [to_rgb(colors.get(str(report["classes"].get(names[i], 0)), UNLISTED_COLOR)) for i in range(len(names))]
     cmap = ListedColormap(palette or [(0.5, 0.5, 0.5)])
     picks = np.linspace(0, held.labels.shape[0] - 1, 3).astype(int)
     seg_models = [n for n in figs["seg"] if sensor in figs["seg"][n]]
@@ -382,4 +492,5 @@ def _summary_figure(report: dict[str, Any], out: Path) -> Path:
     return path
 
 
-__all__ = ["HEADLINE", "claims", "figures", "group_rows", "interval95", "markdown", "split_view", "summary_rows"]
+__all__ = ["HEADLINE", "SUMMARY", "Claim", "SummaryRow", "claims", "claims_markdown", "figures", "group_rows",
+           "interval95", "markdown", "split_view", "summary_row", "summary_rows"]

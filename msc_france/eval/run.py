@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from msc_france.config import StrictModel, load_config_mapping, parse_model
-from msc_france.data import MSCFranceDataset
+from msc_france.data import ChipSelection, DatasetView, MSCFranceDataset
 from msc_france.errors import BadInputError
 from msc_france.eval import metrics as M
 from msc_france.eval.baselines import FIXED, NAMES, ridge_aligned
@@ -72,6 +72,7 @@ from msc_france.eval.probes import (
 from msc_france.store import Store
 from msc_france.xstars.checkpoint import Checkpoint, build_backbone, load_checkpoint
 from msc_france.xstars.distributed import resolve_device
+from msc_france.xstars.inputs import ModelInputs, ModelSpec, from_stats
 from msc_france.xstars.msad import MSADHeads
 from msc_france.xstars.vit import ViT
 
@@ -105,7 +106,8 @@ class EvalConfig(StrictModel):
     name: str = "eval"
     store: str = "data/demo.zarr"
     sensors: list[str] = Field(default_factory=lambda: ["sentinel-2-l2a", "landsat-8-c2-l2", "aerial"])
-    bands: list[str] = Field(default_factory=lambda: ["red", "green", "blue"])
+    bands: list[str] | None = Field(None, description="bands the baselines read (default: the first model's, "
+                                    "else red, green, blue); each model reads the bands it was trained on")
     input_size: int = 64
     tiles: int = Field(4, ge=1, description="tiles per chip side")
     train_split: Literal["train", "val", "test"] = "train"
@@ -162,15 +164,17 @@ def load_eval_config(path: str, store: str | None = None, out: str | None = None
 
 def _datasets(cfg: EvalConfig, size: int) -> tuple[MSCFranceDataset, dict[str, MSCFranceDataset], dict[int, int],
                                                    dict[int, str]]:
-    """The training chips, each held-out split's chips, and the classes that occur in them."""
+    """The training chips, each held-out split's chips (as stored: every model reads them its own
+    way, :func:`_view`), and the classes that occur in them.
+    """
     store = Store.open(cfg.store)
     labels = "labels" in {L.group for L in store.layers}
     if not labels:
         raise BadInputError(f"store {cfg.store} has no labels group; build it with a label source")
+    view = DatasetView(tuple(cfg.sensors), size=size, labels=True, normalize=False)
 
-    def dataset(split: str | Sequence[str]) -> MSCFranceDataset:
-        return MSCFranceDataset(cfg.store, sensors=cfg.sensors, split=split, bands=cfg.bands, size=size,
-                                labels=True, cache=False)
+    def dataset(split: str) -> MSCFranceDataset:
+        return MSCFranceDataset(cfg.store, ChipSelection.of(split), view)
 
     train = dataset(cfg.train_split)
     held: dict[str, MSCFranceDataset] = {h: dataset(h) for h in dict.fromkeys(cfg.test_splits)}
@@ -189,31 +193,59 @@ def _datasets(cfg: EvalConfig, size: int) -> tuple[MSCFranceDataset, dict[str, M
 
 @dataclass
 class Model:
-    """An encoder to evaluate, and what its checkpoint offers beyond the backbone."""
+    """An encoder to evaluate, what it eats, and what its checkpoint offers beyond the backbone."""
 
     name: str
     encoder: Encoder
     meta: dict[str, Any]
+    inputs: ModelInputs
     ckpt: Checkpoint | None = None
     baseline: bool = False
     ridge: bool = False
     group: str | None = None
 
 
-def _models(cfg: EvalConfig) -> list[Model]:
+def _view(ds: MSCFranceDataset, m: Model, sensors: list[str]) -> MSCFranceDataset:
+    """``ds``'s chips as model ``m`` eats them: its sensors, bands and normalisation statistics."""
+    return ds.with_view(sensors=sensors, normalize=m.inputs)
+
+
+def _checkpoints(cfg: EvalConfig, store: Store) -> list[Model]:
+    """The configured checkpoints (optional ones that are missing left out), each checked against
+    the store: a sensor or band it eats that the store lacks is refused in one line.
+    """
     out = []
-    arch = None
     for m in cfg.models:
         if not Path(m.checkpoint).exists():
             if m.optional:
                 continue
             raise BadInputError(f"checkpoint not found: {m.checkpoint} (run make pretrain first)")
         ckpt = load_checkpoint(m.checkpoint)
-        out.append(Model(m.name, build_backbone(ckpt, cfg.features), ckpt.model.to_json(), ckpt, m.baseline,
-                         m.ridge, m.group))
-        arch = arch or ckpt.model.to_json()
-    fixed = [Model(b, FIXED[b](), {"arch": b}, baseline=True) for b in cfg.baselines if b in FIXED]
-    a = arch or {"arch": "vit_tiny", "patch_size": 16, "img_size": cfg.input_size}
+        ckpt.inputs.check_store(store, cfg.sensors, f"model {m.name}")
+        out.append(Model(m.name, build_backbone(ckpt, cfg.features), ckpt.model.to_json(), ckpt.inputs, ckpt,
+                         m.baseline, m.ridge, m.group))
+    return out
+
+
+def baseline_bands(cfg: EvalConfig, models: Sequence[Model]) -> dict[str, list[str]]:
+    """Per sensor, the bands baselines read: ``bands`` of the config, else the first model's that
+    reads the sensor, else red, green, blue.
+    """
+    out = {}
+    for s in cfg.sensors:
+        eats = next((list(m.inputs.sensors[s].bands) for m in models if s in m.inputs.sensors), None)
+        out[s] = list(cfg.bands) if cfg.bands else eats or ["red", "green", "blue"]
+    return out
+
+
+def _models(cfg: EvalConfig) -> list[Model]:
+    store = Store.open(cfg.store)
+    out = _checkpoints(cfg, store)
+    bands = baseline_bands(cfg, out)
+    spec = out[0].inputs.model if out else ModelSpec("vit_tiny", 16, cfg.input_size)
+    # Baselines read the store as it is: its own statistics.
+    own = from_stats(store, cfg.sensors, bands, cfg.input_size, spec)
+    fixed = [Model(b, FIXED[b](), {"arch": b}, own, baseline=True) for b in cfg.baselines if b in FIXED]
     for b in cfg.baselines:
         if b in FIXED:
             continue
@@ -222,10 +254,9 @@ def _models(cfg: EvalConfig) -> list[Model]:
         embed = "shared" if b == "random-shared" else "per-sensor"
         for i, seed in enumerate(cfg.random_seeds):
             torch.manual_seed(seed)
-            vit = ViT({s: len(cfg.bands) for s in cfg.sensors}, a["arch"], a["patch_size"], a["img_size"],
-                      drop_path=0.0, patch_embed=embed)
+            vit = ViT(own.channels, spec.arch, spec.patch_size, spec.img_size, drop_path=0.0, patch_embed=embed)
             name = b if i == 0 else f"{b}-seed{seed}"
-            fixed.append(Model(name, vit, {**a, "patch_embed": embed, "seed": seed}, baseline=True,
+            fixed.append(Model(name, vit, {**spec.to_json(), "patch_embed": embed, "seed": seed}, own, baseline=True,
                                group=b if len(cfg.random_seeds) > 1 else None))
     out = fixed + out
     if not out:
@@ -235,13 +266,12 @@ def _models(cfg: EvalConfig) -> list[Model]:
 
 def _msad_heads(ckpt: Checkpoint) -> MSADHeads | None:
     """The student's MSAD projection heads of a checkpoint (None when it trained without MSAD)."""
-    c = ckpt.section("msad")
+    c = ckpt.config.msad
     keys = {k[len("msad_heads."):]: v for k, v in ckpt.student.items() if k.startswith("msad_heads.")}
-    if not keys or float(c.get("alpha", 0)) == 0:
+    if not keys or c.alpha == 0:
         return None
     dim = ckpt.student["backbone.pos_embed"].shape[-1]
-    heads = MSADHeads(dim, list(ckpt.sensors), c["proj_dim"], c["dropout"], layout=c.get("heads", "shared"),
-                      normalize=c.get("normalize", True))
+    heads = MSADHeads(dim, list(ckpt.sensors), c.proj_dim, c.dropout, layout=c.heads, normalize=c.normalize)
     heads.load_state_dict(keys)
     return heads.eval()
 
@@ -255,34 +285,34 @@ def _diagnostics(m: Model, held: MSCFranceDataset, cfg: EvalConfig, class_index:
     heads = _msad_heads(m.ckpt)
     student = build_backbone(m.ckpt, "student")
     sensors = [s for s in cfg.sensors if student.has_sensor(s)]
-    te = extract(student, _subset(held, sensors), cfg.tiles, cfg.input_size, class_index, device)
+    te = extract(student, _view(held, m, sensors), cfg.tiles, cfg.input_size, class_index, device)
     if heads is not None:
         proj = {s: F.normalize(heads(torch.cat([te.cls[s][:, None], te.patches[s]], 1), s)[:, 1:], dim=-1)
                 for s in sensors if not heads.has_per_sensor or s in heads.per_sensor}
         flat = {s: (p.flatten(1) / p.shape[1] ** 0.5) for s, p in proj.items()}
         out["msad_projection"] = {f"{a}->{b}": pair_retrieval(flat[a], flat[b]) for a in flat for b in flat if a != b}
-    cont = m.ckpt.section("continual")
-    if cont and m.ckpt.frozen is not None:
+    cont = m.ckpt.config.continual
+    if cont is not None and m.ckpt.frozen is not None:
         frozen = build_backbone(m.ckpt, frozen=True)
-        src, tgt = cont["source_sensor"], cont["target_sensor"]
-        fz = extract(frozen, _subset(held, [src]), cfg.tiles, cfg.input_size, class_index, device)
-        own = extract(build_backbone(m.ckpt, cfg.features), _subset(held, [tgt]), cfg.tiles, cfg.input_size,
+        src, tgt = cont.source_sensor, cont.target_sensor
+        fz = extract(frozen, _view(held, m, [src]), cfg.tiles, cfg.input_size, class_index, device)
+        own = extract(build_backbone(m.ckpt, cfg.features), _view(held, m, [tgt]), cfg.tiles, cfg.input_size,
                       class_index, device)
         out["continual"] = {"pair": f"{tgt}(student)->{src}(frozen)", **{
             k: pair_retrieval(own.kind(k, tgt), fz.kind(k, src)) for k in KINDS}}
     return out
 
 
-def _external(cfg: EvalConfig, vit: ViT, device: torch.device, bands: list[str]) -> dict[str, Any]:
+def _external(cfg: EvalConfig, vit: ViT, device: torch.device, inputs: ModelInputs) -> dict[str, Any]:
     res: dict[str, Any] = {}
     for e in cfg.external:
-        if not vit.has_sensor(e.sensor):
+        if not vit.has_sensor(e.sensor) or e.sensor not in inputs.sensors:
             res[e.kind] = {"skipped": f"model has no {e.sensor} patch embedding"}
             continue
         if e.kind == "geotiff-segmentation":
             data = load_segmentation(e.root, e.size)
         else:
-            data = load_classification(e.kind, e.root, e.size, bands)
+            data = load_classification(e.kind, e.root, e.size, list(inputs.sensors[e.sensor].bands))
         with torch.no_grad():
             tok = torch.cat([vit(data.images[i : i + 64].to(device), e.sensor).float().cpu()
                              for i in range(0, len(data.images), 64)])
@@ -335,12 +365,12 @@ def _rows(m: Model, cfg: EvalConfig, train_ds: MSCFranceDataset, held_ds: dict[s
           class_index: dict[int, int], device: torch.device) -> list[_Scored]:
     """Features of one model on every split (and its ridge-aligned row when asked for)."""
     sensors = [s for s in cfg.sensors if m.encoder.has_sensor(s)]
-    tr = extract(m.encoder, _subset(train_ds, sensors), cfg.tiles, cfg.input_size, class_index, device)
-    held = {h: extract(m.encoder, _subset(d, sensors), cfg.tiles, cfg.input_size, class_index, device)
-            for h, d in held_ds.items()}
+    train_ds, held_ds = _view(train_ds, m, sensors), {h: _view(d, m, sensors) for h, d in held_ds.items()}
+    tr = extract(m.encoder, train_ds, cfg.tiles, cfg.input_size, class_index, device)
+    held = {h: extract(m.encoder, d, cfg.tiles, cfg.input_size, class_index, device) for h, d in held_ds.items()}
     kinds = [k for k in _GALLERIES if cfg.shifted_gallery and cfg.tiles > 1
              and (k == "retrieval_shifted" or cfg.gallery_diagnostics)]
-    gallery = {(k, h): extract(m.encoder, _subset(d, sensors), cfg.tiles, cfg.input_size, class_index, device,
+    gallery = {(k, h): extract(m.encoder, d, cfg.tiles, cfg.input_size, class_index, device,
                                shift=_GALLERIES[k][0], turn=_GALLERIES[k][1], seed=cfg.seed)
                for k in kinds for h, d in held_ds.items()}
     rows = [_Scored(m.name, tr, held, gallery, m)]
@@ -388,6 +418,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "n_chips": {"train": len(train_ds), **{h: len(d) for h, d in held_ds.items()}},
         "n_tiles": {"train": len(train_ds) * cfg.tiles**2, **{h: len(d) * cfg.tiles**2 for h, d in held_ds.items()}},
         "roles": {}, "groups": {}, "splits": {h: {"models": {}} for h in held_ds}, "external": {},
+        "class_colors": {str(k): v for k, v in Store.open(cfg.store).facts("labels").class_colors.items()},
     }
     figures: dict[str, Any] = {"seg": {}, "ranks": {}}
     shown = list(held_ds)[-1]
@@ -412,7 +443,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                     figures["seg"][row.name] = preds
                     shown_feats = row.held[h]
         if cfg.external and isinstance(m.encoder, ViT):
-            report["external"][m.name] = _external(cfg, m.encoder.to(device), device, cfg.bands)
+            report["external"][m.name] = _external(cfg, m.encoder.to(device), device, m.inputs)
     report["elapsed_s"] = round(time.perf_counter() - t0, 1)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -424,13 +455,3 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     assert shown_feats is not None
     draw(split_view(report, shown), figures, shown_feats, names, out)
     return report
-
-
-def _subset(ds: MSCFranceDataset, sensors: list[str]) -> MSCFranceDataset:
-    if sensors == ds.sensors:
-        return ds
-    import copy
-
-    d = copy.copy(ds)
-    d.sensors = sensors
-    return d

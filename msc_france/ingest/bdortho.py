@@ -66,7 +66,7 @@ MAX_GSD_M = 1.0
 def not_a_tile(meta: RasterMeta) -> str | None:
     """Why ``meta`` cannot be a BD ORTHO tile (None: it can), naming what it looks like instead."""
     res = meta.res_m
-    looks = (f"; {meta.count} band(s) at {res:.3g} m look like a SPOT-6/7 ortho: pass --product spot"
+    looks = (f"; {meta.count} band(s) at {res:.3g} m look like a SPOT-6/7 ortho: pass --layout spot"
              if meta.count in (1, 4) and MAX_GSD_M <= res <= 8 else "")
     if meta.crs_code != "EPSG:2154":
         return (f"CRS {meta.crs_code or 'not identified as an EPSG CRS'} is not Lambert-93 (EPSG:2154): "

@@ -54,6 +54,8 @@ from msc_france.store.schema import (
 if TYPE_CHECKING:
     import geopandas as gpd
 
+    from msc_france.store.schema import SensorFacts
+
 
 def is_remote(path: str) -> bool:
     """True for object-store URLs (``s3://``, ``gs://``, ``az://``, ...), False for local paths."""
@@ -410,6 +412,15 @@ class Store:
         None before the first consolidation.
         """
         return BandStats.from_json(self.root[group].attrs.get("stats"))
+
+    def facts(self, group: str) -> SensorFacts:
+        """What the sensor of ``group`` is (title, provenance, licence, display name, class colours),
+        as its catalog stated when the store was created.
+        """
+        from msc_france.store.schema import FACTS_ATTR, SensorFacts
+
+        self.layer(group)  # a one-line error for a group the store does not hold
+        return SensorFacts.from_json(self.root[group].attrs.get(FACTS_ATTR), group)
 
     def classes(self) -> LabelClasses:
         """The label classes (empty without labels)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -38,6 +38,45 @@ PIXEL_COORDS = "chip_id datetime y x spatial_ref"
 
 
 @dataclass(frozen=True)
+class SensorFacts:
+    """What a sensor is, as its catalog YAML states it and its group's ``msc_france:sensor``
+    attribute keeps it: read by the dataset card, previews, exports and model cards.
+
+    Attributes:
+        title: the sensor's name for people.
+        provenance: where its pixels come from (producer, distributor).
+        licence: the data licence.
+        display_name: a short name (folder names of the X-STARS PNG export).
+        class_colors: label class code -> colour (``#rrggbb``), for label sensors.
+    """
+
+    title: str
+    provenance: str = "not stated"
+    licence: str = "not stated"
+    display_name: str = ""
+    class_colors: Mapping[int, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The group attribute's value."""
+        return {"title": self.title, "provenance": self.provenance, "licence": self.licence,
+                "display_name": self.display_name, "class_colors": {str(k): v for k, v in self.class_colors.items()}}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any] | None, group: str) -> SensorFacts:
+        """The facts of a group's attribute; a store built before they were recorded says so."""
+        if not d:
+            return cls(group, "not recorded (store built before msc-france recorded sources)",
+                       "not recorded (see the source)", group)
+        return cls(str(d.get("title", group)), str(d.get("provenance", "not stated")),
+                   str(d.get("licence", "not stated")), str(d.get("display_name") or group),
+                   {int(k): str(v) for k, v in dict(d.get("class_colors") or {}).items()})
+
+
+#: The group attribute that holds a sensor's :class:`SensorFacts`.
+FACTS_ATTR = "msc_france:sensor"
+
+
+@dataclass(frozen=True)
 class Layer:
     """One group of the store: a reflectance sensor or the labels."""
 
@@ -52,6 +91,9 @@ class Layer:
     units: str = "DN"
     #: Overview factors stored next to full resolution (:mod:`msc_france.store.overviews`).
     overviews: tuple[int, ...] = ()
+    #: What the sensor is (written into the group's attributes when the store is created; not
+    #: part of the root record, so stores compare equal whatever their catalogs say of a sensor).
+    facts: SensorFacts | None = field(default=None, compare=False)
 
     @property
     def data_name(self) -> str:
@@ -255,4 +297,5 @@ def group_attrs(L: Layer, chip_size_m: int) -> dict[str, Any]:
         "scale": L.scale, "offset": L.offset, "units": L.units, "grid_mapping": "spatial_ref", **geozarr_attrs(n),
         "chip_shape": [n, n],
         "chip_transform": "spatial_transform[i] = (gsd, 0, chip_xmin[i], 0, -gsd, chip_ymax[i]), pixel corners",
+        **({FACTS_ATTR: L.facts.to_json()} if L.facts is not None else {}),
     }

@@ -6,6 +6,7 @@ pretraining.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -17,26 +18,17 @@ import torch
 
 from msc_france.errors import TrainingError, first_line
 from msc_france.fsutil import atomic_path, check_regular
+from msc_france.xstars.config import TrainConfig
+from msc_france.xstars.inputs import ModelInputs, ModelSpec
 from msc_france.xstars.vit import ARCHS, ViT
 
-CKPT_FORMAT = "msc-france-xstars-1"
+CKPT_FORMAT = "msc-france-xstars-2"
+#: Checkpoints written before the input contract (they stored sensors, bands and statistics apart).
+CKPT_FORMAT_V1 = "msc-france-xstars-1"
+
+log = logging.getLogger(__name__)
 
 StateDict = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """The backbone a checkpoint's weights belong to."""
-
-    arch: str
-    patch_size: int
-    img_size: int
-    patch_embed: str = "per-sensor"
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain values, as stored."""
-        return {"arch": self.arch, "patch_size": self.patch_size, "img_size": self.img_size,
-                "patch_embed": self.patch_embed}
 
 
 @dataclass(frozen=True)
@@ -45,34 +37,33 @@ class Checkpoint:
 
     Attributes:
         step: steps done.
-        config: the run's :class:`~msc_france.xstars.config.TrainConfig`, as JSON.
-        model: the backbone's architecture.
-        sensors: sensor -> input bands of the student.
-        bands: the band names read (every sensor), when known.
-        normalization: sensor -> {"mean": [...], "std": [...]} in stored units (training chips).
+        config: the run's training config.
+        inputs: what the model eats (sensors, bands, statistics, input size, backbone).
         student, teacher, dino_loss, optimizer: state dicts.
         rng: every RNG's state (:func:`rng_state`).
-        frozen: the frozen source backbone of a continual run, and its sensors.
+        frozen: the frozen source backbone of a continual run, and its sensors' channels.
     """
 
     step: int
-    config: dict[str, Any]
-    model: ModelSpec
-    sensors: dict[str, int]
+    config: TrainConfig
+    inputs: ModelInputs
     student: StateDict
     teacher: StateDict
-    bands: list[str] | None = None
-    normalization: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     dino_loss: StateDict = field(default_factory=dict)
     optimizer: StateDict = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
     frozen: StateDict | None = None
     frozen_sensors: dict[str, int] | None = None
 
-    def section(self, name: str) -> dict[str, Any]:
-        """One section of the run's config (``msad``, ``data``, ...), empty when absent."""
-        v = self.config.get(name)
-        return v if isinstance(v, dict) else {}
+    @property
+    def model(self) -> ModelSpec:
+        """The backbone's architecture."""
+        return self.inputs.model
+
+    @property
+    def sensors(self) -> dict[str, int]:
+        """Sensor -> input channels of the student."""
+        return self.inputs.channels
 
     def network(self, which: str) -> StateDict:
         """The ``teacher`` or ``student`` state dict."""
@@ -83,34 +74,31 @@ class Checkpoint:
     def to_dict(self) -> dict[str, Any]:
         """The stored form (tensors and plain values only, loadable with ``weights_only=True``)."""
         d: dict[str, Any] = {
-            "format": CKPT_FORMAT, "step": self.step, "config": self.config, "model": self.model.to_json(),
-            "sensors": dict(self.sensors), "bands": self.bands, "normalization": self.normalization,
-            "student": self.student, "teacher": self.teacher, "dino_loss": self.dino_loss,
-            "optimizer": self.optimizer, "rng": self.rng}
+            "format": CKPT_FORMAT, "step": self.step, "config": self.config.model_dump(mode="json"),
+            "inputs": self.inputs.to_json(), "student": self.student, "teacher": self.teacher,
+            "dino_loss": self.dino_loss, "optimizer": self.optimizer, "rng": self.rng}
         if self.frozen is not None:
             d["frozen"], d["frozen_sensors"] = self.frozen, dict(self.frozen_sensors or self.sensors)
         return d
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "checkpoint") -> Checkpoint:
-        """Parse the stored form once; a missing or mistyped entry is a one-line error.
+        """Parse the stored form once (a format-1 checkpoint through :func:`migrate_v1`); a missing
+        or mistyped entry is a one-line error.
 
         Raises:
             TrainingError: not an msc-france checkpoint, or one that does not describe itself.
         """
+        if isinstance(d, dict) and d.get("format") == CKPT_FORMAT_V1:
+            d = migrate_v1(d, source)
         if not isinstance(d, dict) or d.get("format") != CKPT_FORMAT:
             raise TrainingError(f"{source} is not an msc-france X-STARS checkpoint")
         try:
-            m = d["model"]
-            spec = ModelSpec(str(m["arch"]), int(m["patch_size"]), int(m["img_size"]),
-                             str(m.get("patch_embed", "per-sensor")))
             frozen = d.get("frozen")
+            inputs = ModelInputs.from_json(d["inputs"])
             return cls(
-                step=int(d["step"]), config=dict(d.get("config") or {}), model=spec,
-                sensors={str(k): int(v) for k, v in dict(d["sensors"]).items()},
-                student=dict(d["student"]), teacher=dict(d["teacher"]),
-                bands=[str(b) for b in d["bands"]] if d.get("bands") else None,
-                normalization=dict(d.get("normalization") or {}), dino_loss=dict(d.get("dino_loss") or {}),
+                step=int(d["step"]), config=_config(d["config"], source), inputs=inputs,
+                student=dict(d["student"]), teacher=dict(d["teacher"]), dino_loss=dict(d.get("dino_loss") or {}),
                 optimizer=dict(d.get("optimizer") or {}), rng=dict(d.get("rng") or {}),
                 frozen=dict(frozen) if frozen is not None else None,
                 frozen_sensors={str(k): int(v) for k, v in dict(d["frozen_sensors"]).items()}
@@ -127,13 +115,50 @@ class Checkpoint:
         Raises:
             TrainingError: naming the field or the tensor.
         """
-        steps = (self.config.get("optim") or {}).get("steps") if isinstance(self.config, dict) else None
-        if self.step < 0 or (isinstance(steps, int) and self.step > steps):
+        steps = self.config.optim.steps
+        if self.step < 0 or self.step > steps:
             raise TrainingError(f"{source}: step {self.step} is outside its own run's 0..{steps}")
         for name, sd in (("student", self.student), ("teacher", self.teacher), ("frozen", self.frozen or {})):
             for k, v in sd.items():
                 check_weight(v, f"{source}: {name} {k}")
         return self
+
+
+def _config(raw: Any, source: str) -> TrainConfig:
+    """The stored training config as the typed config (one line when it does not validate)."""
+    from pydantic import ValidationError
+
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        raise TrainingError(f"{source}: its training config does not validate ({where}: {err['msg']})") from None
+
+
+def migrate_v1(d: dict[str, Any], source: str) -> dict[str, Any]:
+    """A format-1 checkpoint (sensors, bands, normalisation and model apart) in today's layout:
+    its input contract rebuilt from them, and said in the log.
+
+    Raises:
+        TrainingError: a format-1 checkpoint that does not name its bands or statistics.
+    """
+    try:
+        m, bands, norm = dict(d["model"]), d.get("bands"), dict(d.get("normalization") or {})
+        sensors = {str(s): int(c) for s, c in dict(d["sensors"]).items()}
+        cfg = dict(d.get("config") or {})
+        size = int(dict(cfg.get("data") or {}).get("size") or m["img_size"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise TrainingError(f"{source} does not describe its own weights: {first_line(e)[:200]}") from None
+    if not bands or any(s not in norm for s in sensors):
+        raise TrainingError(f"{source} is a format-1 checkpoint that does not name its bands and statistics "
+                            "for every sensor; it cannot say what it eats")
+    inputs = {s: {"bands": list(bands), "mean": norm[s]["mean"], "std": norm[s]["std"], "gsd_m": None}
+              for s in sensors}
+    log.warning(f"{source}: a format-1 checkpoint; its input contract was rebuilt from its sensors, bands and "
+                "normalisation (GSDs unknown)")
+    out = {k: v for k, v in d.items() if k not in ("model", "sensors", "bands", "normalization")}
+    return {**out, "format": CKPT_FORMAT, "inputs": {"sensors": inputs, "input_size": size, "model": m}}
 
 
 def rng_state() -> dict[str, Any]:

@@ -8,8 +8,10 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from msc_france.config import StrictModel, load_config_mapping, parse_model
+from msc_france.data.dataset import DatasetView
 from msc_france.data.transforms import MultiCropConfig
 from msc_france.errors import BadInputError
+from msc_france.selection import ChipSelection
 from msc_france.xstars.msad import Positions, Targets
 
 
@@ -32,6 +34,15 @@ class DataConfig(StrictModel):
     where: str | None = Field(None, description="keep the chips for which this expression over the index's "
                               "columns holds, e.g. \"cloud_fraction_sentinel_2_l2a < 0.1\" (docs/dataset-format.md)")
     chips: list[str] | None = Field(None, description="keep only these chip ids")
+
+    def selection(self) -> ChipSelection:
+        """The chips trained on."""
+        return ChipSelection.of(self.split, where=self.where, chips=self.chips)
+
+    def view(self) -> DatasetView:
+        """How they are read: no ``valid``, ``bounds`` or ``crs`` (training reads none of them)."""
+        return DatasetView(tuple(self.sensors), None if self.bands is None else tuple(self.bands), self.size,
+                           self.tiles, cache=self.cache, extras=False)
 
 
 class ModelConfig(StrictModel):

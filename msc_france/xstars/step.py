@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
+from msc_france.data.batch import Batch
 from msc_france.data.transforms import (
     CropGeometry,
     colocated_crops,
@@ -52,15 +52,16 @@ class Precision:
         return cls(True, torch.float16 if mode == "fp16" else torch.bfloat16, mode == "fp16")
 
 
-def micro_batches(batch: dict[str, Any], k: int) -> list[dict[str, Any]]:
-    """``batch`` split into ``k`` micro-batches of its sensors' images (what a step reads)."""
-    if k == 1:
-        return [batch]
-    n = next(v["image"].shape[0] for v in batch.values() if isinstance(v, dict))
-    if n % k:
-        raise BadInputError(f"a batch of {n} samples per process does not split into {k} micro-batches")
-    return [{s: {"image": v["image"][i * n // k : (i + 1) * n // k]} for s, v in batch.items() if isinstance(v, dict)}
-            for i in range(k)]
+def micro_batches(batch: Batch, k: int) -> list[Batch]:
+    """``batch`` split into ``k`` micro-batches of its sensors' images (what a step reads).
+
+    Raises:
+        BadInputError: the batch does not split into ``k``.
+    """
+    try:
+        return batch.split(k)
+    except ValueError as e:
+        raise BadInputError(str(e)) from None
 
 
 def step_losses(cfg: TrainConfig, dino_loss: DINOLoss, ttemp: float, s_glob: torch.Tensor, s_loc: torch.Tensor | None,
@@ -138,28 +139,28 @@ def partners(cfg: TrainConfig, sensor: str, step: int) -> list[str]:
     return (others[r:] + others[:r])[: cfg.msad.partners]
 
 
-def msad_inputs(cfg: TrainConfig, batch: dict[str, Any], frozen: ViT | None, g: torch.Generator,
+def msad_inputs(cfg: TrainConfig, batch: Batch, frozen: ViT | None, g: torch.Generator,
                  device: torch.device, sensor: str, step: int, reused: list[CropGeometry],
                  patch_size: int = 16) -> MSADInputs:
     """Co-located views for MSAD (``reused``: the geometry of the DINO crop ``views: dino`` reuses;
     ``patch_size``: the student's, for ``msad.keep``).
     """
     sensors = list(cfg.data.sensors)
-    n = batch[sensors[0]]["image"].shape[0]
+    n = batch.images[sensors[0]].shape[0]
     if cfg.msad.views == "dino":
         # The DINO sensor's second global crop is its MSAD view; the same ground, flipped and turned
         # the same way, is cut from each partner: token i covers the same ground in every view.
         chosen = partners(cfg, sensor, step)
-        views = {p: torch.stack([reused[i].cut(batch[p]["image"][i], cfg.msad.size) for i in range(n)])
+        views = {p: torch.stack([reused[i].cut(batch.images[p][i], cfg.msad.size) for i in range(n)])
                  .to(device, non_blocking=True) for p in chosen}
         out = MSADInputs(views, reuse=slice(n, 2 * n), pairs=[(sensor, p) for p in chosen])
     else:
-        coarsest = min(batch[s]["image"].shape[-1] for s in sensors)
+        coarsest = min(batch.images[s].shape[-1] for s in sensors)
         per_sensor: dict[str, list[torch.Tensor]] = {s: [] for s in sensors}
         orders: dict[str, list[torch.Tensor]] = {s: [] for s in sensors}
         for i in range(n):  # one co-located window per image, the same ground in every sensor
             w = random_window(coarsest, cfg.msad.scale, g)
-            crops = colocated_crops({s: batch[s]["image"][i] for s in sensors}, w, cfg.msad.size)
+            crops = colocated_crops({s: batch.images[s][i] for s in sensors}, w, cfg.msad.size)
             for s in sensors:
                 if cfg.msad.dihedral:  # each sensor's view turned its own way; tokens matched by ground
                     code = int(torch.randint(0, 8, (1,), generator=g))

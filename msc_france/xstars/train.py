@@ -24,11 +24,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from msc_france.data.batch import Batch
 from msc_france.data.transforms import multicrop_with_geometry
 from msc_france.errors import BadInputError, TrainingError
 from msc_france.fsutil import exclusive_lock, refuse_inside_store
@@ -112,7 +112,7 @@ def pretrain(cfg: TrainConfig, progress: Progress | None = None) -> TrainSummary
         return _pretrain(cfg, progress)
 
 
-def train_step(run: Run, batch: dict[str, Any], step: int) -> StepRecord:
+def train_step(run: Run, batch: Batch, step: int) -> StepRecord:
     """One optimiser step of ``run`` on ``batch``, as its log record (``elapsed_s`` left at 0).
 
     DINO on one sensor (sensors take turns), MSAD on co-located views, over the batch's
@@ -143,7 +143,7 @@ def train_step(run: Run, batch: dict[str, Any], step: int) -> StepRecord:
                 else run.model.no_sync())  # type: ignore[operator]
         with sync:
             with torch.autocast(device_type=device.type, dtype=run.precision.dtype, enabled=run.precision.enabled):
-                crops, geoms = multicrop_with_geometry(part[sensor]["image"], cfg.dino, g)
+                crops, geoms = multicrop_with_geometry(part.images[sensor], cfg.dino, g)
                 views = [v.to(device, non_blocking=True) for v in crops]
                 with torch.no_grad():
                     t_out = [teacher(v, sensor) for v in views[: cfg.dino.global_crops]]
@@ -183,14 +183,14 @@ def _pretrain(cfg: TrainConfig, progress: Progress | None) -> TrainSummary:
     losses: list[float] = []
     t0 = time.perf_counter()
     images_seen = 0
-    it: Iterator[dict[str, Any]] = iter(run.loader)  # draws a base seed from the global RNG
+    it: Iterator[Batch] = iter(run.loader)  # draws a base seed from the global RNG
     if run.resume is not None:
         set_rng_state(run.resume.rng)  # after that draw, so the steps see the checkpointed stream
     total = run.total
     for step in range(run.start, total):
         batch = next(it)
         rec = train_step(run, batch, step)
-        images_seen += batch[rec.dino_sensor]["image"].shape[0] * d.world
+        images_seen += len(batch.images[rec.dino_sensor]) * d.world
         losses.append(rec.loss)
         if d.main:
             rec = replace(rec, elapsed_s=round(time.perf_counter() - t0, 3))

@@ -10,7 +10,7 @@ import torch
 
 from msc_france.eval.baselines import ColourHistogram, PooledPixels, Thumbnail, ridge_aligned
 from msc_france.eval.features import Features, dihedral, query_tiles, shifted_tiles, tile
-from msc_france.eval.report import claims, interval95
+from msc_france.eval.report import claims, claims_markdown, interval95
 
 
 def _images(n: int = 5, c: int = 3, s: int = 32, seed: int = 0) -> torch.Tensor:
@@ -125,7 +125,10 @@ def test_interval_and_claims_need_more_than_a_tie() -> None:
     view = {"models": {"thumb": model(0.3), "same": model(0.3), "better": model(0.4)},
             "roles": {"thumb": "baseline", "same": "model", "better": "model"},
             "groups": {"thumb": "thumb", "same": "same", "better": "better"}}
-    row = next(line for line in claims(view) if line.startswith("| fractions R2 cross"))
+    cl = {c.group: c for c in claims(view) if c.metric == "fractions R2 cross"}
+    assert (cl["same"].baseline, cl["same"].baseline_mean, cl["same"].beats) == ("thumb", 0.3, False)
+    assert cl["better"].beats and abs(cl["better"].mean - cl["better"].baseline_mean - 0.1) < 1e-9
+    row = next(line for line in claims_markdown(claims(view)) if line.startswith("| fractions R2 cross"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "thumb 0.300" and cells[2].endswith("no (+0.000)") and cells[3].endswith("yes (+0.100)")
 

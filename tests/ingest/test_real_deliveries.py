@@ -245,7 +245,7 @@ def test_spot_in_a_geographic_crs_gets_its_gsd_in_metres(tmp_path: Path, res_m: 
 
 
 def test_refusals_say_what_the_files_look_like(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """A SPOT file without SPOT in its name read as auto: the refusal points at --product spot, not
+    """A SPOT file without SPOT in its name read as auto: the refusal points at --layout spot, not
     only "not a BD ORTHO tile"; a Sentinel-2 L1C folder is named as L1C, which is not supported.
     """
     from tests.real_products import spot_product
@@ -253,7 +253,7 @@ def test_refusals_say_what_the_files_look_like(tmp_path: Path, capsys: pytest.Ca
     spot_product(tmp_path / "a" / "scene_20210614_ortho.tif", 565000, 6272000, 32, 1.5, 4, "uint16")
     code = main(["catalog", "ingest", str(tmp_path / "a"), "--out", str(tmp_path / "ca")])
     err = capsys.readouterr().err
-    assert code == 2 and "look like a SPOT-6/7 ortho: pass --product spot" in err
+    assert code == 2 and "look like a SPOT-6/7 ortho: pass --layout spot" in err
     l1c = tmp_path / "S2A_MSIL1C_20210614T105031_N0300_R051_T31TCJ_20210614T130000.SAFE"
     img = l1c / "GRANULE" / "L1C_T31TCJ_A031000_20210614T105031" / "IMG_DATA"
     img.mkdir(parents=True)

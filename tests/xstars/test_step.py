@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from msc_france.data import Batch
 from msc_france.data.transforms import CropGeometry, MultiCropConfig, multicrop, multicrop_with_geometry
 from msc_france.xstars.config import TrainConfig
 from msc_france.xstars.msad import MSADHeads, msad_loss
@@ -144,13 +145,17 @@ def test_bf16_autocast_on_cpu_keeps_the_losses_in_fp32(tiny_store: Path, tmp_pat
 
 
 def test_micro_batches_split_the_batch_exactly(tiny_store: Path, tmp_path: Path) -> None:
+    from msc_france.data import Batch
+    from msc_france.errors import BadInputError
     from msc_france.xstars.step import micro_batches as _micro_batches
 
-    batch = {"s2": {"image": torch.arange(8.0).view(8, 1, 1, 1), "valid": torch.ones(8, 1, 1)},
-             "chip_id": [str(i) for i in range(8)]}
+    batch = Batch({"s2": torch.arange(8.0).view(8, 1, 1, 1), "l8": -torch.arange(8.0).view(8, 1, 1, 1)},
+                  chip_id=[str(i) for i in range(8)])
     parts = _micro_batches(batch, 4)
-    assert len(parts) == 4
-    torch.testing.assert_close(torch.cat([p["s2"]["image"] for p in parts]), batch["s2"]["image"])
+    assert len(parts) == 4 and all(p.sensors == ["s2", "l8"] and len(p) == 2 for p in parts)
+    torch.testing.assert_close(torch.cat([p.images["s2"] for p in parts]), batch.images["s2"])
+    with pytest.raises(BadInputError, match="8 samples per process does not split into 3"):
+        _micro_batches(batch, 3)
     with pytest.raises(ValueError, match="micro-batches"):
         _cfg(tiny_store, tmp_path, optim__accumulate=3)  # batch 4
 
@@ -253,7 +258,7 @@ def test_dihedral_views_align_tokens_by_ground(tiny_store: Path, tmp_path: Path)
     g = torch.Generator().manual_seed(3)
     ground = torch.rand(4, 3, 4, 4, generator=g)  # 4 x 4 patches of 8 px at 32 px
     img = ground.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3)
-    batch = {s: {"image": img.clone()} for s in sensors}
+    batch = Batch({s: img.clone() for s in sensors})
     m = msad_inputs(cfg, batch, None, g, torch.device("cpu"), sensors[0], 0, [], patch_size=8)
     assert m.orders is not None and {s: o.shape for s, o in m.orders.items()} == dict.fromkeys(sensors, (4, 16))
     turned = [not torch.equal(m.views[s], img) for s in sensors]

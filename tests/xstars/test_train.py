@@ -190,10 +190,15 @@ def test_continual_from_an_exported_timm_encoder(trained, tiny_store: Path, tmp_
     assert "model.safetensors" in capsys.readouterr().out
     exported = load_file(str(tmp_path / "enc" / "model.safetensors"))
     config = json.loads((tmp_path / "enc" / "config.json").read_text())
-    assert config["gsd_m"] == {"sentinel-2-l2a": 10.0, "landsat-8-c2-l2": 30.0, "aerial": 1.5}
-    assert set(config["normalization"]) == {"sentinel-2-l2a", "landsat-8-c2-l2", "aerial"}
+    inputs = config["inputs"]["sensors"]
+    assert {s: v["gsd_m"] for s, v in inputs.items()} == {"sentinel-2-l2a": 10.0, "landsat-8-c2-l2": 30.0, "aerial": 1.5}
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert config["inputs"] == ckpt.inputs.to_json()  # the export says what the model eats, as the checkpoint does
     card = (tmp_path / "enc" / "README.md").read_text()
-    assert "| aerial | red, green, blue | 1.5 | Etalab Licence Ouverte 2.0 |" in card and "load_file" in card
+    # Title, provenance and licence from the sensor's YAML, through the store's group attributes.
+    assert ("| Demo world: IGN BD ORTHO aerial imagery (RGB + NIR, stored at 1.5 m) | red, green, blue | 1.5 | "
+            "the demo world's aerial camera (synthetic, msc-france) | same as msc-france (synthetic) |") in card
+    assert "load_encoder" in card
     cfg = _continual(_cfg(tiny_store, tmp_path / "c", optim__steps=2, run__checkpoint_every=2),
                      {"init": {"format": "timm", "path": str(tmp_path / "enc" / "model.safetensors")}})
     pretrain(cfg)
