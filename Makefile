@@ -9,12 +9,14 @@ WORKERS ?= 2
 
 .PHONY: install test demo pretrain baselines eval seeds bench bench-gpu clean-demo continual-s2 step-variants dihedral
 
-# torch first, pinned to the CPU wheel, so that no extra resolves a CUDA build.
+# torch first, pinned to the CPU wheel, so that no extra resolves a CUDA build. The editable install
+# maps catalogs/ and pipelines/ into the package; setuptools warns about that layout on every
+# editable install (PYTHONWARNINGS silences that one warning; nothing of ours prints).
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[train,dev]"
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e ".[train,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from benchmarks.run import ROOT, median_time, row
+from benchmarks.common import ROOT, median_time, row
 
 WORKERS = 2
 

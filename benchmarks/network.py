@@ -167,7 +167,7 @@ def latency_sweep(plan: Plan, world: Path, quick: bool) -> dict[str, Any]:
 
 def bench_network(quick: bool, recipe: str = "demo", region: str = "demo") -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows for docs/benchmarks.md and the raw figures."""
-    from benchmarks.run import row
+    from benchmarks.common import row
 
     os.environ["GDAL_NUM_THREADS"] = "1"
     plan = demo_plan(recipe, region)

@@ -101,13 +101,14 @@ plan = make_plan(Region("france", region), rec, load_catalog(rec.catalog), use_c
 took = time.perf_counter() - t0
 # VmHWM, not ru_maxrss: the latter keeps the forking parent's high-water mark across exec.
 hwm = next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
-print(json.dumps({"seconds": took, "chips": len(plan.chips), "counts": plan.counts(), "peak_rss_mib": hwm / 1024}))
+counts = {k: vars(c) for k, c in plan.counts().items()}
+print(json.dumps({"seconds": took, "chips": len(plan.chips), "counts": counts, "peak_rss_mib": hwm / 1024}))
 """
 
 
 def bench_plan_france(quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows for docs/benchmarks.md and the raw figures (a fresh process per measurement)."""
-    from benchmarks.run import row
+    from benchmarks.common import row
 
     with tempfile.TemporaryDirectory() as tmp:
         cat, recipe, counts = make_catalog(Path(tmp))

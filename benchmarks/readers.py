@@ -339,7 +339,7 @@ def _world_dir(plan: Plan) -> Path:
 
 
 def _rows(raw: dict[str, Any]) -> list[dict[str, Any]]:
-    from benchmarks.run import row
+    from benchmarks.common import row
 
     rows = []
     for sensor, r in raw.items():

@@ -27,26 +27,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def median_time(fn: Callable[[], Any], reps: int) -> float:
-    """Median wall time of ``fn`` over ``reps`` runs."""
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def row(name: str, figure: float, unit: str, baseline: float | None, baseline_name: str, target: str,
-        higher_is_better: bool = True, met: bool | None = None, note: str = "") -> dict[str, Any]:
-    """One result row; ``ratio`` is ours / baseline."""
-    ratio = figure / baseline if baseline else None
-    return {"name": name, "figure": figure, "unit": unit, "baseline": baseline, "baseline_name": baseline_name,
-            "ratio": ratio, "target": target, "met": met, "note": note}
-
+from benchmarks.common import ROOT, median_time, row
 
 # --------------------------------------------------------------------------- build
 

@@ -27,7 +27,7 @@ def bench_wms(quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows: agreement with the tiles at the default request GSD, bytes per km², requests per chip
     and the France projection; details: the whole format x resolution table.
     """
-    from benchmarks.run import row
+    from benchmarks.common import row
     from msc_france.sources.wms import plan_requests
     from tests import helpers
     from tests.servers import mapserver

@@ -15,14 +15,18 @@ from typing import Any
 import numpy as np
 import yaml
 
+from msc_france.selection import ChipSelection, select
 from msc_france.store import Store
+from msc_france.store.chip_index import ChipIndex
 from msc_france.store.records import Status
 
 
-def summarise(store: Store) -> dict[str, Any]:
-    """The card's numbers, from the index and the attributes only."""
-    ci = store.chip_index()
-    idx = ci.frame
+def summarise(store: Store, selection: ChipSelection | None = None) -> dict[str, Any]:
+    """The card's numbers, from the index and the attributes only (of the ``selection``'s chips)."""
+    idx = store.index()
+    if selection is not None:
+        idx = select(idx, selection, store.url)
+    ci = ChipIndex(idx)
     meta = store.meta
     out: dict[str, Any] = {
         "store": store.url, "n_chips": int(len(idx)), "chip_size_m": meta.chip_size_m,
@@ -76,8 +80,10 @@ def _quantiles(v: np.ndarray) -> dict[str, float | int]:
             "median": round(float(p[1]), 4), "p95": round(float(p[2]), 4)}
 
 
-def write_card(store: Store, out: Path) -> list[Path]:
-    """Write ``card.md``, ``card.json`` and the figures into ``out``; returns their paths."""
+def write_card(store: Store, out: Path, selection: ChipSelection | None = None) -> list[Path]:
+    """Write ``card.md``, ``card.json`` and the figures into ``out`` (of the ``selection``'s chips,
+    default all); returns their paths.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,9 +91,11 @@ def write_card(store: Store, out: Path) -> list[Path]:
 
     from msc_france.fsutil import atomic_path
 
-    s = summarise(store)
-    ci = store.chip_index()
-    idx = ci.frame
+    s = summarise(store, selection)
+    idx = store.index()
+    if selection is not None:
+        idx = select(idx, selection, store.url)
+    ci = ChipIndex(idx)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     fig, ax = plt.subplots(figsize=(6, 6))

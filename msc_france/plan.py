@@ -76,6 +76,26 @@ class Candidate:
         )
 
 
+@dataclass(frozen=True)
+class SensorCounts:
+    """What a plan found for one sensor.
+
+    Attributes:
+        items: items found. chips: chips of the region. planned: chips with a candidate.
+        mosaic: chips whose best candidate mosaics several items. partial: chips it covers in part.
+    """
+
+    items: int
+    chips: int
+    planned: int
+    mosaic: int
+    partial: int
+
+    def row(self, sensor: str) -> list[Any]:
+        """The sensor's row of the plan table."""
+        return [sensor, self.items, f"{self.planned}/{self.chips}", self.mosaic, self.partial]
+
+
 @dataclass
 class Plan:
     """Chips of a region and the ranked candidates of every (chip, sensor)."""
@@ -97,18 +117,14 @@ class Plan:
         """Ranked candidates (may be empty)."""
         return self.candidates.get((chip_id, sensor), [])
 
-    def counts(self) -> dict[str, dict[str, int]]:
-        """Per sensor: items found, chips with a candidate, chips needing a mosaic."""
+    def counts(self) -> dict[str, SensorCounts]:
+        """Per sensor: items found, chips with a candidate, chips needing a mosaic, partly covered."""
         out = {}
         for s in self.sensors:
             best = [self.for_chip(c.id, s) for c in self.chips]
-            out[s] = {
-                "items": self.items_found.get(s, 0),
-                "chips": len(self.chips),
-                "planned": sum(1 for b in best if b),
-                "mosaic": sum(1 for b in best if b and len(b[0].items) > 1),
-                "partial": sum(1 for b in best if b and b[0].coverage < FULL_COVERAGE),
-            }
+            out[s] = SensorCounts(self.items_found.get(s, 0), len(self.chips), sum(1 for b in best if b),
+                                  sum(1 for b in best if b and len(b[0].items) > 1),
+                                  sum(1 for b in best if b and b[0].coverage < FULL_COVERAGE))
         return out
 
     def to_geodataframe(self) -> gpd.GeoDataFrame:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -11,6 +12,7 @@ from msc_france.fsutil import atomic_path
 from msc_france.grid import Chip
 from msc_france.progress import Progress
 from msc_france.regions import check_region_name
+from msc_france.selection import ChipSelection, select
 from msc_france.store import ChipReader, Layer, Store
 from msc_france.store.chip_index import ChipIndex
 from msc_france.store.records import Status
@@ -61,23 +63,31 @@ def labels_rgb(store: Store, layer: Layer, index: int) -> np.ndarray:
     return out
 
 
-def preview(store: Store, out: Path, n_chips: int = 6, seed: int = 0, progress: Progress | None = None) -> list[Path]:
-    """Write side-by-side sensor views of a sample of chips and a footprint map by status
-    (``progress`` counts the chips drawn).
+def preview(store: Store, out: Path, n_chips: int = 6, seed: int = 0, progress: Progress | None = None,
+            selection: ChipSelection | None = None) -> list[Path]:
+    """Write side-by-side sensor views of a sample of chips (of ``selection``, default all) and a
+    footprint map by status (``progress`` counts the chips drawn).
     """
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
     idx = store.index()
-    ci = ChipIndex(idx)
-    built = idx[ci.built([L.group for L in store.layers], (Status.OK, Status.FLAGGED))]
+    chosen = idx if selection is None else select(idx, selection, store.url)
+    built = chosen[ChipIndex(chosen).built([L.group for L in store.layers], (Status.OK, Status.FLAGGED))]
     if built.empty:
-        raise BadInputError(f"store {store.path} has no built chip to preview")
+        raise BadInputError(f"store {store.path} has no built chip to preview"
+                            + ("" if selection is None else " among the chips selected"))
     rng = np.random.default_rng(seed)
     pick = built.iloc[np.sort(rng.choice(len(built), min(n_chips, len(built)), replace=False))]
+    return [_chips_figure(store, pick, out / "chips.png", progress), _footprints_figure(store, idx, out)]
+
+
+def _chips_figure(store: Store, pick: Any, path: Path, progress: Progress | None) -> Path:
+    """Every sensor of the ``pick`` chips side by side."""
+    import matplotlib.pyplot as plt
+
     layers = store.layers
     fig, axes = plt.subplots(len(pick), len(layers), figsize=(3.2 * len(layers), 3.2 * len(pick)), squeeze=False)
     if progress is not None:
@@ -98,11 +108,17 @@ def preview(store: Store, out: Path, n_chips: int = 6, seed: int = 0, progress: 
                 ax.set_ylabel(row["chip_id"], fontsize=7)
     fig.suptitle(f"{Path(store.url.rstrip('/')).name}: the same ground in every sensor", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    paths = [out / "chips.png"]
-    with atomic_path(paths[0]) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
+    return path
 
+
+def _footprints_figure(store: Store, idx: Any, out: Path) -> Path:
+    """Every chip's footprint, coloured by status, per sensor."""
+    import matplotlib.pyplot as plt
+
+    layers = store.layers
     fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 4.5), squeeze=False)
     colors = {"ok": "#2ca02c", "flagged": "#ff7f0e", "dropped": "#9467bd", "failed": "#d62728",
               "nodata": "#7f7f7f", "pending": "#ffffff"}
@@ -118,14 +134,15 @@ def preview(store: Store, out: Path, n_chips: int = 6, seed: int = 0, progress: 
         ax.tick_params(labelsize=6)
     fig.suptitle("chip footprints (Lambert-93) by status", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    paths.append(out / "footprints.png")
-    with atomic_path(paths[1]) as tmp:
+    path = out / "footprints.png"
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
-    return paths
+    return path
 
 
-def export_xstars(store: Store, out: Path, split: str | None = None, progress: Progress | None = None) -> int:
+def export_xstars(store: Store, out: Path, selection: ChipSelection | None = None,
+                  progress: Progress | None = None) -> int:
     """Write ``<Sensor>/<Region>/<chip>.png`` (8-bit RGB, same name in every sensor); ``progress``
     counts chips.
 
@@ -138,8 +155,8 @@ def export_xstars(store: Store, out: Path, split: str | None = None, progress: P
     layers = [L for L in store.layers if not L.is_label]
     ok = ChipIndex(idx).built([L.group for L in layers])
     rows = idx[ok]
-    if split:
-        rows = rows[rows["split"] == split]
+    if selection is not None:
+        rows = select(rows, selection, store.url)
     # Folder names: each sensor's display name (the reference code's Sentinel, Landsat, SPOT).
     names = {L.group: store.facts(L.group).display_name for L in layers}
     seen: dict[str, str] = {}

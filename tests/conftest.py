@@ -16,19 +16,7 @@ import pytest
 import yaml
 
 from msc_france.paths import catalogs_dir, pipelines_dir
-
-# Region: chips (col, row) 589..590 x 6532..6533 of the 960 m grid, near Toulouse.
-TINY_REGION_L93 = (565440.0, 6270720.0, 567360.0, 6272640.0)
-TINY_WORLD = {
-    "seed": 7,
-    "bounds_l93": [TINY_REGION_L93[0] - 700, TINY_REGION_L93[1] - 700, TINY_REGION_L93[2] + 700,
-                   TINY_REGION_L93[3] + 700],
-    "dates": ["2021-05-03", "2021-05-28", "2021-06-22", "2021-07-17"],
-    "cloud_cover": [0.7, 0.0, 0.35, 0.1],
-    "aerial_date": "2021-06-15",
-    "aerial_gsd": 0.5,
-    "aerial_tile_m": 1000,
-}
+from msc_france.testing import TINY_REGION_L93, TINY_WORLD  # noqa: F401 (tests import them from here)
 
 
 @pytest.fixture(scope="session", autouse=True)

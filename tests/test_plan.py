@@ -100,9 +100,9 @@ def test_tiny_world_plan(tiny_world: Path, tiny_recipe: Path, tiny_region: Path,
     plan = make_plan(parse_region(str(tiny_region)), rec, load_catalog(rec.catalog))
     counts = plan.counts()
     assert set(counts) == {"sentinel-2-l2a", "landsat-8-c2-l2", "aerial", "esa-worldcover"}
-    assert all(c["chips"] == 4 and c["planned"] == 4 for c in counts.values())
-    assert counts["landsat-8-c2-l2"]["items"] == 3  # landsat-9 and the 70%-cloud date filtered out
-    assert counts["aerial"]["mosaic"] == 4  # 960 m chips straddle the 1 km aerial tiles
+    assert all(c.chips == 4 and c.planned == 4 for c in counts.values())
+    assert counts["landsat-8-c2-l2"].items == 3  # landsat-9 and the 70%-cloud date filtered out
+    assert counts["aerial"].mosaic == 4  # 960 m chips straddle the 1 km aerial tiles
     out = tmp_path / "plan.parquet"
     plan.write(out)
     gdf = gpd.read_parquet(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -104,12 +105,13 @@ def plan(region: str, catalog: str | None, recipe: str, out: Path, no_cache: boo
     counts = p.counts()
     if as_json:
         print_json({"region": reg.name, "area_km2": reg.area_km2, "chips": len(p.chips), "chip_size_m": rec.chip_size_m,
-               "catalog": cat.name, "sensors": counts, "out": str(out)})
+               "catalog": cat.name, "sensors": {k: dataclasses.asdict(c) for k, c in counts.items()},
+                    "out": str(out)})
         return
     say(f"region {reg.name}: {reg.area_km2:,.1f} km2, {len(p.chips)} chips of {rec.chip_size_m} m "
                f"(catalog {cat.name})")
-    rows = [[s, c["items"], f"{c['planned']}/{c['chips']}", c["mosaic"], c["partial"]] for s, c in counts.items()]
-    echo_table(rows, ["sensor", "items found", "chips planned", "mosaics", "partial cover"])
+    echo_table([c.row(s) for s, c in counts.items()], ["sensor", "items found", "chips planned", "mosaics",
+                                                       "partial cover"])
     say(f"plan written to {out}")
 
 
@@ -168,10 +170,10 @@ def build(region: str | None, plan_path: Path | None, out: str, catalog: str | N
     counts = p.counts()
     if not as_json:
         say(f"region {reg.name}: {len(p.chips)} chips of {rec.chip_size_m} m; "
-                   + ", ".join(f"{s} {c['planned']}/{c['chips']}" for s, c in counts.items()))
+                   + ", ".join(f"{s} {c.planned}/{c.chips}" for s, c in counts.items()))
     if dry_run:
-        rows = [[s, c["items"], f"{c['planned']}/{c['chips']}", c["mosaic"], c["partial"]] for s, c in counts.items()]
-        echo_table(rows, ["sensor", "items found", "chips planned", "mosaics", "partial cover"])
+        echo_table([c.row(s) for s, c in counts.items()], ["sensor", "items found", "chips planned", "mosaics",
+                                                           "partial cover"])
         click.echo("dry run: nothing written")
         return
     with progress_bar("build", "chip", quiet) as bar:

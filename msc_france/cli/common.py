@@ -64,6 +64,27 @@ def progress_bar(desc: str, unit: str, quiet: bool = False) -> Bar:
     return Bar(desc, unit, enabled=not (quiet or quiet_mode()))
 
 
+def selection_options(fn: Any) -> Any:
+    """``--split`` (repeatable) and ``--where``: the chips a store command reads, as one
+    :class:`~msc_france.selection.ChipSelection` passed to the command as ``selection``.
+    """
+    from functools import wraps
+
+    from msc_france.splits import ALL_SPLITS
+
+    @click.option("--split", "splits", type=click.Choice(ALL_SPLITS), multiple=True,
+                  help="only chips of this split (repeatable; default: every split)")
+    @click.option("--where", default=None, help="only chips for which this expression over the index's columns "
+                  "holds, e.g. \"cloud_fraction_sentinel_2_l2a < 0.1\" (docs/dataset-format.md)")
+    @wraps(fn)
+    def wrapped(*args: Any, splits: tuple[str, ...], where: str | None, **kwargs: Any) -> Any:
+        from msc_france.selection import ChipSelection
+
+        return fn(*args, selection=ChipSelection(splits or None, None, where), **kwargs)
+
+    return wrapped
+
+
 def print_json(data: Any) -> None:
     """Print ``data`` as indented JSON (for ``--json``)."""
     click.echo(json.dumps(data, indent=1, default=str))

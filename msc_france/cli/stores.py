@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from msc_france.cli.common import cli, echo_table, print_json, progress_bar, say
+from msc_france.cli.common import cli, echo_table, print_json, progress_bar, say, selection_options
 from msc_france.fsutil import output_dir, refuse_inside_store
-from msc_france.splits import ALL_SPLITS
+
+if TYPE_CHECKING:
+    from msc_france.selection import ChipSelection
 
 # --------------------------------------------------------------------------- inspect
 
@@ -44,17 +47,16 @@ def info(store: str, as_json: bool) -> None:
 @click.argument("store", type=_STORE)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="write the index to a file instead: .parquet (GeoParquet), .csv (WKT geometry) or .geojson (WGS84)")
-@click.option("--split", type=click.Choice(ALL_SPLITS), default=None, help="only chips of this split")
-def index_cmd(store: str, out: Path | None, split: str | None) -> None:
+@selection_options
+def index_cmd(store: str, out: Path | None, selection: ChipSelection) -> None:
     """Print or export the chip index (one row per chip: footprint, split, per-sensor status and dates)."""
+    from msc_france.selection import select
     from msc_france.store import Store
     from msc_france.store.index_export import export_index, summary_rows
 
     if out is not None:
         refuse_inside_store(out, "index file")
-    idx = Store.open(store).index()
-    if split:
-        idx = idx[idx["split"] == split]
+    idx = select(Store.open(store).index(), selection, store)
     if out is None:
         header, rows = summary_rows(idx)
         echo_table(rows, header)
@@ -94,7 +96,8 @@ def validate(store: str, no_checksums: bool, as_json: bool) -> None:
 @click.argument("store", type=_STORE)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="directory for the PNGs")
 @click.option("--chips", "n_chips", type=click.IntRange(1, 64), default=6, show_default=True)
-def preview(store: str, out: Path, n_chips: int) -> None:
+@selection_options
+def preview(store: str, out: Path, n_chips: int, selection: ChipSelection) -> None:
     """Write PNGs: sensor views side by side for sample chips, and chip footprints by status."""
     from msc_france.render import preview as render_preview
     from msc_france.store import Store
@@ -102,7 +105,7 @@ def preview(store: str, out: Path, n_chips: int) -> None:
     st = Store.open(store)
     st.index()  # a damaged store is refused before any folder is made
     with output_dir(out, "preview"), progress_bar("preview", "chip") as bar:
-        paths = render_preview(st, out, n_chips=n_chips, progress=bar)
+        paths = render_preview(st, out, n_chips=n_chips, progress=bar, selection=selection)
     for p in paths:
         say(f"wrote {p}")
 
@@ -111,8 +114,8 @@ def preview(store: str, out: Path, n_chips: int) -> None:
 @click.argument("store", type=_STORE)
 @click.option("--format", "fmt", type=click.Choice(["xstars-folders"]), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
-@click.option("--split", type=click.Choice(ALL_SPLITS), default=None)
-def export(store: str, fmt: str, out: Path, split: str | None) -> None:
+@selection_options
+def export(store: str, fmt: str, out: Path, selection: ChipSelection) -> None:
     """Export a store to another layout (the X-STARS reference code's PNG folders)."""
     from msc_france.render import export_xstars
     from msc_france.store import Store
@@ -120,7 +123,7 @@ def export(store: str, fmt: str, out: Path, split: str | None) -> None:
     st = Store.open(store)
     st.index()  # a damaged store is refused before any folder is made
     with output_dir(out, "export"), progress_bar("export", "chip") as bar:
-        n = export_xstars(st, out, split=split, progress=bar)
+        n = export_xstars(st, out, selection=selection, progress=bar)
     say(f"exported {n} chips to {out}")
 
 
@@ -128,7 +131,8 @@ def export(store: str, fmt: str, out: Path, split: str | None) -> None:
 @click.argument("store", type=_STORE)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for card.md, card.json and "
               "the figures")
-def card(store: str, out: Path) -> None:
+@selection_options
+def card(store: str, out: Path, selection: ChipSelection) -> None:
     """Write a dataset card: counts per sensor and split, a map of the splits, dates, valid fractions,
     measured shifts, sources and licences, and the recipe (from the index and attributes only).
     """
@@ -138,6 +142,6 @@ def card(store: str, out: Path) -> None:
     st = Store.open(store)
     st.index()  # a damaged store is refused before any folder is made
     with output_dir(out, "card"):
-        written = write_card(st, out)
+        written = write_card(st, out, selection)
     for p in written:
         say(f"wrote {p}")

@@ -1,6 +1,6 @@
 """The MSC-France store: one Zarr v3 group, one subgroup per sensor, a GeoParquet chip index.
 
-Layout (format version 1, see docs/dataset-format.md)::
+Layout (format version 2, :data:`~msc_france.store.schema.FORMAT_VERSION`; docs/dataset-format.md)::
 
     STORE/
       zarr.json                 root attrs "msc_france": format version, recipe, sensors, counts
@@ -53,6 +53,7 @@ from msc_france.store.schema import (
 
 if TYPE_CHECKING:
     import geopandas as gpd
+    import xarray as xr
 
     from msc_france.store.schema import SensorFacts
 
@@ -412,6 +413,14 @@ class Store:
         None before the first consolidation.
         """
         return BandStats.from_json(self.root[group].attrs.get("stats"))
+
+    def chip_xarray(self, chip_id: str, group: str, factor: int = 1) -> xr.Dataset:
+        """One chip of ``group`` as a georeferenced :class:`xarray.Dataset` (image or class, valid;
+        x/y pixel centres, band names, CRS): see :func:`msc_france.store.xr.chip_dataset`.
+        """
+        from msc_france.store.xr import chip_dataset
+
+        return chip_dataset(self, chip_id, group, factor)
 
     def facts(self, group: str) -> SensorFacts:
         """What the sensor of ``group`` is (title, provenance, licence, display name, class colours),
