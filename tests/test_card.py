@@ -33,7 +33,9 @@ def test_the_cards_numbers_are_the_indexs(tiny_store: Path, tmp_path: Path, caps
             assert row["shift_m"]["distance"]["median"] == pytest.approx(float(np.median(d)), abs=1e-3)
     assert card["layers"]["aerial"]["reference"] is True
     md = (tmp_path / "card" / "card.md").read_text()
-    assert f"{len(idx)} chips of 960 m" in md and "## Recipe" in md and "Etalab" in md
+    # Licence and provenance as the sensor's YAML states them (the demo world is synthetic).
+    assert f"{len(idx)} chips of 960 m" in md and "## Recipe" in md and "same as msc-france (synthetic)" in md
+    assert card["layers"]["sentinel-2-l2a"]["source"] == "the demo world's Sentinel-2-like sensor (synthetic, msc-france)"
 
 
 def test_days_from_the_reference_are_the_datetime_differences(tiny_store: Path) -> None:

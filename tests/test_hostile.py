@@ -125,7 +125,7 @@ def test_checkpoint_declaring_a_huge_input_size(small_run: dict, tmp_path: Path)
     import sys
 
     ck = torch.load(small_run["run"] / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
-    ck["model"]["img_size"] = 32768
+    ck["inputs"]["model"]["img_size"] = 32768
     torch.save(ck, tmp_path / "big.pt")
     exe = str(Path(sys.executable).parent / "msc-france")
     # A fresh parent measures only this command's peak (RUSAGE_CHILDREN of pytest holds every earlier child's).

@@ -134,13 +134,16 @@ def test_interval_and_claims_need_more_than_a_tie() -> None:
 
 
 def test_a_baseline_scored_as_a_model_gets_the_same_numbers(tiny_store) -> None:  # noqa: ANN001
-    from msc_france.eval.run import EvalConfig, Model, _datasets, _rows, _score
+    from msc_france.eval.run import EvalConfig, Model, _datasets, _rows, _score, baseline_bands
+    from msc_france.store import Store
+    from msc_france.xstars.inputs import ModelSpec, from_stats
 
     cfg = EvalConfig(store=str(tiny_store), input_size=32, tiles=2, test_splits=["val"], baselines=[])
     train, held, class_index, names = _datasets(cfg, 64)
+    own = from_stats(Store.open(str(tiny_store)), cfg.sensors, baseline_bands(cfg, []), 32, ModelSpec("thumb8", 16, 32))
     entries = []
     for baseline in (True, False):
-        m = Model("thumb8", Thumbnail(8), {"arch": "thumb8"}, baseline=baseline, ridge=True)
+        m = Model("thumb8", Thumbnail(8), {"arch": "thumb8"}, own, baseline=baseline, ridge=True)
         rows = _rows(m, cfg, train, held, class_index, torch.device("cpu"))
         assert [r.name for r in rows] == ["thumb8", "thumb8+ridge"]
         entries.append([_score(r, "val", cfg, len(class_index), names)[0] for r in rows])
