@@ -92,9 +92,7 @@ def write_card(store: Store, out: Path, selection: ChipSelection | None = None) 
     from msc_france.fsutil import atomic_path
 
     s = summarise(store, selection)
-    idx = store.index()
-    if selection is not None:
-        idx = select(idx, selection, store.url)
+    idx = store.index() if selection is None else select(store.index(), selection, store.url)
     ci = ChipIndex(idx)
     out.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -355,39 +355,49 @@ def _external_md(models: dict[str, Any]) -> list[str]:
     return lines
 
 def figures(report: dict[str, Any], figs: dict[str, Any], held: Any, names: dict[int, str], out: Path) -> list[Path]:
-    """retrieval.png (R@k curves), transfer.png (heat maps), segmentation.png (maps vs truth)."""
+    """retrieval.png (R@k curves), transfer.png (heat maps), summary.png, segmentation.png (maps vs truth)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    paths = [_retrieval_figure(figs, out)] if figs["ranks"] else []
+    return [*paths, _transfer_figure(report, out), _summary_figure(report, out),
+            _segmentation_figure(report, figs, held, names, out)]
+
+
+def _retrieval_figure(figs: dict[str, Any], out: Path) -> Path:
+    """recall@k curves of every row, per ordered sensor pair."""
+    import matplotlib.pyplot as plt
+
+    pairs = sorted(figs["ranks"])
+    cols = min(3, len(pairs))
+    rows = (len(pairs) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax, p in zip(axes.flat, pairs, strict=False):  # spare axes stay empty
+        for name, ranks in figs["ranks"][p].items():
+            ks = np.arange(1, min(50, len(ranks)) + 1)
+            ax.plot(ks, [(ranks <= k).float().mean().item() for k in ks], label=name)
+        n = len(next(iter(figs["ranks"][p].values())))
+        ax.plot(ks, ks / n, "k--", lw=0.8, label="chance")
+        a, b = p.split("->")
+        ax.set_title(f"{_s(a)} -> {_s(b)} (mean-pooled tokens, {n} tiles)", fontsize=9)
+        ax.set_xlabel("k")
+        ax.set_ylabel("recall@k")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(pairs):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "retrieval.png", dpi=90)
+    plt.close(fig)
+    return out / "retrieval.png"
+
+
+def _segmentation_figure(report: dict[str, Any], figs: dict[str, Any], held: Any, names: dict[int, str],
+                         out: Path) -> Path:
+    """The aerial view (or the first sensor), the truth and each row's prediction, for three tiles."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    paths = []
-    pairs = sorted(figs["ranks"])
-    if pairs:
-        cols = min(3, len(pairs))
-        rows = (len(pairs) + cols - 1) // cols
-        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
-        for ax, p in zip(axes.flat, pairs, strict=False):  # spare axes stay empty
-            for name, ranks in figs["ranks"][p].items():
-                ks = np.arange(1, min(50, len(ranks)) + 1)
-                ax.plot(ks, [(ranks <= k).float().mean().item() for k in ks], label=name)
-            n = len(next(iter(figs["ranks"][p].values())))
-            ax.plot(ks, ks / n, "k--", lw=0.8, label="chance")
-            a, b = p.split("->")
-            ax.set_title(f"{_s(a)} -> {_s(b)} (mean-pooled tokens, {n} tiles)", fontsize=9)
-            ax.set_xlabel("k")
-            ax.set_ylabel("recall@k")
-            ax.set_ylim(0, 1)
-            ax.legend(fontsize=6)
-        for ax in list(axes.flat)[len(pairs):]:
-            ax.axis("off")
-        fig.tight_layout()
-        paths.append(out / "retrieval.png")
-        fig.savefig(paths[-1], dpi=90)
-        plt.close(fig)
-    paths.append(_transfer_figure(report, out))
-    paths.append(_summary_figure(report, out))
     # Segmentation maps: the aerial view (or the first sensor), the truth and each model's prediction.
     sensor = "aerial" if "aerial" in held.images else next(iter(held.images))
     from matplotlib.colors import to_rgb
@@ -424,10 +434,9 @@ def figures(report: dict[str, Any], figs: dict[str, Any], held: Any, names: dict
     fig.legend(handles=[Patch(color=palette[i], label=names[i]) for i in range(len(names))], loc="lower center",
                ncol=min(6, len(names)), fontsize=7)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    paths.append(out / "segmentation.png")
-    fig.savefig(paths[-1], dpi=90)
+    fig.savefig(out / "segmentation.png", dpi=90)
     plt.close(fig)
-    return paths
+    return out / "segmentation.png"
 
 
 def _transfer_figure(report: dict[str, Any], out: Path) -> Path:

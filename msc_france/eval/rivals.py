@@ -1,4 +1,4 @@
-"""The strongest cheap rivals of a pretrained encoder, scored by the same code as every model:
+"""The strongest cheap rivals of a pretrained encoder, scored by the same code as every model.
 
 * ``random-conv``: a fixed, randomly initialised convolutional net (three strided 3x3 layers with
   ReLUs, He initialisation, seeded) on the per-sensor standardised input; its patch tokens are the
@@ -21,7 +21,7 @@ from torch import nn
 from msc_france.eval.features import patch_labels, tile
 
 PATCH = 16
-WIDTHS = (64, 128, 192)
+WIDTHS = (32, 64, 96)
 
 
 class ConvEncoder(nn.Module):
@@ -39,7 +39,7 @@ class ConvEncoder(nn.Module):
             conv = nn.Conv2d(c, w, 3, stride=1 if i == 0 else 2, padding=1)
             with torch.no_grad():  # He initialisation from our own generator: the same net on every machine
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * (2.0 / (c * 9)) ** 0.5)
-                conv.bias.zero_()
+                conv.bias.zero_()  # type: ignore[union-attr]
             layers += [conv, nn.ReLU()]
             c = w
         self.body = nn.Sequential(*layers)
@@ -60,8 +60,8 @@ class ConvEncoder(nn.Module):
         return torch.cat([p.mean(1, keepdim=True), p], 1)
 
 
-def train_supervised(images: torch.Tensor, labels: torch.Tensor, n_classes: int, seed: int, steps: int = 300,
-                     batch: int = 64, lr: float = 1e-3) -> ConvEncoder:
+def train_supervised(images: torch.Tensor, labels: torch.Tensor, n_classes: int, seed: int, steps: int = 200,
+                     batch: int = 32, lr: float = 1e-3) -> ConvEncoder:
     """A :class:`ConvEncoder` trained on one sensor's tiles: a linear head on each patch token
     predicts the patch's dominant class (cross-entropy, patches without a label ignored).
 

@@ -120,6 +120,22 @@ def ingest_safe(files: list[Path], root: Path, collection: str, report: IngestRe
     return items
 
 
+def _theia_files(d: Path, pid: str, variant: str) -> dict[str, Path]:
+    """The band files (``variant``) and 10 m masks of the Theia product ``pid`` in folder ``d``:
+    named after the product, else any file of the right kind there.
+    """
+    paths = {}
+    for key in THEIA_BANDS:
+        hits = sorted(d.glob(f"{pid}_{variant}_{key}.tif")) or sorted(d.glob(f"*_{variant}_{key}.tif"))
+        if hits:
+            paths[key] = hits[0]
+    for key in THEIA_MASKS:
+        hits = sorted(d.glob(f"MASKS/{pid}_{key}_R1.tif")) or sorted(d.glob(f"MASKS/*_{key}_R1.tif"))
+        if hits:
+            paths[key] = hits[0]
+    return paths
+
+
 def ingest_theia(files: list[Path], root: Path, collection: str, variant: str, report: IngestReport) -> list[pystac.Item]:
     """One item per Theia/MAJA L2A folder under ``root`` (``variant`` FRE or SRE)."""
     items, used = [], set()
@@ -144,15 +160,7 @@ def ingest_theia(files: list[Path], root: Path, collection: str, variant: str, r
         except ValueError:
             report.skipped.append((d, f"impossible acquisition date and time {m[2]}-{m[3]} in the product name"))
             continue
-        paths = {}
-        for key in THEIA_BANDS:
-            hits = sorted(d.glob(f"{pid}_{variant}_{key}.tif")) or sorted(d.glob(f"*_{variant}_{key}.tif"))
-            if hits:
-                paths[key] = hits[0]
-        for key in THEIA_MASKS:
-            hits = sorted(d.glob(f"MASKS/{pid}_{key}_R1.tif")) or sorted(d.glob(f"MASKS/*_{key}_R1.tif"))
-            if hits:
-                paths[key] = hits[0]
+        paths = _theia_files(d, pid, variant)
         missing = [k for k in (*THEIA_BANDS, *THEIA_MASKS) if k not in paths]
         if missing:
             names = [f"{k}_R1" if k in THEIA_MASKS else f"{variant}_{k}" for k in missing]

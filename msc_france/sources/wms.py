@@ -517,16 +517,9 @@ def get_map(href: str, bounds: tuple[float, float, float, float], gsd: float, sp
     alpha = np.full((height, width), 255, np.uint8)
     crs = rasterio.crs.CRS.from_user_input(wms.crs)
     for p in pieces:
-        a = http_get(href, {"BBOX": ",".join(f"{v:.6f}" for v in p.bbox), "WIDTH": str(p.width),
-                            "HEIGHT": str(p.height)}, spec, wms.max_response_bytes)
         what = f"WMS {redact(str(spec.url))} layer {printable(layer)}"
-        if a.status != 200:
-            raise SourceError(f"{what}: HTTP {a.status}")
-        if a.content_type.endswith("xml") or a.body.lstrip()[:1] == b"<":
-            raise SourceError(f"{what}: {_exception_of(a.body)}")
-        if not a.content_type.startswith("image/"):
-            raise SourceError(f"{what}: answered {a.content_type or 'no content type'}, not an image")
-        with MemoryFile(a.body) as mem:
+        body = _image_answer(href, p, spec, what)
+        with MemoryFile(body) as mem:
             try:
                 src = mem.open()
             except rasterio.errors.RasterioError as e:
@@ -560,6 +553,24 @@ def get_map(href: str, bounds: tuple[float, float, float, float], gsd: float, sp
             dst.colorinterp = [rasterio.enums.ColorInterp.gray] * out.shape[0] + [rasterio.enums.ColorInterp.alpha]
         with mem.open() as src:
             yield src
+
+
+def _image_answer(href: str, p: Request, spec: SourceSpec, what: str) -> bytes:
+    """The bytes of one GetMap piece, once the answer is known to be an image.
+
+    Raises:
+        SourceError: an HTTP error, a service exception (XML), or an answer that is not an image.
+    """
+    assert spec.wms is not None
+    a = http_get(href, {"BBOX": ",".join(f"{v:.6f}" for v in p.bbox), "WIDTH": str(p.width),
+                        "HEIGHT": str(p.height)}, spec, spec.wms.max_response_bytes)
+    if a.status != 200:
+        raise SourceError(f"{what}: HTTP {a.status}")
+    if a.content_type.endswith("xml") or a.body.lstrip()[:1] == b"<":
+        raise SourceError(f"{what}: {_exception_of(a.body)}")
+    if not a.content_type.startswith("image/"):
+        raise SourceError(f"{what}: answered {a.content_type or 'no content type'}, not an image")
+    return a.body
 
 
 def _exception_of(body: bytes) -> str:

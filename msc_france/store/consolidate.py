@@ -76,19 +76,19 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
     g["item_ids"][:] = items.astype(str)
     g["harmonization"][:] = harm.astype(str)
     counts = {k.value: int((status == k.code).sum()) for k in Status}
-    stats = None
-    over = "valid pixels of training chips with status ok"
-    rows = slice(1, 2)
-    if cnt[1] == 0:
-        rows = slice(0, 2)
-        over = "valid pixels of chips with status ok (the store has no training chip with data)"
-    n_px = float(cnt[rows].sum())
-    if n_px > 0:
-        mean = s1[rows].sum(0) / n_px
-        std = np.sqrt(np.maximum(s2[rows].sum(0) / n_px - mean**2, 0))
-        stats = BandStats(tuple(mean.round(4).tolist()), tuple(std.round(4).tolist()), int(n_px),
-                          str(g.attrs["units"]), over)
+    stats = _band_stats(s1, s2, cnt, str(g.attrs["units"]))
+    if stats is not None:
         g.attrs["stats"] = stats.to_json()
+    columns = _columns(L, status, valid, cloud, scene_cc, when, items, coreg, origin)
+    if L.is_label:
+        columns.update(_class_fractions(L, ids, splits, commits, g))
+    return {"counts": counts, "stats": stats, "columns": columns}
+
+
+def _columns(L: Layer, status: np.ndarray, valid: np.ndarray, cloud: np.ndarray, scene_cc: np.ndarray,
+             when: np.ndarray, items: np.ndarray, coreg: dict[str, np.ndarray],
+             origin: dict[str, np.ndarray]) -> dict[str, Any]:
+    """One group's columns of the chip index."""
     col = functools.partial(field_column, group=L.group)  # the one home of the column naming
     columns = {
         col("status"): pd.Categorical([Status.from_code(int(v)).value for v in status],
@@ -104,9 +104,24 @@ def _fold_layer(store: Store, L: Layer, ids: list[str], splits: list[str], commi
     for k, arr in origin.items():  # only where a sensor has several providers or dated sources
         if any(v is not None for v in arr):
             columns[col(k)] = arr
-    if L.is_label:
-        columns.update(_class_fractions(L, ids, splits, commits, g))
-    return {"counts": counts, "stats": stats, "columns": columns}
+    return columns
+
+
+def _band_stats(s1: np.ndarray, s2: np.ndarray, cnt: np.ndarray, units: str) -> BandStats | None:
+    """Per-band mean and std from sums, sums of squares and counts (row 1: training chips, row 0:
+    the others): over training chips, or every chip when no training chip has data (said in ``over``).
+    """
+    over = "valid pixels of training chips with status ok"
+    rows = slice(1, 2)
+    if cnt[1] == 0:
+        rows = slice(0, 2)
+        over = "valid pixels of chips with status ok (the store has no training chip with data)"
+    n_px = float(cnt[rows].sum())
+    if n_px <= 0:
+        return None
+    mean = s1[rows].sum(0) / n_px
+    std = np.sqrt(np.maximum(s2[rows].sum(0) / n_px - mean**2, 0))
+    return BandStats(tuple(mean.round(4).tolist()), tuple(std.round(4).tolist()), int(n_px), units, over)
 
 
 def _class_fractions(L: Layer, ids: list[str], splits: list[str], commits: Commits, g: Any) -> dict[str, Any]:

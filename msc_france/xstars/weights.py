@@ -197,6 +197,43 @@ def _adapt_embedding(w: torch.Tensor, src_bands: list[str], dst_bands: list[str]
     return torch.stack(cols, dim=1), rule
 
 
+def _embedding(k: str, want: torch.Tensor, src: Mapping[str, torch.Tensor], sensors: Mapping[str, Sequence[str]],
+               src_names: list[str] | None, path: str | Path, arch: str, patch_size: int, report: LoadReport,
+               used: set[str], out: dict[str, torch.Tensor]) -> None:
+    """One patch-embedding tensor of the target (``k``): the sensor's own in the source, else the
+    source's shared one, loaded as is or re-ordered by band name; recorded in ``report``.
+
+    Raises:
+        TrainingError: a shape that cannot be adapted, or bands that are not named.
+    """
+    parts = k.split(".")
+    sensor = ViT.SHARED if parts[1] == "proj" else parts[1]
+    param = parts[-1]
+    own = f"patch_embed.{sensor}.proj.{param}"
+    key = own if own in src else f"patch_embed.proj.{param}"
+    if key not in src:
+        report.missing.append(k)
+        return
+    used.add(key)
+    w = src[key]
+    _bounded(w, want, key, path)
+    if param == "bias" or (w.shape == want.shape and (src_names is None or key == own)):
+        out[k] = w
+        report.loaded.append(k)
+        return
+    dim = ARCHS[arch]["dim"]
+    if w.shape[0] != dim or w.shape[2:] != want.shape[2:]:
+        raise TrainingError(f"{path}: {key} is {tuple(w.shape)}; {arch}/{patch_size} needs "
+                            f"({dim}, bands, {patch_size}, {patch_size})")
+    if src_names is None:
+        raise TrainingError(f"{path}: {key} takes {w.shape[1]} bands, sensor '{sensor}' has "
+                            f"{want.shape[1]}; name the source's bands (init.bands) to adapt it")
+    if len(src_names) != w.shape[1]:
+        raise TrainingError(f"{path}: {key} takes {w.shape[1]} bands, init.bands names {len(src_names)}")
+    dst = list(sensors[sensor]) if sensor != ViT.SHARED else list(next(iter(sensors.values())))
+    out[k], report.adapted[k] = _adapt_embedding(w, src_names, band_names(dst))
+
+
 def import_vit(path: str | Path, fmt: Format, sensors: Mapping[str, Sequence[str]], arch: str, patch_size: int,
                img_size: int, source_bands: Sequence[str] | str | None = None, patch_embed: str = "per-sensor",
                which: str = "teacher") -> Imported:
@@ -221,41 +258,12 @@ def import_vit(path: str | Path, fmt: Format, sensors: Mapping[str, Sequence[str
     if fmt == "msc-france" and "format" not in obj:
         raise TrainingError(f"{path} is not an msc-france checkpoint (no 'format'); try format timm or dino")
     src, head = backbone_state(obj, fmt, which)
-    dim = ARCHS[arch]["dim"]
-    vit = ViT({s: len(b) for s, b in sensors.items()}, arch, patch_size, img_size, drop_path=0.0,
-              patch_embed=patch_embed)
-    target = to_timm(vit.state_dict())
-    report = LoadReport()
-    used: set[str] = set()
-    out: dict[str, torch.Tensor] = {}
+    vit = ViT({s: len(b) for s, b in sensors.items()}, arch, patch_size, img_size, drop_path=0.0, patch_embed=patch_embed)
+    target, report, used, out = to_timm(vit.state_dict()), LoadReport(), set[str](), dict[str, torch.Tensor]()
     src_names = band_names(source_bands) if source_bands is not None else None
     for k, want in target.items():
         if k.startswith("patch_embed."):
-            parts = k.split(".")
-            sensor = ViT.SHARED if parts[1] == "proj" else parts[1]
-            param = parts[-1]
-            own = f"patch_embed.{sensor}.proj.{param}"
-            key = own if own in src else f"patch_embed.proj.{param}"
-            if key not in src:
-                report.missing.append(k)
-                continue
-            used.add(key)
-            w = src[key]
-            _bounded(w, want, key, path)
-            if param == "bias" or (w.shape == want.shape and (src_names is None or key == own)):
-                out[k] = w
-                report.loaded.append(k)
-                continue
-            if w.shape[0] != dim or w.shape[2:] != want.shape[2:]:
-                raise TrainingError(f"{path}: {key} is {tuple(w.shape)}; {arch}/{patch_size} needs "
-                                    f"({dim}, bands, {patch_size}, {patch_size})")
-            if src_names is None:
-                raise TrainingError(f"{path}: {key} takes {w.shape[1]} bands, sensor '{sensor}' has "
-                                    f"{want.shape[1]}; name the source's bands (init.bands) to adapt it")
-            if len(src_names) != w.shape[1]:
-                raise TrainingError(f"{path}: {key} takes {w.shape[1]} bands, init.bands names {len(src_names)}")
-            dst = list(sensors[sensor]) if sensor != ViT.SHARED else list(next(iter(sensors.values())))
-            out[k], report.adapted[k] = _adapt_embedding(w, src_names, band_names(dst))
+            _embedding(k, want, src, sensors, src_names, path, arch, patch_size, report, used, out)
             continue
         if k not in src:
             report.missing.append(k)
@@ -281,9 +289,8 @@ def import_vit(path: str | Path, fmt: Format, sensors: Mapping[str, Sequence[str
         raise TrainingError(f"{path}: {len(report.missing)} backbone tensor(s) are neither in the weights nor "
                             f"adapted: {shown}; is it a {arch}/{patch_size} in {fmt} layout?")
     vit.load_state_dict(from_timm(out), strict=True)
-    kept = head or None
-    report.head = "kept from the source" if kept else "the source has none"
-    return Imported(vit, kept, report)
+    report.head = "kept from the source" if head else "the source has none"
+    return Imported(vit, head or None, report)
 
 
 def from_timm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

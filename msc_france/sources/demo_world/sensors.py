@@ -202,6 +202,19 @@ def generate_sentinel2(spec: DemoWorldSpec, r: Renderer, clouds: list[CloudField
     return items
 
 
+def _landsat_qa(c: np.ndarray, s: np.ndarray, cls: np.ndarray) -> np.ndarray:
+    """QA_PIXEL bits of a Landsat C2 L2 scene from cloud (``c``) and shadow (``s``) fields: clear (6),
+    water (7), dilated/medium cloud (1, 8), cloud/high confidence (3, 8-9), shadow (4, 10-11).
+    """
+    qa = np.zeros(c.shape, np.uint16)
+    qa[(c < 0.2) & (s < 0.05)] |= 1 << 6
+    qa[cls == 1] |= 1 << 7
+    qa[(c >= 0.2) & (c <= 0.5)] |= (1 << 1) | (1 << 8)
+    qa[c > 0.5] |= (1 << 3) | (3 << 8)
+    qa[(s >= 0.05) & (c < 0.2)] |= (1 << 4) | (3 << 10)
+    return qa
+
+
 def generate_landsat(spec: DemoWorldSpec, r: Renderer, clouds: list[CloudField], out: Path) -> list[pystac.Item]:
     """Landsat-8 C2 L2-like items (one per date of ``spec.landsat_dates``, or of ``spec.dates``
     when it has none, with ``clouds`` of those dates) plus one Landsat-9 item the platform filter
@@ -226,13 +239,7 @@ def generate_landsat(spec: DemoWorldSpec, r: Renderer, clouds: list[CloudField],
         obs += 0.005 * rng.standard_normal(obs.shape, dtype=np.float32)
         obs += 0.003 * rng.standard_normal((4, obs.shape[1], 1), dtype=np.float32)  # detector striping, per line
         dn = np.clip(np.round((obs - offset) / scale), 1, 65535).astype(np.uint16)
-        qa = np.zeros(g.shape, np.uint16)
-        clear = (c < 0.2) & (s < 0.05)
-        qa[clear] |= 1 << 6
-        qa[cls == 1] |= 1 << 7
-        qa[(c >= 0.2) & (c <= 0.5)] |= (1 << 1) | (1 << 8)
-        qa[c > 0.5] |= (1 << 3) | (3 << 8)
-        qa[(s >= 0.05) & (c < 0.2)] |= (1 << 4) | (3 << 10)
+        qa = _landsat_qa(c, s, cls)
         sat = "LC08" if platform == "landsat-8" else "LC09"
         pid = f"{sat}_L2SP_198030_{date:%Y%m%d}_02_T1"
         d = out / "landsat-c2-l2" / pid
