@@ -641,7 +641,7 @@ def _section_of(r: dict[str, Any]) -> str:
 
 
 #: Sections of ``make bench``, in the order they run (``--only`` picks some).
-SECTIONS = ("msad", "loader", "loader-paper", "training", "gpu", "build", "readers", "network", "plan", "wms")
+SECTIONS = ("msad", "loader", "loader-paper", "training", "omp", "gpu", "build", "readers", "network", "plan", "wms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -726,6 +726,13 @@ def main(argv: list[str] | None = None) -> int:
         return more
 
     section("wms", wms)
+
+    def omp() -> list[dict[str, Any]]:
+        from benchmarks.omp import bench_omp
+
+        return bench_omp(a.quick)
+
+    section("omp", omp)
     results = {
         "quick": a.quick, "rows": rows, "details": details, "elapsed_s": round(time.perf_counter() - t0, 1),
         "environment": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),

@@ -8,14 +8,16 @@ a trained model. Its tile vector (the CLS token) also stands for its mean-pooled
 one vector; its patch tokens are each 16-pixel patch's colour, z-scored per tile and channel, for
 dense retrieval and segmentation.
 
-* ``pixels``: the ``4 x 4`` average-pooled input, as it is (:class:`PooledPixels`);
+* ``pixels``, ``thumb8-abs``: the ``4 x 4`` and ``8 x 8`` average-pooled input, as it is (absolute
+  colour, :class:`PooledPixels`), beside the z-scored thumbnails;
 * ``thumb{4,8,16}``: the ``g x g`` average-pooled input, z-scored per tile and channel (removes a
   per-tile gain and offset, the main radiometric nuisance between sensors);
 * ``histogram``: per channel, a 10-bin histogram of the tile's pixels z-scored per tile and
   channel, on [-3, 3] (values outside clipped into the end bins), as fractions: 30 numbers for
   RGB, invariant to any rotation, flip or shift of the tile;
 * random ViTs, untrained (``random-shared``: one patch embedding for every sensor, which makes a
-  random ViT retrieve well when sensors look alike; ``random-per-sensor``: the models' scheme).
+  random ViT retrieve well when sensors look alike; ``random-per-sensor``: the models' scheme);
+* ``random-conv``: a fixed random convolutional net (:mod:`msc_france.eval.rivals`).
 """
 
 from __future__ import annotations
@@ -109,12 +111,13 @@ class ColourHistogram(_Baseline):
 #: with the models' architecture).
 FIXED = {
     "pixels": lambda: PooledPixels(4),
+    "thumb8-abs": lambda: PooledPixels(8),
     "thumb4": lambda: Thumbnail(4),
     "thumb8": lambda: Thumbnail(8),
     "thumb16": lambda: Thumbnail(16),
     "histogram": ColourHistogram,
 }
-RANDOM = ("random-shared", "random-per-sensor")
+RANDOM = ("random-shared", "random-per-sensor", "random-conv")
 NAMES = (*FIXED, *RANDOM)
 
 

@@ -87,7 +87,8 @@ def split_view(report: dict[str, Any], split: str) -> dict[str, Any]:
     return {"config": report["config"], "classes": report["classes"], "split": split,
             "roles": report.get("roles", {}), "groups": report.get("groups", {}),
             "models": {n: {**m, "external": report.get("external", {}).get(n, {})} for n, m in sub["models"].items()},
-            "majority": sub["majority"], "chance_R@1": sub["chance_R@1"],
+            "majority": sub["majority"], "chance_R@1": sub["chance_R@1"], "chance": sub.get("chance", {}),
+            "intervals": sub.get("intervals"), "blocks": sub.get("blocks"),
             "n_chips": {"train": report["n_chips"]["train"], "held_out": report["n_chips"][split]},
             "n_tiles": {"train": report["n_tiles"]["train"], "held_out": report["n_tiles"][split]}}
 
@@ -113,48 +114,69 @@ def group_rows(view: dict[str, Any]) -> dict[str, dict[str, tuple[float, float, 
 
 @dataclass(frozen=True)
 class Claim:
-    """A model group against the best baseline on one headline number.
-
-    Attributes:
-        metric: the headline's label.
-        baseline, baseline_mean, baseline_hw: the best baseline group, its mean and 95 % half-width.
-        group, mean, hw, runs: the model group, its mean, half-width and number of runs.
+    """A model group against the best rival (the baseline group with the highest value) on one
+    headline number, each with its interval: the block bootstrap over held-out chips combined
+    with the group's runs when the report has it, else the 95 % t-interval over runs.
     """
 
     metric: str
     baseline: str
     baseline_mean: float
-    baseline_hw: float
+    baseline_low: float
+    baseline_high: float
     group: str
     mean: float
-    hw: float
+    low: float
+    high: float
     runs: int
 
     @property
     def beats(self) -> bool:
-        """The model's interval lies wholly above the baseline's."""
-        return self.mean - self.hw > self.baseline_mean + self.baseline_hw
+        """The model's interval lies wholly above the rival's."""
+        return self.low > self.baseline_high
+
+    @property
+    def ties(self) -> bool:
+        """The two intervals overlap."""
+        return not self.beats and self.high >= self.baseline_low
 
     def cell(self) -> str:
         """The claim as a table cell."""
         if self.mean != self.mean:
             return "-"
-        spread = f" ± {self.hw:.3f} (n={self.runs})" if self.runs > 1 else ""
-        return f"{self.mean:.3f}{spread}: {'yes' if self.beats else 'no'} ({self.mean - self.baseline_mean:+.3f})"
+        verdict = "yes" if self.beats else "ties" if self.ties else "loses"
+        return f"{_interval_text(self.mean, self.low, self.high, self.runs)}: {verdict} ({self.mean - self.baseline_mean:+.3f})"
+
+
+def _interval_text(mean: float, low: float, high: float, runs: int = 1) -> str:
+    spread = f" [{low:.3f}, {high:.3f}]" if high > low else ""
+    return f"{mean:.3f}{spread}" + (f" (n={runs})" if runs > 1 else "")
+
+
+def group_intervals(view: dict[str, Any]) -> dict[str, dict[str, tuple[float, float, float, int]]]:
+    """Group -> headline -> (value, low, high, runs): the report's bootstrap intervals, or a
+    t-interval over runs for a report without them.
+    """
+    if view.get("intervals"):
+        return {g: {k: (v["value"], v["low"], v["high"], v["runs"]) for k, v in m.items()}
+                for g, m in view["intervals"].items()}
+    return {g: {k: (mean, mean - hw, mean + hw, n) for k, (mean, hw, n) in m.items()}
+            for g, m in group_rows(view).items()}
 
 
 def claims(view: dict[str, Any]) -> list[Claim]:
-    """For every headline number and model group: the best baseline and the group against it."""
-    agg = group_rows(view)
+    """For every headline number and model group: the best rival and the group against it."""
+    agg = group_intervals(view)
     roles = view["roles"]
     base = {g for n, g in view["groups"].items() if roles.get(n) == "baseline"}
     out = []
     for k in HEADLINE:
-        scored = [(agg[g][k][0], g) for g in base if agg[g][k][0] == agg[g][k][0]]
+        scored = [(agg[g][k][0], g) for g in base if k in agg[g] and agg[g][k][0] == agg[g][k][0]]
         if not scored:
             continue
         best, who = max(scored)
-        out += [Claim(k, who, best, agg[who][k][1], g, *agg[g][k]) for g in agg if g not in base]
+        _, blo, bhi, _ = agg[who][k]
+        out += [Claim(k, who, best, blo, bhi, g, *agg[g][k]) for g in agg if g not in base and k in agg[g]]
     return out
 
 
@@ -165,8 +187,8 @@ def claims_markdown(cl: list[Claim]) -> list[str]:
     for metric in dict.fromkeys(c.metric for c in cl):
         row = {c.group: c for c in cl if c.metric == metric}
         first = next(iter(row.values()))
-        lines.append(f"| {metric} | {first.baseline} {first.baseline_mean:.3f}"
-                     + (f" ± {first.baseline_hw:.3f}" if first.baseline_hw else "") + " | "
+        lines.append(f"| {metric} | {first.baseline} "
+                     + _interval_text(first.baseline_mean, first.baseline_low, first.baseline_high) + " | "
                      + " | ".join(row[g].cell() if g in row else "-" for g in groups) + " |")
     return lines
 
@@ -177,11 +199,26 @@ def markdown(report: dict[str, Any]) -> str:
     splits = list(report["splits"])
     parts = [f"# Evaluation: {cfg['name']}", "",
              f"Held-out splits, each scored on its own: {', '.join(splits)}. Choices (steps, learning rate, "
-             "loss settings) are made on val; test is read for the report. 'beats' means the model's value "
-             "(its 95 % interval over runs, when it has several) lies above the best baseline's.", ""]
+             "loss settings) are made on val; test is read for the report. Intervals are 95 % block-bootstrap "
+             "intervals: the held-out chips' spatial blocks drawn with replacement, together with a group's runs "
+             "(seeds), the same draws for every row. 'yes' means the model's interval lies wholly above the "
+             "strongest rival's (the baseline group with the highest value), 'ties' that they overlap, 'loses' "
+             "that it lies below.", ""]
     for h in splits:
         parts.append(_split_markdown(split_view(report, h)))
     return "\n".join(parts)
+
+
+def _chance_text(report: dict[str, Any]) -> str:
+    """Every retrieval chance level, from its query and gallery counts."""
+    c = report.get("chance") or {}
+    if not c:
+        return f"retrieval R@1 = {report['chance_R@1']:.4f}"
+    text = f"retrieval R@1 = 1/{c['gallery']} = {c['R@1']:.4f} ({c['queries']} queries, {c['gallery']} gallery tiles)"
+    if "R@1 shifted" in c:
+        text += (f", shifted gallery R@1 = 1/{c['shifted_gallery']} = {c['R@1 shifted']:.4f} "
+                 f"({c['shifted_queries']} queries, {c['shifted_gallery']} gallery tiles)")
+    return text
 
 
 def _gallery_parts(models: dict[str, Any]) -> list[str]:
@@ -209,10 +246,11 @@ def _split_markdown(report: dict[str, Any]) -> str:
              f"({report['n_tiles']['held_out']} tiles). Classes: {', '.join(report['classes'])}. "
              f"Checkpoints evaluated with their {cfg['features']} backbone; per-sensor centring "
              f"{'on' if cfg['center'] else 'off'}; probes on {cfg['probe_features']} features.", "",
-             f"Chance: retrieval R@1 = {report['chance_R@1']:.4f}; majority class ({maj['class']}): accuracy "
+             f"Chance: {_chance_text(report)}; majority class ({maj['class']}): accuracy "
              f"{maj['acc']:.3f}, balanced accuracy {maj['balanced_acc']:.3f}, macro-F1 {maj['macro_f1']:.3f}; "
              "fraction R2 = 0 for predicting the mean.", "",
-             f"### Against the best baseline ({report['split']})", "", *claims_markdown(claims(report)), "",
+             f"### Against the strongest rival ({report['split']}, {report.get('blocks') or '?'} held-out blocks)", "",
+             *claims_markdown(claims(report)), "",
              "### Summary (means over sensors / ordered sensor pairs)", ""]
     rows = summary_rows(report)
     keys = list(SUMMARY)

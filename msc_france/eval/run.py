@@ -47,6 +47,7 @@ from msc_france.data import ChipSelection, DatasetView, MSCFranceDataset
 from msc_france.errors import BadInputError
 from msc_france.eval import metrics as M
 from msc_france.eval.baselines import FIXED, NAMES, ridge_aligned
+from msc_france.eval.bootstrap import BlockStats, draws, interval
 from msc_france.eval.external import (
     label_fraction,
     load_classification,
@@ -69,6 +70,8 @@ from msc_france.eval.probes import (
     segmentation,
     shifted_retrieval,
 )
+from msc_france.eval.rivals import ConvEncoder, train_supervised, training_tiles
+from msc_france.eval.tiles import chip_blocks, headline_stats, shifted_ranks
 from msc_france.store import Store
 from msc_france.xstars.checkpoint import Checkpoint, build_backbone, load_checkpoint
 from msc_france.xstars.distributed import resolve_device
@@ -129,6 +132,16 @@ class EvalConfig(StrictModel):
     out: str = "runs/eval"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
+    ridge_baselines: list[str] = Field(
+        default_factory=lambda: ["random-conv"], description="baselines also scored after a ridge map onto the first "
+        "sensor fitted on co-located training tiles (rows '<baseline>+ridge')")
+    supervised: list[str] = Field(
+        default_factory=lambda: ["sentinel-2-l2a"], description="sensors a supervised rival is trained on (its "
+        "training tiles and labels only; row group 'supervised-<sensor>'), then applied to every sensor")
+    supervised_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
+    supervised_steps: int = Field(200, ge=1)
+    bootstrap_draws: int = Field(1000, ge=100, description="block bootstrap draws of the held-out chips "
+                                 "(msc_france.eval.bootstrap)")
     random_seeds: list[int] = Field(
         [0], min_length=1, description="initialisations of the random ViT baselines: the first keeps the "
         "baseline's name, the others are rows '<baseline>-seed<k>' of the same group (mean and 95 % interval)")
@@ -238,26 +251,54 @@ def baseline_bands(cfg: EvalConfig, models: Sequence[Model]) -> dict[str, list[s
     return out
 
 
-def _models(cfg: EvalConfig) -> list[Model]:
-    store = Store.open(cfg.store)
-    out = _checkpoints(cfg, store)
-    bands = baseline_bands(cfg, out)
-    spec = out[0].inputs.model if out else ModelSpec("vit_tiny", 16, cfg.input_size)
-    # Baselines read the store as it is: its own statistics.
-    own = from_stats(store, cfg.sensors, bands, cfg.input_size, spec)
-    fixed = [Model(b, FIXED[b](), {"arch": b}, own, baseline=True) for b in cfg.baselines if b in FIXED]
-    for b in cfg.baselines:
-        if b in FIXED:
-            continue
-        # The models' architecture, untrained; a shared embedding alone makes a random ViT retrieve
-        # well when sensors look alike. Several initialisations give the baseline its own spread.
-        embed = "shared" if b == "random-shared" else "per-sensor"
-        for i, seed in enumerate(cfg.random_seeds):
+def _supervised(cfg: EvalConfig, train: MSCFranceDataset, class_index: dict[int, int],
+                own: ModelInputs) -> list[Model]:
+    """The supervised rivals: one net per configured sensor and seed, trained on that sensor's
+    training tiles and labels (:func:`~msc_france.eval.rivals.train_supervised`).
+    """
+    out = []
+    for s in cfg.supervised:
+        if s not in cfg.sensors:
+            raise BadInputError(f"supervised rival on '{s}', which is not among the evaluated sensors")
+        ds = train.with_view(sensors=[s], normalize=own)
+        images, labels = training_tiles(ds, s, cfg.tiles, class_index)
+        for seed in cfg.supervised_seeds:
+            net = train_supervised(images, labels, len(class_index), seed, cfg.supervised_steps)
+            name = f"supervised-{s}" + (f"-seed{seed}" if seed != cfg.supervised_seeds[0] else "")
+            out.append(Model(name, net, {"arch": "conv", "trained_on": s, "seed": seed}, own, baseline=True,
+                             group=f"supervised-{s}" if len(cfg.supervised_seeds) > 1 else None))
+    return out
+
+
+def _random(cfg: EvalConfig, b: str, own: ModelInputs) -> list[Model]:
+    """A random baseline (ViT or conv net), once per initialisation in ``random_seeds``: one group."""
+    out = []
+    spec = own.model
+    for i, seed in enumerate(cfg.random_seeds):
+        name = b if i == 0 else f"{b}-seed{seed}"
+        group = b if len(cfg.random_seeds) > 1 else None
+        if b == "random-conv":
+            enc: Encoder = ConvEncoder(len(next(iter(own.sensors.values())).bands), seed)
+            meta: dict[str, Any] = {"arch": "conv", "seed": seed}
+        else:
+            # The models' architecture, untrained; a shared embedding alone makes a random ViT
+            # retrieve well when sensors look alike.
+            embed = "shared" if b == "random-shared" else "per-sensor"
             torch.manual_seed(seed)
-            vit = ViT(own.channels, spec.arch, spec.patch_size, spec.img_size, drop_path=0.0, patch_embed=embed)
-            name = b if i == 0 else f"{b}-seed{seed}"
-            fixed.append(Model(name, vit, {**spec.to_json(), "patch_embed": embed, "seed": seed}, own, baseline=True,
-                               group=b if len(cfg.random_seeds) > 1 else None))
+            enc = ViT(own.channels, spec.arch, spec.patch_size, spec.img_size, drop_path=0.0, patch_embed=embed)
+            meta = {**spec.to_json(), "patch_embed": embed, "seed": seed}
+        out.append(Model(name, enc, meta, own, baseline=True, ridge=b in cfg.ridge_baselines, group=group))
+    return out
+
+
+def _models(cfg: EvalConfig) -> list[Model]:
+    out = _checkpoints(cfg, Store.open(cfg.store))
+    own = _own_inputs(cfg, out)  # baselines read the store as it is: its own statistics
+    fixed = [Model(b, FIXED[b](), {"arch": b}, own, baseline=True, ridge=b in cfg.ridge_baselines)
+             for b in cfg.baselines if b in FIXED]
+    for b in cfg.baselines:
+        if b not in FIXED:
+            fixed += _random(cfg, b, own)
     out = fixed + out
     if not out:
         raise BadInputError("no model to evaluate (no checkpoint found and no baseline configured)")
@@ -403,47 +444,109 @@ def _score(row: _Scored, split: str, cfg: EvalConfig, n_classes: int, names: dic
     return entry, ranks, preds
 
 
+def _own_inputs(cfg: EvalConfig, models: Sequence[Model]) -> ModelInputs:
+    """How baselines and rivals read the store: its own statistics, the models' bands."""
+    spec = next((m.inputs.model for m in models if m.ckpt is not None), ModelSpec("vit_tiny", 16, cfg.input_size))
+    return from_stats(Store.open(cfg.store), cfg.sensors, baseline_bands(cfg, models), cfg.input_size, spec)
+
+
+def _report_head(cfg: EvalConfig, train_ds: MSCFranceDataset, held_ds: dict[str, MSCFranceDataset],
+                 class_index: dict[int, int], names: dict[int, str]) -> dict[str, Any]:
+    """The report before any row: config, classes, counts, and every chance level from its counts."""
+    k = cfg.tiles
+    chance = {}
+    for h, d in held_ds.items():
+        tiles, shifted = len(d) * k * k, len(d) * (k - 1) ** 2
+        chance[h] = {"R@1": 1.0 / tiles, "queries": tiles, "gallery": tiles,
+                     **({"R@1 shifted": 1.0 / shifted, "shifted_queries": shifted, "shifted_gallery": shifted}
+                        if k > 1 and cfg.shifted_gallery else {})}
+    return {
+        "config": cfg.model_dump(mode="json"), "classes": {names[i]: c for c, i in class_index.items()},
+        "n_chips": {"train": len(train_ds), **{h: len(d) for h, d in held_ds.items()}},
+        "n_tiles": {"train": len(train_ds) * k**2, **{h: len(d) * k**2 for h, d in held_ds.items()}},
+        "roles": {}, "groups": {}, "external": {},
+        "splits": {h: {"models": {}, "chance": chance[h], "chance_R@1": chance[h]["R@1"]} for h in held_ds},
+        "class_colors": {str(c): v for c, v in Store.open(cfg.store).facts("labels").class_colors.items()},
+    }
+
+
+@dataclass
+class _Run:
+    """What scoring every row gathers beside the report: figures and per-block statistics."""
+
+    figures: dict[str, Any]
+    stats: dict[str, dict[str, dict[str, BlockStats]]]  # split -> row -> headline -> statistics
+    shown: str
+    shown_feats: Features | None = None
+
+
+def _score_model(m: Model, cfg: EvalConfig, data: tuple[MSCFranceDataset, dict[str, MSCFranceDataset]],
+                 class_index: dict[int, int], names: dict[int, str], report: dict[str, Any], run: _Run,
+                 blocks: dict[str, np.ndarray], device: torch.device) -> None:
+    """Every row of one model on every held-out split, into ``report`` and ``run``."""
+    n_classes = len(class_index)
+    for row in _rows(m, cfg, data[0], data[1], class_index, device):
+        report["roles"][row.name] = "baseline" if m.baseline else "model"
+        report["groups"][row.name] = (m.group + row.name[len(m.name):]) if m.group else row.name
+        for h, split_report in report["splits"].items():
+            entry, ranks, preds = _score(row, h, cfg, n_classes, names)
+            ltr, lte = row.train.labels, row.held[h].labels
+            if "majority" not in split_report and ltr is not None and lte is not None:
+                split_report["majority"] = majority_baseline(dominant(ltr, n_classes), dominant(lte, n_classes),
+                                                             n_classes)
+            if m.ckpt is not None and row.name == m.name:
+                entry["diagnostics"] = _diagnostics(m, data[1][h], cfg, class_index, device)
+            split_report["models"][row.name] = entry
+            gal = row.gallery.get(("retrieval_shifted", h))
+            shifted = shifted_ranks(row.held[h], gal, row.held[h].sensors, cfg.tiles) if gal is not None else None
+            run.stats[h][row.name] = headline_stats(row.held[h], row.probes, ranks, shifted, cfg.probe_features,
+                                                    n_classes, m.encoder.patch_size, blocks[h], cfg.tiles)
+            if h == run.shown:
+                for p, r in ranks["mean"].items():
+                    run.figures["ranks"].setdefault(p, {})[row.name] = r
+                run.figures["seg"][row.name] = preds
+                run.shown_feats = row.held[h]
+
+
+def _intervals(cfg: EvalConfig, report: dict[str, Any], run: _Run, blocks: dict[str, np.ndarray]) -> None:
+    """Per split and row group, each headline number with its interval: held-out blocks and the
+    group's runs resampled together (:mod:`msc_france.eval.bootstrap`), the same block draws for
+    every group.
+    """
+    for h, per_row in run.stats.items():
+        counts = draws(int(blocks[h].max()) + 1, cfg.bootstrap_draws, cfg.seed)
+        groups: dict[str, list[str]] = {}
+        for r in per_row:
+            groups.setdefault(report["groups"][r], []).append(r)
+        out: dict[str, Any] = {}
+        for g, rows in groups.items():
+            out[g] = {}
+            for metric in per_row[rows[0]]:
+                iv = interval([per_row[r][metric] for r in rows], counts, seed=cfg.seed + 1)
+                out[g][metric] = {"value": iv.value, "low": iv.low, "high": iv.high, "runs": iv.runs}
+        report["splits"][h]["intervals"] = out
+        report["splits"][h]["blocks"] = int(blocks[h].max()) + 1
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Run every evaluation for every model on every held-out split; write report.json, report.md
-    and figures (of the last split, ``test`` by default).
+    """Run every evaluation for every model (and every baseline and rival) on every held-out split,
+    with block-bootstrap intervals; write report.json, report.md and figures (of the last split,
+    ``test`` by default).
     """
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
-    models = _models(cfg)
-    size = cfg.input_size * cfg.tiles
-    train_ds, held_ds, class_index, names = _datasets(cfg, size)
-    n_classes = len(class_index)
-    report: dict[str, Any] = {
-        "config": cfg.model_dump(mode="json"), "classes": {names[i]: c for c, i in class_index.items()},
-        "n_chips": {"train": len(train_ds), **{h: len(d) for h, d in held_ds.items()}},
-        "n_tiles": {"train": len(train_ds) * cfg.tiles**2, **{h: len(d) * cfg.tiles**2 for h, d in held_ds.items()}},
-        "roles": {}, "groups": {}, "splits": {h: {"models": {}} for h in held_ds}, "external": {},
-        "class_colors": {str(k): v for k, v in Store.open(cfg.store).facts("labels").class_colors.items()},
-    }
-    figures: dict[str, Any] = {"seg": {}, "ranks": {}}
-    shown = list(held_ds)[-1]
-    shown_feats: Features | None = None
+    models = _models(cfg)  # a missing or foreign checkpoint is refused before any chip is read
+    train_ds, held_ds, class_index, names = _datasets(cfg, cfg.input_size * cfg.tiles)
+    models += _supervised(cfg, train_ds, class_index, _own_inputs(cfg, models))
+    report = _report_head(cfg, train_ds, held_ds, class_index, names)
+    block_chips = int(Store.open(cfg.store).meta.recipe.get("split", {}).get("block_chips", 1))
+    blocks = {h: chip_blocks(d.chip_ids, block_chips) for h, d in held_ds.items()}
+    run = _Run({"seg": {}, "ranks": {}}, {h: {} for h in held_ds}, list(held_ds)[-1])
     for m in models:
-        for row in _rows(m, cfg, train_ds, held_ds, class_index, device):
-            report["roles"][row.name] = "baseline" if m.baseline else "model"
-            report["groups"][row.name] = (m.group + row.name[len(m.name):]) if m.group else row.name
-            for h, split_report in report["splits"].items():
-                entry, ranks, preds = _score(row, h, cfg, n_classes, names)
-                ltr, lte = row.train.labels, row.held[h].labels
-                if "majority" not in split_report and ltr is not None and lte is not None:
-                    split_report["majority"] = majority_baseline(dominant(ltr, n_classes), dominant(lte, n_classes),
-                                                                 n_classes)
-                    split_report["chance_R@1"] = 1.0 / len(row.held[h].chip)  # type: ignore[arg-type]
-                if m.ckpt is not None and row.name == m.name:
-                    entry["diagnostics"] = _diagnostics(m, held_ds[h], cfg, class_index, device)
-                split_report["models"][row.name] = entry
-                if h == shown:
-                    for p, r in ranks["mean"].items():
-                        figures["ranks"].setdefault(p, {})[row.name] = r
-                    figures["seg"][row.name] = preds
-                    shown_feats = row.held[h]
+        _score_model(m, cfg, (train_ds, held_ds), class_index, names, report, run, blocks, device)
         if cfg.external and isinstance(m.encoder, ViT):
             report["external"][m.name] = _external(cfg, m.encoder.to(device), device, m.inputs)
+    _intervals(cfg, report, run, blocks)
     report["elapsed_s"] = round(time.perf_counter() - t0, 1)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -452,6 +555,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from msc_france.eval.report import markdown, split_view
 
     (out / "report.md").write_text(markdown(report))
-    assert shown_feats is not None
-    draw(split_view(report, shown), figures, shown_feats, names, out)
+    assert run.shown_feats is not None
+    draw(split_view(report, run.shown), run.figures, run.shown_feats, names, out)
     return report

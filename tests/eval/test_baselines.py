@@ -130,7 +130,7 @@ def test_interval_and_claims_need_more_than_a_tie() -> None:
     assert cl["better"].beats and abs(cl["better"].mean - cl["better"].baseline_mean - 0.1) < 1e-9
     row = next(line for line in claims_markdown(claims(view)) if line.startswith("| fractions R2 cross"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "thumb 0.300" and cells[2].endswith("no (+0.000)") and cells[3].endswith("yes (+0.100)")
+    assert cells[1] == "thumb 0.300" and cells[2].endswith("ties (+0.000)") and cells[3].endswith("yes (+0.100)")
 
 
 def test_a_baseline_scored_as_a_model_gets_the_same_numbers(tiny_store) -> None:  # noqa: ANN001

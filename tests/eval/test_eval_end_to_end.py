@@ -31,14 +31,30 @@ def test_report(tiny_store: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
                    "sensor": "sentinel-2-l2a", "size": 32, "fractions": [0.5, 1.0]},
                   {"kind": "geotiff-segmentation", "root": str(make_segmentation(tmp_path / "seg")),
                    "sensor": "aerial", "size": 32, "fractions": [1.0]}],
+        supervised=["sentinel-2-l2a"], supervised_seeds=[0, 1], supervised_steps=20, bootstrap_draws=200,
     )
     r = evaluate(cfg)
-    baselines = ["pixels", "thumb4", "thumb8", "thumb16", "histogram", "random-shared", "random-per-sensor"]
+    baselines = ["pixels", "thumb8-abs", "thumb4", "thumb8", "thumb16", "histogram", "random-shared",
+                 "random-per-sensor", "random-conv", "random-conv+ridge"]
+    sup = ["supervised-sentinel-2-l2a", "supervised-sentinel-2-l2a-seed1"]
     val = r["splits"]["val"]
-    assert list(val["models"]) == [*baselines, "xs", "xs+ridge"]
-    assert r["roles"] == {**{b: "baseline" for b in baselines}, "xs": "model", "xs+ridge": "model"}
+    assert list(val["models"]) == [*baselines, "xs", "xs+ridge", *sup]
+    assert r["roles"] == {**{b: "baseline" for b in [*baselines, *sup]}, "xs": "model", "xs+ridge": "model"}
+    assert r["groups"]["supervised-sentinel-2-l2a-seed1"] == "supervised-sentinel-2-l2a"
     assert r["n_tiles"] == {"train": 12, "val": 4}
-    assert val["chance_R@1"] == 0.25 and 0 <= val["majority"]["acc"] <= 1
+    # Chance from the counts: 4 queries against 4 tiles; shifted: 1 query per chip against 1 tile.
+    assert val["chance"] == {"R@1": 0.25, "queries": 4, "gallery": 4, "R@1 shifted": 1.0, "shifted_queries": 1,
+                             "shifted_gallery": 1}
+    assert 0 <= val["majority"]["acc"] <= 1
+    # Every row's intervals, on the same blocks; a single run's full-sample value is the report's number.
+    from msc_france.eval.report import split_view, summary_rows
+
+    rows = {row.model: row for row in summary_rows(split_view(r, "val"))}
+    for name in ("thumb8", "xs", "random-conv+ridge"):
+        for metric, iv in val["intervals"][name].items():
+            assert iv["low"] <= iv["value"] <= iv["high"] and iv["runs"] == 1
+            assert iv["value"] == pytest.approx(rows[name][metric], rel=1e-6, abs=1e-9), (name, metric)
+    assert val["intervals"]["supervised-sentinel-2-l2a"]["R@1 mean"]["runs"] == 2
     sensors = ["sentinel-2-l2a", "landsat-8-c2-l2", "aerial"]
     for name, m in val["models"].items():
         assert set(m["retrieval"]) == {"cls", "mean", "dense"}
@@ -70,7 +86,8 @@ def test_report(tiny_store: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
         assert (out / f).stat().st_size > 500
     md = (out / "report.md").read_text()
     assert "Cross-sensor retrieval, mean features" in md and "Class-fraction probe" in md and "majority class" in md
-    assert "Against the best baseline (val)" in md and "Retrieval that layout cannot solve" in md
+    assert "Against the strongest rival (val, 1 held-out blocks)" in md and "Retrieval that layout cannot solve" in md
+    assert "4 queries, 4 gallery tiles" in md
 
 
 def test_cli_checkpoint_and_errors(tiny_store: Path, tiny_ckpt: Path, tmp_path: Path,
@@ -89,7 +106,7 @@ def test_random_baselines_over_several_initialisations(tiny_store: Path, tmp_pat
     from msc_france.eval.report import group_rows, split_view, summary_rows
 
     cfg = EvalConfig(store=str(tiny_store), input_size=32, tiles=2, test_splits=["val"], out=str(tmp_path / "e"),
-                     baselines=["random-shared"], random_seeds=[0, 3, 7], shifted_gallery=False)
+                     baselines=["random-shared"], random_seeds=[0, 3, 7], shifted_gallery=False, supervised=[])
     r = evaluate(cfg)
     names = ["random-shared", "random-shared-seed3", "random-shared-seed7"]
     assert list(r["splits"]["val"]["models"]) == names
@@ -110,7 +127,7 @@ def test_gallery_diagnostics_separate_the_shift_from_the_turn(tiny_store: Path, 
     its shifted-and-turned retrieval its shifted-only one, pair by pair; a 4 x 4 thumbnail does.
     """
     cfg = EvalConfig(store=str(tiny_store), input_size=32, tiles=2, test_splits=["val"], out=str(tmp_path / "g"),
-                     baselines=["histogram", "thumb4"], gallery_diagnostics=True)
+                     baselines=["histogram", "thumb4"], gallery_diagnostics=True, supervised=[])
     r = evaluate(cfg)
     hist, thumb = (r["splits"]["val"]["models"][k] for k in ("histogram", "thumb4"))
     pairs = [p for p in hist["retrieval"]["mean"] if "->" in p]
