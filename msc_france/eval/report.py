@@ -218,6 +218,8 @@ def _chance_text(report: dict[str, Any]) -> str:
     if "R@1 shifted" in c:
         text += (f", shifted gallery R@1 = 1/{c['shifted_gallery']} = {c['R@1 shifted']:.4f} "
                  f"({c['shifted_queries']} queries, {c['shifted_gallery']} gallery tiles)")
+    if c.get("classes_absent"):
+        text += f". Classes this split never shows: {', '.join(c['classes_absent'])}"
     return text
 
 

@@ -62,6 +62,12 @@ class ConvEncoder(nn.Module):
 
 def train_supervised(images: torch.Tensor, labels: torch.Tensor, n_classes: int, seed: int, steps: int = 200,
                      batch: int = 32, lr: float = 1e-3) -> ConvEncoder:
+    """The encoder of :func:`fit_supervised` (its head left out: the evaluation's probes read the tokens)."""
+    return fit_supervised(images, labels, n_classes, seed, steps, batch, lr)[0]
+
+
+def fit_supervised(images: torch.Tensor, labels: torch.Tensor, n_classes: int, seed: int, steps: int = 200,
+                   batch: int = 32, lr: float = 1e-3) -> tuple[ConvEncoder, nn.Linear]:
     """A :class:`ConvEncoder` trained on one sensor's tiles: a linear head on each patch token
     predicts the patch's dominant class (cross-entropy, patches without a label ignored).
 
@@ -93,7 +99,7 @@ def train_supervised(images: torch.Tensor, labels: torch.Tensor, n_classes: int,
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return net.eval().requires_grad_(False)
+    return net.eval().requires_grad_(False), head.eval().requires_grad_(False)
 
 
 def training_tiles(ds: object, sensor: str, tiles: int, class_index: dict[int, int]) -> tuple[torch.Tensor,
@@ -113,4 +119,4 @@ def training_tiles(ds: object, sensor: str, tiles: int, class_index: dict[int, i
     return torch.cat(xs), torch.cat(ys)
 
 
-__all__ = ["ConvEncoder", "train_supervised", "training_tiles"]
+__all__ = ["ConvEncoder", "fit_supervised", "train_supervised", "training_tiles"]

@@ -73,6 +73,7 @@ from msc_france.eval.probes import (
 from msc_france.eval.rivals import ConvEncoder, train_supervised, training_tiles
 from msc_france.eval.tiles import chip_blocks, headline_stats, shifted_ranks
 from msc_france.store import Store
+from msc_france.store.chip_index import ChipIndex
 from msc_france.xstars.checkpoint import Checkpoint, build_backbone, load_checkpoint
 from msc_france.xstars.distributed import resolve_device
 from msc_france.xstars.inputs import ModelInputs, ModelSpec, from_stats
@@ -454,12 +455,20 @@ def _report_head(cfg: EvalConfig, train_ds: MSCFranceDataset, held_ds: dict[str,
                  class_index: dict[int, int], names: dict[int, str]) -> dict[str, Any]:
     """The report before any row: config, classes, counts, and every chance level from its counts."""
     k = cfg.tiles
-    chance = {}
+    chance: dict[str, dict[str, Any]] = {}
     for h, d in held_ds.items():
         tiles, shifted = len(d) * k * k, len(d) * (k - 1) ** 2
         chance[h] = {"R@1": 1.0 / tiles, "queries": tiles, "gallery": tiles,
                      **({"R@1 shifted": 1.0 / shifted, "shifted_queries": shifted, "shifted_gallery": shifted}
                         if k > 1 and cfg.shifted_gallery else {})}
+    store = Store.open(cfg.store)
+    idx, code_index = store.index(), store.classes().index  # class code -> the store's class index
+    fr = ChipIndex(idx).class_fractions()  # columns: class codes
+    probe = {c: names[class_index[code_index[int(c)]]] for c in fr.columns
+             if code_index.get(int(c)) in class_index}
+    for h, d in held_ds.items():  # the probes' classes that a held-out split never shows
+        seen = fr[idx["chip_id"].isin(d.chip_ids).to_numpy()]
+        chance[h]["classes_absent"] = sorted(n for c, n in probe.items() if not (seen[c] > 0).any())
     return {
         "config": cfg.model_dump(mode="json"), "classes": {names[i]: c for c, i in class_index.items()},
         "n_chips": {"train": len(train_ds), **{h: len(d) for h, d in held_ds.items()}},

@@ -43,8 +43,15 @@ def test_report(tiny_store: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
     assert r["groups"]["supervised-sentinel-2-l2a-seed1"] == "supervised-sentinel-2-l2a"
     assert r["n_tiles"] == {"train": 12, "val": 4}
     # Chance from the counts: 4 queries against 4 tiles; shifted: 1 query per chip against 1 tile.
+    absent = val["chance"].pop("classes_absent")
     assert val["chance"] == {"R@1": 0.25, "queries": 4, "gallery": 4, "R@1 shifted": 1.0, "shifted_queries": 1,
                              "shifted_gallery": 1}
+    # The classes of the probes that the single val chip does not show, from its own labels.
+    from msc_france.data import MSCFranceDataset
+
+    ds = MSCFranceDataset(tiny_store, split="val", labels=True, sensors=["aerial"])
+    shown = {ds.class_names[int(i)] for i in np.unique(ds[0]["mask"]) if i >= 0}
+    assert absent == sorted(set(r["classes"]) - shown)
     assert 0 <= val["majority"]["acc"] <= 1
     # Every row's intervals, on the same blocks; a single run's full-sample value is the report's number.
     from msc_france.eval.report import split_view, summary_rows
