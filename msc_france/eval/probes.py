@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from msc_france.eval import metrics as M
-from msc_france.eval.features import Features, fractions, patch_labels, query_tiles
+from msc_france.eval.features import Features, dominant, fractions, patch_labels, query_tiles
 
 KINDS = ("cls", "mean", "dense")
 
@@ -189,3 +189,44 @@ def segmentation(tr: Features, te: Features, patch: int, n_classes: int, sensors
                                     for b in sensors if b != s}}
         preds[s] = up
     return out, preds
+
+
+def label_subset(chips: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Training tiles kept when only ``fraction`` of the labelled *chips* are available (whole chips,
+    at least one, drawn once per seed): the same chips for every row, nested as the fraction grows.
+    """
+    ids = torch.unique(chips)
+    order = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))]
+    keep = order[: max(1, int(round(fraction * len(ids))))]
+    return torch.isin(chips, keep)
+
+
+def label_budget(tr: Features, te: Features, sensor: str, budgets: list[float], n_classes: int, kind: str,
+                 lam: float, patch: int, seed: int = 0) -> dict[str, dict[str, float]]:
+    """A sensor's own tasks with a fraction of the training labels: the class-fraction R2, the
+    balanced accuracy of the dominant class and the patch-level segmentation mIoU of probes fitted on
+    the tiles of that fraction of the training chips, scored on every held-out tile.
+    """
+    assert tr.labels is not None and te.labels is not None and tr.chip is not None
+    ytr, yte = dominant(tr.labels, n_classes), dominant(te.labels, n_classes)
+    ptr = patch_labels(tr.labels, patch)
+    side = te.labels.shape[-1]
+    out: dict[str, dict[str, float]] = {}
+    for f in budgets:
+        sub = label_subset(tr.chip, f, seed)
+        x, xt = tr.kind(kind, sensor)[sub], te.kind(kind, sensor)
+        r2 = M.r2(M.ridge(x, fractions(tr.labels[sub], n_classes), lam)(xt), fractions(te.labels, n_classes))
+        lab = sub & (ytr >= 0)
+        probe = M.linear_probe(tr.kind(kind, sensor)[lab], ytr[lab], n_classes)
+        with torch.no_grad():
+            bal = M.balanced_accuracy(probe(xt[yte >= 0]).argmax(1), yte[yte >= 0], n_classes)
+        tok, yp = tr.patches[sensor][sub].reshape(-1, tr.patches[sensor].shape[-1]), ptr[sub].reshape(-1)
+        seg = M.linear_probe(tok[yp >= 0], yp[yp >= 0], n_classes, steps=200)
+        with torch.no_grad():
+            logits = seg(te.patches[sensor].reshape(-1, tok.shape[-1])).reshape(-1, side // patch, side // patch,
+                                                                               n_classes).permute(0, 3, 1, 2)
+        up = F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False).argmax(1)
+        miou = M.iou_from_confusion(M.confusion(up.flatten(), te.labels.flatten(), n_classes))[1]
+        out[str(f)] = {"fractions_r2": r2, "balanced_acc": bal, "mIoU": miou, "train_chips": int(
+            torch.unique(tr.chip[sub]).numel())}
+    return out

@@ -261,7 +261,7 @@ def _split_markdown(report: dict[str, Any]) -> str:
     models = report["models"]
     lines += _retrieval_md(models) + _shifted_md(models) + _gallery_parts(models) + _groups_md(report)
     lines += _diagnostics_md(models) + _classification_md(models, maj) + _transfer_md(models)
-    lines += _segmentation_md(models) + _external_md(models)
+    lines += _segmentation_md(models) + _label_budget_md(models) + _external_md(models)
     return "\n".join(lines) + "\n"
 
 
@@ -378,6 +378,23 @@ def _segmentation_md(models: dict[str, Any]) -> list[str]:
         cells = [f"{m['segmentation'][s]['mIoU']:.3f} / {m['segmentation'][s]['pixel_acc']:.3f}"
                  if s in m["segmentation"] else "-" for s in sensors]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _label_budget_md(models: dict[str, Any]) -> list[str]:
+    """One sensor's own tasks with a fraction of the training labels (``label_budget``)."""
+    rows = {n: m["label_budget"] for n, m in models.items() if m.get("label_budget")}
+    if not rows:
+        return []
+    fracs = list(next(iter(rows.values())))
+    chips = next(iter(rows.values()))
+    lines = ["", "### One sensor's own tasks with a fraction of the training labels (label_budget: class-fraction "
+             "R2 / dominant-class balanced accuracy / segmentation mIoU)", "",
+             "| model | " + " | ".join(f"{float(f):.0%} ({chips[f]['train_chips']} chips)" for f in fracs) + " |",
+             "|---" * (len(fracs) + 1) + "|"]
+    for name, lb in rows.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{lb[f]['fractions_r2']:.3f} / {lb[f]['balanced_acc']:.3f} / {lb[f]['mIoU']:.3f}" for f in fracs) + " |")
     return lines
 
 

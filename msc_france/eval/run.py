@@ -64,6 +64,7 @@ from msc_france.eval.probes import (
     KINDS,
     classification,
     fraction_probe,
+    label_budget,
     majority_baseline,
     pair_retrieval,
     retrieval,
@@ -104,6 +105,20 @@ class ExternalEntry(StrictModel):
     fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0])
 
 
+class LabelBudget(StrictModel):
+    """One sensor's own tasks probed with a fraction of the training labels (whole chips)."""
+
+    sensor: str = "aerial"
+    fractions: list[float] = Field(default_factory=lambda: [0.01, 0.05, 0.1, 0.25, 1.0])
+
+    @field_validator("fractions")
+    @classmethod
+    def _in_range(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < f <= 1 for f in v):
+            raise ValueError(f"label fractions must lie in (0, 1], got {v}")
+        return v
+
+
 class EvalConfig(StrictModel):
     """``pipelines/eval.yaml``."""
 
@@ -141,6 +156,9 @@ class EvalConfig(StrictModel):
         "training tiles and labels only; row group 'supervised-<sensor>'), then applied to every sensor")
     supervised_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
     supervised_steps: int = Field(200, ge=1)
+    label_budget: LabelBudget | None = Field(
+        None, description="also probe one sensor's own tasks with a fraction of the training labels (the "
+        "continual claim: a model adapted to a new sensor, judged on that sensor with little data)")
     bootstrap_draws: int = Field(1000, ge=100, description="block bootstrap draws of the held-out chips "
                                  "(msc_france.eval.bootstrap)")
     random_seeds: list[int] = Field(
@@ -442,6 +460,10 @@ def _score(row: _Scored, split: str, cfg: EvalConfig, n_classes: int, names: dic
     entry["fractions_r2"] = fraction_probe(tr, te, n_classes, sensors, cfg.probe_features, cfg.ridge_lambda,
                                            row.probes)
     entry["segmentation"], preds = segmentation(tr, te, m.encoder.patch_size, n_classes, sensors, names, row.probes)
+    lb = cfg.label_budget
+    if lb is not None and lb.sensor in sensors:
+        entry["label_budget"] = label_budget(tr, te, lb.sensor, lb.fractions, n_classes, cfg.probe_features,
+                                             cfg.ridge_lambda, m.encoder.patch_size, cfg.seed)
     return entry, ranks, preds
 
 

@@ -146,3 +146,27 @@ def test_gallery_diagnostics_separate_the_shift_from_the_turn(tiny_store: Path, 
     assert any(thumb["retrieval_turn_only"]["mean"][p] != thumb["retrieval"]["mean"][p] for p in pairs)
     md = (tmp_path / "g" / "report.md").read_text()
     assert "What defeats retrieval" in md and md.count("| histogram |") >= 2
+
+
+def test_label_budget_probes_one_sensor_with_fewer_labels(tiny_store: Path, tmp_path: Path) -> None:
+    """The continual claim's table: a sensor's own tasks with a fraction of the training chips'
+    labels; the fractions keep whole chips, nested, the same for every row; all labels = the
+    same-sensor class-fraction probe of the main table."""
+    import torch
+
+    from msc_france.eval.probes import label_subset
+
+    cfg = EvalConfig(store=str(tiny_store), input_size=32, tiles=2, test_splits=["val"], out=str(tmp_path / "lb"),
+                     baselines=["thumb8"], supervised=[], shifted_gallery=False,
+                     label_budget={"sensor": "aerial", "fractions": [0.3, 1.0]})
+    r = evaluate(cfg)
+    lb = r["splits"]["val"]["models"]["thumb8"]["label_budget"]
+    assert [lb[f]["train_chips"] for f in ("0.3", "1.0")] == [1, 3]
+    full = r["splits"]["val"]["models"]["thumb8"]["fractions_r2"]["aerial->aerial"]
+    assert lb["1.0"]["fractions_r2"] == pytest.approx(full, rel=1e-6)
+    chips = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    small, big = label_subset(chips, 0.2, 0), label_subset(chips, 0.6, 0)
+    assert small.sum() == 2 and big.sum() == 6 and bool((big | ~small).all())  # whole chips, nested
+    assert "with a fraction of the training labels" in (tmp_path / "lb" / "report.md").read_text()
+    with pytest.raises(ValueError, match="label fractions"):
+        EvalConfig(label_budget={"fractions": [0.0]})
