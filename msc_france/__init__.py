@@ -6,9 +6,10 @@ import os
 # times before sleeping): on a machine already loaded past its cores they burn the cores the
 # working threads need, and a training step ran 4x slower at load 10. Sleeping at once
 # (OMP_WAIT_POLICY=PASSIVE) fixes that but halves an idle machine's speed, so it is chosen only
-# when the machine is loaded when msc-france starts (1-minute load average above twice the core
-# count: a training run alone keeps it below the core count; docs/benchmarks.md, section omp). Read when torch loads its OpenMP runtime: every entry point
-# imports this package first; a user who sets OMP_WAIT_POLICY or GOMP_SPINCOUNT keeps their choice.
+# when the machine is loaded when msc-france starts: a 1-minute load average above twice the core
+# count (a training run alone keeps it below the core count; docs/training.md). Read when torch
+# loads its OpenMP runtime: every entry point imports this package first; a user who sets
+# OMP_WAIT_POLICY or GOMP_SPINCOUNT keeps their choice.
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     try:
         _loaded = os.getloadavg()[0] > 2 * (os.cpu_count() or 1)
