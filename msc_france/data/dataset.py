@@ -259,10 +259,15 @@ class MSCFranceDataset(Dataset):
                        .dt.total_seconds().to_numpy() for name in self.sensors}
 
     def with_view(self, **changes: Any) -> MSCFranceDataset:
-        """The same chips read another way (``sensors``, ``normalize``, ... replaced)."""
+        """The same chips read another way (``sensors``, ``normalize``, ... replaced): the statuses
+        are still those of this dataset's sensors, so a subset of sensors keeps every chip.
+        """
         if "sensors" in changes and changes["sensors"] is not None:
             changes["sensors"] = tuple(changes["sensors"])
-        return MSCFranceDataset(self.path, self.selection, replace(self.view, **changes), self.transform)
+        selection = replace(self.selection, groups=self.selection.groups or tuple(self.sensors))
+        out = MSCFranceDataset(self.path, selection, replace(self.view, **changes), self.transform)
+        assert out.chip_ids == self.chip_ids
+        return out
 
     def __len__(self) -> int:
         return len(self.chip_ids) * self.tiles**2

@@ -312,3 +312,26 @@ def test_filters_that_would_compute_without_bound_are_refused_in_a_bounded_child
     assert len(refused) == len(cases), r.stdout
     plain = MSCFranceDataset(tiny_store, sensors=["sentinel-2-l2a"], split=None)
     assert f"PLAIN {len(plain)}" in r.stdout and len(plain) > 0
+
+
+def test_a_view_of_fewer_sensors_keeps_the_same_chips(tiny_store: Path, tmp_path: Path) -> None:
+    """Statuses stay those of the first view's sensors: a chip built in every sensor but one is
+    kept when that sensor is dropped from the view (eval compares rows on the same tiles)."""
+    import shutil
+
+    import pandas as pd
+    import zarr
+
+    copy = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store, copy)
+    idx = gpd.read_parquet(copy / "index.parquet")
+    col = idx["status_landsat_8_c2_l2"]
+    status = col.astype(str).to_numpy().copy()
+    status[0] = "flagged"  # one chip not usable in Landsat
+    idx["status_landsat_8_c2_l2"] = pd.Categorical(status, categories=col.cat.categories)
+    idx.to_parquet(copy / "index.parquet")
+    zarr.open_group(str(copy), mode="r")  # still a store
+    full = MSCFranceDataset(copy, split=None, sensors=["sentinel-2-l2a", "aerial"], size=32)
+    three = MSCFranceDataset(copy, split=None, sensors=["sentinel-2-l2a", "landsat-8-c2-l2", "aerial"], size=32)
+    assert len(three.chip_ids) == len(full.chip_ids) - 1
+    assert three.with_view(sensors=["aerial"]).chip_ids == three.chip_ids
