@@ -151,7 +151,8 @@ def test_gallery_diagnostics_separate_the_shift_from_the_turn(tiny_store: Path, 
 def test_label_budget_probes_one_sensor_with_fewer_labels(tiny_store: Path, tmp_path: Path) -> None:
     """The continual claim's table: a sensor's own tasks with a fraction of the training chips'
     labels; the fractions keep whole chips, nested, the same for every row; all labels = the
-    same-sensor class-fraction probe of the main table."""
+    same-sensor class-fraction probe of the main table.
+    """
     import torch
 
     from msc_france.eval.probes import label_subset

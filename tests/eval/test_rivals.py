@@ -1,5 +1,6 @@
 """The rivals: a fixed random conv net that is the same on every machine, and a supervised net
-that learns its sensor's labels (held-out patch accuracy far above chance on a hand-made task)."""
+that learns its sensor's labels (held-out patch accuracy far above chance on a hand-made task).
+"""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def _head_accuracy(net: ConvEncoder, head: torch.nn.Linear, x: torch.Tensor, y: 
 
 def test_the_supervised_rival_learns_its_sensors_labels() -> None:
     """Its same-sensor score (its own head on held-out tiles) against chance (1/3), and against the
-    same net and head untrained."""
+    same net and head untrained.
+    """
     x, y = _task(96, 0)
     xt, yt = _task(32, 1)  # held-out tiles
     net, head = fit_supervised(x, y, 3, seed=0, steps=150)
