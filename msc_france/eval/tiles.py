@@ -51,6 +51,8 @@ def headline_stats(te: Features, probes: dict, ranks: dict, shifted_ranks: dict 
     sensors = te.sensors
     cross = [(a, b) for a in sensors for b in sensors if a != b]
     out: dict[str, BlockStats] = {}
+    if not cross:  # a model of one sensor has no cross-sensor number
+        return out
     fte = fractions(te.labels, n_classes).numpy()
     out["fractions R2 cross"] = block_stats(
         "r2", [(_predict(probes[("fractions", kind, a)], te.kind(kind, b)), fte) for a, b in cross],
