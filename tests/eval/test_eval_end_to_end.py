@@ -157,10 +157,13 @@ def test_label_budget_probes_one_sensor_with_fewer_labels(tiny_store: Path, tmp_
 
     from msc_france.eval.probes import label_subset
 
+    # One sensor only, as a source model of one sensor is: scored on what it can be scored on, its
+    # group without cross-sensor intervals (the claims skip it).
     cfg = EvalConfig(store=str(tiny_store), input_size=32, tiles=2, test_splits=["val"], out=str(tmp_path / "lb"),
-                     baselines=["thumb8"], supervised=[], shifted_gallery=False,
+                     sensors=["aerial"], baselines=["thumb8"], supervised=[], shifted_gallery=False,
                      label_budget={"sensor": "aerial", "fractions": [0.3, 1.0]})
     r = evaluate(cfg)
+    assert r["splits"]["val"]["intervals"]["thumb8"] == {}
     lb = r["splits"]["val"]["models"]["thumb8"]["label_budget"]
     assert [lb[f]["train_chips"] for f in ("0.3", "1.0")] == [1, 3]
     full = r["splits"]["val"]["models"]["thumb8"]["fractions_r2"]["aerial->aerial"]
@@ -171,14 +174,3 @@ def test_label_budget_probes_one_sensor_with_fewer_labels(tiny_store: Path, tmp_
     assert "with a fraction of the training labels" in (tmp_path / "lb" / "report.md").read_text()
     with pytest.raises(ValueError, match="label fractions"):
         EvalConfig(label_budget={"fractions": [0.0]})
-
-
-def test_a_model_of_one_sensor_has_no_cross_sensor_interval(tiny_store: Path, tmp_path: Path) -> None:
-    """A row that reads one sensor (a source model of Sentinel-2 only) is scored on what it can be
-    scored on; its group has no cross-sensor intervals and the claims skip it.
-    """
-    cfg = EvalConfig(store=str(tiny_store), input_size=32, tiles=2, test_splits=["val"], out=str(tmp_path / "one"),
-                     sensors=["aerial"], baselines=["thumb8"], supervised=[], shifted_gallery=False)
-    r = evaluate(cfg)
-    assert r["splits"]["val"]["intervals"]["thumb8"] == {}
-    assert r["splits"]["val"]["models"]["thumb8"]["fractions_r2"]["aerial->aerial"] <= 1

@@ -42,11 +42,11 @@ def test_the_supervised_rival_learns_its_sensors_labels() -> None:
     """Its same-sensor score (its own head on held-out tiles) against chance (1/3), and against the
     same net and head untrained.
     """
-    x, y = _task(96, 0)
-    xt, yt = _task(32, 1)  # held-out tiles
-    net, head = fit_supervised(x, y, 3, seed=0, steps=150)
+    x, y = _task(64, 0)
+    xt, yt = _task(24, 1)  # held-out tiles
+    net, head = fit_supervised(x, y, 3, seed=0, steps=80)
     assert _head_accuracy(net, head, xt, yt) > 0.9
     untrained = fit_supervised(x, y, 3, seed=0, steps=0)
     assert _head_accuracy(*untrained, xt, yt) < 0.5
-    enc = train_supervised(x, y, 3, seed=0, steps=150)  # what the evaluation uses: the same net
+    enc = train_supervised(x, y, 3, seed=0, steps=80)  # what the evaluation uses: the same net
     torch.testing.assert_close(enc(xt, "s"), net(xt, "s"))
