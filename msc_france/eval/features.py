@@ -95,6 +95,14 @@ def query_tiles(tiles: int) -> torch.Tensor:
     return torch.tensor([r * tiles + c for r in range(tiles - 1) for c in range(tiles - 1)], dtype=torch.long)
 
 
+def class_lut(class_index: dict[int, int]) -> torch.Tensor:
+    """The store's class indices -> the probes' (classes present only), -1 where there is no label."""
+    lut = torch.full((max(class_index, default=0) + 2,), -1, dtype=torch.long)
+    for store_index, i in class_index.items():
+        lut[store_index] = i
+    return lut
+
+
 @torch.no_grad()
 def extract(vit: Encoder, ds: MSCFranceDataset, tiles: int, input_size: int, class_index: dict[int, int],
             device: torch.device, batch: int = 64, shift: bool = False, turn: bool = False,
@@ -113,10 +121,7 @@ def extract(vit: Encoder, ds: MSCFranceDataset, tiles: int, input_size: int, cla
     acc: dict[str, dict[str, list[torch.Tensor]]] = {s: {"cls": [], "mean": [], "patches": [], "images": []}
                                                      for s in ds.sensors}
     labels, chips = [], []
-    # The store's class indices -> the probes' (classes present only); -1 where there is no label.
-    lut = torch.full((max(class_index, default=0) + 2,), -1, dtype=torch.long)
-    for store_index, i in class_index.items():
-        lut[store_index] = i
+    lut = class_lut(class_index)
     for n in range(len(ds)):
         sample = ds[n]
         per_chip = (tiles - 1) ** 2 if shift else tiles * tiles

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msc_france.eval.features import patch_labels, tile
+from msc_france.eval.features import class_lut, patch_labels, tile
 
 PATCH = 16
 WIDTHS = (32, 64, 96)
@@ -107,9 +107,7 @@ def training_tiles(ds: object, sensor: str, tiles: int, class_index: dict[int, i
     """(images, labels) of every training tile of ``sensor`` in ``ds`` (an eval dataset), labels as
     the probes' class indices (-1 where there is none).
     """
-    lut = torch.full((max(class_index, default=0) + 2,), -1, dtype=torch.long)
-    for store_index, i in class_index.items():
-        lut[store_index] = i
+    lut = class_lut(class_index)
     xs, ys = [], []
     for n in range(len(ds)):  # type: ignore[arg-type]
         s = ds[n]  # type: ignore[index]

@@ -497,7 +497,7 @@ def _report_head(cfg: EvalConfig, train_ds: MSCFranceDataset, held_ds: dict[str,
         "n_tiles": {"train": len(train_ds) * k**2, **{h: len(d) * k**2 for h, d in held_ds.items()}},
         "roles": {}, "groups": {}, "external": {},
         "splits": {h: {"models": {}, "chance": chance[h], "chance_R@1": chance[h]["R@1"]} for h in held_ds},
-        "class_colors": {str(c): v for c, v in Store.open(cfg.store).facts("labels").class_colors.items()},
+        "class_colors": {str(c): v for c, v in store.facts("labels").class_colors.items()},
     }
 
 
